@@ -1,0 +1,199 @@
+//! The config file (DESIGN §3.2): the contract with `module.nix`.
+//!
+//! Loading is three steps, so that `check-config` can report *every* problem with its
+//! line and column instead of stopping at the first: [`raw`] parses the TOML into
+//! lenient structs section by section (unknown keys are collected, not fatal),
+//! [`validate`] turns them into the typed [`Config`] while collecting semantic
+//! problems, and [`diagnostics`] maps each problem's key path back to a position.
+
+mod diagnostics;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use diagnostics::{ConfigError, Problem};
+
+use crate::flavor::{Flavor, ModelKind};
+
+/// The whole, validated configuration of one supervised UI.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// How to run the UI process.
+    pub ui: UiConfig,
+    /// Where the UI keeps its data.
+    pub data: DataConfig,
+    /// Model files to link into the data dir: kind → file name → target.
+    pub models: BTreeMap<ModelKind, BTreeMap<String, PathBuf>>,
+    /// Extensions (Forge/A1111) or custom nodes (ComfyUI): name → directory.
+    pub extensions: BTreeMap<String, PathBuf>,
+    /// Managed UI settings, as JSON values.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    /// When a config change that needs a UI restart is carried out.
+    pub restart: RestartConfig,
+    /// The control plane: socket, D-Bus, optional TCP.
+    pub control: ControlConfig,
+}
+
+/// `[ui]`: the UI process.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UiConfig {
+    /// Which UI this is.
+    pub flavor: Flavor,
+    /// Program and its first arguments.
+    pub command: Vec<String>,
+    /// Bind all interfaces instead of loopback.
+    pub listen: bool,
+    /// The UI's HTTP port.
+    pub port: u16,
+    /// Appended after the supervisor's own arguments, so the user wins.
+    pub extra_args: Vec<String>,
+    /// Extra environment for the UI.
+    pub environment: BTreeMap<String, String>,
+    /// GPU indices for `CUDA_VISIBLE_DEVICES`; `None` inherits.
+    pub gpus: Option<Vec<u32>>,
+    /// File holding `user:pass` for `--api-auth`.
+    pub api_auth_file: Option<PathBuf>,
+    /// Longest time from exec to the first successful readiness probe.
+    #[serde(with = "humantime_serde_compat")]
+    pub startup_timeout: Duration,
+    /// Grace between SIGINT and SIGKILL when stopping the UI.
+    #[serde(with = "humantime_serde_compat")]
+    pub stop_timeout: Duration,
+}
+
+/// `[data]`: the data directory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataConfig {
+    /// Absolute path of the data directory.
+    pub dir: PathBuf,
+    /// Mode for the directories the supervisor creates.
+    pub permissions: u32,
+}
+
+/// What to do with a change that needs a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Wait until the queue has been empty for `idle_grace` (or the deadline).
+    WhenIdle,
+    /// Restart at once, interrupting whatever runs.
+    Immediately,
+    /// Only report that a restart is needed.
+    Manual,
+}
+
+impl RestartPolicy {
+    /// The config file spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartPolicy::WhenIdle => "when-idle",
+            RestartPolicy::Immediately => "immediately",
+            RestartPolicy::Manual => "manual",
+        }
+    }
+}
+
+/// `[restart]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RestartConfig {
+    /// The policy.
+    pub policy: RestartPolicy,
+    /// How long the queue must stay empty before a pending restart happens.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_grace: Duration,
+    /// Restart anyway this long after the first pending change; `None` = never.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub deadline: Option<Duration>,
+    /// Busy-probe period while a restart is pending.
+    #[serde(with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+}
+
+/// Which D-Bus bus the supervisor serves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbusBus {
+    /// The system bus (needs the shipped policy file).
+    System,
+    /// The user's session bus.
+    Session,
+    /// No D-Bus at all.
+    Off,
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControlConfig {
+    /// Unix socket of the HTTP control API.
+    pub socket: PathBuf,
+    /// Bus for the D-Bus interface.
+    pub dbus: DbusBus,
+    /// Optional TCP listener for the same API.
+    pub http_listen: Option<SocketAddr>,
+    /// Bearer token file, required with `http_listen`.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where client commands look for the daemon when neither `--socket` nor
+/// `--config` says.
+pub const DEFAULT_SOCKET: &str = "/run/sd-webui-forge/control.sock";
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::read(path, e))?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text; `path` only names the file in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let (doc, raw) = raw::parse(text, &mut problems);
+        let config = raw.and_then(|raw| validate::validate(raw, &mut problems));
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::new(path, text, doc.as_ref(), problems)),
+        }
+    }
+
+    /// Full argv of the UI: command, managed flavor arguments, then `extra_args`.
+    pub fn ui_argv(&self) -> Vec<String> {
+        let mut argv = self.ui.command.clone();
+        argv.extend(
+            self.ui
+                .flavor
+                .managed_args(&self.data.dir, self.ui.port, self.ui.listen),
+        );
+        argv.extend(self.ui.extra_args.iter().cloned());
+        argv
+    }
+}
+
+/// Serde helpers that print durations the way the config file spells them.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub mod option {
+        use std::time::Duration;
+
+        pub fn serialize<S: serde::Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_str("never"),
+            }
+        }
+    }
+}
