@@ -3,4 +3,8 @@
 pub mod cli;
 pub mod config;
 pub mod flavor;
+pub mod gpu;
+pub mod notify;
+pub mod probe;
+pub mod process;
 pub mod state;
