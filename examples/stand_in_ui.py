@@ -22,7 +22,8 @@ Environment:
                          write per line, so several processes may share it)
 
 Record events, each with "pid" and "t" (time.time()):
-  start      argv, flavor, cwd, env (CUDA_*, STANDIN_*, ...), sig_ignored, sig_blocked
+  start      argv, flavor, cwd, env (CUDA_*, STANDIN_*, ...), sig_ignored and sig_blocked
+             (signal names at start; Python itself always ignores SIGPIPE and SIGXFSZ)
   listening  host, port
   request    method, path (no query), query, body (parsed JSON or null)
   job_start  id, kind ("txt2img" | "prompt");   job_end  id, kind, completed
@@ -251,8 +252,9 @@ def deliberate_exit(code, reason):
 # HTTP plumbing
 
 class Reply:
-    def __init__(self, status=200, body=b"", content_type="application/json"):
+    def __init__(self, status=200, body=b"", content_type="application/json", headers=None):
         self.status, self.body, self.content_type = status, body, content_type
+        self.headers = headers or {}
 
 
 def fastapi_json(obj, status=200):  # FastAPI: compact JSON
@@ -287,12 +289,6 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self.dispatch("POST")
 
-    def do_PUT(self):
-        self.dispatch("PUT")
-
-    def do_DELETE(self):
-        self.dispatch("DELETE")
-
     def dispatch(self, method):
         url = urlsplit(self.path)
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -308,6 +304,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
                 self.send_header("Content-Length", str(len(reply.body)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(reply.body)
         except (BrokenPipeError, ConnectionResetError):
@@ -369,6 +367,7 @@ class FifoLock:
                 self._held = False
 
 
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGNoaGgAAAMEAYFL09IQAAAAAElFTkSuQmCC"  # 1x1 grey
 CAPTURE_DATA_DIR = "/var/lib/sd-webui-forge"  # forge-options.json was taken with this data dir
 
 
@@ -397,6 +396,8 @@ class ForgeApp:
         self.job_started = self.job_seconds = 0.0
         self.interrupt_event = None
         self.checkpoints = self.scan_checkpoints()
+        # A1111 splits each credential on every ":", so a ":" in a password dies here too
+        self.api_auth = dict(cred.split(":") for cred in args.api_auth.split(",")) if args.api_auth else None
         internal = {} if args.nowebui else {
             "/internal/ping": {"GET": lambda q, b, h: fastapi_json({})},
             "/internal/pending-tasks": {"GET": self.pending_tasks},
@@ -404,7 +405,7 @@ class ForgeApp:
         }
         sdapi = {} if not (args.api or args.nowebui) else {
             "/sdapi/v1/progress": {"GET": self.progress},
-            "/sdapi/v1/options": {"GET": lambda q, b, h: fastapi_json(self.options), "POST": self.set_options},
+            "/sdapi/v1/options": {"GET": self.get_options, "POST": self.set_options},
             "/sdapi/v1/cmd-flags": {"GET": lambda q, b, h: fastapi_json(vars(self.args))},
             "/sdapi/v1/sd-models": {"GET": lambda q, b, h: fastapi_json(self.checkpoints)},
             "/sdapi/v1/refresh-checkpoints": {"POST": self.refresh_checkpoints},
@@ -422,6 +423,12 @@ class ForgeApp:
         fn = route_table(self, self.routes, method, path)
         if fn is None:
             return fastapi_json({"detail": "Not Found"}, 404)
+        if self.api_auth and path.startswith("/sdapi/") and path != "/sdapi/v1/refresh-loras":
+            denied = self.check_auth(handler.headers.get("Authorization", ""))
+            if denied:
+                reply = fastapi_json({"detail": denied}, 401)
+                reply.headers["WWW-Authenticate"] = "Basic"
+                return reply
         try:
             return fn(query, body, handler)
         except Exception as exc:  # webui._handle_exception (Forge) / api_middleware (A1111)
@@ -430,6 +437,17 @@ class ForgeApp:
 
     def method_not_allowed(self):
         return fastapi_json({"detail": "Method Not Allowed"}, 405)
+
+    def check_auth(self, header):
+        """--api-auth: FastAPI HTTPBasic on the /sdapi routes; None when allowed."""
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return "Not authenticated"
+        try:
+            user, _, password = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:
+            return "Invalid authentication credentials"
+        return None if self.api_auth.get(user) == password else "Incorrect username or password"
 
     # -- options ---------------------------------------------------------------------
     def load_config(self):
@@ -444,24 +462,29 @@ class ForgeApp:
                 f"({exc})\nReverting config to default")
             return {}
 
+    def get_options(self, query, body, handler):
+        with self.mutex:
+            return fastapi_json(self.options)
+
     def set_options(self, query, body, handler):
         if not isinstance(body, dict):
             return fastapi_json({"detail": [{"loc": ["body"], "msg": "field required", "type": "value_error.missing"}]}, 422)
         checkpoint = body.get("sd_model_checkpoint")
         if checkpoint is not None and checkpoint not in self.checkpoint_aliases():
             raise RuntimeError(f"model {checkpoint!r} not found")
-        for key, value in body.items():  # like Options.set: in order, no rollback on error
-            if self.options.get(key) == value:
-                continue
-            if key not in self.defaults:
-                raise KeyError(key)
-            if self.args.freeze_settings:
-                raise AssertionError("changing settings is disabled")
-            self.options[key] = value
-        temp = self.config_path + ".tmp"
-        with open(temp, "w", encoding="utf8") as file:
-            json.dump(self.options, file, indent=4, ensure_ascii=False)
-        os.replace(temp, self.config_path)
+        with self.mutex:
+            for key, value in body.items():  # like Options.set: in order, no rollback on error
+                if self.options.get(key) == value:
+                    continue
+                if key not in self.defaults:
+                    raise KeyError(key)
+                if self.args.freeze_settings:
+                    raise AssertionError("changing settings is disabled")
+                self.options[key] = value
+            temp = self.config_path + ".tmp"
+            with open(temp, "w", encoding="utf8") as file:
+                json.dump(self.options, file, indent=4, ensure_ascii=False)
+            os.replace(temp, self.config_path)
         return fastapi_json(None)
 
     # -- checkpoints -----------------------------------------------------------------
@@ -564,7 +587,7 @@ class ForgeApp:
                 self.state.update(job="", job_count=0)
                 self.current_task, self.interrupt_event = None, None
                 self.finished.append(task_id)
-        return fastapi_json({"images": [], "parameters": body, "info": "{}"})
+        return fastapi_json({"images": [TINY_PNG] if completed else [], "parameters": body, "info": "{}"})
 
     def interrupt(self, query, body, handler):
         with self.mutex:
@@ -936,25 +959,21 @@ def install_signal_handlers():
 
 
 def start_timers():
-    crash_after, hang_after = env_float("STANDIN_CRASH_AFTER"), env_float("STANDIN_HANG_AFTER")
-    if crash_after is not None:
-        code = int(env_float("STANDIN_EXIT_CODE", 1))
+    """STANDIN_CRASH_AFTER and STANDIN_HANG_AFTER, both counted from process start."""
+    def crash(code=int(env_float("STANDIN_EXIT_CODE", 1))):
+        say(f"stand-in: STANDIN_CRASH_AFTER reached, exiting with code {code}", sys.stderr)
+        deliberate_exit(code, "STANDIN_CRASH_AFTER")
 
-        def crash():
-            say(f"stand-in: STANDIN_CRASH_AFTER={crash_after} reached, exiting with code {code}", sys.stderr)
-            deliberate_exit(code, "STANDIN_CRASH_AFTER")
-        start_timer(crash_after, crash)
-    if hang_after is not None:
-        def hang():
-            HUNG.set()
-            say(f"stand-in: STANDIN_HANG_AFTER={hang_after} reached, no longer answering", sys.stderr)
-        start_timer(hang_after, hang)
+    def hang():
+        HUNG.set()
+        say("stand-in: STANDIN_HANG_AFTER reached, no longer answering", sys.stderr)
 
-
-def start_timer(after_start, action):
-    timer = threading.Timer(max(0.0, T0 + after_start - time.time()), action)
-    timer.daemon = True
-    timer.start()
+    for variable, action in (("STANDIN_CRASH_AFTER", crash), ("STANDIN_HANG_AFTER", hang)):
+        after = env_float(variable)
+        if after is not None:
+            timer = threading.Timer(max(0.0, T0 + after - time.time()), action)
+            timer.daemon = True
+            timer.start()
 
 
 def parse_args():

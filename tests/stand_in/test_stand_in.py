@@ -317,8 +317,10 @@ class ForgeTests(StandInCase):
         self.assertTrue(ui.post("/internal/progress", {"id_task": "task(a)"})[1]["active"])
         for thread in threads:
             thread.join(15)
-        self.assertEqual(results["task(b)"], (200, {"images": [], "parameters": {
-            "prompt": "task(b)", "force_task_id": "task(b)", "stand_in_seconds": 0.2}, "info": "{}"}))
+        status, reply = results["task(b)"]
+        self.assertEqual((status, reply["parameters"], reply["info"]), (200, {
+            "prompt": "task(b)", "force_task_id": "task(b)", "stand_in_seconds": 0.2}, "{}"))
+        self.assertEqual([base64.b64decode(image)[:8] for image in reply["images"]], [b"\x89PNG\r\n\x1a\n"])
         jobs = [(r["event"], r["id"]) for r in ui.records() if r["event"] in ("job_start", "job_end")]
         self.assertEqual(jobs, [(e, t) for t in ("task(a)", "task(b)", "task(c)") for e in ("job_start", "job_end")])
         self.assertEqual(ui.get("/internal/pending-tasks")[1], {"size": 0, "tasks": []})
@@ -327,13 +329,15 @@ class ForgeTests(StandInCase):
 
     def test_interrupt_ends_the_running_job(self):
         ui = self.start()
-        thread = threading.Thread(target=ui.post, args=("/sdapi/v1/txt2img", {"stand_in_seconds": 30}),
-                                  kwargs={"timeout": 20}, daemon=True)
+        result = []
+        thread = threading.Thread(target=lambda: result.append(ui.post("/sdapi/v1/txt2img", {"stand_in_seconds": 30},
+                                                                       timeout=20)), daemon=True)
         thread.start()
         wait_until(lambda: ui.events("job_start"))
         self.assertEqual(ui.post("/sdapi/v1/interrupt"), (200, {}))
         thread.join(5)
         self.assertFalse(thread.is_alive())
+        self.assertEqual(result[0][1]["images"], [])
         self.assertEqual([r["completed"] for r in ui.events("job_end")], [False])
         self.assertTrue(ui.events("job_start")[0]["id"].startswith("task(txt2img-"))
         state = ui.get("/sdapi/v1/progress")[1]["state"]
@@ -347,6 +351,25 @@ class ForgeTests(StandInCase):
                                "--port", "{port}"], ready=False)
         wait_until(lambda: api.get("/sdapi/v1/progress", timeout=1)[0] == 200 if api.events("listening") else False)
         self.assertEqual(api.get("/internal/ping")[0], 404)
+
+    def test_api_auth(self):
+        ui = self.start(args=["--api", "--api-auth", "sup:secret", "--data-dir", self.tmp + "/d",
+                              "--server-name", "127.0.0.1", "--port", "{port}"])
+        self.assertEqual(ui.get("/sdapi/v1/progress"), (401, {"detail": "Not authenticated"}))
+        for credentials, status in (("sup:wrong", 401), ("sup:secret", 200)):
+            req = urllib.request.Request(f"http://127.0.0.1:{ui.port}/sdapi/v1/progress", headers={
+                "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    self.assertEqual(resp.status, status)
+            except urllib.error.HTTPError as err:
+                self.assertEqual((err.code, err.headers["WWW-Authenticate"]), (status, "Basic"))
+                self.assertEqual(json.loads(err.read()), {"detail": "Incorrect username or password"})
+        self.assertEqual(ui.get("/internal/pending-tasks")[0], 200)  # /internal/* has no auth
+        self.assertEqual(ui.post("/sdapi/v1/refresh-loras"), (200, None))  # nor the Lora extension's routes
+        code, bad = self.run_to_exit("forge", ["--api", "--api-auth", "sup:pa:ss", "--data-dir", self.tmp + "/e"])
+        self.assertEqual(code, 1)
+        self.assertIn("ValueError", bad.stderr())
 
     def test_listen_binds_all_interfaces(self):
         ui = self.start(args=["--api", "--listen", "--data-dir", self.tmp + "/d", "--port", "{port}"])
