@@ -192,5 +192,21 @@ in
           machine.succeed(f"tr '\\0' ' ' < /proc/{ui_pid()}/cmdline | grep -q -- --cuda-malloc")
           assert main_pid() == main, "the supervisor was restarted"
           machine.succeed(f"systemctl is-active {unit}")
+
+          # The stand-in's own record: the old UI finished its job before it
+          # was told to stop.
+          events = [
+              json.loads(line)
+              for line in machine.succeed("cat ${record}").splitlines()
+              if line.strip()
+          ]
+          old = [e["event"] for e in events if e.get("pid") == int(ui)]
+          job_ends = [
+              e for e in events
+              if e.get("pid") == int(ui) and e["event"] == "job_end"
+          ]
+          assert job_ends and all(e.get("completed") for e in job_ends), job_ends
+          assert "signal" in old, old
+          assert old.index("job_end") < old.index("signal"), old
     '';
 }

@@ -156,6 +156,99 @@ fi
 section "the unit under systemd (systemd-sandbox)"
 state=$out/sandbox
 stop_sandbox() { "$sandbox" stop "$state" >/dev/null 2>&1 || true; }
+in_sandbox() { "$sandbox" exec "$state" "$@"; }
+
+# The same hardened unit, run for real: the cargo-built supervisor and the
+# stand-in UI (python3) as an existing system user, data under target/.
+# Shows that the hardening leaves them working: `activating` until the UI
+# answers, then `active` with the supervisor's Status:, a notify-reload round
+# trip, and a clean stop that leaves no process behind.
+run_real_unit() {
+  local name=sd-webui-forge-check.service run=$out/run python=/usr/bin/python3
+  local stand_in=$root/examples/stand_in_ui.py user=daemon port
+  if [ ! -x "$supervisor_bin" ] || [ ! -f "$stand_in" ] || [ ! -x "$python" ]; then
+    skip "run the hardened unit: needs $supervisor_bin, $stand_in and $python"
+    return
+  fi
+  case $root in /home/* | /root/*)
+    skip "run the hardened unit: the checkout is under ProtectHome's reach ($root)"
+    return ;;
+  esac
+  port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$run/data"
+  chown "$user:$user" "$run/data"
+  chmod 0700 "$run/data"
+  cat >"$run/config.toml" <<EOF
+[ui]
+flavor = "forge"
+command = ["$python", "$stand_in"]
+port = $port
+environment = { STANDIN_START_DELAY = "4", STANDIN_RECORD = "$run/data/record.jsonl", PYTHONUNBUFFERED = "1" }
+startup_timeout = "1m"
+stop_timeout = "10s"
+
+[data]
+dir = "$run/data"
+permissions = "0700"
+
+[control]
+socket = "/run/sd-webui-forge-check/control.sock"
+dbus = "off"
+EOF
+  if ! eval_json "$run/unit.json" tests/nix/run-unit.nix --argstr supervisorBin "$supervisor_bin" \
+    --argstr configPath "$run/config.toml" --argstr dataDir "$run/data" \
+    --argstr user "$user" --argstr group "$user"; then
+    fail "render the unit for a real run"
+    return
+  fi
+  jq -r . "$run/unit.json" >"$run/$name"
+  "$sandbox" install "$state" "$run/$name"
+
+  in_sandbox systemctl start --no-block "$name"
+  sleep 2
+  local active
+  active=$(in_sandbox systemctl show -P ActiveState "$name")
+  if [ "$active" = activating ]; then
+    pass "hardened unit: activating while the UI is still starting"
+  else
+    fail "hardened unit: activating while the UI is still starting (ActiveState=$active)"
+  fi
+  for _ in $(seq 60); do
+    active=$(in_sandbox systemctl show -P ActiveState "$name")
+    [ "$active" = activating ] || break
+    sleep 0.5
+  done
+  local status
+  status=$(in_sandbox systemctl show -P StatusText "$name")
+  if [ "$active" = active ] && "$python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/internal/ping', timeout=5)"; then
+    pass "hardened unit: active once the UI answers; Status: $status"
+  else
+    fail "hardened unit: active once the UI answers (ActiveState=$active, Status: $status)"
+    in_sandbox journalctl -u "$name" --no-pager -n 40 | sed 's/^/        /'
+    in_sandbox systemctl stop "$name" || true
+    return
+  fi
+
+  local t0 t1
+  t0=$(date +%s%N)
+  if in_sandbox timeout 30 systemctl reload "$name"; then
+    t1=$(date +%s%N)
+    pass "hardened unit: systemctl reload (notify-reload) returns in $(((t1 - t0) / 1000000)) ms"
+  else
+    fail "hardened unit: systemctl reload (notify-reload)"
+    in_sandbox journalctl -u "$name" --no-pager -n 20 | sed 's/^/        /'
+  fi
+
+  in_sandbox systemctl stop "$name"
+  local left
+  left=$(in_sandbox systemctl show -P ActiveState "$name")
+  if [ "$left" = inactive ] && grep -q '"signal": "SIGINT"' "$run/data/record.jsonl"; then
+    pass "hardened unit: stops cleanly, the UI got SIGINT"
+  else
+    fail "hardened unit: stops cleanly (ActiveState=$left)"
+    in_sandbox journalctl -u "$name" --no-pager -n 20 | sed 's/^/        /'
+  fi
+}
 if [ "$(id -u)" != 0 ]; then
   missing "systemd-sandbox needs root"
 elif [ ! -x "$sandbox" ]; then
@@ -191,6 +284,7 @@ else
         grep '✗' "$out/security-$name.txt" | sed 's/^/        /'
       fi
     done
+    run_real_unit
     allowed=$("$sandbox" exec "$state" systemctl show -P DeviceAllow sd-webui-forge.service | tr '\n' ' ')
     echo "        DeviceAllow as systemd reads it: $allowed"
     for dev in /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia0 /dev/nvidia1; do
