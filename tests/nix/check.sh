@@ -91,6 +91,25 @@ for f in "${nix_files[@]}"; do
   fi
 done
 
+# The examples in the docs are meant to be pasted: each ```nix block must parse.
+if [ -f docs/nixos.md ]; then
+  mkdir -p "$out/doc-blocks"
+  awk -v dir="$out/doc-blocks" '
+    /^```nix$/ { n++; f = sprintf("%s/block-%02d.nix", dir, n); inblock = 1; next }
+    /^```$/ { inblock = 0; next }
+    inblock { print > f }
+  ' docs/nixos.md
+  for f in "$out"/doc-blocks/*.nix; do
+    [ -f "$f" ] || continue
+    if nix-instantiate --parse "$f" >/dev/null 2>"$out/parse.err"; then
+      pass "parse docs/nixos.md example $(basename "$f" .nix)"
+    else
+      fail "parse docs/nixos.md example $(basename "$f" .nix)"
+      sed 's/^/        /' "$out/parse.err"
+    fi
+  done
+fi
+
 section "lint"
 existing=()
 for f in "${nix_files[@]}"; do [ -f "$f" ] && existing+=("$f"); done
