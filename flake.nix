@@ -61,7 +61,8 @@
       lib = {
         # fetchModel { url, hash, name ? null }: see nix/fetch-model.nix.
         fetchModel = import ./nix/fetch-model.nix;
-        modelName = modelName;
+        # modelName { url, name ? null }: the store name fetchModel uses.
+        inherit modelName;
       };
 
       checks = forAllSystems (

@@ -8,7 +8,8 @@
 #   5. the rendered unit under a real systemd (../shared/tools/systemd-sandbox):
 #      loads without warnings, `systemd-analyze security` exposure <= 2.5,
 #      DeviceAllow= for /dev/nvidiactl, /dev/nvidia-uvm and the GPU nodes;
-#   6. module.nix evaluated with lib.evalModules (tests/nix/eval-module.nix),
+#   6. module.nix evaluated with lib.evalModules (tests/nix/eval-module.nix)
+#      and flake.nix with a fake nixpkgs input (tests/nix/eval-flake.nix),
 #      when NIXPKGS_LIB points at a nixpkgs lib/ directory; its generated
 #      configs go through `sd-webui-supervisor check-config` when the binary
 #      is built, as does the module's build-time check script.
@@ -53,10 +54,11 @@ report() {
   local line
   while IFS= read -r line; do
     case $line in
+      skip$'\t'*) skip "${line#*$'\t'}" ;;
       true$'\t'*) pass "${line#*$'\t'}" ;;
       *) fail "${line#*$'\t'}" ;;
     esac
-  done < <(jq -r '.[] | "\(.ok)\t\(.name)\(if .ok then "" else ": " + .detail end)"' "$1")
+  done < <(jq -r '.[] | "\(if .skip // false then "skip" else .ok end)\t\(.name)\(if .ok then "" else ": " + .detail end)"' "$1")
 }
 
 # nix-instantiate --eval --strict --json, output to a file; on error, show it.
@@ -385,6 +387,13 @@ else
     fi
   else
     fail "evaluate tests/nix/eval-module.nix"
+  fi
+
+  section "flake.nix with a fake nixpkgs input"
+  if eval_json "$out/eval-flake.json" tests/nix/eval-flake.nix --argstr nixpkgsLib "$NIXPKGS_LIB"; then
+    report "$out/eval-flake.json"
+  else
+    fail "evaluate tests/nix/eval-flake.nix"
   fi
 fi
 
