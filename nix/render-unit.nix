@@ -4,9 +4,10 @@
 # without nixpkgs. For tests: tests/nix/check.sh feeds the result to
 # `systemd-analyze security` and greps it.
 #
-# One difference, on purpose: NixOS writes the reload triggers into a store
-# file and puts that file's path in X-Reload-Triggers=; here the triggers
-# themselves are written, as no store is at hand.
+# One difference, on purpose: NixOS writes restart and reload triggers into a
+# store file and puts that file's path in X-Restart-Triggers= or
+# X-Reload-Triggers=; here the triggers themselves are written, as no store
+# is at hand.
 service:
 let
   inherit (builtins)

@@ -9,7 +9,7 @@
 {
   # Absolute path of the sd-webui-supervisor binary.
   supervisorBin,
-  # The checked config file in the store: the reload trigger. Anything whose
+  # The checked config file in the store: the unit's trigger. Anything whose
   # string form is the store path (a derivation, a path string) will do.
   configFile,
   # Where the service reads its config. Fixed, so that a config change never
@@ -112,20 +112,24 @@ in
   # A `nixos-rebuild switch` must never kill a running generation. By default
   # switch-to-configuration stops and starts a service whose unit changed,
   # which would SIGTERM the UI in the middle of a job. Instead:
-  # - ExecStart reads the config from the fixed path /etc/sd-webui-forge/config.toml,
-  #   so a config change leaves the [Service] section as it was;
-  # - the checked config file is the reload trigger: when only it changes, the
-  #   switch *reloads* the unit (SIGHUP via Type=notify-reload). The supervisor
-  #   applies settings and models live and schedules anything that needs a UI
-  #   restart for when the UI's queue is empty (restart.policy, with a
-  #   deadline), and answers the reload at once, so the switch never waits for
-  #   the queue either;
-  # - reloadIfChanged makes every other change of the unit (a new supervisor
-  #   package, other hardening) a reload too, not a restart. Such unit changes
-  #   take effect the next time the service itself starts (a reboot, or a
-  #   `systemctl restart sd-webui-forge` at a moment of the admin's choosing).
+  # - reloadIfChanged: whatever changed in the unit, the switch *reloads* it
+  #   (SIGHUP via Type=notify-reload) rather than restarting it. The
+  #   supervisor re-reads its config, applies settings and models live,
+  #   schedules anything that needs a UI restart for when the UI's queue is
+  #   empty (restart.policy, with a deadline), and answers the reload at once,
+  #   so the switch never waits for the queue either.
+  # - ExecStart reads the config from the fixed path
+  #   /etc/sd-webui-forge/config.toml, so the unit has to name the checked
+  #   config file to change when only the config does: it is a trigger.
+  #   It goes in restartTriggers, not reloadTriggers: with reloadIfChanged
+  #   both mean "reload", and NixOS warns on every build about a service with
+  #   reloadIfChanged and reloadTriggers both set (nixos/modules/system/boot/systemd.nix).
+  # - A change of the unit itself (a new supervisor package, other
+  #   hardening) is a reload too; it takes effect the next time the service
+  #   starts (a reboot, or `systemctl restart sd-webui-forge` at a moment of
+  #   the admin's choosing).
   reloadIfChanged = true;
-  reloadTriggers = [ configFile ];
+  restartTriggers = [ configFile ];
 
   unitConfig = {
     RequiresMountsFor = [ dir ];

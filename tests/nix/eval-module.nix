@@ -329,7 +329,7 @@ let
       "${supervisorOut}/bin/sd-webui-supervisor run --config /etc/sd-webui-forge/config.toml"
     )
     (eq "unit: reloadIfChanged" (unit { }).reloadIfChanged true)
-    (eq "unit: the config file is the reload trigger" (unit { }).reloadTriggers [ (sd { }).configFile ])
+    (eq "unit: the config file is the unit's trigger" (unit { }).restartTriggers [ (sd { }).configFile ])
     (eq "unit: KillMode" (sc { }).KillMode "mixed")
     (eq "unit: Restart" (sc { }).Restart "on-failure")
     (eq "unit: StateDirectory for the default dataDir" ((sc { }).StateDirectory or null) "sd-webui-forge")

@@ -54,7 +54,8 @@ in
       "${supervisorBin} run --config /etc/sd-webui-forge/config.toml"
     )
     (eq "reloadIfChanged" realistic.reloadIfChanged true)
-    (eq "the config file is the reload trigger" realistic.reloadTriggers [ configFile ])
+    (eq "the config file is the unit's trigger" realistic.restartTriggers [ configFile ])
+    (eq "no reloadTriggers next to reloadIfChanged (NixOS warns)" (realistic ? reloadTriggers) false)
     (eq "KillMode=mixed" s.KillMode "mixed")
     (eq "TimeoutStartSec beyond the supervisor's startup_timeout" s.TimeoutStartSec "20m 5min")
     (eq "TimeoutStopSec beyond the supervisor's stop_timeout" s.TimeoutStopSec "45s 30s")
