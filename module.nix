@@ -52,6 +52,14 @@ let
     ];
   };
 
+  # The launcher of packages that do not name one in meta.mainProgram, as
+  # the common packagings call it.
+  defaultProgram = {
+    forge = "stable-diffusion-webui";
+    a1111 = "stable-diffusion-webui";
+    comfyui = "comfyui";
+  };
+
   # A duration the supervisor (humantime) and systemd both read: "30s",
   # "15m", "6h", "1h 30m".
   durationType = types.strMatching "([0-9]+ ?(ms|s|m|min|h|d) ?)+" // {
@@ -202,16 +210,22 @@ in
       type = types.package;
       example = lib.literalExpression "pkgs.stable-diffusion-webui.forge.cuda";
       description = ''
-        The web UI to run. Its main program (`meta.mainProgram`) is started
-        with the flags the supervisor needs followed by {option}`extraArgs`.
-        Not needed when {option}`command` is set.
+        The web UI to run. Its main program (`meta.mainProgram`, else
+        `bin/stable-diffusion-webui` or `bin/comfyui` by {option}`flavor`) is
+        started with the flags the supervisor needs followed by
+        {option}`extraArgs`. Not needed when {option}`command` is set.
       '';
     };
 
     command = mkOption {
       type = types.nonEmptyListOf types.str;
-      default = [ (lib.getExe cfg.package) ];
-      defaultText = lib.literalExpression "[ (lib.getExe config.services.sd-webui-forge.package) ]";
+      default = [
+        "${lib.getBin cfg.package}/bin/${cfg.package.meta.mainProgram or defaultProgram.${cfg.flavor}}"
+      ];
+      defaultText = lib.literalMD ''
+        the package's `meta.mainProgram`, or else `bin/stable-diffusion-webui`
+        (Forge, AUTOMATIC1111) or `bin/comfyui` (ComfyUI)
+      '';
       description = "The command that starts the UI, before the supervisor's flags and {option}`extraArgs`.";
     };
 

@@ -198,6 +198,13 @@ let
     (eq "default command is the package's main program" (sd { }).command [
       "${fakeUi}/bin/stand-in-ui"
     ])
+    (eq "command without meta.mainProgram: the flavor's usual launcher" (sd {
+      package = lib.mkForce (fakeDrv "forge" { });
+    }).command [ "/nix/store/00000000000000000000000000000000-forge/bin/stable-diffusion-webui" ])
+    (eq "command without meta.mainProgram, comfyui" (sd {
+      flavor = "comfyui";
+      package = lib.mkForce (fakeDrv "comfy" { });
+    }).command [ "/nix/store/00000000000000000000000000000000-comfy/bin/comfyui" ])
     (eq "every option has a description" (builtins.filter (o: (o.description or null) == null) (
       lib.collect lib.isOption optsOf
     )) [ ])
