@@ -84,10 +84,10 @@ pub async fn preflight(env: &GpuEnv, gpus: Option<&[u32]>) -> Preflight {
             return Preflight::Waiting(format!("GPU {id} not found ({} missing)", node.display()));
         }
     }
-    if let Some(smi) = &env.nvidia_smi {
-        if driver_mismatch(smi).await {
-            return Preflight::Waiting("NVIDIA driver/library mismatch, reboot required".into());
-        }
+    if let Some(smi) = &env.nvidia_smi
+        && driver_mismatch(smi).await
+    {
+        return Preflight::Waiting("NVIDIA driver/library mismatch, reboot required".into());
     }
     Preflight::Ok
 }

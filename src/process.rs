@@ -108,10 +108,10 @@ impl UiProcess {
 
     /// Sends a signal to the whole group.
     pub fn signal(&self, sig: Signal) {
-        if let Err(e) = killpg(Pid::from_raw(self.pid), sig) {
-            if e != Errno::ESRCH {
-                tracing::warn!(pid = self.pid, signal = %sig, error = %e, "cannot signal the UI's process group");
-            }
+        if let Err(e) = killpg(Pid::from_raw(self.pid), sig)
+            && e != Errno::ESRCH
+        {
+            tracing::warn!(pid = self.pid, signal = %sig, error = %e, "cannot signal the UI's process group");
         }
     }
 
@@ -158,7 +158,7 @@ async fn wait_group_gone(pgid: i32) {
         match killpg(group, None) {
             Err(Errno::ESRCH) => return,
             _ => {
-                if waited.as_millis() % 5000 == 0 && !waited.is_zero() {
+                if waited.as_millis().is_multiple_of(5000) && !waited.is_zero() {
                     tracing::warn!(pgid, waited = ?waited, "processes of the old UI are still alive");
                     let _ = killpg(group, Signal::SIGKILL);
                 }
