@@ -183,6 +183,12 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
             );
         }
     }
+    if raw.gpus.as_ref().is_some_and(Vec::is_empty) {
+        c.value(
+            ["ui", "gpus"],
+            "is empty; omit it to inherit CUDA_VISIBLE_DEVICES",
+        );
+    }
     let gpus = raw.gpus.map(|ids| {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
@@ -208,12 +214,6 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
             ["ui", "environment", "CUDA_VISIBLE_DEVICES"],
             At::Key,
             "conflicts with ui.gpus, which sets CUDA_VISIBLE_DEVICES; remove one of them",
-        );
-    }
-    if gpus.as_ref().is_some_and(Vec::is_empty) {
-        c.value(
-            ["ui", "gpus"],
-            "is empty; omit it to inherit CUDA_VISIBLE_DEVICES",
         );
     }
     let api_auth_file = raw.api_auth_file.map(|p| {
