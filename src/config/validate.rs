@@ -37,13 +37,26 @@ impl Checker<'_> {
     }
 
     fn duration(&mut self, section: &str, key: &str, raw: Option<&str>, default: &str) -> Duration {
+        self.checked_duration(section, key, raw, default)
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Like [`Checker::duration`], but `None` when the value was reported as invalid,
+    /// so that cross-key rules do not compare against a stand-in value.
+    fn checked_duration(
+        &mut self,
+        section: &str,
+        key: &str,
+        raw: Option<&str>,
+        default: &str,
+    ) -> Option<Duration> {
         let text = raw.unwrap_or(default);
         match humantime::parse_duration(text) {
             Ok(d) if d.is_zero() => {
                 self.value([section, key], "must be longer than zero");
-                Duration::from_secs(1)
+                None
             }
-            Ok(d) => d,
+            Ok(d) => Some(d),
             Err(e) => {
                 self.value(
                     [section, key],
@@ -51,7 +64,7 @@ impl Checker<'_> {
                         "{text:?} is not a duration ({e}); write e.g. \"30s\", \"10m\", \"6h\""
                     ),
                 );
-                Duration::from_secs(1)
+                None
             }
         }
     }
@@ -374,12 +387,17 @@ fn restart_config(c: &mut Checker<'_>, raw: RawRestart) -> RestartConfig {
             RestartPolicy::WhenIdle
         }
     };
-    let idle_grace = c.duration("restart", "idle_grace", raw.idle_grace.as_deref(), "10s");
+    let idle_grace = c.checked_duration("restart", "idle_grace", raw.idle_grace.as_deref(), "10s");
+    // `None` inside: "never"; `None` outside: invalid, already reported.
     let deadline = match raw.deadline.as_deref() {
-        Some("never") => None,
-        other => Some(c.duration("restart", "deadline", other, "6h")),
+        Some("never") => Some(None),
+        other => c
+            .checked_duration("restart", "deadline", other, "6h")
+            .map(Some),
     };
-    if let Some(deadline) = deadline.filter(|d| *d <= idle_grace) {
+    if let (Some(Some(deadline)), Some(idle_grace)) = (deadline, idle_grace)
+        && deadline <= idle_grace
+    {
         c.value(
             ["restart", "deadline"],
             format!(
@@ -397,8 +415,8 @@ fn restart_config(c: &mut Checker<'_>, raw: RawRestart) -> RestartConfig {
     );
     RestartConfig {
         policy,
-        idle_grace,
-        deadline,
+        idle_grace: idle_grace.unwrap_or(Duration::from_secs(1)),
+        deadline: deadline.flatten(),
         poll_interval,
     }
 }
