@@ -157,21 +157,22 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
             f
         }
     };
-    let command = raw.command.unwrap_or_default();
-    match command.first() {
-        None => c.value(
+    match raw.command.as_deref().map(<[String]>::first) {
+        None => c.missing("ui", "command"),
+        Some(None) => c.value(
             ["ui", "command"],
             "must name the program to run (a non-empty list)",
         ),
-        Some(p) if p.is_empty() => {
+        Some(Some(p)) if p.is_empty() => {
             c.value(["ui", "command"], "the program (first element) is empty")
         }
-        Some(p) if p.contains('/') && !p.starts_with('/') => c.value(
+        Some(Some(p)) if p.contains('/') && !p.starts_with('/') => c.value(
             ["ui", "command"],
             format!("the program {p:?} must be an absolute path or a bare name found on PATH"),
         ),
-        Some(_) => {}
+        Some(Some(_)) => {}
     }
+    let command = raw.command.unwrap_or_default();
     let port = match raw.port {
         None => flavor.map_or(7860, Flavor::default_port),
         Some(p) if (1..=65535).contains(&p) => p as u16,
