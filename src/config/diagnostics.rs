@@ -92,6 +92,10 @@ fn first_line(message: &str) -> String {
     // serde names Rust types; the file speaks TOML.
     line.replace("expected i64", "expected an integer")
         .replace("expected a boolean", "expected true or false")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table")
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("invalid type: map", "invalid type: table")
 }
 
 /// A located problem, as printed.
