@@ -14,6 +14,7 @@ let
     attrNames
     concatLists
     concatStringsSep
+    isBool
     isList
     map
     toJSON
@@ -27,10 +28,8 @@ let
 
   toOption =
     x:
-    if x == true then
-      "true"
-    else if x == false then
-      "false"
+    if isBool x then
+      (if x then "true" else "false")
     else
       toString x;
 

@@ -148,7 +148,7 @@ in
   (eq "flake: lib.fetchModel names the store path after the model" (self.lib.fetchModel fetchArgs).name
     "sd_xl_base_1.0.safetensors"
   )
-  (eq "flake: lib.modelName" (self.lib.modelName { url = fetchArgs.url; }) "sd_xl_base_1.0.safetensors")
+  (eq "flake: lib.modelName" (self.lib.modelName { inherit (fetchArgs) url; }) "sd_xl_base_1.0.safetensors")
   (eq "flake: the overlay's fetchModel is pkgs.fetchurl with the same name" (
     let
       f = ownPkgs.fetchModel (fetchArgs // { curlOptsList = [ "--netrc" ]; });

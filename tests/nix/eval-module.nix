@@ -319,7 +319,7 @@ let
     # The unit: nix/unit.nix with the module's values.
     (eq "unit is nix/unit.nix of the options" (unit realistic) (unitOf {
       supervisorBin = "${supervisorOut}/bin/sd-webui-supervisor";
-      configFile = (sd realistic).configFile;
+      inherit (sd realistic) configFile;
       configPath = "/etc/sd-webui-forge/config.toml";
       credentials.api-auth = "/run/secrets/forge-api-auth";
       user = "sd-webui-forge";

@@ -24,7 +24,7 @@ let
     toJSON
     ;
 
-  key = k: toJSON k;
+  key = toJSON;
 
   value =
     v:
