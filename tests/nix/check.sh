@@ -27,13 +27,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 out=$root/target/nix-check
+sandbox=${SYSTEMD_SANDBOX:-$root/../shared/tools/systemd-sandbox}
+# A sandbox left over by an interrupted run would keep its state directory.
+if [ -e "$out/sandbox/pid" ] && [ -x "$sandbox" ]; then "$sandbox" stop "$out/sandbox" >/dev/null 2>&1 || true; fi
 rm -rf "$out"
 mkdir -p "$out"
 
 ci=${CI:-false}
 supervisor_bin=${SUPERVISOR_BIN:-target/debug/sd-webui-supervisor}
 case $supervisor_bin in /*) ;; *) supervisor_bin=$root/$supervisor_bin ;; esac
-sandbox=${SYSTEMD_SANDBOX:-$root/../shared/tools/systemd-sandbox}
 statix=${STATIX:-statix}
 deadnix=${DEADNIX:-deadnix}
 max_exposure=2.5
@@ -223,9 +225,10 @@ EOF
     return
   fi
   jq -r . "$run/unit.json" >"$run/$name"
-  "$sandbox" install "$state" "$run/$name"
-
-  in_sandbox systemctl start --no-block "$name"
+  if ! "$sandbox" install "$state" "$run/$name" || ! in_sandbox systemctl start --no-block "$name"; then
+    fail "hardened unit: install and start $name"
+    return
+  fi
   sleep 2
   local active
   active=$(in_sandbox systemctl show -P ActiveState "$name")
@@ -260,7 +263,7 @@ EOF
     in_sandbox journalctl -u "$name" --no-pager -n 20 | sed 's/^/        /'
   fi
 
-  in_sandbox systemctl stop "$name"
+  in_sandbox systemctl stop "$name" || true
   local left
   left=$(in_sandbox systemctl show -P ActiveState "$name")
   if [ "$left" = inactive ] && grep -q '"signal": "SIGINT"' "$run/data/record.jsonl"; then
@@ -282,7 +285,10 @@ else
     echo "$("$sandbox" exec "$state" systemctl --version | head -1) in the sandbox"
     for unit in "$out"/units/*.service; do
       name=$(basename "$unit")
-      "$sandbox" install "$state" "$unit"
+      if ! "$sandbox" install "$state" "$unit"; then
+        fail "install $name in the sandbox"
+        continue
+      fi
       load=$("$sandbox" exec "$state" systemctl show -P LoadState "$name")
       # Unknown keys and unparsable values: "FILE:LINE: message". (verify
       # also says the /nix/store binary is missing, which is expected here.)
