@@ -133,7 +133,7 @@ fi
 if command -v "$statix" >/dev/null && "$statix" check --help >/dev/null 2>&1; then
   statix_ok=true
   for f in "${existing[@]}"; do
-    if ! "$statix" check "$f" >"$out/statix.txt" 2>&1; then
+    if ! "$statix" check -o errfmt "$f" >"$out/statix.txt" 2>&1; then
       statix_ok=false
       fail "statix check $f"
       sed 's/^/        /' "$out/statix.txt"

@@ -496,6 +496,19 @@ let
 
   # Configs for check-config (tests/nix/check.sh writes each to a file).
   configs = {
+    control = (sd {
+      control = {
+        httpListen = "127.0.0.1:7870";
+        tokenFile = "/run/secrets/control-token";
+        dbus = "off";
+      };
+      restart = {
+        deadline = "never";
+        policy = "manual";
+      };
+      dataDir = "/srv/forge";
+      dataPermissions = "0750";
+    }).configFile.env.unchecked.text;
     default = (sd { }).configFile.env.unchecked.text;
     realistic = (sd realistic).configFile.env.unchecked.text;
     comfyui = (sd {
