@@ -252,9 +252,13 @@ pub async fn serve(core: CoreHandle, bus: &Bus) -> zbus::Result<DbusService> {
         Bus::Session => Builder::session(),
         Bus::Address(address) => Builder::address(address.as_str()),
     };
+    // zbus's default flags would let a second supervisor take the name over (and
+    // let this one be replaced); ask for it exclusively instead.
     let conn = builder
         .serve_at(OBJECT_PATH, Supervisor1 { core: core.clone() })
         .name(BUS_NAME)
+        .allow_name_replacements(false)
+        .replace_existing_names(false)
         .build()
         .await?;
     let announcer = tokio::spawn(announce_changes(conn.clone(), core.subscribe()));
