@@ -78,16 +78,15 @@ where
     }
     match &s.last_reload {
         Some(r) => {
-            let mut parts = vec![format!("{} at {}", r.result, at(r.at_unix))];
+            line("Reload:", format!("{} at {}", r.result, at(r.at_unix)));
             let lists = [
-                ("live", &r.applied_live),
+                ("applied live", &r.applied_live),
                 ("needs restart", &r.needs_restart),
-                ("unknown settings", &r.unknown_settings),
+                ("unknown settings (not sent)", &r.unknown_settings),
             ];
             for (name, list) in lists.into_iter().filter(|(_, l)| !l.is_empty()) {
-                parts.push(format!("{name}: {}", list.join(", ")));
+                line("", format!("{name}: {}", list.join(", ")));
             }
-            line("Reload:", parts.join("; "));
             for e in &r.errors {
                 line("", format!("  {e}"));
             }
@@ -101,10 +100,9 @@ where
     if s.layout_conflicts.is_empty() {
         line("Layout:", "no conflicts".to_owned());
     } else {
-        line(
-            "Layout:",
-            format!("{} conflicts:", s.layout_conflicts.len()),
-        );
+        let n = s.layout_conflicts.len();
+        let noun = if n == 1 { "conflict" } else { "conflicts" };
+        line("Layout:", format!("{n} {noun}:"));
         for c in &s.layout_conflicts {
             line("", format!("  {c}"));
         }
