@@ -18,6 +18,9 @@ pub enum DaemonError {
     /// The config file is invalid.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The control plane could not bind (socket in use, bus name taken, …).
+    #[error("{0}")]
+    Control(#[from] crate::control::ControlError),
     /// Setting up signals or the runtime failed.
     #[error("{context}: {source}")]
     Io {
@@ -64,6 +67,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         }
     };
     core.run(commands, events, shutdown).await;
+    control.shutdown().await;
     Ok(())
 }
 
