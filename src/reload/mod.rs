@@ -6,6 +6,6 @@
 //! NixOS activation swaps. The core state machine combines them with SIGHUP and the
 //! control API into reloads.
 
-#[allow(dead_code)] // used by the watcher, next commit
 mod chain;
 pub mod diff;
+pub mod watch;
