@@ -9,6 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::gpu::GpuEnv;
 use crate::notify::Notifier;
 use crate::process::become_subreaper;
+use crate::reload::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
 use crate::state::CoreHandle;
 use crate::supervisor::Supervisor;
 
@@ -49,6 +50,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("cannot handle SIGINT"))?;
     let sighup = signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?;
+    let control_config = config.control.clone();
     let (core, handle, commands, events) = Supervisor::new(
         PathBuf::from(path),
         config,
@@ -57,8 +59,22 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         Notifier::from_env(),
     );
     tracing::info!(config = %path.display(), "supervisor starting");
+    // Bind the control plane before starting the UI: a second supervisor on the
+    // same socket or bus name must fail here, before it launches a second UI.
+    let control = crate::control::start(handle.clone(), &control_config).await?;
 
     tokio::spawn(reload_on_sighup(handle.clone(), sighup));
+    // NixOS swaps /etc/static rather than the file: the watcher follows the chain.
+    let watcher = match ConfigWatcher::start(path, &text, DEFAULT_DEBOUNCE) {
+        Ok((watcher, changes)) => {
+            tokio::spawn(reload_on_change(handle.clone(), changes));
+            Some(watcher)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not watching the config file; reload with SIGHUP or `sd-webui-supervisor reload`");
+            None
+        }
+    };
 
     let shutdown = async move {
         tokio::select! {
@@ -67,6 +83,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         }
     };
     core.run(commands, events, shutdown).await;
+    drop(watcher);
     control.shutdown().await;
     Ok(())
 }
@@ -75,6 +92,16 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
 async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::Signal) {
     while sighup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading");
+        if handle.reload().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A changed config file → reload through the core.
+async fn reload_on_change(handle: CoreHandle, mut changes: tokio::sync::mpsc::Receiver<()>) {
+    while changes.recv().await.is_some() {
+        tracing::info!("config file changed: reloading");
         if handle.reload().await.is_err() {
             return;
         }
