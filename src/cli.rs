@@ -34,6 +34,15 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Lay out the data dir once (links, folders, settings) and exit; 3 on conflicts.
+    Layout {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the plan, one action a line, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -46,6 +55,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
         Command::Run { .. } => ExitCode::from(1),
     }
 }
