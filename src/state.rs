@@ -1,0 +1,230 @@
+//! The supervisor's published state and the commands it accepts.
+//!
+//! The core owns all state; every other part (systemd notify, HTTP API, D-Bus,
+//! metrics, the CLI) sees it only through [`Snapshot`]s on a watch channel and
+//! talks to the core only by sending a [`Command`] through a [`CoreHandle`].
+//! These types are the protocol between the core and its adapters.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Coarse state of the supervised UI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The UI process runs but has not answered its readiness probe yet.
+    Starting,
+    /// The UI answers; jobs can run.
+    Ready,
+    /// The UI crashed; waiting before the next start.
+    Backoff,
+    /// Preconditions not met (GPU missing, driver mismatch); re-checked periodically.
+    Waiting,
+    /// Too many crashes; no further starts until restart or reload.
+    Failed,
+    /// The UI is being stopped (for a restart or shutdown).
+    Stopping,
+}
+
+impl Phase {
+    /// The lowercase name used in status lines, JSON and D-Bus.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Backoff => "backoff",
+            Phase::Waiting => "waiting",
+            Phase::Failed => "failed",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+/// The UI's generation queue as last probed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queue {
+    /// Jobs running now (0 or 1 for Forge/A1111).
+    pub running: u32,
+    /// Jobs waiting.
+    pub pending: u32,
+}
+
+impl Queue {
+    /// No job running or waiting.
+    pub fn is_idle(&self) -> bool {
+        self.running == 0 && self.pending == 0
+    }
+}
+
+/// A restart the supervisor owes the UI because of config changes or a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRestart {
+    /// Why, one entry per change (`ui.extra_args`, `extensions`, `requested`, …).
+    pub reasons: Vec<String>,
+    /// `when-idle`, `immediately` or `manual`.
+    pub policy: String,
+    /// Unix seconds when the first of these changes arrived.
+    pub since_unix: u64,
+    /// Unix seconds after which the restart happens even if busy; `None` = never.
+    pub deadline_unix: Option<u64>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// `applied`, `unchanged` or `rejected`.
+    pub result: String,
+    /// Unix seconds.
+    pub at_unix: u64,
+    /// Validation errors (`FILE:LINE:COL: key: message`) when rejected.
+    pub errors: Vec<String>,
+    /// Changes applied live (`settings`, `models.loras`, …).
+    pub applied_live: Vec<String>,
+    /// Changes that need (and scheduled) a UI restart.
+    pub needs_restart: Vec<String>,
+    /// Live settings the UI did not know, so they were not sent.
+    pub unknown_settings: Vec<String>,
+}
+
+/// Everything the supervisor tells the world about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Coarse state.
+    pub state: Phase,
+    /// The one-line status also sent to systemd as `STATUS=`.
+    pub status_line: String,
+    /// Why the state is what it is (crash reason, waiting reason), if anything.
+    pub reason: Option<String>,
+    /// `forge`, `a1111` or `comfyui`.
+    pub flavor: String,
+    /// Configured GPUs (`None` = inherited).
+    pub gpus: Option<Vec<u32>>,
+    /// PID of the UI process, while one runs.
+    pub ui_pid: Option<u32>,
+    /// Last probed queue; `None` while the UI is not ready.
+    pub queue: Option<Queue>,
+    /// A restart owed to the UI, if any.
+    pub restart_pending: Option<PendingRestart>,
+    /// The last reload's outcome.
+    pub last_reload: Option<ReloadOutcome>,
+    /// Hash of the config file text in force (changes on every applied reload).
+    pub config_generation: String,
+    /// Number of declared model files.
+    pub models: usize,
+    /// Layout conflicts (user files where managed links should go), one line each.
+    pub layout_conflicts: Vec<String>,
+    /// Seconds the supervisor has been running.
+    pub uptime_seconds: u64,
+    /// Unix seconds when the current UI became ready.
+    pub ready_since_unix: Option<u64>,
+    /// UI restarts by reason (`config`, `requested`, `crash`, `startup-timeout`).
+    pub restarts: BTreeMap<String, u64>,
+    /// UI crashes (unexpected exits and startup timeouts).
+    pub crashes: u64,
+    /// Reloads by result (`applied`, `unchanged`, `rejected`).
+    pub reloads: BTreeMap<String, u64>,
+    /// Milliseconds from exec to ready for the last UI start.
+    pub last_time_to_ready_ms: Option<u64>,
+}
+
+/// When a requested restart should happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartWhen {
+    /// Once the queue is idle (merges with any pending restart).
+    Idle,
+    /// At once, interrupting running jobs.
+    Now,
+}
+
+/// A request to the core. Replies come back on the oneshot.
+#[derive(Debug)]
+pub enum Command {
+    /// Re-read the config file and apply it (same as SIGHUP).
+    Reload {
+        /// Receives the outcome once validation, the live part and scheduling are done.
+        reply: oneshot::Sender<ReloadOutcome>,
+    },
+    /// Restart the UI.
+    Restart {
+        /// When.
+        when: RestartWhen,
+        /// Receives the status line once the restart is scheduled (or started).
+        reply: oneshot::Sender<String>,
+    },
+}
+
+/// Why a command could not be delivered.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum HandleError {
+    /// The core has stopped (the daemon is shutting down).
+    #[error("the supervisor core has stopped")]
+    CoreStopped,
+    /// `wait_idle` ran out of time.
+    #[error("the UI did not become idle within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Cloneable access to the core for adapters (HTTP, D-Bus, signals, watcher).
+#[derive(Debug, Clone)]
+pub struct CoreHandle {
+    commands: mpsc::Sender<Command>,
+    snapshots: watch::Receiver<Snapshot>,
+}
+
+impl CoreHandle {
+    /// Wraps the core's channels.
+    pub fn new(commands: mpsc::Sender<Command>, snapshots: watch::Receiver<Snapshot>) -> Self {
+        CoreHandle {
+            commands,
+            snapshots,
+        }
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshots.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshots.clone()
+    }
+
+    /// Asks the core to reload its config file and waits for the outcome.
+    pub async fn reload(&self) -> Result<ReloadOutcome, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Reload { reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)
+    }
+
+    /// Asks the core to restart the UI; returns the status line after scheduling.
+    pub async fn restart(&self, when: RestartWhen) -> Result<String, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Restart { when, reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)
+    }
+
+    /// Waits until the UI is ready with an empty queue and no restart pending
+    /// that would interrupt, or until `timeout`.
+    pub async fn wait_idle(&self, timeout: Duration) -> Result<Snapshot, HandleError> {
+        let mut rx = self.snapshots.clone();
+        let idle = |s: &Snapshot| s.state == Phase::Ready && s.queue.is_some_and(|q| q.is_idle());
+        let wait = rx.wait_for(idle);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) => Ok(s.clone()),
+            Ok(Err(_)) => Err(HandleError::CoreStopped),
+            Err(_) => Err(HandleError::Timeout(timeout)),
+        }
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), HandleError> {
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| HandleError::CoreStopped)
+    }
+}
