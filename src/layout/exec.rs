@@ -77,7 +77,12 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
             report.actions_applied += 1;
             intent_recorded = true;
         }
-        let rel = |p: &Path| p.strip_prefix(&data_dir).unwrap_or(p).to_path_buf();
+        let rel = |p: &Path| {
+            p.strip_prefix(&data_dir)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned()
+        };
         let done = match action {
             Action::CreateDir { path, mode } => create_dir(&path, mode)?,
             Action::SetMode { path, mode } => {

@@ -74,13 +74,18 @@ pub(crate) struct Lock {
 impl Lock {
     /// Blocks until the lock file in `state_dir` is exclusively locked.
     pub(crate) fn acquire(state_dir: &Path) -> io::Result<Lock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(state_dir.join("lock"))?;
+        let path = state_dir.join("lock");
+        // Opened without O_CREAT when it exists: a relayout stays free of writes.
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)?,
+            Err(e) => return Err(e),
+        };
         file.lock()?;
         Ok(Lock { _file: file })
     }

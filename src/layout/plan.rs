@@ -4,9 +4,9 @@
 //! what is replaced) is unit- and property-tested on synthetic snapshots.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::desired::Desired;
+use super::desired::{Desired, Want, parent};
 use super::manifest::{self, Links, Manifest, Owned};
 use super::report::{Conflict, Dangling, Wanted};
 use super::settings::{self, Merge};
@@ -348,19 +348,15 @@ fn owned_now(snap: &Snapshot) -> Links {
     owned
 }
 
-fn parent(rel: &Path) -> &Path {
-    rel.parent().unwrap_or(Path::new(""))
-}
-
 /// Whether links can be made in the folder of `rel` (it is there or will be).
-fn reachable(snap: &Snapshot, rel: &Path) -> bool {
+fn reachable(snap: &Snapshot, rel: &str) -> bool {
     matches!(
         snap.dir(parent(rel)),
         DirState::Present { .. } | DirState::Missing
     )
 }
 
-fn dangling(link: PathBuf, want: &super::desired::Want) -> Action {
+fn dangling(link: PathBuf, want: &Want) -> Action {
     Action::Dangling(Dangling {
         link,
         target: want.target.clone(),
@@ -369,11 +365,8 @@ fn dangling(link: PathBuf, want: &super::desired::Want) -> Action {
 }
 
 /// The declaration an owned but undeclared link once had, from its record.
-fn wanted_of(rel: &Path, owned: &Owned) -> Wanted {
-    let name = rel
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+fn wanted_of(rel: &str, owned: &Owned) -> Wanted {
+    let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
     match owned.kind {
         Some(kind) => Wanted::Model { kind, name },
         None => Wanted::Extension { name },

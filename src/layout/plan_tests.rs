@@ -17,8 +17,8 @@ fn lora(name: &str) -> Wanted {
     }
 }
 
-fn rel(name: &str) -> PathBuf {
-    PathBuf::from("models/Lora").join(name)
+fn rel(name: &str) -> String {
+    format!("models/Lora/{name}")
 }
 
 fn abs(name: &str) -> PathBuf {
@@ -34,14 +34,14 @@ fn owned(target: &str) -> Owned {
 
 /// Declares loras `name -> target`.
 fn desired(links: &[(&str, &str)]) -> Desired {
-    let dirs: BTreeSet<PathBuf> = [
+    let dirs: BTreeSet<String> = [
         "models",
         "models/Lora",
         "extensions",
         ".sd-webui-supervisor",
     ]
     .into_iter()
-    .map(PathBuf::from)
+    .map(String::from)
     .collect();
     Desired {
         data_dir: "/d".into(),
@@ -49,7 +49,7 @@ fn desired(links: &[(&str, &str)]) -> Desired {
         dirs,
         link_dirs: ["models/Lora", "extensions"]
             .into_iter()
-            .map(PathBuf::from)
+            .map(String::from)
             .collect(),
         links: links
             .iter()

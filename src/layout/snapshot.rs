@@ -4,13 +4,13 @@
 //! neither declared nor recorded are not even `lstat`ed), one `readlink` per link
 //! that matters, one `stat` per declared target.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, DirEntry, FileType};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::desired::Desired;
+use super::desired::{Desired, Rel, parent};
 use super::manifest::{self, Manifest};
 use super::report::Found;
 use super::{LayoutError, fsio};
@@ -80,14 +80,14 @@ pub(crate) enum SettingsState {
 pub(crate) struct Snapshot {
     /// The data dir itself (never `Blocked`: that is an error).
     pub root: DirState,
-    /// Relative folders: the desired ones and the parents of recorded links.
-    pub dirs: BTreeMap<PathBuf, DirState>,
+    /// Folders: the desired ones and the parents of recorded links.
+    pub dirs: BTreeMap<Rel, DirState>,
     /// What stands at declared and recorded link paths; absent = nothing.
-    pub entries: BTreeMap<PathBuf, Entry>,
+    pub entries: BTreeMap<Rel, Entry>,
     /// Absolute paths of the supervisor's leftover temporaries.
     pub temps: Vec<PathBuf>,
     /// Declared targets that exist.
-    pub present_targets: BTreeSet<PathBuf>,
+    pub present_targets: HashSet<PathBuf>,
     /// The manifest; `None` when there is none.
     pub manifest: Option<Manifest>,
     /// The settings file.
@@ -95,10 +95,10 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// The state of a relative folder (`""` is the data dir); folders the scan did
-    /// not look at count as unreachable, so nothing is decided about them.
-    pub(crate) fn dir(&self, rel: &Path) -> &DirState {
-        if rel.as_os_str().is_empty() {
+    /// The state of a folder (`""` is the data dir); folders the scan did not
+    /// look at count as unreachable, so nothing is decided about them.
+    pub(crate) fn dir(&self, rel: &str) -> &DirState {
+        if rel.is_empty() {
             return &self.root;
         }
         self.dirs.get(rel).unwrap_or(&DirState::Unreachable)
@@ -120,28 +120,29 @@ pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
         dirs: BTreeMap::new(),
         entries: BTreeMap::new(),
         temps: Vec::new(),
-        present_targets: BTreeSet::new(),
+        present_targets: HashSet::new(),
         manifest,
         settings: SettingsState::NotManaged,
     };
-    let recorded: BTreeSet<PathBuf> = snap
+    let recorded: BTreeSet<Rel> = snap
         .manifest
         .iter()
         .flat_map(|m| m.links.keys().chain(m.pending.keys()))
         .cloned()
         .collect();
     let mut folders = desired.dirs.clone();
-    folders.extend(
-        recorded
-            .iter()
-            .filter_map(|p| p.parent())
-            .map(Path::to_path_buf),
-    );
+    for rel in &recorded {
+        let mut dir = parent(rel);
+        while !dir.is_empty() {
+            folders.insert(dir.to_string());
+            dir = parent(dir);
+        }
+    }
     for rel in &folders {
-        let state = match rel.parent().map(|p| snap.dir(p)) {
-            Some(DirState::Present { .. }) | None => dir_state(&desired.data_dir.join(rel))?,
-            Some(DirState::Missing) => DirState::Missing,
-            Some(_) => DirState::Unreachable,
+        let state = match snap.dir(parent(rel)) {
+            DirState::Present { .. } => dir_state(&desired.data_dir.join(rel))?,
+            DirState::Missing => DirState::Missing,
+            DirState::Blocked(_) | DirState::Unreachable => DirState::Unreachable,
         };
         snap.dirs.insert(rel.clone(), state);
     }
@@ -153,11 +154,18 @@ pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
             let dir = desired.data_dir.join(rel);
             for de in fs::read_dir(&dir).map_err(|e| LayoutError::io("read", &dir, e))? {
                 let de = de.map_err(|e| LayoutError::io("read", &dir, e))?;
-                let path = rel.join(de.file_name());
+                let name = de.file_name();
+                if fsio::is_temp_name(&name) {
+                    note_temp(&mut snap.temps, &de)?;
+                    continue;
+                }
+                // A name that is not UTF-8 was neither declared nor recorded.
+                let Some(name) = name.to_str() else {
+                    continue;
+                };
+                let path = format!("{rel}/{name}");
                 if desired.links.contains_key(&path) || recorded.contains(&path) {
                     snap.entries.insert(path, entry_of(&de)?);
-                } else if fsio::is_temp_name(&de.file_name()) {
-                    note_temp(&mut snap.temps, &de)?;
                 }
             }
             swept.insert(dir);
@@ -165,7 +173,7 @@ pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
     }
     // Recorded links outside today's managed folders (an old flavor, a removed kind).
     for rel in &recorded {
-        let parent = rel.parent().unwrap_or(Path::new(""));
+        let parent = parent(rel);
         if !desired.link_dirs.contains(parent)
             && matches!(snap.dir(parent), DirState::Present { .. })
             && let Some(entry) = lstat_entry(&desired.data_dir.join(rel))?
@@ -266,7 +274,7 @@ fn settings_state(desired: &Desired, snap: &Snapshot) -> Result<SettingsState, L
         return Ok(SettingsState::NotManaged);
     };
     let path = desired.data_dir.join(rel);
-    match snap.dir(rel.parent().unwrap_or(Path::new(""))) {
+    match snap.dir(parent(rel)) {
         DirState::Present { .. } => {}
         DirState::Missing => return Ok(SettingsState::Absent { path }),
         _ => return Ok(SettingsState::NotManaged),
