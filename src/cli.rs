@@ -73,6 +73,15 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// Lay out the data dir once (links, folders, settings) and exit; 3 on conflicts.
+    Layout {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the plan, one action a line, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -85,6 +94,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
         Command::Run { config } => run_daemon(&config),
         Command::Status { target, json } => client::run(&target, Action::Status { json }),
         Command::Reload { target } => client::run(&target, Action::Reload),
