@@ -16,8 +16,9 @@ use crate::state::Queue;
 pub enum Event {
     /// A readiness probe finished.
     Ready(bool),
-    /// A queue probe finished.
-    Queue(Result<Queue, String>),
+    /// A queue probe finished; `sent` is when it was sent (a restart may act only
+    /// on a reading taken after the idle grace ended).
+    Queue(Result<Queue, String>, Instant),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process, if known.
@@ -107,6 +108,7 @@ impl Supervisor {
                 }
                 let probe = Probe::new(config.ui.flavor, config.ui.port, auth);
                 self.queue = None;
+                self.queue_sent = None;
                 self.probe_in_flight = false;
                 self.next_probe = Instant::now() + Duration::from_millis(100);
                 self.ui = Ui::Starting {
@@ -206,8 +208,9 @@ impl Supervisor {
                     self.became_ready();
                 }
             }
-            Event::Queue(result) => {
+            Event::Queue(result, sent) => {
                 self.probe_in_flight = false;
+                self.queue_sent = Some(sent);
                 if !matches!(self.ui, Ui::Ready { .. }) {
                     return;
                 }
@@ -338,11 +341,15 @@ impl Supervisor {
     fn spawn_probe(&mut self, probe: Probe, readiness: bool) {
         self.probe_in_flight = true;
         let events = self.events.clone();
+        let sent = Instant::now();
         tokio::spawn(async move {
             let ev = if readiness {
                 Event::Ready(probe.ready().await)
             } else {
-                Event::Queue(probe.queue().await.map_err(|e: ProbeError| e.to_string()))
+                Event::Queue(
+                    probe.queue().await.map_err(|e: ProbeError| e.to_string()),
+                    sent,
+                )
             };
             let _ = events.send(ev);
         });

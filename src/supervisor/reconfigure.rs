@@ -216,8 +216,9 @@ impl Supervisor {
                 p.reasons.push(r);
             }
         }
-        if p.policy == RestartPolicy::Immediately || matches!(self.ui, Ui::Starting { .. }) {
-            // A UI that is still starting has no jobs to lose.
+        // A UI still counted as starting may already have accepted a job (it
+        // answers before our next readiness probe): it waits like a ready one.
+        if p.policy == RestartPolicy::Immediately {
             self.restart_now("config");
         }
     }
@@ -251,8 +252,11 @@ impl Supervisor {
         }
         match self.queue {
             Some(q) if q.is_idle() => {
-                let since = *p.idle_since.get_or_insert(now);
-                if now.duration_since(since) >= grace {
+                let since = *p.idle_since.get_or_insert(self.queue_sent.unwrap_or(now));
+                // Act only on a reading taken after the grace ended: a job may
+                // have arrived since the probe that started it.
+                let fresh = self.queue_sent.is_some_and(|sent| sent >= since + grace);
+                if now.duration_since(since) >= grace && fresh {
                     let counter = if p.reasons.iter().all(|r| r == "requested") {
                         "requested"
                     } else {
