@@ -387,6 +387,7 @@ impl Daemon {
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .stdin(Stdio::null())
