@@ -348,7 +348,7 @@ fn assert_group_gone_after_sigkill(scene: &Scene, daemon: common::Daemon, ui_pid
     let mut daemon = daemon;
     daemon.signal(Signal::SIGKILL);
     daemon.wait_exit(Duration::from_secs(5));
-    let left = common::wait_for_with(
+    common::wait_for_with(
         || {
             format!(
                 "no live process of the UI's group {ui_pid} (left: {:?}) nor marked with {} (left: {:?})",
@@ -364,7 +364,6 @@ fn assert_group_gone_after_sigkill(scene: &Scene, daemon: common::Daemon, ui_pid
             .then_some(())
         },
     );
-    let () = left;
     assert!(!alive(ui_pid));
 }
 

@@ -288,7 +288,6 @@ fn runs_the_same_without_notify_socket() {
 /// `systemctl start` returns on `READY=1`; the status systemd shows at that moment
 /// is the last `STATUS=` before it. It must not claim a problem that does not exist.
 #[test]
-#[ignore = "daemon bug: the STATUS= sent with READY=1 says 'not answering queue probes' before the first queue probe ran (see the report)"]
 fn status_at_ready_does_not_claim_failed_queue_probes() {
     let scene = Scene::new("notify-ready-status");
     let notify = NotifySocket::bind(scene.dir());

@@ -244,6 +244,14 @@ impl Supervisor {
         tracing::info!(pid = proc.pid(), took = ?took, "UI is ready");
         self.last_time_to_ready_ms = Some(took.as_millis() as u64);
         self.ready_since_unix = Some(unix_now());
+        let pending_settings = std::mem::take(&mut self.settings_for_ready);
+        if !pending_settings.is_empty() {
+            let probe = probe.clone();
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                super::reconfigure::send_settings(&probe, &pending_settings, &mut errors).await;
+            });
+        }
         self.ui = Ui::Ready {
             proc,
             probe,

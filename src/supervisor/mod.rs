@@ -114,6 +114,9 @@ pub struct Supervisor {
     next_extend: Instant,
     ready_since_unix: Option<u64>,
     last_time_to_ready_ms: Option<u64>,
+    /// Settings changed by reloads while the UI was not ready: it may have read its
+    /// settings file before the layout rewrote it, so they are sent once it is ready.
+    settings_for_ready: serde_json::Map<String, serde_json::Value>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<String>,
 }
@@ -215,6 +218,7 @@ impl Supervisor {
             next_extend: now,
             ready_since_unix: None,
             last_time_to_ready_ms: None,
+            settings_for_ready: serde_json::Map::new(),
             start_reason: None,
         };
         (sup, CoreHandle::new(cmd_tx, snap_rx), cmd_rx, events_rx)
@@ -349,6 +353,7 @@ impl Supervisor {
             gpus: self.config.ui.gpus.as_deref(),
             models,
             queue,
+            queue_probed: self.queue_sent.is_some(),
             pending: pending.as_ref(),
             deadline_local: pending
                 .as_ref()
