@@ -175,6 +175,7 @@ async fn daemon_control_plane_end_to_end() {
     let daemon = Daemon(
         Command::new(BIN)
             .args(["run", "--config", config_arg])
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -488,6 +489,7 @@ async fn systemd_unit_serves_dbus_and_the_socket() {
         .await
         .unwrap();
     let _ = monitor.kill();
+    let _ = monitor.wait();
     assert!(
         lines.iter().any(|l| l.contains("QueueRunning")),
         "no PropertiesChanged with QueueRunning:\n{}",
