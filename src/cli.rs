@@ -73,6 +73,15 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// Lay out the data dir once (links, folders, settings) and exit; 3 on conflicts.
+    Layout {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the plan, one action a line, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Runs a parsed command line and returns the process exit code.
@@ -85,7 +94,8 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run { .. } => ExitCode::from(1),
+        Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
+        Command::Run { config } => run_daemon(&config),
         Command::Status { target, json } => client::run(&target, Action::Status { json }),
         Command::Reload { target } => client::run(&target, Action::Reload),
         Command::Restart { target, now, .. } => {
@@ -97,5 +107,44 @@ pub fn main(cli: Cli) -> ExitCode {
             client::run(&target, Action::Restart(when))
         }
         Command::WaitIdle { target, timeout } => client::run(&target, Action::WaitIdle(timeout)),
+    }
+}
+
+/// Logs go to stderr (the journal under systemd, which adds its own timestamps).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if under_journal {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The daemon runs on a current-thread runtime: the UI is spawned with
+/// `PR_SET_PDEATHSIG`, which fires when the *forking thread* exits, so all spawning
+/// happens on the main thread, which lives as long as the process.
+fn run_daemon(config: &std::path::Path) -> ExitCode {
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(crate::daemon::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
     }
 }

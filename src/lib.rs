@@ -3,5 +3,14 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod flavor;
+pub mod gpu;
+pub mod layout;
+pub mod notify;
+pub mod probe;
+pub mod process;
+pub mod reload;
 pub mod state;
+pub mod status_line;
+pub mod supervisor;

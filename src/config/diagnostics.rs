@@ -92,6 +92,10 @@ fn first_line(message: &str) -> String {
     // serde names Rust types; the file speaks TOML.
     line.replace("expected i64", "expected an integer")
         .replace("expected a boolean", "expected true or false")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table")
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("invalid type: map", "invalid type: table")
 }
 
 /// A located problem, as printed.
@@ -231,9 +235,7 @@ fn offset_of(doc: &Doc<'_>, path: &[Seg], at: &At) -> usize {
                     .find(|(k, _)| k.get_ref().as_ref() == name.as_str())
                     .map(|(k, v)| (k.span().start, v))
             }
-            (Seg::Index(idx), Some(DeValue::Array(a))) => {
-                a.iter().nth(*idx).map(|v| (v.span().start, v))
-            }
+            (Seg::Index(idx), Some(DeValue::Array(a))) => a.get(*idx).map(|v| (v.span().start, v)),
             _ => None,
         };
         let Some((key_start, value)) = found else {
@@ -264,10 +266,10 @@ fn deepest_path_at(
             return Some(path);
         }
         // A `[table]`'s own span may cover only its header, so look inside first.
-        if let DeValue::Table(t) = v.get_ref() {
-            if let Some(found) = deepest_path_at(t, offset, path.clone()) {
-                return Some(found);
-            }
+        if let DeValue::Table(t) = v.get_ref()
+            && let Some(found) = deepest_path_at(t, offset, path.clone())
+        {
+            return Some(found);
         }
         if v.span().contains(&offset) || v.span().start == offset {
             return Some(deepest_in_value(v, offset, path));

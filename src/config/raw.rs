@@ -130,15 +130,21 @@ pub fn parse<'a>(
             ));
             continue;
         };
+        raw.present.push(name.to_string());
         if !value.get_ref().is_table() {
+            let ty = value.get_ref().type_str();
+            let article = if ty.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                "an"
+            } else {
+                "a"
+            };
             problems.push(Problem::new(
                 [name],
                 At::Value,
-                format!("must be a table, not a {}", value.get_ref().type_str()),
+                format!("must be a table, not {article} {ty}"),
             ));
             continue;
         }
-        raw.present.push(name.to_string());
         let value = without_unknown_keys(name, fields, value.clone(), problems);
         let span = value.span();
         let de = ValueDeserializer::from(value);

@@ -37,13 +37,26 @@ impl Checker<'_> {
     }
 
     fn duration(&mut self, section: &str, key: &str, raw: Option<&str>, default: &str) -> Duration {
+        self.checked_duration(section, key, raw, default)
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Like [`Checker::duration`], but `None` when the value was reported as invalid,
+    /// so that cross-key rules do not compare against a stand-in value.
+    fn checked_duration(
+        &mut self,
+        section: &str,
+        key: &str,
+        raw: Option<&str>,
+        default: &str,
+    ) -> Option<Duration> {
         let text = raw.unwrap_or(default);
         match humantime::parse_duration(text) {
             Ok(d) if d.is_zero() => {
                 self.value([section, key], "must be longer than zero");
-                Duration::from_secs(1)
+                None
             }
-            Ok(d) => d,
+            Ok(d) => Some(d),
             Err(e) => {
                 self.value(
                     [section, key],
@@ -51,7 +64,7 @@ impl Checker<'_> {
                         "{text:?} is not a duration ({e}); write e.g. \"30s\", \"10m\", \"6h\""
                     ),
                 );
-                Duration::from_secs(1)
+                None
             }
         }
     }
@@ -144,21 +157,22 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
             f
         }
     };
-    let command = raw.command.unwrap_or_default();
-    match command.first() {
-        None => c.value(
+    match raw.command.as_deref().map(<[String]>::first) {
+        None => c.missing("ui", "command"),
+        Some(None) => c.value(
             ["ui", "command"],
             "must name the program to run (a non-empty list)",
         ),
-        Some(p) if p.is_empty() => {
+        Some(Some(p)) if p.is_empty() => {
             c.value(["ui", "command"], "the program (first element) is empty")
         }
-        Some(p) if p.contains('/') && !p.starts_with('/') => c.value(
+        Some(Some(p)) if p.contains('/') && !p.starts_with('/') => c.value(
             ["ui", "command"],
             format!("the program {p:?} must be an absolute path or a bare name found on PATH"),
         ),
-        Some(_) => {}
+        Some(Some(_)) => {}
     }
+    let command = raw.command.unwrap_or_default();
     let port = match raw.port {
         None => flavor.map_or(7860, Flavor::default_port),
         Some(p) if (1..=65535).contains(&p) => p as u16,
@@ -182,6 +196,12 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
                 "value contains a NUL byte",
             );
         }
+    }
+    if raw.gpus.as_ref().is_some_and(Vec::is_empty) {
+        c.value(
+            ["ui", "gpus"],
+            "is empty; omit it to inherit CUDA_VISIBLE_DEVICES",
+        );
     }
     let gpus = raw.gpus.map(|ids| {
         let mut seen = BTreeSet::new();
@@ -208,12 +228,6 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
             ["ui", "environment", "CUDA_VISIBLE_DEVICES"],
             At::Key,
             "conflicts with ui.gpus, which sets CUDA_VISIBLE_DEVICES; remove one of them",
-        );
-    }
-    if gpus.as_ref().is_some_and(Vec::is_empty) {
-        c.value(
-            ["ui", "gpus"],
-            "is empty; omit it to inherit CUDA_VISIBLE_DEVICES",
         );
     }
     let api_auth_file = raw.api_auth_file.map(|p| {
@@ -374,12 +388,17 @@ fn restart_config(c: &mut Checker<'_>, raw: RawRestart) -> RestartConfig {
             RestartPolicy::WhenIdle
         }
     };
-    let idle_grace = c.duration("restart", "idle_grace", raw.idle_grace.as_deref(), "10s");
+    let idle_grace = c.checked_duration("restart", "idle_grace", raw.idle_grace.as_deref(), "10s");
+    // `None` inside: "never"; `None` outside: invalid, already reported.
     let deadline = match raw.deadline.as_deref() {
-        Some("never") => None,
-        other => Some(c.duration("restart", "deadline", other, "6h")),
+        Some("never") => Some(None),
+        other => c
+            .checked_duration("restart", "deadline", other, "6h")
+            .map(Some),
     };
-    if let Some(deadline) = deadline.filter(|d| *d <= idle_grace) {
+    if let (Some(Some(deadline)), Some(idle_grace)) = (deadline, idle_grace)
+        && deadline <= idle_grace
+    {
         c.value(
             ["restart", "deadline"],
             format!(
@@ -397,8 +416,8 @@ fn restart_config(c: &mut Checker<'_>, raw: RawRestart) -> RestartConfig {
     );
     RestartConfig {
         policy,
-        idle_grace,
-        deadline,
+        idle_grace: idle_grace.unwrap_or(Duration::from_secs(1)),
+        deadline: deadline.flatten(),
         poll_interval,
     }
 }

@@ -1,0 +1,109 @@
+//! The `run` command: wires the core to the outside world — signals, the config
+//! watcher, the control plane — and runs until SIGTERM/SIGINT.
+
+use std::path::{Path, PathBuf};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Config, ConfigError};
+use crate::gpu::GpuEnv;
+use crate::notify::Notifier;
+use crate::process::become_subreaper;
+use crate::reload::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
+use crate::state::CoreHandle;
+use crate::supervisor::Supervisor;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The control plane could not bind (socket in use, bus name taken, …).
+    #[error("{0}")]
+    Control(#[from] crate::control::ControlError),
+    /// Setting up signals or the runtime failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let context = context.into();
+    move |source| DaemonError::Io { context, source }
+}
+
+/// Runs the supervisor for the config at `path` until SIGTERM or SIGINT. Must run on
+/// a current-thread runtime whose thread lives as long as the process (the UI is
+/// spawned with `PR_SET_PDEATHSIG`, which follows the forking thread).
+pub async fn run(path: &Path) -> Result<(), DaemonError> {
+    let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
+    let config = Config::parse(path, &String::from_utf8_lossy(&text))?;
+    if let Err(e) = become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphaned UI processes are left to init");
+    }
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io("cannot handle SIGINT"))?;
+    let sighup = signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?;
+    let control_config = config.control.clone();
+    let (core, handle, commands, events) = Supervisor::new(
+        PathBuf::from(path),
+        config,
+        &text,
+        GpuEnv::from_env(),
+        Notifier::from_env(),
+    );
+    tracing::info!(config = %path.display(), "supervisor starting");
+    // Bind the control plane before starting the UI: a second supervisor on the
+    // same socket or bus name must fail here, before it launches a second UI.
+    let control = crate::control::start(handle.clone(), &control_config).await?;
+
+    tokio::spawn(reload_on_sighup(handle.clone(), sighup));
+    // NixOS swaps /etc/static rather than the file: the watcher follows the chain.
+    let watcher = match ConfigWatcher::start(path, &text, DEFAULT_DEBOUNCE) {
+        Ok((watcher, changes)) => {
+            tokio::spawn(reload_on_change(handle.clone(), changes));
+            Some(watcher)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not watching the config file; reload with SIGHUP or `sd-webui-supervisor reload`");
+            None
+        }
+    };
+
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM"),
+            _ = sigint.recv() => tracing::info!("SIGINT"),
+        }
+    };
+    core.run(commands, events, shutdown).await;
+    drop(watcher);
+    control.shutdown().await;
+    Ok(())
+}
+
+/// SIGHUP (`systemctl reload`, notify-reload) → reload through the core.
+async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::Signal) {
+    while sighup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading");
+        if handle.reload().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A changed config file → reload through the core.
+async fn reload_on_change(handle: CoreHandle, mut changes: tokio::sync::mpsc::Receiver<()>) {
+    while changes.recv().await.is_some() {
+        tracing::info!("config file changed: reloading");
+        if handle.reload().await.is_err() {
+            return;
+        }
+    }
+}

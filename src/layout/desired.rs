@@ -1,0 +1,139 @@
+//! What the config asks the data dir to contain, in the planner's terms: folders,
+//! links by path relative to the data dir, and the managed settings file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use super::manifest::STATE_DIR;
+use super::report::Wanted;
+use crate::config::Config;
+use crate::flavor::ModelKind;
+
+/// One declared link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Want {
+    /// Absolute target from the config.
+    pub target: PathBuf,
+    /// The declaration, for messages and the refresh decision.
+    pub wanted: Wanted,
+}
+
+impl Want {
+    /// The model kind of a model link; `None` for an extension.
+    pub(crate) fn kind(&self) -> Option<ModelKind> {
+        match &self.wanted {
+            Wanted::Model { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+/// A path relative to the data dir, `/`-separated, made of plain names.
+///
+/// A string rather than a `PathBuf`: every name in it comes from the config
+/// (UTF-8), and the planner compares tens of thousands of these, where byte
+/// comparison is several times cheaper than `Path`'s component-wise one.
+pub(crate) type Rel = String;
+
+/// The folder part of a [`Rel`] (`""` for the data dir itself).
+pub(crate) fn parent(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// The desired state of one data dir.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Desired {
+    /// Absolute data dir.
+    pub data_dir: PathBuf,
+    /// Mode of the data dir and of every folder the supervisor creates.
+    pub mode: u32,
+    /// Folders to exist, each ancestor before its descendants (the supervisor's
+    /// state dir included).
+    pub dirs: BTreeSet<Rel>,
+    /// Folders whose entries are managed links (scanned for leftovers too).
+    pub link_dirs: BTreeSet<Rel>,
+    /// Declared links.
+    pub links: BTreeMap<Rel, Want>,
+    /// Settings file and its managed keys; `None` when nothing is managed.
+    pub settings: Option<(Rel, serde_json::Map<String, serde_json::Value>)>,
+}
+
+impl Desired {
+    /// Derives the desired state from a validated config.
+    pub(crate) fn from_config(config: &Config) -> Desired {
+        let flavor = config.ui.flavor;
+        let mut links = BTreeMap::new();
+        // Validation guarantees every kind has a folder for the flavor.
+        for (kind, files) in &config.models {
+            let Some(dir) = flavor.model_dir(*kind) else {
+                continue;
+            };
+            for (name, target) in files {
+                let wanted = Wanted::Model {
+                    kind: *kind,
+                    name: name.clone(),
+                };
+                let want = Want {
+                    target: target.clone(),
+                    wanted,
+                };
+                links.insert(format!("{dir}/{name}"), want);
+            }
+        }
+        for (name, target) in &config.extensions {
+            let wanted = Wanted::Extension { name: name.clone() };
+            let want = Want {
+                target: target.clone(),
+                wanted,
+            };
+            links.insert(format!("{}/{name}", flavor.extensions_dir()), want);
+        }
+        let link_dirs: BTreeSet<Rel> = flavor.required_dirs().into_iter().map(Rel::from).collect();
+        let settings = (!config.settings.is_empty())
+            .then(|| (Rel::from(flavor.settings_file()), config.settings.clone()));
+        let mut wanted_dirs = link_dirs.clone();
+        wanted_dirs.insert(Rel::from(STATE_DIR));
+        if let Some((file, _)) = &settings {
+            wanted_dirs.insert(parent(file).to_string());
+        }
+        Desired {
+            data_dir: config.data.dir.clone(),
+            mode: config.data.permissions,
+            dirs: with_ancestors(wanted_dirs),
+            link_dirs,
+            links,
+            settings,
+        }
+    }
+
+    /// The supervisor's state dir (absolute).
+    pub(crate) fn state_dir(&self) -> PathBuf {
+        self.data_dir.join(STATE_DIR)
+    }
+}
+
+/// Adds every ancestor of each dir; the set's order puts parents before
+/// children (a prefix sorts first).
+fn with_ancestors(dirs: BTreeSet<Rel>) -> BTreeSet<Rel> {
+    let mut all = BTreeSet::new();
+    for dir in dirs {
+        let mut d = dir.as_str();
+        while !d.is_empty() {
+            all.insert(d.to_string());
+            d = parent(d);
+        }
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ancestors_come_first() {
+        let dirs = with_ancestors(["models/Lora".into(), "user/default".into(), "".into()].into());
+        let order: Vec<_> = dirs.iter().map(String::as_str).collect();
+        assert_eq!(order, ["models", "models/Lora", "user", "user/default"]);
+    }
+}

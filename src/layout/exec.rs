@@ -1,0 +1,286 @@
+//! Carrying a plan out, crash-safely.
+//!
+//! Order of writes: folders, leftover temporaries, then (only if links are to be
+//! created or replaced) the manifest with those links as `pending`, then the
+//! links, an fsync of every folder whose links changed, the final manifest, and
+//! the settings file. A kill at any point leaves links that are either recorded
+//! or pending, and temporaries under a name only the supervisor uses: the next
+//! run recognises all of them.
+//!
+//! The disk may change between the scan and a write; each write is made so that
+//! it cannot clobber something new: `symlink` fails on an existing name, and a
+//! link is only replaced or removed after re-reading that it still is ours.
+
+use std::collections::BTreeSet;
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::desired::Desired;
+use super::manifest::{self, Manifest};
+use super::plan::{Action, Plan, manifest_differs};
+use super::report::{Conflict, LayoutReport, Wanted};
+use super::snapshot::lstat_entry;
+use super::{LayoutError, fsio};
+
+/// Creates the data dir and the supervisor's state dir when missing (they must
+/// exist before the lock can be taken); returns how many were created.
+pub(crate) fn prepare(desired: &Desired) -> Result<usize, LayoutError> {
+    let mut created = 0;
+    for dir in [desired.data_dir.clone(), desired.state_dir()] {
+        match fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(LayoutError::NotADirectory(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(desired.mode)
+                    .create(&dir)
+                    .map_err(|e| LayoutError::io("create", &dir, e))?;
+                set_mode(&dir, desired.mode)?;
+                created += 1;
+            }
+            Err(e) => return Err(LayoutError::io("examine", &dir, e)),
+        }
+    }
+    Ok(created)
+}
+
+/// Carries out `plan`.
+pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
+    let Plan {
+        data_dir,
+        actions,
+        recorded: mut on_disk,
+        start,
+        pending,
+        mut finish,
+    } = plan;
+    let mut report = LayoutReport::default();
+    let mut intent_recorded = pending.is_empty();
+    let mut changed_dirs = BTreeSet::new();
+    let mut settings_actions = Vec::new();
+    for action in actions {
+        let creates = matches!(
+            action,
+            Action::CreateLink { .. } | Action::ReplaceLink { .. }
+        );
+        if creates && !intent_recorded {
+            let intent = Manifest {
+                links: start.clone(),
+                pending: pending.clone(),
+            };
+            manifest::write(&data_dir, &intent)?;
+            on_disk = Some(intent);
+            report.actions_applied += 1;
+            intent_recorded = true;
+        }
+        let rel = |p: &Path| {
+            p.strip_prefix(&data_dir)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned()
+        };
+        let done = match action {
+            Action::CreateDir { path, mode } => create_dir(&path, mode)?,
+            Action::SetMode { path, mode } => {
+                set_mode(&path, mode)?;
+                true
+            }
+            Action::RemoveTemp { path } => remove(&path)?,
+            Action::CreateLink {
+                path,
+                target,
+                wanted,
+            } => match symlink(&target, &path) {
+                Ok(()) => {
+                    note_change(&mut report, &wanted, &path, &mut changed_dirs);
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    finish.remove(&rel(&path));
+                    lost_race(&mut report, &path, wanted)?;
+                    continue;
+                }
+                Err(e) => return Err(LayoutError::io("create link", &path, e)),
+            },
+            Action::ReplaceLink {
+                path,
+                old,
+                target,
+                wanted,
+            } => {
+                if replace_link(&path, &old, &target)? {
+                    note_change(&mut report, &wanted, &path, &mut changed_dirs);
+                    true
+                } else {
+                    finish.remove(&rel(&path));
+                    lost_race(&mut report, &path, wanted)?;
+                    continue;
+                }
+            }
+            Action::RemoveLink {
+                path,
+                target,
+                wanted,
+                ..
+            } => {
+                let removed = still_points(&path, &target) && remove(&path)?;
+                if removed {
+                    note_change(&mut report, &wanted, &path, &mut changed_dirs);
+                }
+                removed
+            }
+            Action::Conflict(c) => {
+                report.conflicts.push(c);
+                false
+            }
+            Action::Dangling(d) => {
+                report.dangling.push(d);
+                false
+            }
+            settings @ (Action::SetAsideSettings { .. } | Action::WriteSettings { .. }) => {
+                settings_actions.push(settings);
+                false
+            }
+        };
+        report.actions_applied += usize::from(done);
+    }
+    for dir in &changed_dirs {
+        fsio::sync_dir(dir).map_err(|e| LayoutError::io("sync", dir, e))?;
+    }
+    if manifest_differs(on_disk.as_ref(), &finish) {
+        let done = Manifest {
+            links: finish,
+            pending: Default::default(),
+        };
+        manifest::write(&data_dir, &done)?;
+        report.actions_applied += 1;
+    }
+    for action in settings_actions {
+        match action {
+            Action::SetAsideSettings { path, .. } => {
+                report.corrupt_settings_moved_to = Some(set_aside(&path)?);
+            }
+            Action::WriteSettings {
+                path,
+                contents,
+                mode,
+                ..
+            } => {
+                fsio::write_atomic(&path, &contents, mode)
+                    .map_err(|e| LayoutError::io("write", &path, e))?;
+                report.settings_written = true;
+            }
+            _ => continue,
+        }
+        report.actions_applied += 1;
+    }
+    Ok(report)
+}
+
+/// Something appeared at `path` after the scan: it is the user's, so it is
+/// reported like any conflict and left alone.
+fn lost_race(report: &mut LayoutReport, path: &Path, wanted: Wanted) -> Result<(), LayoutError> {
+    if let Some(entry) = lstat_entry(path)? {
+        report.conflicts.push(Conflict {
+            path: path.to_path_buf(),
+            found: entry.found(),
+            wanted,
+        });
+    }
+    Ok(())
+}
+
+fn note_change(
+    report: &mut LayoutReport,
+    wanted: &Wanted,
+    path: &Path,
+    changed_dirs: &mut BTreeSet<PathBuf>,
+) {
+    match wanted {
+        Wanted::Model { kind, .. } => {
+            report.changed_kinds.insert(*kind);
+        }
+        _ => report.extensions_changed = true,
+    }
+    if let Some(dir) = path.parent() {
+        changed_dirs.insert(dir.to_path_buf());
+    }
+}
+
+/// Points the link at `path` to `target` without a moment where the name is
+/// missing: a new link under a temporary name is renamed over the old one, but
+/// only if the old one is still the link we own.
+fn replace_link(path: &Path, old: &Path, target: &Path) -> Result<bool, LayoutError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = fsio::temp_path(dir);
+    symlink(target, &temp).map_err(|e| LayoutError::io("create link", &temp, e))?;
+    if !still_points(path, old) {
+        remove(&temp)?;
+        return Ok(false);
+    }
+    fs::rename(&temp, path).map_err(|e| LayoutError::io("rename over", path, e))?;
+    Ok(true)
+}
+
+fn still_points(path: &Path, target: &Path) -> bool {
+    fs::read_link(path).is_ok_and(|t| t == target)
+}
+
+/// Creates one folder (its parent exists: the plan lists parents first).
+fn create_dir(path: &Path, mode: u32) -> Result<bool, LayoutError> {
+    match DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {
+            set_mode(path, mode)?;
+            Ok(true)
+        }
+        // Appeared since the scan: not ours, keep its mode.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(LayoutError::io("create", path, e)),
+    }
+}
+
+/// The umask filters the mode given to `mkdir`; the configured mode must not be.
+fn set_mode(path: &Path, mode: u32) -> Result<(), LayoutError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| LayoutError::io("set the mode of", path, e))
+}
+
+fn remove(path: &Path) -> Result<bool, LayoutError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(LayoutError::io("remove", path, e)),
+    }
+}
+
+/// Moves an unparsable settings file to `<name>.corrupt-<UTC time>`, never over
+/// an earlier one (a hard link fails on an existing name), and returns where.
+fn set_aside(path: &Path) -> Result<PathBuf, LayoutError> {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let base = format!("{}.corrupt-{stamp}", path.display());
+    for n in 0..1000 {
+        let dest = PathBuf::from(match n {
+            0 => base.clone(),
+            n => format!("{base}.{n}"),
+        });
+        match fs::hard_link(path, &dest) {
+            Ok(()) => {
+                remove(path)?;
+                return Ok(dest);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(LayoutError::io("set aside", path, e)),
+        }
+    }
+    Err(LayoutError::io(
+        "set aside",
+        path,
+        io::Error::new(io::ErrorKind::AlreadyExists, "too many earlier copies"),
+    ))
+}

@@ -1,0 +1,97 @@
+//! Laying out the data directory (DESIGN §3.3): model and extension links from the
+//! config, the folders the UI needs, and the managed settings keys.
+//!
+//! The layout is `scan` (read the disk into a [`snapshot`]), `plan` (a pure
+//! function from the desired state and the snapshot to [`Action`]s) and `exec`
+//! (carry the actions out). Safety comes from three rules:
+//!
+//! - **Ownership.** The supervisor only ever replaces or removes a link recorded in
+//!   its [`manifest`] with the exact target recorded. Anything else at a managed
+//!   name is a [`Conflict`]: reported, kept, and the rest of the layout proceeds.
+//! - **Crash safety.** Links are recorded as *pending* before they are made; a
+//!   link is recognised after a crash only if it points exactly where the record
+//!   says. Replacements are renamed over the old link; temporaries carry a name
+//!   only the supervisor uses and are swept by the next run.
+//! - **Idempotence.** A relayout with nothing to change performs no write at all.
+
+mod command;
+mod desired;
+mod exec;
+mod fsio;
+mod manifest;
+mod plan;
+mod report;
+mod settings;
+mod snapshot;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use command::command;
+pub use plan::{Action, Plan, Removal};
+pub use report::{Conflict, Dangling, Found, LayoutReport, Wanted};
+
+use crate::config::Config;
+use desired::Desired;
+
+/// Why a layout could not be carried out at all (conflicts are not errors: they
+/// are reported in the [`LayoutReport`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// A filesystem operation failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The data dir (or the supervisor's folder in it) is not a directory.
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// The manifest cannot be understood, so ownership is unknown.
+    #[error(
+        "manifest {} is unreadable ({reason}); move it away to start over (links it recorded are then reported as conflicts)",
+        path.display()
+    )]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl LayoutError {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> LayoutError {
+        LayoutError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Decides what a layout would do, changing nothing (`layout --dry-run`).
+pub fn plan(config: &Config) -> Result<Plan, LayoutError> {
+    let desired = Desired::from_config(config);
+    let snapshot = snapshot::scan(&desired)?;
+    Ok(plan::plan(&desired, &snapshot))
+}
+
+/// Lays the data dir out: blocking filesystem work, meant for `spawn_blocking`.
+/// Holds a lock on the data dir for the duration, so concurrent layouts queue.
+pub fn apply(config: &Config) -> Result<LayoutReport, LayoutError> {
+    let desired = Desired::from_config(config);
+    let prepared = exec::prepare(&desired)?;
+    let state_dir = desired.state_dir();
+    let _lock =
+        fsio::Lock::acquire(&state_dir).map_err(|e| LayoutError::io("lock", &state_dir, e))?;
+    let snapshot = snapshot::scan(&desired)?;
+    let mut report = exec::execute(plan::plan(&desired, &snapshot))?;
+    report.actions_applied += prepared;
+    Ok(report)
+}

@@ -1,0 +1,304 @@
+//! What is on disk, read once into plain data so the planner can be pure.
+//!
+//! Reading is cheap on purpose: one `readdir` per managed folder (entries that are
+//! neither declared nor recorded are not even `lstat`ed), one `readlink` per link
+//! that matters, one `stat` per declared target.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{self, DirEntry, FileType};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::desired::{Desired, Rel, parent};
+use super::manifest::{self, Manifest};
+use super::report::Found;
+use super::{LayoutError, fsio};
+
+/// The state of a folder the layout cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DirState {
+    /// Not there (the parent is a directory, or missing too).
+    Missing,
+    /// A directory, or a link to one (a user's other disk is followed).
+    Present {
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Something else stands at the folder's path.
+    Blocked(Found),
+    /// An ancestor is blocked: nothing below can be examined or changed.
+    Unreachable,
+}
+
+/// What stands at a path that matters (a declared or a recorded link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A symbolic link with this stored target.
+    Link(PathBuf),
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// Anything else.
+    Other,
+}
+
+impl Entry {
+    /// How a conflict names what was found.
+    pub(crate) fn found(&self) -> Found {
+        match self {
+            Entry::Link(target) => Found::Link {
+                target: target.clone(),
+            },
+            Entry::File => Found::File,
+            Entry::Dir => Found::Directory,
+            Entry::Other => Found::Other,
+        }
+    }
+}
+
+/// The managed settings file as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SettingsState {
+    /// No `[settings]`, or its folder is unreachable.
+    NotManaged,
+    /// No file yet; it would be written at `path`.
+    Absent { path: PathBuf },
+    /// A regular file (at `path`, after following a user's link), its bytes and mode.
+    Present {
+        path: PathBuf,
+        bytes: Vec<u8>,
+        mode: u32,
+    },
+    /// Something that is not a regular file stands at `path`.
+    Blocked { path: PathBuf, found: Found },
+}
+
+/// Everything the planner needs to know about the disk.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Snapshot {
+    /// The data dir itself (never `Blocked`: that is an error).
+    pub root: DirState,
+    /// Folders: the desired ones and the parents of recorded links.
+    pub dirs: BTreeMap<Rel, DirState>,
+    /// What stands at declared and recorded link paths; absent = nothing.
+    pub entries: BTreeMap<Rel, Entry>,
+    /// Absolute paths of the supervisor's leftover temporaries.
+    pub temps: Vec<PathBuf>,
+    /// Declared targets that exist.
+    pub present_targets: HashSet<PathBuf>,
+    /// The manifest; `None` when there is none.
+    pub manifest: Option<Manifest>,
+    /// The settings file.
+    pub settings: SettingsState,
+}
+
+impl Snapshot {
+    /// The state of a folder (`""` is the data dir); folders the scan did not
+    /// look at count as unreachable, so nothing is decided about them.
+    pub(crate) fn dir(&self, rel: &str) -> &DirState {
+        if rel.is_empty() {
+            return &self.root;
+        }
+        self.dirs.get(rel).unwrap_or(&DirState::Unreachable)
+    }
+}
+
+/// Reads the disk for `desired`.
+pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
+    let root = match dir_state(&desired.data_dir)? {
+        DirState::Blocked(_) => return Err(LayoutError::NotADirectory(desired.data_dir.clone())),
+        state => state,
+    };
+    let manifest = match root {
+        DirState::Present { .. } => manifest::read(&desired.data_dir)?,
+        _ => None,
+    };
+    let mut snap = Snapshot {
+        root,
+        dirs: BTreeMap::new(),
+        entries: BTreeMap::new(),
+        temps: Vec::new(),
+        present_targets: HashSet::new(),
+        manifest,
+        settings: SettingsState::NotManaged,
+    };
+    let recorded: BTreeSet<Rel> = snap
+        .manifest
+        .iter()
+        .flat_map(|m| m.links.keys().chain(m.pending.keys()))
+        .cloned()
+        .collect();
+    let mut folders = desired.dirs.clone();
+    for rel in &recorded {
+        let mut dir = parent(rel);
+        while !dir.is_empty() {
+            folders.insert(dir.to_string());
+            dir = parent(dir);
+        }
+    }
+    for rel in &folders {
+        let state = match snap.dir(parent(rel)) {
+            DirState::Present { .. } => dir_state(&desired.data_dir.join(rel))?,
+            DirState::Missing => DirState::Missing,
+            DirState::Blocked(_) | DirState::Unreachable => DirState::Unreachable,
+        };
+        snap.dirs.insert(rel.clone(), state);
+    }
+
+    // Managed folders: one readdir each.
+    let mut swept = BTreeSet::new();
+    for rel in &desired.link_dirs {
+        if let DirState::Present { .. } = snap.dir(rel) {
+            let dir = desired.data_dir.join(rel);
+            for de in fs::read_dir(&dir).map_err(|e| LayoutError::io("read", &dir, e))? {
+                let de = de.map_err(|e| LayoutError::io("read", &dir, e))?;
+                let name = de.file_name();
+                if fsio::is_temp_name(&name) {
+                    note_temp(&mut snap.temps, &de)?;
+                    continue;
+                }
+                // A name that is not UTF-8 was neither declared nor recorded.
+                let Some(name) = name.to_str() else {
+                    continue;
+                };
+                let path = format!("{rel}/{name}");
+                if desired.links.contains_key(&path) || recorded.contains(&path) {
+                    snap.entries.insert(path, entry_of(&de)?);
+                }
+            }
+            swept.insert(dir);
+        }
+    }
+    // Recorded links outside today's managed folders (an old flavor, a removed kind).
+    for rel in &recorded {
+        let parent = parent(rel);
+        if !desired.link_dirs.contains(parent)
+            && matches!(snap.dir(parent), DirState::Present { .. })
+            && let Some(entry) = lstat_entry(&desired.data_dir.join(rel))?
+        {
+            snap.entries.insert(rel.clone(), entry);
+        }
+    }
+    for target in desired.links.values().map(|w| &w.target) {
+        if !snap.present_targets.contains(target) && fs::metadata(target).is_ok() {
+            snap.present_targets.insert(target.clone());
+        }
+    }
+    snap.settings = settings_state(desired, &snap)?;
+
+    // Other places the supervisor writes temporaries: the data dir, its state dir,
+    // the settings file's folder.
+    let mut others = vec![desired.data_dir.clone(), desired.state_dir()];
+    if let SettingsState::Present { path, .. } | SettingsState::Absent { path } = &snap.settings {
+        others.extend(path.parent().map(Path::to_path_buf));
+    }
+    for dir in others {
+        if swept.contains(&dir) || !dir.is_dir() {
+            continue;
+        }
+        for de in fs::read_dir(&dir).map_err(|e| LayoutError::io("read", &dir, e))? {
+            let de = de.map_err(|e| LayoutError::io("read", &dir, e))?;
+            if fsio::is_temp_name(&de.file_name()) {
+                note_temp(&mut snap.temps, &de)?;
+            }
+        }
+        swept.insert(dir);
+    }
+    Ok(snap)
+}
+
+/// Follows links: a folder that is a user's link to another disk is `Present`.
+fn dir_state(path: &Path) -> Result<DirState, LayoutError> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(DirState::Present {
+            mode: m.permissions().mode() & 0o7777,
+        }),
+        Ok(_) => Ok(DirState::Blocked(
+            lstat_entry(path)?.map_or(Found::Other, |e| e.found()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match lstat_entry(path)? {
+            // A dangling link: perhaps a disk that is not mounted. Never replaced.
+            Some(e) => Ok(DirState::Blocked(e.found())),
+            None => Ok(DirState::Missing),
+        },
+        Err(e) => Err(LayoutError::io("examine", path, e)),
+    }
+}
+
+/// What stands at `path` without following it; `None` when nothing does.
+pub(crate) fn lstat_entry(path: &Path) -> Result<Option<Entry>, LayoutError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => entry_from(path, m.file_type()).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LayoutError::io("examine", path, e)),
+    }
+}
+
+fn entry_of(de: &DirEntry) -> Result<Entry, LayoutError> {
+    let path = de.path();
+    let ft = de
+        .file_type()
+        .map_err(|e| LayoutError::io("examine", &path, e))?;
+    entry_from(&path, ft)
+}
+
+fn entry_from(path: &Path, ft: FileType) -> Result<Entry, LayoutError> {
+    Ok(if ft.is_symlink() {
+        Entry::Link(fs::read_link(path).map_err(|e| LayoutError::io("read link", path, e))?)
+    } else if ft.is_file() {
+        Entry::File
+    } else if ft.is_dir() {
+        Entry::Dir
+    } else {
+        Entry::Other
+    })
+}
+
+/// Only links and plain files under the temp prefix are leftovers; a directory
+/// with that name is nobody's business of ours.
+fn note_temp(temps: &mut Vec<PathBuf>, de: &DirEntry) -> Result<(), LayoutError> {
+    let path = de.path();
+    let ft = de
+        .file_type()
+        .map_err(|e| LayoutError::io("examine", &path, e))?;
+    if ft.is_symlink() || ft.is_file() {
+        temps.push(path);
+    }
+    Ok(())
+}
+
+fn settings_state(desired: &Desired, snap: &Snapshot) -> Result<SettingsState, LayoutError> {
+    let Some((rel, _)) = &desired.settings else {
+        return Ok(SettingsState::NotManaged);
+    };
+    let path = desired.data_dir.join(rel);
+    match snap.dir(parent(rel)) {
+        DirState::Present { .. } => {}
+        DirState::Missing => return Ok(SettingsState::Absent { path }),
+        _ => return Ok(SettingsState::NotManaged),
+    }
+    let blocked = |found| SettingsState::Blocked {
+        path: path.clone(),
+        found,
+    };
+    let real = match lstat_entry(&path)? {
+        None => return Ok(SettingsState::Absent { path }),
+        Some(Entry::File) => path.clone(),
+        // A user's link to their own file is followed, like a linked folder.
+        Some(Entry::Link(target)) => match fs::canonicalize(&path) {
+            Ok(real) if real.is_file() => real,
+            _ => return Ok(blocked(Found::Link { target })),
+        },
+        Some(other) => return Ok(blocked(other.found())),
+    };
+    let read = |e| LayoutError::io("read", &real, e);
+    let bytes = fs::read(&real).map_err(read)?;
+    let mode = fs::metadata(&real).map_err(read)?.permissions().mode() & 0o7777;
+    Ok(SettingsState::Present {
+        path: real,
+        bytes,
+        mode,
+    })
+}

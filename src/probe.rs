@@ -1,0 +1,344 @@
+//! HTTP probes of the UI: readiness, queue (busy/idle), live settings and model
+//! refreshes (ui-apis.md §2–4). All requests go to loopback, whatever `listen` says.
+//!
+//! The JSON parsing is split into pure functions tested against responses captured
+//! from the real UIs (`tests/data/`).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::flavor::Flavor;
+use crate::state::Queue;
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Connection refused, timeout, …
+    #[error("{path}: {source}")]
+    Http {
+        /// The endpoint.
+        path: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The UI answered with an error status.
+    #[error("{path}: HTTP {status}: {body}")]
+    Status {
+        /// The endpoint.
+        path: String,
+        /// HTTP status code.
+        status: u16,
+        /// Start of the response body.
+        body: String,
+    },
+    /// The UI answered something that is not the documented JSON shape.
+    #[error("{path}: unexpected response: {detail}")]
+    Shape {
+        /// The endpoint.
+        path: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// `user:pass` for Forge/A1111 `--api-auth` (HTTP Basic on `/sdapi/*`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiAuth {
+    /// User name.
+    pub user: String,
+    /// Password (never logged).
+    pub password: String,
+}
+
+impl std::fmt::Debug for ApiAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiAuth({}:***)", self.user)
+    }
+}
+
+impl ApiAuth {
+    /// Parses a `user:pass` line. A1111 splits on every `:`, so a password with a
+    /// colon would crash the UI at start: refuse it here with a clear message.
+    pub fn parse(text: &str) -> Result<ApiAuth, String> {
+        let line = text.trim();
+        match line.split(':').collect::<Vec<_>>().as_slice() {
+            [user, password] if !user.is_empty() && !password.is_empty() => Ok(ApiAuth {
+                user: (*user).to_string(),
+                password: (*password).to_string(),
+            }),
+            _ => Err("must hold exactly one \"user:password\" (no ':' in the password; the UI splits on every ':')".into()),
+        }
+    }
+}
+
+/// A probe client for one UI instance.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    client: reqwest::Client,
+    base: String,
+    flavor: Flavor,
+    auth: Option<ApiAuth>,
+}
+
+/// Timeout of readiness and queue probes: a loaded UI answers these in milliseconds.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Probe {
+    /// A client for the UI on `127.0.0.1:port`.
+    pub fn new(flavor: Flavor, port: u16, auth: Option<ApiAuth>) -> Probe {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        Probe {
+            client,
+            base: format!("http://127.0.0.1:{port}"),
+            flavor,
+            auth,
+        }
+    }
+
+    /// True when the UI answers its readiness endpoints (never a log line).
+    pub async fn ready(&self) -> bool {
+        match self.flavor {
+            Flavor::Forge | Flavor::A1111 => {
+                self.get("/internal/ping").await.is_ok()
+                    && self
+                        .get("/sdapi/v1/progress?skip_current_image=true")
+                        .await
+                        .is_ok()
+            }
+            Flavor::Comfyui => self.get("/system_stats").await.is_ok(),
+        }
+    }
+
+    /// The queue right now.
+    pub async fn queue(&self) -> Result<Queue, ProbeError> {
+        match self.flavor {
+            Flavor::Forge | Flavor::A1111 => {
+                let progress = self
+                    .get("/sdapi/v1/progress?skip_current_image=true")
+                    .await?;
+                let pending = self.get("/internal/pending-tasks").await?;
+                forge_queue(&progress, &pending).map_err(|detail| ProbeError::Shape {
+                    path: "/sdapi/v1/progress".into(),
+                    detail,
+                })
+            }
+            Flavor::Comfyui => {
+                let queue = self.get("/queue").await?;
+                comfyui_queue(&queue).map_err(|detail| ProbeError::Shape {
+                    path: "/queue".into(),
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// `GET /sdapi/v1/options` (Forge/A1111): the keys the UI knows, with values.
+    pub async fn options(&self) -> Result<serde_json::Map<String, Value>, ProbeError> {
+        match self.get("/sdapi/v1/options").await? {
+            Value::Object(map) => Ok(map),
+            other => Err(ProbeError::Shape {
+                path: "/sdapi/v1/options".into(),
+                detail: format!("expected an object, got {}", type_name(&other)),
+            }),
+        }
+    }
+
+    /// `POST /sdapi/v1/options` with only the given keys. May wait behind a running
+    /// job in A1111 (model-changing keys take the queue lock), hence the long timeout.
+    pub async fn set_options(
+        &self,
+        values: &serde_json::Map<String, Value>,
+    ) -> Result<(), ProbeError> {
+        self.post(
+            "/sdapi/v1/options",
+            Some(Value::Object(values.clone())),
+            Duration::from_secs(3600),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST` to a refresh endpoint (`/sdapi/v1/refresh-checkpoints`, …). These wait
+    /// for the queue lock, so callers run them in the background.
+    pub async fn refresh(&self, endpoint: &str) -> Result<(), ProbeError> {
+        self.post(endpoint, None, Duration::from_secs(3600))
+            .await
+            .map(|_| ())
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, ProbeError> {
+        let req = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .timeout(PROBE_TIMEOUT);
+        self.send(path, req).await
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, ProbeError> {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .timeout(timeout);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.send(path, req).await
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<Value, ProbeError> {
+        if let (Some(auth), true) = (&self.auth, path.starts_with("/sdapi/")) {
+            req = req.basic_auth(&auth.user, Some(&auth.password));
+        }
+        let http = |source| ProbeError::Http {
+            path: path.to_string(),
+            source,
+        };
+        let resp = req.send().await.map_err(http)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(http)?;
+        if !status.is_success() {
+            let body = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+            return Err(ProbeError::Status {
+                path: path.to_string(),
+                status: status.as_u16(),
+                body,
+            });
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ProbeError::Shape {
+            path: path.to_string(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Forge/A1111 busy predicate (ui-apis.md §3.3): running when `state.job_count != 0`
+/// or `state.job != ""`; pending = `/internal/pending-tasks` `size`.
+pub fn forge_queue(progress: &Value, pending: &Value) -> Result<Queue, String> {
+    let state = progress
+        .get("state")
+        .ok_or("no \"state\" in /sdapi/v1/progress")?;
+    let job_count = state
+        .get("job_count")
+        .and_then(Value::as_i64)
+        .ok_or("no state.job_count")?;
+    let job = state
+        .get("job")
+        .and_then(Value::as_str)
+        .ok_or("no state.job")?;
+    let size = pending
+        .get("size")
+        .and_then(Value::as_u64)
+        .ok_or("no \"size\" in /internal/pending-tasks")?;
+    Ok(Queue {
+        running: u32::from(job_count != 0 || !job.is_empty()),
+        pending: u32::try_from(size).unwrap_or(u32::MAX),
+    })
+}
+
+/// ComfyUI: `GET /queue` lists running and pending prompts.
+pub fn comfyui_queue(queue: &Value) -> Result<Queue, String> {
+    let len = |key: &str| {
+        queue
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| u32::try_from(a.len()).unwrap_or(u32::MAX))
+            .ok_or(format!("no \"{key}\" list in /queue"))
+    };
+    Ok(Queue {
+        running: len("queue_running")?,
+        pending: len("queue_pending")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(name: &str) -> Value {
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn forge_captures_parse() {
+        let pending = data("forge-pending-tasks-idle.json");
+        assert_eq!(
+            forge_queue(&data("forge-progress-idle.json"), &pending),
+            Ok(Queue {
+                running: 0,
+                pending: 0
+            })
+        );
+        assert_eq!(
+            forge_queue(&data("forge-progress-busy-extras.json"), &pending),
+            Ok(Queue {
+                running: 1,
+                pending: 0
+            })
+        );
+        let two = serde_json::json!({"size": 2, "tasks": ["task(a)", "task(b)"]});
+        assert_eq!(
+            forge_queue(&data("forge-progress-idle.json"), &two),
+            Ok(Queue {
+                running: 0,
+                pending: 2
+            })
+        );
+        assert!(forge_queue(&serde_json::json!({}), &pending).is_err());
+    }
+
+    #[test]
+    fn comfyui_captures_parse() {
+        assert_eq!(
+            comfyui_queue(&data("comfyui-queue-idle.json")),
+            Ok(Queue {
+                running: 0,
+                pending: 0
+            })
+        );
+        assert_eq!(
+            comfyui_queue(&data("comfyui-queue-busy.json")),
+            Ok(Queue {
+                running: 1,
+                pending: 1
+            })
+        );
+    }
+
+    #[test]
+    fn api_auth_refuses_colons_in_passwords() {
+        assert_eq!(ApiAuth::parse("sup:secret\n").unwrap().user, "sup");
+        assert!(ApiAuth::parse("sup:se:cret").is_err());
+        assert!(ApiAuth::parse("nocolon").is_err());
+        assert!(!format!("{:?}", ApiAuth::parse("u:pw").unwrap()).contains("pw"));
+    }
+}

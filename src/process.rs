@@ -1,0 +1,184 @@
+//! The UI process: spawned in its own process group, killed by the kernel if the
+//! supervisor dies, stopped as a group, and not considered gone until every process
+//! of the group is gone (so GPU memory is free before the next start).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Extra environment (on top of the supervisor's own).
+    pub env: BTreeMap<String, String>,
+}
+
+/// A running UI process group.
+#[derive(Debug)]
+pub struct UiProcess {
+    child: Child,
+    pid: i32,
+}
+
+/// Makes the supervisor the reaper of orphaned descendants, so that processes the UI
+/// leaves behind are reaped by us (and waited for) instead of lingering as zombies
+/// under an init that may not reap them.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments has no memory-safety preconditions.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl UiProcess {
+    /// Spawns the UI. Must be called from a thread that lives as long as the
+    /// supervisor (the daemon's current-thread runtime): `PR_SET_PDEATHSIG` fires
+    /// when the forking *thread* exits.
+    pub fn spawn(launch: &Launch) -> io::Result<UiProcess> {
+        let (program, args) = launch
+            .argv
+            .split_first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(&launch.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(false);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs between fork and exec and only makes
+        // async-signal-safe calls (prctl, getppid, signal, sigprocmask, _exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The supervisor may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                // A Python UI that inherits SIG_IGN for SIGINT never stops on SIGINT.
+                for sig in [
+                    libc::SIGINT,
+                    libc::SIGTERM,
+                    libc::SIGHUP,
+                    libc::SIGQUIT,
+                    libc::SIGPIPE,
+                ] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
+        Ok(UiProcess { child, pid })
+    }
+
+    /// PID of the UI (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Waits for the UI's main process to exit.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Sends a signal to the whole group.
+    pub fn signal(&self, sig: Signal) {
+        if let Err(e) = killpg(Pid::from_raw(self.pid), sig)
+            && e != Errno::ESRCH
+        {
+            tracing::warn!(pid = self.pid, signal = %sig, error = %e, "cannot signal the UI's process group");
+        }
+    }
+
+    /// Stops the group: SIGINT, up to `grace` for the main process to exit, SIGKILL
+    /// to the group, then waits until no process of the group remains.
+    /// Returns the main process's exit status.
+    pub async fn stop(mut self, grace: Duration) -> io::Result<ExitStatus> {
+        self.signal(Signal::SIGINT);
+        let status = match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                tracing::warn!(pid = self.pid, grace = ?grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
+                self.signal(Signal::SIGKILL);
+                self.child.wait().await?
+            }
+        };
+        self.signal(Signal::SIGKILL);
+        wait_group_gone(self.pid).await;
+        Ok(status)
+    }
+
+    /// After the main process exited by itself: kill and reap what it left behind.
+    pub async fn reap_group(self) {
+        self.signal(Signal::SIGKILL);
+        wait_group_gone(self.pid).await;
+    }
+}
+
+/// Waits until no process of group `pgid` exists, reaping group members that were
+/// re-parented to us (we are a subreaper). Re-sends SIGKILL every few seconds: a
+/// process stuck in the GPU driver may take a while.
+async fn wait_group_gone(pgid: i32) {
+    let group = Pid::from_raw(pgid);
+    let mut waited = Duration::ZERO;
+    let step = Duration::from_millis(20);
+    loop {
+        // Reap any zombie of the group that is our child; the main process was
+        // already reaped by tokio, so this never steals its status.
+        while let Ok(status) = waitpid(Pid::from_raw(-pgid), Some(WaitPidFlag::WNOHANG)) {
+            if matches!(status, nix::sys::wait::WaitStatus::StillAlive) {
+                break;
+            }
+        }
+        match killpg(group, None) {
+            Err(Errno::ESRCH) => return,
+            _ => {
+                if waited.as_millis().is_multiple_of(5000) && !waited.is_zero() {
+                    tracing::warn!(pgid, waited = ?waited, "processes of the old UI are still alive");
+                    let _ = killpg(group, Signal::SIGKILL);
+                }
+            }
+        }
+        tokio::time::sleep(step).await;
+        waited += step;
+    }
+}
+
+/// Short description of an exit status for status lines: `exit 1`, `signal 9 (SIGKILL)`.
+pub fn describe_exit(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit {code}")
+    } else if let Some(sig) = status.signal() {
+        match Signal::try_from(sig) {
+            Ok(s) => format!("signal {sig} ({s})"),
+            Err(_) => format!("signal {sig}"),
+        }
+    } else {
+        status.to_string()
+    }
+}

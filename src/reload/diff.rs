@@ -1,0 +1,266 @@
+//! What a new config changes, and how each change must be applied (DESIGN §3.5).
+//!
+//! Pure, so the core can decide a reload's live part and its restart part before
+//! touching anything, and so every row of the table is tested without a UI.
+//! Both configs are destructured field by field: a field added to [`Config`] does
+//! not compile here until it is classified.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::config::{Config, ControlConfig, DataConfig, RestartConfig, UiConfig};
+use crate::flavor::{Flavor, ModelKind};
+
+/// The classified difference between the running config and a new one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigDiff {
+    /// Managed settings whose declared value is new or different: key → new value.
+    /// Live: `POST /sdapi/v1/options` for Forge/A1111; for ComfyUI the layout
+    /// rewrites its settings file, no restart.
+    pub settings_changed: serde_json::Map<String, serde_json::Value>,
+    /// Keys no longer managed: the UI keeps their last value, so they are only
+    /// reported.
+    pub settings_unmanaged: Vec<String>,
+    /// Model kinds whose declared files were added, removed or retargeted: live,
+    /// by a relayout and the kind's refresh endpoint.
+    pub models_changed: BTreeSet<ModelKind>,
+    /// Changes the running UI cannot take, as dotted names (`ui.extra_args`,
+    /// `extensions`, …): they need a UI restart.
+    pub restart_reasons: Vec<String>,
+    /// Changes only the supervisor uses (`restart.*`, `control.*`, the UI timeouts,
+    /// `data.permissions`): applied to the supervisor, nothing happens to the UI.
+    pub supervisor_only: Vec<String>,
+}
+
+impl ConfigDiff {
+    /// Nothing changed: the reload is a no-op.
+    pub fn is_empty(&self) -> bool {
+        self.settings_changed.is_empty()
+            && self.settings_unmanaged.is_empty()
+            && self.models_changed.is_empty()
+            && self.restart_reasons.is_empty()
+            && self.supervisor_only.is_empty()
+    }
+
+    /// Some change can only take effect in a new UI process.
+    pub fn needs_restart(&self) -> bool {
+        !self.restart_reasons.is_empty()
+    }
+
+    /// The live part in words for logs and status: `"settings (2 keys)"`,
+    /// `"models.loras"`.
+    pub fn live_changes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.settings_changed.len() {
+            0 => {}
+            1 => out.push("settings (1 key)".to_string()),
+            n => out.push(format!("settings ({n} keys)")),
+        }
+        out.extend(self.models_changed.iter().map(|k| format!("models.{k}")));
+        out
+    }
+
+    /// The refresh endpoints the UI needs after the relayout, each once (VAE and
+    /// text encoders share one); none for ComfyUI, which rescans by itself.
+    pub fn refresh_endpoints(&self, flavor: Flavor) -> Vec<&'static str> {
+        if !flavor.has_options_api() {
+            return Vec::new();
+        }
+        let mut out: Vec<&'static str> = Vec::new();
+        for endpoint in self
+            .models_changed
+            .iter()
+            .filter_map(|k| k.refresh_endpoint())
+        {
+            if !out.contains(&endpoint) {
+                out.push(endpoint);
+            }
+        }
+        out
+    }
+}
+
+/// One line for the log: `live: settings (1 key); restart: ui.port; …`.
+impl fmt::Display for ConfigDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no changes");
+        }
+        let parts = [
+            ("live", self.live_changes()),
+            ("restart", self.restart_reasons.clone()),
+            ("supervisor", self.supervisor_only.clone()),
+            ("no longer managed", self.settings_unmanaged.clone()),
+        ];
+        let mut first = true;
+        for (label, items) in parts.iter().filter(|(_, items)| !items.is_empty()) {
+            if !first {
+                f.write_str("; ")?;
+            }
+            first = false;
+            write!(f, "{label}: {}", items.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Classifies every change from `old` to `new`.
+///
+/// A change of `ui.flavor` or `data.dir` makes settings and models moot: the new UI
+/// is laid out from scratch at its start, so only restart and supervisor changes
+/// are reported then.
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let Config {
+        ui: old_ui,
+        data: old_data,
+        models: old_models,
+        extensions: old_extensions,
+        settings: old_settings,
+        restart: old_restart,
+        control: old_control,
+    } = old;
+    let Config {
+        ui: new_ui,
+        data: new_data,
+        models: new_models,
+        extensions: new_extensions,
+        settings: new_settings,
+        restart: new_restart,
+        control: new_control,
+    } = new;
+
+    let mut d = ConfigDiff::default();
+    ui(&mut d, old_ui, new_ui);
+    data(&mut d, old_data, new_data);
+    note(
+        &mut d.restart_reasons,
+        "extensions",
+        old_extensions != new_extensions,
+    );
+    restart(&mut d, old_restart, new_restart);
+    control(&mut d, old_control, new_control);
+
+    let relaid_anyway = old_ui.flavor != new_ui.flavor || old_data.dir != new_data.dir;
+    if !relaid_anyway {
+        settings(&mut d, old_settings, new_settings);
+        d.models_changed = models(old_models, new_models);
+    }
+    d
+}
+
+/// Pushes `name` when `changed`.
+fn note(list: &mut Vec<String>, name: &str, changed: bool) {
+    if changed {
+        list.push(name.to_string());
+    }
+}
+
+fn ui(d: &mut ConfigDiff, old: &UiConfig, new: &UiConfig) {
+    let UiConfig {
+        flavor,
+        command,
+        listen,
+        port,
+        extra_args,
+        environment,
+        gpus,
+        api_auth_file,
+        startup_timeout,
+        stop_timeout,
+    } = new;
+    let r = &mut d.restart_reasons;
+    note(r, "ui.flavor", old.flavor != *flavor);
+    note(r, "ui.command", old.command != *command);
+    note(r, "ui.listen", old.listen != *listen);
+    note(r, "ui.port", old.port != *port);
+    note(r, "ui.extra_args", old.extra_args != *extra_args);
+    note(r, "ui.environment", old.environment != *environment);
+    note(r, "ui.gpus", old.gpus != *gpus);
+    note(r, "ui.api_auth_file", old.api_auth_file != *api_auth_file);
+    let s = &mut d.supervisor_only;
+    note(
+        s,
+        "ui.startup_timeout",
+        old.startup_timeout != *startup_timeout,
+    );
+    note(s, "ui.stop_timeout", old.stop_timeout != *stop_timeout);
+}
+
+fn data(d: &mut ConfigDiff, old: &DataConfig, new: &DataConfig) {
+    let DataConfig { dir, permissions } = new;
+    note(&mut d.restart_reasons, "data.dir", old.dir != *dir);
+    // The mode only applies to directories the next layout creates.
+    note(
+        &mut d.supervisor_only,
+        "data.permissions",
+        old.permissions != *permissions,
+    );
+}
+
+fn restart(d: &mut ConfigDiff, old: &RestartConfig, new: &RestartConfig) {
+    let RestartConfig {
+        policy,
+        idle_grace,
+        deadline,
+        poll_interval,
+    } = new;
+    let s = &mut d.supervisor_only;
+    note(s, "restart.policy", old.policy != *policy);
+    note(s, "restart.idle_grace", old.idle_grace != *idle_grace);
+    note(s, "restart.deadline", old.deadline != *deadline);
+    note(
+        s,
+        "restart.poll_interval",
+        old.poll_interval != *poll_interval,
+    );
+}
+
+fn control(d: &mut ConfigDiff, old: &ControlConfig, new: &ControlConfig) {
+    let ControlConfig {
+        socket,
+        dbus,
+        http_listen,
+        token_file,
+    } = new;
+    let s = &mut d.supervisor_only;
+    note(s, "control.socket", old.socket != *socket);
+    note(s, "control.dbus", old.dbus != *dbus);
+    note(s, "control.http_listen", old.http_listen != *http_listen);
+    note(s, "control.token_file", old.token_file != *token_file);
+}
+
+fn settings(
+    d: &mut ConfigDiff,
+    old: &serde_json::Map<String, serde_json::Value>,
+    new: &serde_json::Map<String, serde_json::Value>,
+) {
+    for (key, value) in new {
+        if old.get(key) != Some(value) {
+            d.settings_changed.insert(key.clone(), value.clone());
+        }
+    }
+    d.settings_unmanaged = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+}
+
+/// Kinds whose file tables differ; an empty `[models.<kind>]` table declares the
+/// same (no files) as a missing one.
+fn models(
+    old: &BTreeMap<ModelKind, BTreeMap<String, PathBuf>>,
+    new: &BTreeMap<ModelKind, BTreeMap<String, PathBuf>>,
+) -> BTreeSet<ModelKind> {
+    let none = BTreeMap::new();
+    old.keys()
+        .chain(new.keys())
+        .filter(|k| old.get(*k).unwrap_or(&none) != new.get(*k).unwrap_or(&none))
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "diff_tests.rs"]
+mod tests;

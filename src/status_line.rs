@@ -1,0 +1,167 @@
+//! The one-line truth shown as systemd's `Status:` and at the top of
+//! `sd-webui-supervisor status` (DESIGN §2), e.g.
+//! `ready; busy: 1 running, 2 queued; restart pending (ui.extra_args changed), waits for idle, deadline 14:05`.
+
+use crate::state::{PendingRestart, Phase, Queue};
+
+/// What the status line is made of.
+#[derive(Debug, Clone, Default)]
+pub struct StatusInput<'a> {
+    /// Coarse state.
+    pub phase: Option<Phase>,
+    /// Why (crash, waiting reason, stop reason).
+    pub reason: Option<&'a str>,
+    /// `forge`, …
+    pub flavor: &'a str,
+    /// Configured GPUs.
+    pub gpus: Option<&'a [u32]>,
+    /// Declared model files.
+    pub models: usize,
+    /// Last probed queue.
+    pub queue: Option<Queue>,
+    /// Pending restart.
+    pub pending: Option<&'a PendingRestart>,
+    /// Local `HH:MM` of the pending restart's deadline.
+    pub deadline_local: Option<String>,
+    /// First validation error of the last rejected reload, with the count of others.
+    pub reload_rejected: Option<&'a str>,
+    /// Number of layout conflicts.
+    pub conflicts: usize,
+}
+
+/// Renders the status line.
+pub fn render(s: &StatusInput<'_>) -> String {
+    let phase = s.phase.unwrap_or(Phase::Starting);
+    let mut parts: Vec<String> = Vec::new();
+    match phase {
+        Phase::Ready => {
+            parts.push("ready".into());
+            match s.queue {
+                Some(q) if !q.is_idle() => {
+                    parts.push(format!("busy: {} running, {} queued", q.running, q.pending))
+                }
+                Some(_) => parts.extend(["idle".to_string(), what(s)]),
+                None => parts.extend(["not answering queue probes".to_string(), what(s)]),
+            }
+        }
+        Phase::Starting => parts.push(format!(
+            "starting: {}",
+            s.reason.unwrap_or("waiting for the UI to answer")
+        )),
+        other => {
+            let head = other.name();
+            parts.push(match s.reason {
+                Some(r) => format!("{head}: {r}"),
+                None => head.to_string(),
+            });
+        }
+    }
+    if let Some(p) = s.pending {
+        let mut line = format!("restart pending ({} changed)", p.reasons.join(", "));
+        match p.policy.as_str() {
+            "manual" => line.push_str(", manual: run 'sd-webui-supervisor restart'"),
+            _ => {
+                line.push_str(", waits for idle");
+                if let Some(d) = &s.deadline_local {
+                    line.push_str(&format!(", deadline {d}"));
+                }
+            }
+        }
+        parts.push(line);
+    }
+    if let Some(r) = s.reload_rejected {
+        parts.push(format!("reload rejected: {r}"));
+    }
+    if s.conflicts > 0 {
+        parts.push(format!(
+            "{} layout conflict{}",
+            s.conflicts,
+            if s.conflicts == 1 { "" } else { "s" }
+        ));
+    }
+    parts.join("; ")
+}
+
+/// `forge on GPU 0; 12 models`.
+fn what(s: &StatusInput<'_>) -> String {
+    let gpus = match s.gpus {
+        Some([one]) => format!(" on GPU {one}"),
+        Some(many) => {
+            let ids: Vec<String> = many.iter().map(u32::to_string).collect();
+            format!(" on GPUs {}", ids.join(","))
+        }
+        None => String::new(),
+    };
+    let models = match s.models {
+        1 => "; 1 model".to_string(),
+        n => format!("; {n} models"),
+    };
+    format!("{}{gpus}{models}", s.flavor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> StatusInput<'static> {
+        StatusInput {
+            phase: Some(Phase::Ready),
+            flavor: "forge",
+            gpus: Some(&[0]),
+            models: 12,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ready_idle_matches_the_design() {
+        let s = StatusInput {
+            queue: Some(Queue::default()),
+            ..base()
+        };
+        assert_eq!(render(&s), "ready; idle; forge on GPU 0; 12 models");
+    }
+
+    #[test]
+    fn busy_with_pending_restart() {
+        let p = PendingRestart {
+            reasons: vec!["ui.extra_args".into(), "extensions".into()],
+            policy: "when-idle".into(),
+            since_unix: 0,
+            deadline_unix: Some(1),
+        };
+        let s = StatusInput {
+            queue: Some(Queue {
+                running: 1,
+                pending: 2,
+            }),
+            pending: Some(&p),
+            deadline_local: Some("14:05".into()),
+            ..base()
+        };
+        assert_eq!(
+            render(&s),
+            "ready; busy: 1 running, 2 queued; restart pending (ui.extra_args, extensions changed), waits for idle, deadline 14:05"
+        );
+    }
+
+    #[test]
+    fn failed_and_rejected() {
+        let s = StatusInput {
+            phase: Some(Phase::Failed),
+            reason: Some("UI crashed 5 times in 60s (exit 1)"),
+            ..base()
+        };
+        assert_eq!(render(&s), "failed: UI crashed 5 times in 60s (exit 1)");
+        let s = StatusInput {
+            queue: Some(Queue::default()),
+            reload_rejected: Some("ui.port: 0 is out of range (+1 more)"),
+            gpus: None,
+            ..base()
+        };
+        assert_eq!(
+            render(&s),
+            "ready; idle; forge; 12 models; reload rejected: ui.port: 0 is out of range (+1 more)"
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! Reload and restart: validate the new config first, apply what can be applied
+//! live (settings, model links), and schedule what needs a UI restart under
+//! `restart.policy` — a running generation is never interrupted by a reload.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::lifecycle::AfterStop;
+use super::{Pending, Supervisor, Ui, config_hash, unix_now};
+use crate::config::{Config, RestartPolicy};
+use crate::reload::diff::{ConfigDiff, diff};
+use crate::state::{ReloadOutcome, RestartWhen};
+
+impl Supervisor {
+    /// Reloads the config file: `RELOADING=1`+`MONOTONIC_USEC`, then `READY=1` once
+    /// validation, the live part and the scheduling are done (never the queue).
+    pub(super) async fn reload(&mut self) -> ReloadOutcome {
+        // Before the first READY=1 systemd is still starting us: a reload announced
+        // now would end the start job early.
+        let announce = self.sent_ready;
+        if announce {
+            self.notifier.reloading();
+        }
+        let outcome = self.reload_inner().await;
+        *self
+            .counters
+            .reloads
+            .entry(outcome.result.clone())
+            .or_default() += 1;
+        tracing::info!(result = %outcome.result, live = ?outcome.applied_live, restart = ?outcome.needs_restart, "reload");
+        self.last_reload = Some(outcome.clone());
+        self.publish();
+        if announce {
+            self.notifier.ready();
+        }
+        outcome
+    }
+
+    async fn reload_inner(&mut self) -> ReloadOutcome {
+        let mut outcome = ReloadOutcome {
+            result: "applied".into(),
+            at_unix: unix_now(),
+            errors: Vec::new(),
+            applied_live: Vec::new(),
+            needs_restart: Vec::new(),
+            unknown_settings: Vec::new(),
+        };
+        let text = match std::fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                return self.rejected(
+                    outcome,
+                    vec![format!("{}: cannot read: {e}", self.path.display())],
+                    None,
+                );
+            }
+        };
+        let hash = config_hash(&text);
+        if hash == self.config_hash {
+            self.reload_rejected = None;
+            outcome.result = "unchanged".into();
+            return outcome;
+        }
+        let new = match Config::parse(&self.path, &String::from_utf8_lossy(&text)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload rejected, keeping the running config:\n{e}");
+                let summary = e.summary();
+                return self.rejected(
+                    outcome,
+                    e.to_string().lines().map(String::from).collect(),
+                    Some(summary),
+                );
+            }
+        };
+        let change = diff(&self.config, &new);
+        self.config = new;
+        self.config_hash = hash;
+        self.reload_rejected = None;
+        if change.is_empty() {
+            outcome.result = "unchanged".into();
+            return outcome;
+        }
+        outcome.applied_live = change.live_changes();
+        outcome
+            .applied_live
+            .extend(change.supervisor_only.iter().cloned());
+        outcome.needs_restart = change.restart_reasons.clone();
+        self.apply_live(&change, &mut outcome).await;
+        if change.needs_restart() {
+            self.schedule(change.restart_reasons.clone(), self.config.restart.policy);
+        }
+        outcome
+    }
+
+    fn rejected(
+        &mut self,
+        mut outcome: ReloadOutcome,
+        errors: Vec<String>,
+        summary: Option<String>,
+    ) -> ReloadOutcome {
+        self.reload_rejected =
+            Some(summary.unwrap_or_else(|| errors.first().cloned().unwrap_or_default()));
+        outcome.result = "rejected".into();
+        outcome.errors = errors;
+        outcome
+    }
+
+    /// Relayout (models, settings file, extension links), then the live API calls.
+    async fn apply_live(&mut self, change: &ConfigDiff, outcome: &mut ReloadOutcome) {
+        let running_flavor = match &self.ui {
+            Ui::Ready { .. } => Some(self.config.ui.flavor),
+            _ => None,
+        };
+        if let Err(e) = self.lay_out().await {
+            tracing::error!(error = %e, "relayout during reload failed");
+            outcome.errors.push(e);
+        }
+        let Ui::Ready { probe, .. } = &self.ui else {
+            return;
+        };
+        let probe = probe.clone();
+        let Some(flavor) = running_flavor.filter(|f| f.has_options_api()) else {
+            return;
+        };
+        if !change.settings_changed.is_empty() {
+            // Ask the UI which keys it knows: an unknown key makes A1111 answer 500
+            // after applying the keys before it.
+            match probe.options().await {
+                Ok(known) => {
+                    let (send, unknown): (serde_json::Map<_, _>, Vec<_>) = {
+                        let mut send = serde_json::Map::new();
+                        let mut unknown = Vec::new();
+                        for (k, v) in &change.settings_changed {
+                            if known.contains_key(k) {
+                                send.insert(k.clone(), v.clone());
+                            } else {
+                                unknown.push(k.clone());
+                            }
+                        }
+                        (send, unknown)
+                    };
+                    for k in &unknown {
+                        tracing::warn!(key = %k, "setting not known to the UI; not sent (it stays in the settings file)");
+                    }
+                    outcome.unknown_settings = unknown;
+                    if !send.is_empty() {
+                        let p = probe.clone();
+                        tokio::spawn(async move {
+                            match p.set_options(&send).await {
+                                Ok(()) => {
+                                    tracing::info!(keys = ?send.keys().collect::<Vec<_>>(), "settings applied live")
+                                }
+                                Err(e) => {
+                                    tracing::error!(error = %e, "applying settings live failed")
+                                }
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the UI's options; settings apply at the next start");
+                    outcome
+                        .errors
+                        .push(format!("settings not applied live: {e}"));
+                }
+            }
+        }
+        let endpoints: BTreeSet<&'static str> =
+            change.refresh_endpoints(flavor).into_iter().collect();
+        if !endpoints.is_empty() {
+            // Refresh calls wait for the UI's queue lock: never block the reload on them.
+            tokio::spawn(async move {
+                for ep in endpoints {
+                    match probe.refresh(ep).await {
+                        Ok(()) => tracing::info!(endpoint = ep, "model list refreshed"),
+                        Err(e) => tracing::warn!(endpoint = ep, error = %e, "model refresh failed"),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Adds reasons to the pending restart (merging several reloads into one).
+    pub(super) fn schedule(&mut self, reasons: Vec<String>, policy: RestartPolicy) {
+        let now = Instant::now();
+        if !matches!(
+            self.ui,
+            Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. }
+        ) {
+            // No UI runs (backoff, waiting, failed): start the new config right away.
+            tracing::info!(reasons = ?reasons, "no UI running; starting with the new config");
+            self.crash_times.clear();
+            self.consecutive_crashes = 0;
+            self.ui = Ui::Down;
+            let _ = self.events.send(super::Event::Gone {
+                status: None,
+                then: AfterStop::Start,
+            });
+            return;
+        }
+        let deadline_after = self.config.restart.deadline;
+        let p = self.pending.get_or_insert_with(|| Pending {
+            reasons: Vec::new(),
+            policy,
+            since_unix: unix_now(),
+            deadline: deadline_after.map(|d| now + d),
+            deadline_unix: deadline_after.map(|d| unix_now() + d.as_secs()),
+            idle_since: None,
+        });
+        if policy != RestartPolicy::Manual {
+            p.policy = policy;
+        }
+        for r in reasons {
+            if !p.reasons.contains(&r) {
+                p.reasons.push(r);
+            }
+        }
+        if p.policy == RestartPolicy::Immediately || matches!(self.ui, Ui::Starting { .. }) {
+            // A UI that is still starting has no jobs to lose.
+            self.restart_now("config");
+        }
+    }
+
+    /// Carries out the pending restart now.
+    fn restart_now(&mut self, counter: &str) {
+        let Some(p) = self.pending.take() else { return };
+        let why = format!("restarting for {}", p.reasons.join(", "));
+        self.start_reason = Some(counter.into());
+        if matches!(self.ui, Ui::Stopping { .. }) {
+            // A stop is under way; its follow-up start uses the newest config.
+            return;
+        }
+        self.begin_stop(why, AfterStop::Start);
+    }
+
+    /// Decides whether a pending `when-idle` restart is due: queue empty for
+    /// `idle_grace`, or the deadline passed.
+    pub(super) fn check_pending(&mut self, now: Instant) {
+        let grace = self.config.restart.idle_grace;
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
+        if p.policy == RestartPolicy::Manual || !matches!(self.ui, Ui::Ready { .. }) {
+            return;
+        }
+        if p.deadline.is_some_and(|d| now >= d) {
+            tracing::warn!(reasons = ?p.reasons, "restart deadline passed; restarting although the UI may be busy");
+            self.restart_now("config");
+            return;
+        }
+        match self.queue {
+            Some(q) if q.is_idle() => {
+                let since = *p.idle_since.get_or_insert(now);
+                if now.duration_since(since) >= grace {
+                    let counter = if p.reasons.iter().all(|r| r == "requested") {
+                        "requested"
+                    } else {
+                        "config"
+                    };
+                    self.restart_now(counter);
+                } else {
+                    // Probe again right when the grace ends, to confirm the queue is still empty.
+                    self.next_probe = self.next_probe.min(since + grace);
+                }
+            }
+            _ => p.idle_since = None,
+        }
+    }
+
+    /// `restart --now` / `--when-idle` from the control plane.
+    pub(super) async fn request_restart(&mut self, when: RestartWhen) {
+        match (&self.ui, when) {
+            (Ui::Ready { .. } | Ui::Starting { .. }, RestartWhen::Now) => {
+                self.pending.get_or_insert_with(|| Pending {
+                    reasons: vec!["requested".into()],
+                    policy: RestartPolicy::Immediately,
+                    since_unix: unix_now(),
+                    deadline: None,
+                    deadline_unix: None,
+                    idle_since: None,
+                });
+                self.restart_now("requested");
+            }
+            (Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. }, RestartWhen::Idle) => {
+                self.schedule(vec!["requested".into()], RestartPolicy::WhenIdle);
+            }
+            (Ui::Stopping { .. }, RestartWhen::Now) => {}
+            _ => {
+                // Failed, waiting or backing off: start now with a clean crash record.
+                self.start_reason = Some("requested".into());
+                self.crash_times.clear();
+                self.consecutive_crashes = 0;
+                self.ui = Ui::Down;
+                self.start_ui().await;
+            }
+        }
+    }
+}

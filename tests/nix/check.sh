@@ -1,0 +1,408 @@
+#!/usr/bin/env bash
+# The Nix side's CI checks, for a machine with nix-instantiate (Debian's
+# nix-bin) but no nixpkgs:
+#   1. every .nix file of the repository parses (nix-instantiate --parse);
+#   2. lint: deadnix --fail, and statix check where the real statix exists;
+#   3. nix/unit.nix evaluated for realistic arguments (tests/nix/unit-cases.nix);
+#   4. nix/model-name.nix and nix/fetch-model.nix (tests/nix/model-name-cases.nix);
+#   5. the rendered unit under a real systemd (../shared/tools/systemd-sandbox):
+#      loads without warnings, `systemd-analyze security` exposure <= 2.5,
+#      DeviceAllow= for /dev/nvidiactl, /dev/nvidia-uvm and the GPU nodes;
+#   6. module.nix evaluated with lib.evalModules (tests/nix/eval-module.nix)
+#      and flake.nix with a fake nixpkgs input (tests/nix/eval-flake.nix),
+#      when NIXPKGS_LIB points at a nixpkgs lib/ directory; its generated
+#      configs go through `sd-webui-supervisor check-config` when the binary
+#      is built, as does the module's build-time check script.
+#
+# Usage: tests/nix/check.sh   (from anywhere; root needed for step 5)
+# Environment:
+#   CI=true            a missing tool is a failure, not a skip
+#   SUPERVISOR_BIN     default target/debug/sd-webui-supervisor
+#   NIXPKGS_LIB        nixpkgs' lib/ directory; default ../shared/nixpkgs-lib/lib if present
+#   SYSTEMD_SANDBOX    default ../shared/tools/systemd-sandbox
+#   STATIX, DEADNIX    linters to use (default: from PATH)
+# Ends with "nix: N passed, N failed, N skipped"; exits 1 if anything failed.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+out=$root/target/nix-check
+sandbox=${SYSTEMD_SANDBOX:-$root/../shared/tools/systemd-sandbox}
+# A sandbox left over by an interrupted run would keep its state directory.
+if [ -e "$out/sandbox/pid" ] && [ -x "$sandbox" ]; then "$sandbox" stop "$out/sandbox" >/dev/null 2>&1 || true; fi
+rm -rf "$out"
+mkdir -p "$out"
+
+ci=${CI:-false}
+supervisor_bin=${SUPERVISOR_BIN:-target/debug/sd-webui-supervisor}
+case $supervisor_bin in /*) ;; *) supervisor_bin=$root/$supervisor_bin ;; esac
+statix=${STATIX:-statix}
+deadnix=${DEADNIX:-deadnix}
+max_exposure=2.5
+if [ -z "${NIXPKGS_LIB:-}" ] && [ -f "$root/../shared/nixpkgs-lib/lib/default.nix" ]; then
+  NIXPKGS_LIB=$root/../shared/nixpkgs-lib/lib
+fi
+
+passed=0 failed=0 skipped=0
+pass() { echo "ok      $*"; passed=$((passed + 1)); }
+fail() { echo "FAIL    $*"; failed=$((failed + 1)); }
+skip() { echo "skip    $*"; skipped=$((skipped + 1)); }
+# A tool that CI must have: missing is a failure there, a skip elsewhere.
+missing() { if [ "$ci" = true ]; then fail "$@"; else skip "$@"; fi; }
+section() { printf '\n== %s\n' "$*"; }
+
+# Print a JSON list of { name, ok, detail } results as checks.
+report() {
+  local line
+  while IFS= read -r line; do
+    case $line in
+      skip$'\t'*) skip "${line#*$'\t'}" ;;
+      true$'\t'*) pass "${line#*$'\t'}" ;;
+      *) fail "${line#*$'\t'}" ;;
+    esac
+  done < <(jq -r '.[] | "\(if .skip // false then "skip" else .ok end)\t\(.name)\(if .ok then "" else ": " + .detail end)"' "$1")
+}
+
+# nix-instantiate --eval --strict --json, output to a file; on error, show it.
+eval_json() {
+  local dest=$1
+  shift
+  if nix-instantiate --eval --strict --json "$@" >"$dest" 2>"$dest.err"; then
+    return 0
+  fi
+  sed 's/^/        /' "$dest.err"
+  return 1
+}
+
+section "tools"
+if ! command -v nix-instantiate >/dev/null; then
+  echo "nix-instantiate not found: install Debian's nix-bin (apt-get install -y nix-bin)" >&2
+  fail "nix-instantiate present"
+  echo "nix: $passed passed, $failed failed, $skipped skipped"
+  exit 1
+fi
+echo "$(nix-instantiate --version); $(jq --version)"
+
+section "parse every .nix file"
+mapfile -t nix_files < <(git ls-files --cached --others --exclude-standard -- '*.nix' | sort -u)
+for f in "${nix_files[@]}"; do
+  [ -f "$f" ] || continue
+  if nix-instantiate --parse "$f" >/dev/null 2>"$out/parse.err"; then
+    pass "parse $f"
+  else
+    fail "parse $f"
+    sed 's/^/        /' "$out/parse.err"
+  fi
+done
+
+# The examples in the docs are meant to be pasted: each ```nix block must parse.
+if [ -f docs/nixos.md ]; then
+  mkdir -p "$out/doc-blocks"
+  awk -v dir="$out/doc-blocks" '
+    /^```nix$/ { n++; f = sprintf("%s/block-%02d.nix", dir, n); inblock = 1; next }
+    /^```$/ { inblock = 0; next }
+    inblock { print > f }
+  ' docs/nixos.md
+  for f in "$out"/doc-blocks/*.nix; do
+    [ -f "$f" ] || continue
+    if nix-instantiate --parse "$f" >/dev/null 2>"$out/parse.err"; then
+      pass "parse docs/nixos.md example $(basename "$f" .nix)"
+    else
+      fail "parse docs/nixos.md example $(basename "$f" .nix)"
+      sed 's/^/        /' "$out/parse.err"
+    fi
+  done
+fi
+
+section "lint"
+existing=()
+for f in "${nix_files[@]}"; do [ -f "$f" ] && existing+=("$f"); done
+if command -v "$deadnix" >/dev/null; then
+  if "$deadnix" --fail "${existing[@]}" >"$out/deadnix.txt" 2>&1; then
+    pass "deadnix --fail (${#existing[@]} files)"
+  else
+    fail "deadnix --fail"
+    sed 's/^/        /' "$out/deadnix.txt"
+  fi
+else
+  missing "deadnix not found (cargo install --locked deadnix)"
+fi
+# The crates.io package called "statix" is an unrelated HTTP file server; the
+# Nix linter (github.com/oppiliappan/statix) is not published there and is
+# recognised by its `check` subcommand.
+if command -v "$statix" >/dev/null && "$statix" check --help >/dev/null 2>&1; then
+  statix_ok=true
+  for f in "${existing[@]}"; do
+    if ! "$statix" check -o errfmt "$f" >"$out/statix.txt" 2>&1; then
+      statix_ok=false
+      fail "statix check $f"
+      sed 's/^/        /' "$out/statix.txt"
+    fi
+  done
+  [ "$statix_ok" = false ] || pass "statix check (${#existing[@]} files)"
+else
+  skip "statix (the Nix linter) not installed: it is not on crates.io; build it from github.com/oppiliappan/statix and set STATIX"
+fi
+
+section "nix/unit.nix, realistic arguments"
+mkdir -p "$out/units"
+if eval_json "$out/unit-cases.json" tests/nix/unit-cases.nix; then
+  jq '.results' "$out/unit-cases.json" >"$out/unit-results.json"
+  report "$out/unit-results.json"
+  while IFS= read -r name; do
+    jq -r --arg n "$name" '.units[$n]' "$out/unit-cases.json" >"$out/units/$name"
+  done < <(jq -r '.units | keys[]' "$out/unit-cases.json")
+  unit=$out/units/sd-webui-forge.service
+  for rule in "/dev/nvidiactl rw" "/dev/nvidia-uvm rw" "/dev/nvidia0 rw" "/dev/nvidia1 rw"; do
+    if grep -qxF "DeviceAllow=$rule" "$unit"; then
+      pass "rendered unit has DeviceAllow=$rule"
+    else
+      fail "rendered unit has DeviceAllow=$rule"
+    fi
+  done
+  if grep -qxF "DeviceAllow=char-nvidia-frontend rw" "$out/units/sd-webui-forge-all-gpus.service"; then
+    pass "rendered unit without gpus has DeviceAllow=char-nvidia-frontend rw"
+  else
+    fail "rendered unit without gpus has DeviceAllow=char-nvidia-frontend rw"
+  fi
+else
+  fail "evaluate tests/nix/unit-cases.nix"
+fi
+
+section "nix/model-name.nix and nix/fetch-model.nix"
+if eval_json "$out/model-name.json" tests/nix/model-name-cases.nix; then
+  report "$out/model-name.json"
+else
+  fail "evaluate tests/nix/model-name-cases.nix"
+fi
+
+section "the unit under systemd (systemd-sandbox)"
+state=$out/sandbox
+stop_sandbox() { "$sandbox" stop "$state" >/dev/null 2>&1 || true; }
+in_sandbox() { "$sandbox" exec "$state" "$@"; }
+
+# The same hardened unit, run for real: the cargo-built supervisor and the
+# stand-in UI (python3) as an existing system user, data under target/.
+# Shows that the hardening leaves them working: `activating` until the UI
+# answers, then `active` with the supervisor's Status:, a notify-reload round
+# trip, and a clean stop that leaves no process behind.
+run_real_unit() {
+  local name=sd-webui-forge-check.service run=$out/run python=/usr/bin/python3
+  local stand_in=$root/examples/stand_in_ui.py user=daemon port
+  if [ ! -x "$supervisor_bin" ] || [ ! -f "$stand_in" ] || [ ! -x "$python" ]; then
+    skip "run the hardened unit: needs $supervisor_bin, $stand_in and $python"
+    return
+  fi
+  case $root in /home/* | /root/*)
+    skip "run the hardened unit: the checkout is under ProtectHome's reach ($root)"
+    return ;;
+  esac
+  port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$run/data"
+  chown "$user:$user" "$run/data"
+  chmod 0700 "$run/data"
+  cat >"$run/config.toml" <<EOF
+[ui]
+flavor = "forge"
+command = ["$python", "$stand_in"]
+port = $port
+environment = { STANDIN_START_DELAY = "4", STANDIN_RECORD = "$run/data/record.jsonl", PYTHONUNBUFFERED = "1" }
+startup_timeout = "1m"
+stop_timeout = "10s"
+
+[data]
+dir = "$run/data"
+permissions = "0700"
+
+[control]
+socket = "/run/sd-webui-forge-check/control.sock"
+dbus = "off"
+EOF
+  if ! eval_json "$run/unit.json" tests/nix/run-unit.nix --argstr supervisorBin "$supervisor_bin" \
+    --argstr configPath "$run/config.toml" --argstr dataDir "$run/data" \
+    --argstr user "$user" --argstr group "$user"; then
+    fail "render the unit for a real run"
+    return
+  fi
+  jq -r . "$run/unit.json" >"$run/$name"
+  if ! "$sandbox" install "$state" "$run/$name" || ! in_sandbox systemctl start --no-block "$name"; then
+    fail "hardened unit: install and start $name"
+    return
+  fi
+  sleep 2
+  local active
+  active=$(in_sandbox systemctl show -P ActiveState "$name")
+  if [ "$active" = activating ]; then
+    pass "hardened unit: activating while the UI is still starting"
+  else
+    fail "hardened unit: activating while the UI is still starting (ActiveState=$active)"
+  fi
+  for _ in $(seq 60); do
+    active=$(in_sandbox systemctl show -P ActiveState "$name")
+    [ "$active" = activating ] || break
+    sleep 0.5
+  done
+  local status
+  status=$(in_sandbox systemctl show -P StatusText "$name")
+  if [ "$active" = active ] && "$python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/internal/ping', timeout=5)"; then
+    pass "hardened unit: active once the UI answers; Status: $status"
+  else
+    fail "hardened unit: active once the UI answers (ActiveState=$active, Status: $status)"
+    in_sandbox journalctl -u "$name" --no-pager -n 40 | sed 's/^/        /'
+    in_sandbox systemctl stop "$name" || true
+    return
+  fi
+
+  local t0 t1
+  t0=$(date +%s%N)
+  if in_sandbox timeout 30 systemctl reload "$name"; then
+    t1=$(date +%s%N)
+    pass "hardened unit: systemctl reload (notify-reload) returns in $(((t1 - t0) / 1000000)) ms"
+  else
+    fail "hardened unit: systemctl reload (notify-reload)"
+    in_sandbox journalctl -u "$name" --no-pager -n 20 | sed 's/^/        /'
+  fi
+
+  in_sandbox systemctl stop "$name" || true
+  local left
+  left=$(in_sandbox systemctl show -P ActiveState "$name")
+  if [ "$left" = inactive ] && grep -q '"signal": "SIGINT"' "$run/data/record.jsonl"; then
+    pass "hardened unit: stops cleanly, the UI got SIGINT"
+  else
+    fail "hardened unit: stops cleanly (ActiveState=$left)"
+    in_sandbox journalctl -u "$name" --no-pager -n 20 | sed 's/^/        /'
+  fi
+}
+if [ "$(id -u)" != 0 ]; then
+  missing "systemd-sandbox needs root"
+elif [ ! -x "$sandbox" ]; then
+  missing "systemd-sandbox not found at $sandbox"
+elif ! compgen -G "$out/units/*.service" >/dev/null; then
+  fail "no rendered units to check"
+else
+  trap stop_sandbox EXIT
+  if "$sandbox" start "$state" "$out" >/dev/null; then
+    echo "$("$sandbox" exec "$state" systemctl --version | head -1) in the sandbox"
+    for unit in "$out"/units/*.service; do
+      name=$(basename "$unit")
+      if ! "$sandbox" install "$state" "$unit"; then
+        fail "install $name in the sandbox"
+        continue
+      fi
+      load=$("$sandbox" exec "$state" systemctl show -P LoadState "$name")
+      # Unknown keys and unparsable values: "FILE:LINE: message". (verify
+      # also says the /nix/store binary is missing, which is expected here.)
+      "$sandbox" exec "$state" systemd-analyze verify "/run/systemd/system/$name" >"$out/verify-$name.txt" 2>&1 || true
+      if [ "$load" = loaded ] && ! grep -E "$name:[0-9]+: " "$out/verify-$name.txt" >"$out/load-warnings.txt"; then
+        pass "$name loads, and systemd-analyze verify finds no unknown or invalid setting"
+      else
+        fail "$name loads, and systemd-analyze verify finds no unknown or invalid setting (LoadState=$load)"
+        sed 's/^/        /' "$out/load-warnings.txt"
+      fi
+      "$sandbox" exec "$state" systemd-analyze security --no-pager "$name" >"$out/security-$name.txt" 2>&1 || true
+      exposure=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' "$out/security-$name.txt")
+      if [ -z "$exposure" ]; then
+        fail "systemd-analyze security $name: no exposure figure"
+        sed 's/^/        /' "$out/security-$name.txt"
+      elif awk -v e="$exposure" -v m="$max_exposure" 'BEGIN { exit !(e <= m) }'; then
+        pass "systemd-analyze security $name: exposure $exposure (goal <= $max_exposure)"
+      else
+        fail "systemd-analyze security $name: exposure $exposure (goal <= $max_exposure)"
+        grep '✗' "$out/security-$name.txt" | sed 's/^/        /'
+      fi
+    done
+    run_real_unit
+    allowed=$("$sandbox" exec "$state" systemctl show -P DeviceAllow sd-webui-forge.service | tr '\n' ' ')
+    echo "        DeviceAllow as systemd reads it: $allowed"
+    for dev in /dev/nvidiactl /dev/nvidia-uvm /dev/nvidia0 /dev/nvidia1; do
+      if [[ " $allowed " == *" $dev rw "* ]]; then
+        pass "systemd allows $dev"
+      else
+        fail "systemd allows $dev"
+      fi
+    done
+  else
+    fail "start systemd-sandbox (see $state/console.log)"
+  fi
+  stop_sandbox
+  trap - EXIT
+fi
+
+section "module.nix with lib.evalModules"
+if [ -z "${NIXPKGS_LIB:-}" ]; then
+  skip "module evaluation: NIXPKGS_LIB is not set (point it at a nixpkgs lib/ directory, e.g. from github.com/nix-community/nixpkgs.lib)"
+elif [ ! -f "$NIXPKGS_LIB/default.nix" ]; then
+  fail "module evaluation: NIXPKGS_LIB=$NIXPKGS_LIB has no default.nix"
+else
+  have_bin=false
+  args=(--argstr nixpkgsLib "$NIXPKGS_LIB")
+  if [ -x "$supervisor_bin" ]; then
+    have_bin=true
+    mkdir -p "$out/supervisor/bin"
+    ln -sf "$supervisor_bin" "$out/supervisor/bin/sd-webui-supervisor"
+    args+=(--argstr supervisorOut "$out/supervisor")
+  fi
+  if eval_json "$out/eval-module.json" tests/nix/eval-module.nix "${args[@]}"; then
+    jq '.results' "$out/eval-module.json" >"$out/eval-results.json"
+    report "$out/eval-results.json"
+    echo "        assertion messages as users see them:"
+    jq -r '.messages[]' "$out/eval-module.json" | sed 's/^/          /'
+
+    mkdir -p "$out/configs" "$out/builds"
+    if [ "$have_bin" = true ]; then
+      while IFS= read -r name; do
+        file=$out/configs/$name.toml
+        jq -r --arg n "$name" '.configs[$n]' "$out/eval-module.json" >"$file"
+        if "$supervisor_bin" check-config --config "$file" >"$file.log" 2>&1; then
+          pass "check-config accepts the module's $name config"
+        else
+          fail "check-config accepts the module's $name config"
+          sed 's/^/        /' "$file.log"
+        fi
+      done < <(jq -r '.configs | keys[]' "$out/eval-module.json")
+
+      # The module's build-time check, run as the build runs it.
+      while IFS= read -r name; do
+        file=$out/builds/$name.toml
+        jq -r --arg n "$name" '.builds[$n].config' "$out/eval-module.json" >"$file"
+        script=$(jq -r --arg n "$name" '.builds[$n].script' "$out/eval-module.json")
+        expect=$(jq -r --arg n "$name" '.builds[$n].expect' "$out/eval-module.json")
+        rm -f "$out/builds/$name.out"
+        if unchecked=$file out=$out/builds/$name.out bash -euo pipefail -c "$script" >"$file.log" 2>&1; then
+          rc=0
+        else
+          rc=$?
+        fi
+        if [ "$expect" = ok ]; then
+          if [ "$rc" = 0 ] && [ -L "$out/builds/$name.out" ]; then
+            pass "build-time check passes a good config and installs it"
+          else
+            fail "build-time check passes a good config (rc=$rc)"
+            sed 's/^/        /' "$file.log"
+          fi
+        elif [ "$rc" != 0 ] && grep -q "$expect" "$file.log" && [ ! -e "$out/builds/$name.out" ]; then
+          pass "build-time check fails the build of a bad config with check-config's message:"
+          sed 's/^/          /' "$file.log"
+        else
+          fail "build-time check fails the build of a bad config (rc=$rc, expected a message with '$expect')"
+          sed 's/^/        /' "$file.log"
+        fi
+      done < <(jq -r '.builds | keys[]' "$out/eval-module.json")
+    else
+      skip "check-config on the module's configs: $supervisor_bin not built"
+    fi
+  else
+    fail "evaluate tests/nix/eval-module.nix"
+  fi
+
+  section "flake.nix with a fake nixpkgs input"
+  if eval_json "$out/eval-flake.json" tests/nix/eval-flake.nix --argstr nixpkgsLib "$NIXPKGS_LIB"; then
+    report "$out/eval-flake.json"
+  else
+    fail "evaluate tests/nix/eval-flake.nix"
+  fi
+fi
+
+echo
+echo "nix: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ]

@@ -1,0 +1,557 @@
+# Evaluation tests for module.nix with nixpkgs' `lib` but without NixOS or a
+# package set: the NixOS options the module sets are declared here by
+# minimal stand-ins, and `pkgs` is a fake whose derivations are plain
+# attribute sets (formats.toml renders with the pure ./toml.nix).
+#
+#   nix-instantiate --eval --strict --json tests/nix/eval-module.nix \
+#     --argstr nixpkgsLib /path/to/nixpkgs/lib [--argstr supervisorOut DIR]
+#
+# Result: { results = [ { name; ok; detail; } ]; configs; builds; }.
+# tests/nix/check.sh prints the results, writes each of `configs` to a file
+# and runs `check-config` on it, and runs the module's own build-time check
+# script (`builds`) with a real supervisor binary when one is built:
+# supervisorOut is then a directory whose bin/sd-webui-supervisor is it.
+{
+  nixpkgsLib,
+  supervisorOut ? "/nix/store/00000000000000000000000000000000-sd-webui-supervisor-0.1.0",
+}:
+let
+  lib = import nixpkgsLib;
+  inherit (lib) types mkOption;
+
+  toTOML = import ./toml.nix;
+  unitOf = import ../../nix/unit.nix;
+
+  fakeDrv =
+    name: extra:
+    {
+      type = "derivation";
+      inherit name;
+      outPath = "/nix/store/00000000000000000000000000000000-${name}";
+    }
+    // extra;
+
+  fakeSupervisor = fakeDrv "sd-webui-supervisor-0.1.0" { outPath = supervisorOut; };
+  fakeUi = fakeDrv "stand-in-ui" { meta.mainProgram = "stand-in-ui"; };
+  fakeModel = fakeDrv "sd_xl_base_1.0.safetensors" { };
+
+  fakePkgs = {
+    formats.toml = _: {
+      # As in nixpkgs' pkgs/pkgs-lib/formats.nix.
+      type =
+        let
+          valueType =
+            types.nullOr (
+              types.oneOf [
+                types.bool
+                types.int
+                types.float
+                types.str
+                types.path
+                (types.attrsOf valueType)
+                (types.listOf valueType)
+              ]
+            )
+            // {
+              description = "TOML value";
+            };
+        in
+        valueType;
+      generate =
+        name: value:
+        fakeDrv name {
+          inherit value;
+          text = toTOML value;
+        };
+    };
+    runCommand = name: env: script: fakeDrv name { inherit env script; };
+    sd-webui-supervisor = fakeSupervisor;
+  };
+
+  # Minimal declarations of the NixOS options module.nix sets.
+  standIns = {
+    options = {
+      assertions = mkOption {
+        type = types.listOf types.unspecified;
+        default = [ ];
+      };
+      warnings = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      systemd.services = mkOption {
+        type = types.attrsOf (types.attrsOf types.unspecified);
+        default = { };
+      };
+      systemd.tmpfiles.rules = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      users.users = mkOption {
+        type = types.attrsOf (types.attrsOf types.unspecified);
+        default = { };
+      };
+      users.groups = mkOption {
+        type = types.attrsOf (types.attrsOf types.unspecified);
+        default = { };
+      };
+      environment.etc = mkOption {
+        type = types.attrsOf (types.attrsOf types.unspecified);
+        default = { };
+      };
+      services.dbus.packages = mkOption {
+        type = types.listOf types.unspecified;
+        default = [ ];
+      };
+      networking.firewall.allowedTCPPorts = mkOption {
+        type = types.listOf types.port;
+        default = [ ];
+      };
+    };
+  };
+
+  base = {
+    services.sd-webui-forge = {
+      enable = true;
+      package = fakeUi;
+    };
+  };
+
+  eval =
+    settings:
+    lib.evalModules {
+      modules = [
+        standIns
+        ../../module.nix
+        { _module.args.pkgs = fakePkgs; }
+        base
+        { services.sd-webui-forge = settings; }
+      ];
+    };
+
+  cfgOf = settings: (eval settings).config;
+  optsOf = (eval { }).options.services.sd-webui-forge;
+  sd = settings: (cfgOf settings).services.sd-webui-forge;
+  unit = settings: (cfgOf settings).systemd.services.sd-webui-forge;
+  sc = settings: (unit settings).serviceConfig;
+  toml = settings: (sd settings).configFile.env.unchecked.value;
+  failed =
+    settings: map (a: a.message) (builtins.filter (a: !a.assertion) (cfgOf settings).assertions);
+  # Does evaluating (deeply) throw?
+  throws = v: !(builtins.tryEval (builtins.deepSeq v v)).success;
+  mentions = needles: s: lib.all (n: lib.hasInfix n s) needles;
+
+  check = name: ok: detail: {
+    inherit name ok;
+    detail = if ok then "" else builtins.toJSON detail;
+  };
+  eq =
+    name: got: expected:
+    check name (got == expected) { inherit got expected; };
+
+  realistic = {
+    flavor = "forge";
+    gpus = [ 0 ];
+    listen = true;
+    openFirewall = true;
+    extraArgs = "--cuda-malloc  --pin-shared-memory";
+    environment.PYTORCH_CUDA_ALLOC_CONF = "expandable_segments:True";
+    models.checkpoints."sd_xl_base_1.0.safetensors" = fakeModel;
+    models.loras."add-detail.safetensors" = "/srv/models/add-detail.safetensors";
+    extensions."sd-webui-localization-ja" = fakeDrv "sd-webui-localization-ja" { };
+    settings = {
+      sd_model_checkpoint = "sd_xl_base_1.0.safetensors";
+      CLIP_stop_at_last_layers = 2;
+    };
+    restart = {
+      policy = "when-idle";
+      idleGrace = "30s";
+      deadline = "2h";
+    };
+    apiAuthFile = "/run/secrets/forge-api-auth";
+  };
+
+  results = [
+    # Option defaults, as the Forge packaging's users know them.
+    (eq "default user" (sd { }).user "sd-webui-forge")
+    (eq "default group" (sd { }).group "sd-webui-forge")
+    (eq "default dataDir" (sd { }).dataDir "/var/lib/sd-webui-forge")
+    (eq "default dataPermissions" (sd { }).dataPermissions "0700")
+    (eq "default flavor" (sd { }).flavor "forge")
+    (eq "default listen" (sd { }).listen false)
+    (eq "default port (forge)" (sd { }).port 7860)
+    (eq "default port (comfyui)" (sd { flavor = "comfyui"; }).port 8188)
+    (eq "default extraArgs" (sd { }).extraArgs [ ])
+    (eq "default gpus" (sd { }).gpus null)
+    (eq "default restart" (sd { }).restart {
+      policy = "when-idle";
+      idleGrace = "10s";
+      deadline = "6h";
+      pollInterval = "2s";
+    })
+    (eq "default control" (sd { }).control {
+      dbus = "system";
+      httpListen = null;
+      tokenFile = null;
+    })
+    (eq "default openFirewall" (sd { }).openFirewall false)
+    (eq "default command is the package's main program" (sd { }).command [
+      "${fakeUi}/bin/stand-in-ui"
+    ])
+    (eq "command without meta.mainProgram: the flavor's usual launcher" (sd {
+      package = lib.mkForce (fakeDrv "forge" { });
+    }).command [ "/nix/store/00000000000000000000000000000000-forge/bin/stable-diffusion-webui" ])
+    (eq "command without meta.mainProgram, comfyui" (sd {
+      flavor = "comfyui";
+      package = lib.mkForce (fakeDrv "comfy" { });
+    }).command [ "/nix/store/00000000000000000000000000000000-comfy/bin/comfyui" ])
+    (eq "every option has a description" (builtins.filter (o: (o.description or null) == null) (
+      lib.collect lib.isOption optsOf
+    )) [ ])
+
+    # Types.
+    (eq "extraArgs: a string is split on whitespace" (sd { extraArgs = " --cuda-malloc\t--pin-shared-memory  "; })
+      .extraArgs
+      [
+        "--cuda-malloc"
+        "--pin-shared-memory"
+      ]
+    )
+    (eq "extraArgs: a list is kept" (sd { extraArgs = [ "--a" "b c" ]; }).extraArgs [ "--a" "b c" ])
+    (check "extraArgs: a string with quotes is refused" (throws (sd { extraArgs = ''--x "a b"''; }).extraArgs) "")
+    (check "port: a string is refused" (throws (sd { port = "7860"; }).port) "")
+    (check "flavor: unknown is refused" (throws (sd { flavor = "invokeai"; }).flavor) "")
+    (check "restart.idleGrace: not a duration is refused" (throws (sd { restart.idleGrace = "soon"; }).restart.idleGrace) "")
+    (eq "restart.deadline: never is accepted" (sd { restart.deadline = "never"; }).restart.deadline "never")
+    (check "dataPermissions: not octal is refused" (throws (sd { dataPermissions = "rwx"; }).dataPermissions) "")
+    (check "models: a relative path is refused" (throws (sd { models.checkpoints."a.safetensors" = "a.safetensors"; }).models) "")
+    (eq "models: a package becomes its store path" (sd realistic).models.checkpoints."sd_xl_base_1.0.safetensors" fakeModel.outPath)
+    (eq "models: an absolute path is kept" (sd realistic).models.loras."add-detail.safetensors" "/srv/models/add-detail.safetensors")
+    (eq "dataDir: a trailing slash is dropped" (sd { dataDir = "/srv/forge/"; }).dataDir "/srv/forge")
+
+    # The generated TOML (DESIGN §3.2).
+    (eq "toml: ui" (toml realistic).ui {
+      flavor = "forge";
+      command = [ "${fakeUi}/bin/stand-in-ui" ];
+      listen = true;
+      port = 7860;
+      extra_args = [
+        "--cuda-malloc"
+        "--pin-shared-memory"
+      ];
+      environment = {
+        PYTHONUNBUFFERED = "1";
+        PYTORCH_CUDA_ALLOC_CONF = "expandable_segments:True";
+      };
+      gpus = [ 0 ];
+      api_auth_file = "/run/credentials/sd-webui-forge.service/api-auth";
+      startup_timeout = "15m";
+      stop_timeout = "30s";
+    })
+    (eq "toml: data" (toml realistic).data {
+      dir = "/var/lib/sd-webui-forge";
+      permissions = "0700";
+    })
+    (eq "toml: models" (toml realistic).models {
+      checkpoints."sd_xl_base_1.0.safetensors" = fakeModel.outPath;
+      loras."add-detail.safetensors" = "/srv/models/add-detail.safetensors";
+    })
+    (eq "toml: extensions" (toml realistic).extensions {
+      "sd-webui-localization-ja" = "/nix/store/00000000000000000000000000000000-sd-webui-localization-ja";
+    })
+    (eq "toml: settings" (toml realistic).settings realistic.settings)
+    (eq "toml: restart" (toml realistic).restart {
+      policy = "when-idle";
+      idle_grace = "30s";
+      deadline = "2h";
+      poll_interval = "2s";
+    })
+    (eq "toml: control" (toml realistic).control {
+      socket = "/run/sd-webui-forge/control.sock";
+      dbus = "system";
+    })
+    (eq "toml: optional sections and keys are left out" (
+      let
+        t = toml { };
+      in
+      {
+        sections = builtins.attrNames t;
+        ui = builtins.filter (k: k == "gpus" || k == "api_auth_file") (builtins.attrNames t.ui);
+      }
+    ) {
+      sections = [
+        "control"
+        "data"
+        "restart"
+        "ui"
+      ];
+      ui = [ ];
+    })
+    (eq "toml: control.http_listen with its token credential" (toml {
+      control.httpListen = "127.0.0.1:7870";
+      control.tokenFile = "/run/secrets/token";
+    }).control
+      {
+        socket = "/run/sd-webui-forge/control.sock";
+        dbus = "system";
+        http_listen = "127.0.0.1:7870";
+        token_file = "/run/credentials/sd-webui-forge.service/control-token";
+      }
+    )
+    (eq "toml stand-in: the written text reads back as the same value" (builtins.fromTOML
+      (sd realistic).configFile.env.unchecked.text
+    ) (toml realistic))
+
+    # Build-time validation and installation.
+    (check "configFile runs check-config on the rendered file" (mentions [
+      "${supervisorOut}/bin/sd-webui-supervisor check-config --config \"$unchecked\""
+      "ln -s \"$unchecked\" \"$out\""
+    ] (sd { }).configFile.script) (sd { }).configFile.script)
+    (eq "configFile is /etc/sd-webui-forge/config.toml" (cfgOf { })
+      .environment.etc."sd-webui-forge/config.toml".source
+      (sd { }).configFile
+    )
+    (eq "checkConfig = false installs the rendered file as it is" (sd { checkConfig = false; })
+      .configFile.name
+      "sd-webui-forge.toml"
+    )
+
+    # The unit: nix/unit.nix with the module's values.
+    (eq "unit is nix/unit.nix of the options" (unit realistic) (unitOf {
+      supervisorBin = "${supervisorOut}/bin/sd-webui-supervisor";
+      inherit (sd realistic) configFile;
+      configPath = "/etc/sd-webui-forge/config.toml";
+      credentials.api-auth = "/run/secrets/forge-api-auth";
+      user = "sd-webui-forge";
+      group = "sd-webui-forge";
+      dataDir = "/var/lib/sd-webui-forge";
+      dataPermissions = "0700";
+      gpus = [ 0 ];
+      startupTimeout = "15m";
+      stopTimeout = "30s";
+    }))
+    (eq "unit: Type" (sc { }).Type "notify-reload")
+    (eq "unit: ReloadSignal" (sc { }).ReloadSignal "SIGHUP")
+    (eq "unit: ExecStart" (sc { }).ExecStart
+      "${supervisorOut}/bin/sd-webui-supervisor run --config /etc/sd-webui-forge/config.toml"
+    )
+    (eq "unit: reloadIfChanged" (unit { }).reloadIfChanged true)
+    (eq "unit: the config file is the unit's trigger" (unit { }).restartTriggers [ (sd { }).configFile ])
+    (eq "unit: KillMode" (sc { }).KillMode "mixed")
+    (eq "unit: Restart" (sc { }).Restart "on-failure")
+    (eq "unit: StateDirectory for the default dataDir" ((sc { }).StateDirectory or null) "sd-webui-forge")
+    (eq "unit: StateDirectoryMode follows dataPermissions" (sc { dataPermissions = "0750"; })
+      .StateDirectoryMode
+      "0750"
+    )
+    (eq "unit: UMask follows dataPermissions" (sc { dataPermissions = "0750"; }).UMask "0027")
+    (eq "unit: RuntimeDirectory for the control socket" (sc { }).RuntimeDirectory "sd-webui-forge")
+    (eq "unit: no MemoryDenyWriteExecute (PyTorch JIT)" ((sc { }) ? MemoryDenyWriteExecute) false)
+    (eq "unit: DeviceAllow for gpus = [ 0 2 ]" (sc { gpus = [ 0 2 ]; }).DeviceAllow [
+      "/dev/nvidiactl rw"
+      "/dev/nvidia-uvm rw"
+      "/dev/nvidia-uvm-tools rw"
+      "/dev/nvidia-modeset rw"
+      "/dev/nvidia0 rw"
+      "/dev/nvidia2 rw"
+    ])
+    (check "unit: DeviceAllow for every GPU when gpus = null" (builtins.elem "char-nvidia-frontend rw" (sc { })
+      .DeviceAllow
+    ) (sc { }).DeviceAllow)
+    (eq "unit: LoadCredential for apiAuthFile" (sc realistic).LoadCredential [
+      "api-auth:/run/secrets/forge-api-auth"
+    ])
+    (eq "custom dataDir: tmpfiles, ReadWritePaths, no StateDirectory" (
+      let
+        c = cfgOf { dataDir = "/srv/forge"; };
+        s = c.systemd.services.sd-webui-forge.serviceConfig;
+      in
+      {
+        rules = c.systemd.tmpfiles.rules;
+        rw = s.ReadWritePaths;
+        state = s ? StateDirectory;
+      }
+    ) {
+      rules = [ "d '/srv/forge' 0700 sd-webui-forge sd-webui-forge - -" ];
+      rw = [ "/srv/forge" ];
+      state = false;
+    })
+    (eq "dataDir under /home: ProtectHome=tmpfs and BindPaths" (
+      let
+        s = sc { dataDir = "/home/ai/forge"; };
+      in
+      {
+        inherit (s) ProtectHome BindPaths;
+      }
+    ) {
+      ProtectHome = "tmpfs";
+      BindPaths = [ "/home/ai/forge" ];
+    })
+
+    # Users, D-Bus, firewall.
+    (eq "default user and group are created" (
+      let
+        c = cfgOf { };
+      in
+      {
+        user = c.users.users.sd-webui-forge.isSystemUser;
+        group = c.users.groups ? sd-webui-forge;
+      }
+    ) {
+      user = true;
+      group = true;
+    })
+    (eq "a custom user is not created" (cfgOf {
+      user = "alice";
+      group = "users";
+    }).users
+      {
+        users = { };
+        groups = { };
+      }
+    )
+    (eq "D-Bus policy from the supervisor package" (cfgOf { }).services.dbus.packages [ fakeSupervisor ])
+    (check "D-Bus policy adapted for a custom user and group" (
+      let
+        p = builtins.head (cfgOf {
+          user = "alice";
+          group = "render";
+        }).services.dbus.packages;
+      in
+      mentions [
+        ''s/user="sd-webui-forge"/user="alice"/g''
+        ''s/group="sd-webui-forge"/group="render"/g''
+        "${supervisorOut}/share/dbus-1/system.d/io.github.sd_webui_supervisor.Supervisor1.conf"
+      ] p.script
+    ) "")
+    (eq "control.dbus = off: no D-Bus policy" (cfgOf { control.dbus = "off"; }).services.dbus.packages [ ])
+    (eq "openFirewall opens the port" (cfgOf realistic).networking.firewall.allowedTCPPorts [ 7860 ])
+    (eq "firewall closed by default" (cfgOf { }).networking.firewall.allowedTCPPorts [ ])
+    (check "warning: openFirewall without listen" (
+      builtins.length (cfgOf { openFirewall = true; }).warnings == 1
+    ) (cfgOf { openFirewall = true; }).warnings)
+
+    # Assertions, each with its remedy.
+    (eq "no assertion fails for a realistic config" (failed realistic) [ ])
+    (check "assertion: model kind not used by the flavor" (
+      let
+        f = failed { models.diffusion_models."flux1-dev.safetensors" = "/srv/flux1-dev.safetensors"; };
+      in
+      builtins.length f == 1
+      && mentions [
+        "models.diffusion_models"
+        ''flavor "forge" does not use model kind "diffusion_models"''
+        "comfyui"
+        "services.sd-webui-forge.flavor"
+      ] (builtins.head f)
+    ) (failed { models.diffusion_models."flux1-dev.safetensors" = "/srv/flux1-dev.safetensors"; }))
+    (eq "assertion: the same kind is fine for comfyui" (failed {
+      flavor = "comfyui";
+      models.diffusion_models."flux1-dev.safetensors" = "/srv/flux1-dev.safetensors";
+    }) [ ])
+    (check "assertion: an unknown model kind" (
+      lib.any (mentions [ ''"checkpoint"'' "no flavor uses it" ]) (failed {
+        models.checkpoint."a.safetensors" = "/srv/a.safetensors";
+      })
+    ) (failed { models.checkpoint."a.safetensors" = "/srv/a.safetensors"; }))
+    (check "assertion: model file names must be plain" (
+      let
+        f = failed {
+          models.checkpoints."../escape.safetensors" = "/srv/a";
+          models.checkpoints.".hidden.safetensors" = "/srv/b";
+        };
+      in
+      mentions [ "../escape.safetensors" ".hidden.safetensors" "plain name" ] (lib.concatStrings f)
+    ) "")
+    (check "assertion: extension names must be plain" (
+      lib.any (mentions [ "extensions" "a/b" ]) (failed { extensions."a/b" = "/srv/ext"; })
+    ) "")
+    (check "assertion: gpus unique" (
+      lib.any (mentions [ "gpus" "more than once" ]) (failed { gpus = [ 0 0 ]; })
+    ) (failed { gpus = [ 0 0 ]; }))
+    (check "assertion: CUDA_VISIBLE_DEVICES points to gpus" (
+      lib.any (mentions [ "CUDA_VISIBLE_DEVICES" "gpus" ]) (failed { environment.CUDA_VISIBLE_DEVICES = "1"; })
+    ) "")
+    (check "assertion: http listener needs a token file" (
+      lib.any (mentions [ "httpListen" "tokenFile" ]) (failed { control.httpListen = "127.0.0.1:7870"; })
+    ) "")
+    (check "assertion: flags the supervisor sets are refused in extraArgs" (
+      let
+        f = failed {
+          extraArgs = [
+            "--port"
+            "9000"
+            "--listen"
+          ];
+        };
+      in
+      mentions [ ''"--port"'' "services.sd-webui-forge.port" ''"--listen"'' "services.sd-webui-forge.listen" ] (
+        lib.concatStrings f
+      )
+    ) "")
+    (check "assertion: dataDir must be a directory of its own" (
+      lib.any (mentions [ "dataDir" ]) (failed { dataDir = "/var/lib"; })
+    ) "")
+  ];
+
+  # Configs for check-config (tests/nix/check.sh writes each to a file).
+  configs = {
+    control = (sd {
+      control = {
+        httpListen = "127.0.0.1:7870";
+        tokenFile = "/run/secrets/control-token";
+        dbus = "off";
+      };
+      restart = {
+        deadline = "never";
+        policy = "manual";
+      };
+      dataDir = "/srv/forge";
+      dataPermissions = "0750";
+    }).configFile.env.unchecked.text;
+    default = (sd { }).configFile.env.unchecked.text;
+    realistic = (sd realistic).configFile.env.unchecked.text;
+    comfyui = (sd {
+      flavor = "comfyui";
+      models.diffusion_models."flux1-dev.safetensors" = "/srv/flux1-dev.safetensors";
+      models.clip_vision."clip_vision_g.safetensors" = "/srv/clip_vision_g.safetensors";
+      gpus = [
+        0
+        1
+      ];
+    }).configFile.env.unchecked.text;
+  };
+
+  # The module's build-time check, to run as the build would, with a config
+  # that passes the module's own checks and one that only check-config can
+  # reject (idle_grace longer than deadline).
+  badRestart = {
+    restart.idleGrace = "3h";
+    restart.deadline = "1h";
+  };
+  builds = {
+    good = {
+      inherit ((sd realistic).configFile) script;
+      config = configs.realistic;
+      expect = "ok";
+    };
+    bad = {
+      inherit ((sd badRestart).configFile) script;
+      config = (sd badRestart).configFile.env.unchecked.text;
+      expect = "restart.";
+    };
+  };
+  # Assertion messages as a user sees them, printed by check.sh.
+  messages =
+    failed { models.diffusion_models."flux1-dev.safetensors" = "/srv/flux1-dev.safetensors"; }
+    ++ failed { models.checkpoints."../escape.safetensors" = "/srv/a"; }
+    ++ failed { extraArgs = "--port 9000"; };
+in
+{
+  inherit
+    results
+    configs
+    builds
+    messages
+    ;
+}
