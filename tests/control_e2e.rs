@@ -1,16 +1,10 @@
 //! End to end: the real daemon (`sd-webui-supervisor run --config FILE`) supervising
 //! the stand-in UI (`examples/stand_in_ui.py`), driven through the control plane.
 //!
-//! These tests need the daemon's `run` command wired to `control::start`, so they
-//! are `#[ignore]`d where that is missing. Run them with
-//!
-//! ```text
-//! cargo test --test control_e2e -- --ignored --test-threads=1
-//! ```
-//!
-//! `daemon_*` tests need python3 only. `systemd_*` tests also need root and
-//! `../shared/tools/systemd-sandbox` (systemd >= 254, `prepare` done), and fail
-//! with a message saying so when either is missing. All files live under
+//! `daemon_*` needs python3 only. `systemd_*` also needs root and
+//! `../shared/tools/systemd-sandbox` (systemd >= 254, `prepare` done; or set
+//! `SYSTEMD_SANDBOX`): without them it is skipped with a message, except under
+//! `CI=true`, where a missing precondition is a failure. All files live under
 //! `CARGO_TARGET_TMPDIR`, because units must not use /tmp.
 
 mod control_support;
@@ -163,7 +157,6 @@ impl Drop for Daemon {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: needs the daemon (`run`); cargo test --test control_e2e -- --ignored"]
 async fn daemon_control_plane_end_to_end() {
     let dir = work_dir();
     let port = free_port();
@@ -285,6 +278,26 @@ async fn daemon_control_plane_end_to_end() {
     assert_eq!(out.status.code(), Some(4));
 }
 
+/// The sandbox tool, or `None` (test skipped) when it or root is missing outside CI.
+fn sandbox_tool() -> Option<PathBuf> {
+    let tool = std::env::var_os("SYSTEMD_SANDBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/tools/systemd-sandbox"));
+    let missing = if !nix::unistd::geteuid().is_root() {
+        "systemd-sandbox needs root".to_owned()
+    } else if !tool.exists() {
+        format!(
+            "systemd-sandbox not found at {} (set SYSTEMD_SANDBOX)",
+            tool.display()
+        )
+    } else {
+        return Some(tool);
+    };
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{missing}");
+    eprintln!("skipped: {missing}");
+    None
+}
+
 /// `systemd-sandbox` around one test: started with the bus policy, stopped on drop.
 struct Sandbox {
     tool: PathBuf,
@@ -292,19 +305,7 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    fn start(state: &Path, policy: &Path, host_dirs: &[&Path]) -> Sandbox {
-        let tool = std::env::var_os("SYSTEMD_SANDBOX")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join("../shared/tools/systemd-sandbox"));
-        assert!(
-            tool.exists(),
-            "systemd-sandbox not found at {} (set SYSTEMD_SANDBOX)",
-            tool.display()
-        );
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "systemd-sandbox needs root"
-        );
+    fn start(tool: PathBuf, state: &Path, policy: &Path, host_dirs: &[&Path]) -> Sandbox {
         let out = Command::new(&tool)
             .arg("start")
             .arg(state)
@@ -379,8 +380,10 @@ fn unit_user(dir: &Path) -> (String, PathBuf) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "e2e: needs root, systemd-sandbox and the daemon; cargo test --test control_e2e -- --ignored"]
 async fn systemd_unit_serves_dbus_and_the_socket() {
+    let Some(tool) = sandbox_tool() else {
+        return;
+    };
     let dir = work_dir();
     let (user, policy) = unit_user(dir.path());
     let port = free_port();
@@ -409,7 +412,7 @@ async fn systemd_unit_serves_dbus_and_the_socket() {
     )
     .unwrap();
 
-    let sandbox = Sandbox::start(&dir.path().join("sandbox"), &policy, &[dir.path()]);
+    let sandbox = Sandbox::start(tool, &dir.path().join("sandbox"), &policy, &[dir.path()]);
     let install = Command::new(&sandbox.tool)
         .arg("install")
         .arg(&sandbox.state)
