@@ -285,3 +285,46 @@ mod tcp {
         assert!(!socket_in(&dir).exists());
     }
 }
+
+/// What an operator does: `curl --unix-socket … /metrics`, parsed by a real
+/// Prometheus parser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_the_socket_gets_parsable_metrics() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let core = FakeCore::new(busy_pending());
+    let control = control::start(core.handle.clone(), &config(&socket_in(&dir)))
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--fail", "--unix-socket"])
+        .arg(control.socket_path())
+        .arg("http://localhost/metrics")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let queue_pending = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "sd_webui_supervisor_queue_pending")
+        .map(|s| s.value.clone());
+    assert!(
+        matches!(queue_pending, Some(prometheus_parse::Value::Gauge(v)) if v == 3.0),
+        "{queue_pending:?}"
+    );
+    control.shutdown().await;
+}

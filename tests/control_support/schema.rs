@@ -60,10 +60,10 @@ fn check(root: &Value, schema: &Value, doc: &Value, at: &str, out: &mut Vec<Stri
             return;
         }
     }
-    if let Some(choices) = s.get("enum").and_then(Value::as_array) {
-        if !choices.contains(doc) {
-            out.push(format!("{at}: {doc} is not one of {choices:?}"));
-        }
+    if let Some(choices) = s.get("enum").and_then(Value::as_array)
+        && !choices.contains(doc)
+    {
+        out.push(format!("{at}: {doc} is not one of {choices:?}"));
     }
     if let Some(alternatives) = s.get("anyOf").and_then(Value::as_array) {
         let fits = alternatives.iter().any(|alt| {

@@ -1,14 +1,16 @@
-//! The CLI's side of the control API: `status`, `reload`, `restart` and `wait-idle`
-//! talk HTTP/1.1 to the daemon over its unix socket.
+//! The CLI's side of the control API: [`Client`] talks HTTP/1.1 to the daemon over
+//! its unix socket; [`run`] carries out `status`, `reload`, `restart` and
+//! `wait-idle` with it and prints for people.
 //!
 //! The daemon is found through `--socket PATH`, else `--config FILE`'s
 //! `control.socket`, else [`DEFAULT_SOCKET`] (DESIGN §3.1). Exit codes are
 //! documented in `docs/control-api.md`: 0 success, 1 failed (rejected reload,
 //! unexpected answer, bad config file), 4 no daemon answered, 5 timed out.
 
+mod commands;
+
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{Method, Request, StatusCode, header};
@@ -16,8 +18,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
+pub use commands::{Action, run};
+
 use super::protocol::{self, ErrorBody, RestartReply, RestartRequest};
-use super::status_text;
 use crate::config::{Config, DEFAULT_SOCKET};
 use crate::state::{ReloadOutcome, RestartWhen, Snapshot};
 
@@ -272,105 +275,4 @@ impl Client {
             message,
         }
     }
-}
-
-/// What a CLI client command does, once its target is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// `status [--json]`.
-    Status {
-        /// Print the snapshot JSON instead of the text for people.
-        json: bool,
-    },
-    /// `reload`.
-    Reload,
-    /// `restart [--when-idle|--now]`.
-    Restart(RestartWhen),
-    /// `wait-idle [--timeout DUR]`.
-    WaitIdle(Option<Duration>),
-}
-
-/// Runs one client command and returns the exit code; prints results to stdout
-/// and problems to stderr.
-pub fn run(target: &Target, action: Action) -> ExitCode {
-    let client = match target.socket_path() {
-        Ok(socket) => Client::new(socket),
-        Err(e) => return fail(&e),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
-    runtime.block_on(act(&client, action))
-}
-
-async fn act(client: &Client, action: Action) -> ExitCode {
-    let result = match action {
-        Action::Status { json: true } => client.status_json().await.map(|v| {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            ExitCode::SUCCESS
-        }),
-        Action::Status { json: false } => client.status().await.map(|s| {
-            print!("{}", status_text::render(&s, now_unix()));
-            ExitCode::SUCCESS
-        }),
-        Action::Reload => client.reload().await.map(|outcome| report_reload(&outcome)),
-        Action::Restart(when) => client.restart(when).await.map(|line| {
-            println!("{line}");
-            ExitCode::SUCCESS
-        }),
-        Action::WaitIdle(timeout) => client.wait_idle(timeout).await.map(|w| match w {
-            WaitIdle::Idle(s) => {
-                println!("{}", s.status_line);
-                ExitCode::SUCCESS
-            }
-            WaitIdle::TimedOut(message) => {
-                eprintln!("{message}");
-                ExitCode::from(EXIT_TIMEOUT)
-            }
-        }),
-    };
-    result.unwrap_or_else(|e| fail(&e))
-}
-
-/// Prints a reload outcome; exit 1 when it was rejected.
-fn report_reload(o: &ReloadOutcome) -> ExitCode {
-    if o.result == "rejected" {
-        eprintln!("reload rejected; the running config stays in force:");
-        for e in &o.errors {
-            eprintln!("{e}");
-        }
-        return ExitCode::from(EXIT_FAILED);
-    }
-    println!("reload {}", o.result);
-    let lists = [
-        ("applied live", &o.applied_live),
-        ("restart scheduled for", &o.needs_restart),
-        (
-            "settings the UI does not know (not sent)",
-            &o.unknown_settings,
-        ),
-    ];
-    for (name, list) in lists.into_iter().filter(|(_, l)| !l.is_empty()) {
-        println!("{name}: {}", list.join(", "));
-    }
-    ExitCode::SUCCESS
-}
-
-fn fail(e: &ClientError) -> ExitCode {
-    eprintln!("sd-webui-supervisor: {e}");
-    ExitCode::from(e.exit_code())
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
