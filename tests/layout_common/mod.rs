@@ -205,7 +205,10 @@ pub fn leftover_temps(dir: &Path) -> Vec<PathBuf> {
 /// (inode, mode, size, mtime, ctime) of every entry under `dir`, not following
 /// links: any write — a created, removed or renamed entry, a changed file, a
 /// chmod — changes some entry's ctime or inode (the directory's, at least).
-pub fn tree_state(dir: &Path) -> BTreeMap<PathBuf, (u64, u32, u64, i64, i64, i64, i64)> {
+/// Per path: (inode, mode, size, mtime, mtime_nsec, ctime, ctime_nsec).
+pub type TreeState = BTreeMap<PathBuf, (u64, u32, u64, i64, i64, i64, i64)>;
+
+pub fn tree_state(dir: &Path) -> TreeState {
     use std::os::unix::fs::MetadataExt;
     let mut state = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
