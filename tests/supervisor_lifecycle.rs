@@ -191,6 +191,69 @@ fn ui_starts_with_default_signals_and_empty_mask_and_stops_on_sigint() {
     );
 }
 
+#[test]
+fn stop_escalates_to_sigkill_after_stop_timeout() {
+    let mut scene = Scene::new("stop-timeout").env("STANDIN_IGNORE_SIGINT", 1);
+    scene.stop_timeout = "1s".into();
+    let notify = NotifySocket::bind(scene.dir());
+    let mut daemon = scene.daemon().notify(&notify).spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    let ui = pid(&scene.record().wait_starts(1, START)[0]);
+
+    let began = std::time::Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    let took = began.elapsed();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "the daemon exited {took:?} after SIGTERM; stop_timeout is 1s"
+    );
+    assert!(!alive(ui), "the UI that ignored SIGINT was killed");
+    let record = scene.record();
+    assert!(record.of("signal").is_empty(), "SIGINT was ignored");
+    assert!(
+        record.of("exit").is_empty(),
+        "no clean exit: it was SIGKILLed"
+    );
+}
+
+/// The whole group is stopped, not just the main process: a child that ignores
+/// SIGINT is SIGKILLed and waited for before the daemon exits.
+#[test]
+fn stop_leaves_no_process_of_the_group_even_one_ignoring_sigint() {
+    let mut scene = Scene::new("stop-group");
+    let py = common::python3().display().to_string();
+    let script = common::stand_in().display().to_string();
+    // The helper (like a UI's worker process) ignores SIGINT and SIGTERM.
+    scene.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("(trap '' INT TERM; exec sleep 1000) & exec '{py}' '{script}' \"$@\""),
+        "ui".into(),
+    ];
+    let notify = NotifySocket::bind(scene.dir());
+    let mut daemon = scene.daemon().notify(&notify).spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    let ui = pid(&scene.record().wait_starts(1, START)[0]);
+    let members = live_group_members(ui);
+    assert_eq!(
+        members.len(),
+        2,
+        "stand-in and helper in one group: {members:?}"
+    );
+
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let left = live_group_members(ui);
+    assert!(
+        left.is_empty(),
+        "left in the UI's group after the daemon exited: {left:?}"
+    );
+    assert_eq!(scene.record().of("signal")[0]["signal"], "SIGINT");
+}
+
 /// A fake `/dev` and `nvidia-smi` for the preflight.
 struct FakeGpu {
     dev: std::path::PathBuf,
@@ -348,7 +411,7 @@ fn assert_group_gone_after_sigkill(scene: &Scene, daemon: common::Daemon, ui_pid
     let mut daemon = daemon;
     daemon.signal(Signal::SIGKILL);
     daemon.wait_exit(Duration::from_secs(5));
-    let left = common::wait_for_with(
+    common::wait_for_with(
         || {
             format!(
                 "no live process of the UI's group {ui_pid} (left: {:?}) nor marked with {} (left: {:?})",
@@ -364,7 +427,6 @@ fn assert_group_gone_after_sigkill(scene: &Scene, daemon: common::Daemon, ui_pid
             .then_some(())
         },
     );
-    let () = left;
     assert!(!alive(ui_pid));
 }
 
