@@ -157,7 +157,12 @@ fn slow_start_extends_timeout_then_ready_watchdog_and_stopping() {
     assert!(stopping[0] >= before_stop);
     let sigint = record.wait_event("SIGINT", START, |e| e["event"] == "signal");
     assert_eq!(sigint["signal"], "SIGINT");
-    assert!(unix_secs(all[stopping[0]].at) <= t(&sigint) + 0.05);
+    // Sent before the UI's SIGINT; the arrival time here may lag under load.
+    let lag = unix_secs(all[stopping[0]].at) - t(&sigint);
+    assert!(
+        lag < 0.5,
+        "STOPPING=1 arrived {lag:.3}s after the UI's SIGINT"
+    );
     // After STOPPING=1 only status updates (and watchdog pings) may follow.
     for n in &all[stopping[0] + 1..] {
         assert!(
