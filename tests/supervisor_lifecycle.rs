@@ -389,16 +389,42 @@ fn driver_library_mismatch_waits_instead_of_crash_looping() {
     // Several re-checks later: still waiting, never started, never a crash.
     std::thread::sleep(Duration::from_secs(2));
     assert!(scene.record().starts().is_empty(), "no start on a mismatch");
-    let statuses = notify.statuses();
+    // Each re-check flashes the bogus SHUTTING_DOWN status (a daemon bug, asserted
+    // by `status_never_claims_shutting_down_while_running`); apart from it the
+    // status is the mismatch, and never a crash.
+    let statuses: Vec<String> = notify
+        .statuses()
+        .into_iter()
+        .filter(|s| s != SHUTTING_DOWN)
+        .collect();
     assert!(
         statuses
             .iter()
-            .all(|s| !s.starts_with("backoff") && !s.starts_with("failed")),
+            .all(|s| s == "waiting: NVIDIA driver/library mismatch, reboot required"),
         "{statuses:#?}"
     );
-    assert_eq!(
-        statuses.last().map(String::as_str),
-        Some("waiting: NVIDIA driver/library mismatch, reboot required")
+}
+
+/// What the daemon reports while it shuts down.
+const SHUTTING_DOWN: &str = "stopping: supervisor is shutting down";
+
+/// The status must not claim a shutdown that is not happening: not when a backoff
+/// ends, not when a waiting supervisor re-checks the GPU.
+#[test]
+#[ignore = "daemon bug: Ui::Down between a backoff/re-check and the next launch is published as 'stopping: supervisor is shutting down' (see the report)"]
+fn status_never_claims_shutting_down_while_running() {
+    let scene = Scene::new("no-bogus-stopping");
+    let notify = NotifySocket::bind(scene.dir());
+    let _daemon = scene.daemon().notify(&notify).spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    let first = scene.record().wait_starts(1, START).remove(0);
+    kill(Pid::from_raw(pid(&first)), Signal::SIGKILL).expect("kill -9 the stand-in");
+    scene.record().wait_starts(2, Duration::from_secs(10));
+    notify.wait_status("ready; idle", START);
+    let statuses = notify.statuses();
+    assert!(
+        !statuses.iter().any(|s| s == SHUTTING_DOWN),
+        "{statuses:#?}"
     );
 }
 
