@@ -309,3 +309,30 @@ fn status_at_ready_does_not_claim_failed_queue_probes() {
     assert!(shown.starts_with("ready"), "{shown}");
     assert!(!shown.contains("not answering"), "{shown}");
 }
+
+/// The notify socket is the supervisor's: a UI that inherited it could send its own
+/// READY=1/STATUS= (Python servers do when `NOTIFY_SOCKET` is set), which systemd
+/// rejects with a journal warning each time under `NotifyAccess=main`.
+#[test]
+fn ui_does_not_inherit_notify_socket_or_watchdog() {
+    let scene = Scene::new("notify-env");
+    let notify = NotifySocket::bind(scene.dir());
+    let _daemon = scene
+        .daemon()
+        .notify(&notify)
+        .env("WATCHDOG_USEC", "60000000")
+        .spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    let ui = pid(&scene.record().wait_starts(1, START)[0]);
+    let environ = std::fs::read(format!("/proc/{ui}/environ")).expect("read the UI's environ");
+    let leaked: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .filter(|e| {
+            ["NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID="]
+                .iter()
+                .any(|k| e.starts_with(k))
+        })
+        .collect();
+    assert!(leaked.is_empty(), "the UI inherited {leaked:?}");
+}
