@@ -191,6 +191,69 @@ fn ui_starts_with_default_signals_and_empty_mask_and_stops_on_sigint() {
     );
 }
 
+#[test]
+fn stop_escalates_to_sigkill_after_stop_timeout() {
+    let mut scene = Scene::new("stop-timeout").env("STANDIN_IGNORE_SIGINT", 1);
+    scene.stop_timeout = "1s".into();
+    let notify = NotifySocket::bind(scene.dir());
+    let mut daemon = scene.daemon().notify(&notify).spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    let ui = pid(&scene.record().wait_starts(1, START)[0]);
+
+    let began = std::time::Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    let took = began.elapsed();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "the daemon exited {took:?} after SIGTERM; stop_timeout is 1s"
+    );
+    assert!(!alive(ui), "the UI that ignored SIGINT was killed");
+    let record = scene.record();
+    assert!(record.of("signal").is_empty(), "SIGINT was ignored");
+    assert!(
+        record.of("exit").is_empty(),
+        "no clean exit: it was SIGKILLed"
+    );
+}
+
+/// The whole group is stopped, not just the main process: a child that ignores
+/// SIGINT is SIGKILLed and waited for before the daemon exits.
+#[test]
+fn stop_leaves_no_process_of_the_group_even_one_ignoring_sigint() {
+    let mut scene = Scene::new("stop-group");
+    let py = common::python3().display().to_string();
+    let script = common::stand_in().display().to_string();
+    // The helper (like a UI's worker process) ignores SIGINT and SIGTERM.
+    scene.command = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("(trap '' INT TERM; exec sleep 1000) & exec '{py}' '{script}' \"$@\""),
+        "ui".into(),
+    ];
+    let notify = NotifySocket::bind(scene.dir());
+    let mut daemon = scene.daemon().notify(&notify).spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    let ui = pid(&scene.record().wait_starts(1, START)[0]);
+    let members = live_group_members(ui);
+    assert_eq!(
+        members.len(),
+        2,
+        "stand-in and helper in one group: {members:?}"
+    );
+
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let left = live_group_members(ui);
+    assert!(
+        left.is_empty(),
+        "left in the UI's group after the daemon exited: {left:?}"
+    );
+    assert_eq!(scene.record().of("signal")[0]["signal"], "SIGINT");
+}
+
 /// A fake `/dev` and `nvidia-smi` for the preflight.
 struct FakeGpu {
     dev: std::path::PathBuf,
@@ -326,16 +389,42 @@ fn driver_library_mismatch_waits_instead_of_crash_looping() {
     // Several re-checks later: still waiting, never started, never a crash.
     std::thread::sleep(Duration::from_secs(2));
     assert!(scene.record().starts().is_empty(), "no start on a mismatch");
-    let statuses = notify.statuses();
+    // Each re-check flashes the bogus SHUTTING_DOWN status (a daemon bug, asserted
+    // by `status_never_claims_shutting_down_while_running`); apart from it the
+    // status is the mismatch, and never a crash.
+    let statuses: Vec<String> = notify
+        .statuses()
+        .into_iter()
+        .filter(|s| s != SHUTTING_DOWN)
+        .collect();
     assert!(
         statuses
             .iter()
-            .all(|s| !s.starts_with("backoff") && !s.starts_with("failed")),
+            .all(|s| s == "waiting: NVIDIA driver/library mismatch, reboot required"),
         "{statuses:#?}"
     );
-    assert_eq!(
-        statuses.last().map(String::as_str),
-        Some("waiting: NVIDIA driver/library mismatch, reboot required")
+}
+
+/// What the daemon reports while it shuts down.
+const SHUTTING_DOWN: &str = "stopping: supervisor is shutting down";
+
+/// The status must not claim a shutdown that is not happening: not when a backoff
+/// ends, not when a waiting supervisor re-checks the GPU.
+#[test]
+#[ignore = "daemon bug: Ui::Down between a backoff/re-check and the next launch is published as 'stopping: supervisor is shutting down' (see the report)"]
+fn status_never_claims_shutting_down_while_running() {
+    let scene = Scene::new("no-bogus-stopping");
+    let notify = NotifySocket::bind(scene.dir());
+    let _daemon = scene.daemon().notify(&notify).spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    let first = scene.record().wait_starts(1, START).remove(0);
+    kill(Pid::from_raw(pid(&first)), Signal::SIGKILL).expect("kill -9 the stand-in");
+    scene.record().wait_starts(2, Duration::from_secs(10));
+    notify.wait_status("ready; idle", START);
+    let statuses = notify.statuses();
+    assert!(
+        !statuses.iter().any(|s| s == SHUTTING_DOWN),
+        "{statuses:#?}"
     );
 }
 

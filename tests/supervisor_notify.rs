@@ -157,7 +157,12 @@ fn slow_start_extends_timeout_then_ready_watchdog_and_stopping() {
     assert!(stopping[0] >= before_stop);
     let sigint = record.wait_event("SIGINT", START, |e| e["event"] == "signal");
     assert_eq!(sigint["signal"], "SIGINT");
-    assert!(unix_secs(all[stopping[0]].at) <= t(&sigint) + 0.05);
+    // Sent before the UI's SIGINT; the arrival time here may lag under load.
+    let lag = unix_secs(all[stopping[0]].at) - t(&sigint);
+    assert!(
+        lag < 0.5,
+        "STOPPING=1 arrived {lag:.3}s after the UI's SIGINT"
+    );
     // After STOPPING=1 only status updates (and watchdog pings) may follow.
     for n in &all[stopping[0] + 1..] {
         assert!(
@@ -302,4 +307,31 @@ fn status_at_ready_does_not_claim_failed_queue_probes() {
         .expect("a STATUS= before READY=1");
     assert!(shown.starts_with("ready"), "{shown}");
     assert!(!shown.contains("not answering"), "{shown}");
+}
+
+/// The notify socket is the supervisor's: a UI that inherited it could send its own
+/// READY=1/STATUS= (Python servers do when `NOTIFY_SOCKET` is set), which systemd
+/// rejects with a journal warning each time under `NotifyAccess=main`.
+#[test]
+fn ui_does_not_inherit_notify_socket_or_watchdog() {
+    let scene = Scene::new("notify-env");
+    let notify = NotifySocket::bind(scene.dir());
+    let _daemon = scene
+        .daemon()
+        .notify(&notify)
+        .env("WATCHDOG_USEC", "60000000")
+        .spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    let ui = pid(&scene.record().wait_starts(1, START)[0]);
+    let environ = std::fs::read(format!("/proc/{ui}/environ")).expect("read the UI's environ");
+    let leaked: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .filter(|e| {
+            ["NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID="]
+                .iter()
+                .any(|k| e.starts_with(k))
+        })
+        .collect();
+    assert!(leaked.is_empty(), "the UI inherited {leaked:?}");
 }

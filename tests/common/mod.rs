@@ -367,6 +367,7 @@ impl Scene {
 
 /// How to start the daemon.
 pub struct DaemonBuilder {
+    bin: PathBuf,
     config: PathBuf,
     log: PathBuf,
     marker: String,
@@ -378,6 +379,7 @@ pub struct DaemonBuilder {
 impl DaemonBuilder {
     fn new(scene: &Scene) -> DaemonBuilder {
         DaemonBuilder {
+            bin: daemon_bin(),
             config: scene.write_config(),
             log: scene.log_path(),
             marker: scene.marker(),
@@ -385,6 +387,12 @@ impl DaemonBuilder {
             ignore: Vec::new(),
             block: Vec::new(),
         }
+    }
+
+    /// Runs this build of the daemon instead of the one cargo built for the test.
+    pub fn binary(mut self, bin: &Path) -> DaemonBuilder {
+        self.bin = bin.to_path_buf();
+        self
     }
 
     /// Sets an environment variable of the daemon.
@@ -414,7 +422,7 @@ impl DaemonBuilder {
     /// Spawns `sd-webui-supervisor run --config …`.
     pub fn spawn(self) -> Daemon {
         let log = fs::File::create(&self.log).expect("create the daemon log");
-        let mut cmd = Command::new(daemon_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config)
