@@ -67,7 +67,11 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     // NixOS swaps /etc/static rather than the file: the watcher follows the chain.
     let watcher = match ConfigWatcher::start(path, &text, DEFAULT_DEBOUNCE) {
         Ok((watcher, changes)) => {
-            tokio::spawn(reload_on_change(handle.clone(), changes));
+            tokio::spawn(reload_on_change(
+                handle.clone(),
+                PathBuf::from(path),
+                changes,
+            ));
             Some(watcher)
         }
         Err(e) => {
@@ -98,9 +102,19 @@ async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::S
     }
 }
 
-/// A changed config file → reload through the core.
-async fn reload_on_change(handle: CoreHandle, mut changes: tokio::sync::mpsc::Receiver<()>) {
+/// A changed config file → reload through the core, unless the core already runs
+/// this content (a SIGHUP for the same edit got there first: one reload, not two).
+async fn reload_on_change(
+    handle: CoreHandle,
+    path: PathBuf,
+    mut changes: tokio::sync::mpsc::Receiver<()>,
+) {
     while changes.recv().await.is_some() {
+        if let Ok(text) = std::fs::read(&path)
+            && crate::supervisor::config_hash(&text) == handle.snapshot().config_generation
+        {
+            continue;
+        }
         tracing::info!("config file changed: reloading");
         if handle.reload().await.is_err() {
             return;
