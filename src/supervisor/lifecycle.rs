@@ -244,14 +244,6 @@ impl Supervisor {
         tracing::info!(pid = proc.pid(), took = ?took, "UI is ready");
         self.last_time_to_ready_ms = Some(took.as_millis() as u64);
         self.ready_since_unix = Some(unix_now());
-        let pending_settings = std::mem::take(&mut self.settings_for_ready);
-        if !pending_settings.is_empty() {
-            let probe = probe.clone();
-            tokio::spawn(async move {
-                let mut errors = Vec::new();
-                super::reconfigure::send_settings(&probe, &pending_settings, &mut errors).await;
-            });
-        }
         self.ui = Ui::Ready {
             proc,
             probe,
@@ -259,6 +251,41 @@ impl Supervisor {
         };
         self.next_probe = Instant::now();
         self.ready_once();
+        self.enforce_settings();
+    }
+
+    /// Managed settings are enforced on every start: the UI may have read its
+    /// settings file before a reload rewrote it (while it was starting), so the
+    /// managed keys that differ from what it reports are sent now.
+    fn enforce_settings(&self) {
+        let Ui::Ready { probe, .. } = &self.ui else {
+            return;
+        };
+        if !self.config.ui.flavor.has_options_api() || self.config.settings.is_empty() {
+            return;
+        }
+        let (probe, wanted) = (probe.clone(), self.config.settings.clone());
+        tokio::spawn(async move {
+            let Ok(current) = probe.options().await else {
+                return;
+            };
+            // JSON 2 and 2.0 are the same setting.
+            let same = |a: &serde_json::Value, b: &serde_json::Value| {
+                a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
+            };
+            let send: serde_json::Map<_, _> = wanted
+                .into_iter()
+                .filter(|(k, v)| current.get(k).is_some_and(|c| !same(c, v)))
+                .collect();
+            if !send.is_empty() {
+                match probe.set_options(&send).await {
+                    Ok(()) => {
+                        tracing::info!(keys = ?send.keys().collect::<Vec<_>>(), "managed settings enforced at start")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "enforcing settings at start failed"),
+                }
+            }
+        });
     }
 
     /// Counts a crash: back off (1 s doubling to 60 s), or `failed` after

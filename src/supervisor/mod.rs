@@ -114,9 +114,6 @@ pub struct Supervisor {
     next_extend: Instant,
     ready_since_unix: Option<u64>,
     last_time_to_ready_ms: Option<u64>,
-    /// Settings changed by reloads while the UI was not ready: it may have read its
-    /// settings file before the layout rewrote it, so they are sent once it is ready.
-    settings_for_ready: serde_json::Map<String, serde_json::Value>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<String>,
 }
@@ -218,7 +215,6 @@ impl Supervisor {
             next_extend: now,
             ready_since_unix: None,
             last_time_to_ready_ms: None,
-            settings_for_ready: serde_json::Map::new(),
             start_reason: None,
         };
         (sup, CoreHandle::new(cmd_tx, snap_rx), cmd_rx, events_rx)
