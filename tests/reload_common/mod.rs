@@ -413,6 +413,16 @@ impl Daemon {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How many times the daemon launched a UI (its log's "UI launched" lines;
+    /// a UI stopped before Python got going leaves no `start` record).
+    pub fn launches(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("UI launched"))
+            .count()
+    }
+
     /// The last `n` lines of the daemon's log.
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -572,8 +582,10 @@ impl Scenario {
 impl Drop for Scenario {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // Kept for a post-mortem: the record, the daemon's log, the config.
+            self.dir.disable_cleanup(true);
             eprintln!(
-                "scenario {} failed:\n{}",
+                "scenario {} failed (directory kept):\n{}",
                 self.dir.path().display(),
                 self.diagnostics()
             );
@@ -594,7 +606,20 @@ pub fn http(
     body: Option<&Value>,
     timeout: Duration,
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    http_on(s, port, method, path, body, timeout)
+}
+
+/// Like [`http`], on a connection already made (to tell "nothing listens" from
+/// "the request failed").
+pub fn http_on(
+    mut s: TcpStream,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
