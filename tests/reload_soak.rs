@@ -55,6 +55,15 @@ enum Outcome {
     Broken(String),
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Answered(status) => write!(f, "HTTP {status}"),
+            Outcome::Broken(e) => write!(f, "connection broke: {e}"),
+        }
+    }
+}
+
 /// One change of a random kind; returns what changed, for the log.
 fn change(s: &mut Scenario, rng: &mut Rng) -> String {
     match rng.below(3) {
@@ -191,7 +200,7 @@ impl Killed {
                 .map_or("-".to_string(), |r| format!("{:+.3} s", r.t - self.request.t))
         };
         format!(
-            "{}: request at {:.3} ({:?}), last queue probe {}, stop signal {}",
+            "{}: request at {:.3} ({}), last queue probe {}, stop signal {}",
             self.id,
             self.request.t,
             self.outcome,
