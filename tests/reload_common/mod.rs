@@ -269,14 +269,53 @@ pub fn read_record(path: &Path) -> Vec<Rec> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.split_inclusive('\n')
         .filter(|l| l.ends_with('\n'))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|v| Rec {
-            event: v["event"].as_str().unwrap_or("").to_string(),
-            pid: v["pid"].as_u64().unwrap_or(0) as u32,
-            t: v["t"].as_f64().unwrap_or(0.0),
-            v,
-        })
+        .filter_map(parse_line)
         .collect()
+}
+
+/// One record line, if it is one.
+fn parse_line(line: &str) -> Option<Rec> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    Some(Rec {
+        event: v["event"].as_str().unwrap_or("").to_string(),
+        pid: v["pid"].as_u64().unwrap_or(0) as u32,
+        t: v["t"].as_f64().unwrap_or(0.0),
+        v,
+    })
+}
+
+/// Reads a growing record incrementally (for tight loops over long runs).
+pub struct RecordTail {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+}
+
+impl RecordTail {
+    pub fn new(path: &Path) -> RecordTail {
+        RecordTail {
+            path: path.to_path_buf(),
+            offset: 0,
+            partial: String::new(),
+        }
+    }
+
+    /// The complete lines appended since the last call.
+    pub fn poll(&mut self) -> Vec<Rec> {
+        use std::io::{Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        let mut text = String::new();
+        if f.seek(SeekFrom::Start(self.offset)).is_err() || f.read_to_string(&mut text).is_err() {
+            return Vec::new();
+        }
+        self.offset += text.len() as u64;
+        self.partial.push_str(&text);
+        let done = self.partial.rfind('\n').map_or(0, |i| i + 1);
+        let lines: String = self.partial.drain(..done).collect();
+        lines.lines().filter_map(parse_line).collect()
+    }
 }
 
 /// The records of one kind.
