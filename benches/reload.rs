@@ -68,9 +68,10 @@ fn change_to_post(
     i: usize,
     sighup: bool,
 ) -> Option<(f64, f64)> {
-    s.conf
-        .settings
-        .insert("samples_filename_pattern".into(), format!("bench-{i}").into());
+    s.conf.settings.insert(
+        "samples_filename_pattern".into(),
+        format!("bench-{i}").into(),
+    );
     let text = s.conf.render();
     let ready = s.notify.ready_count();
     let t0 = now_unix();
@@ -191,7 +192,10 @@ fn main() {
     } else {
         "release build"
     };
-    println!("reload benchmarks ({profile}; {} CPUs)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "reload benchmarks ({profile}; {} CPUs)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     bench_write_to_post(env_count("RELOAD_BENCH_CHANGES", 200));
     let runs = env_count("RELOAD_BENCH_RUNS", 10);
     bench_idle_to_stop("1s", "100ms", runs);

@@ -21,7 +21,10 @@ const SLACK: f64 = 0.25;
 
 /// The signal records so far.
 fn signals(s: &Scenario) -> Vec<Rec> {
-    events(&s.records(), "signal").into_iter().cloned().collect()
+    events(&s.records(), "signal")
+        .into_iter()
+        .cloned()
+        .collect()
 }
 
 /// Asserts the stop signal came after `queue_empty` and within the grace + slack.
@@ -144,7 +147,9 @@ fn reloads_while_pending_merge_into_one_restart_with_the_newest_config() {
 
     s.conf.extra_args = vec!["--cuda-malloc".into()];
     s.reload();
-    s.conf.env.insert("STANDIN_JOB_SECONDS".into(), "0.5".into());
+    s.conf
+        .env
+        .insert("STANDIN_JOB_SECONDS".into(), "0.5".into());
     s.reload();
     s.conf.extra_args = vec!["--pin-shared-memory".into()];
     s.reload();
@@ -163,7 +168,10 @@ fn reloads_while_pending_merge_into_one_restart_with_the_newest_config() {
     assert!(sig.t >= ended.t);
     let second = s.wait_listening(2, SECS(20));
     let argv = second.argv();
-    assert!(argv.contains(&"--pin-shared-memory".to_string()), "{argv:?}");
+    assert!(
+        argv.contains(&"--pin-shared-memory".to_string()),
+        "{argv:?}"
+    );
     assert!(!argv.contains(&"--cuda-malloc".to_string()), "{argv:?}");
     assert_eq!(second.v["env"]["STANDIN_JOB_SECONDS"], "0.5");
     std::thread::sleep(Duration::from_millis(1500)); // > idle_grace: a second restart would show
@@ -204,7 +212,9 @@ fn deadline_restarts_a_busy_ui() {
     let answer = job.join().expect("the job thread");
     assert!(answer.is_err(), "the interrupted job answered {answer:?}");
     assert!(
-        events(&s.records(), "job_end").iter().all(|r| !r.completed()),
+        events(&s.records(), "job_end")
+            .iter()
+            .all(|r| !r.completed()),
         "no job completed"
     );
     let second = s.wait_listening(2, SECS(20));
@@ -274,7 +284,11 @@ fn job_end_or_signal(s: &Scenario, timeout: Duration) -> Option<Rec> {
 }
 
 /// Asserts the job ran to completion with no signal before its end.
-fn assert_job_survived(s: &Scenario, end: Option<Rec>, job: std::thread::JoinHandle<Result<u16, String>>) {
+fn assert_job_survived(
+    s: &Scenario,
+    end: Option<Rec>,
+    job: std::thread::JoinHandle<Result<u16, String>>,
+) {
     let sig = signals(s);
     let Some(end) = end else {
         panic!(
@@ -378,5 +392,7 @@ fn a_job_accepted_by_a_starting_ui_is_not_killed_by_a_reload() {
         assert_job_survived(&s, end, job);
         return;
     }
-    eprintln!("inconclusive: in 5 attempts the supervisor always saw the UI ready before the reload");
+    eprintln!(
+        "inconclusive: in 5 attempts the supervisor always saw the UI ready before the reload"
+    );
 }

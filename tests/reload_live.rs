@@ -50,7 +50,9 @@ fn a_settings_change_is_one_post_with_only_the_changed_keys() {
     s.start();
     s.wait_listening(1, SECS(20));
 
-    s.conf.settings.insert("samples_format".into(), "jpg".into());
+    s.conf
+        .settings
+        .insert("samples_format".into(), "jpg".into());
     s.conf.settings.insert("jpeg_quality".into(), 90.into());
     s.reload();
     let posts = option_posts_after_settling(&s, 1);
@@ -105,7 +107,9 @@ fn an_unknown_setting_is_never_sent() {
     s.conf
         .settings
         .insert("another_unknown_option".into(), 5.into());
-    s.conf.settings.insert("samples_format".into(), "webp".into());
+    s.conf
+        .settings
+        .insert("samples_format".into(), "webp".into());
     s.reload();
     let posts = option_posts_after_settling(&s, 1);
     assert_eq!(posts.len(), 1);
@@ -188,7 +192,10 @@ fn a_models_change_updates_the_links_the_ui_sees() {
     s.wait_listening(1, SECS(20));
     add_checkpoint_then_lora(&mut s);
 
-    let link = s.conf.data_dir.join("models/Stable-diffusion/a.safetensors");
+    let link = s
+        .conf
+        .data_dir
+        .join("models/Stable-diffusion/a.safetensors");
     let target = std::fs::read_link(&link)
         .unwrap_or_else(|e| panic!("{} is not a link: {e}", link.display()));
     assert_eq!(target, s.path("store/a.safetensors"));
@@ -234,7 +241,9 @@ fn an_invalid_file_leaves_the_ui_alone_and_says_why_until_fixed() {
     let first = s.wait_listening(1, SECS(20));
 
     // Invalid: a port out of range, plus a settings change that must not apply.
-    s.conf.settings.insert("samples_format".into(), "webp".into());
+    s.conf
+        .settings
+        .insert("samples_format".into(), "webp".into());
     let invalid = with_port(&s.conf.render(), s.conf.port, "0");
     write_atomic(&s.config, &invalid);
     s.sighup();
@@ -269,7 +278,10 @@ fn an_invalid_file_leaves_the_ui_alone_and_says_why_until_fixed() {
     assert_eq!(s.starts()[0].pid, first.pid);
 
     // Broken again, then the very same valid text back: the rejection clears too.
-    write_atomic(&s.config, &with_port(&s.conf.render(), s.conf.port, "\"x\""));
+    write_atomic(
+        &s.config,
+        &with_port(&s.conf.render(), s.conf.port, "\"x\""),
+    );
     s.sighup();
     s.wait(SECS(3), "STATUS with the second rejection", || {
         s.notify
@@ -288,9 +300,7 @@ fn an_invalid_file_leaves_the_ui_alone_and_says_why_until_fixed() {
 #[ignore = "BUG: a settings change while the UI starts never reaches the running UI (see the report)"]
 fn a_settings_change_while_the_ui_starts_reaches_the_ui() {
     let mut s = Scenario::new("settings-starting", "forge");
-    s.conf
-        .env
-        .insert("STANDIN_START_DELAY".into(), "2".into());
+    s.conf.env.insert("STANDIN_START_DELAY".into(), "2".into());
     s.write_config();
     s.daemon = Some(reload_common::Daemon::spawn(
         &s.config,
@@ -303,7 +313,9 @@ fn a_settings_change_while_the_ui_starts_reaches_the_ui() {
     s.wait_event("start", 1, SECS(10));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(s.notify.ready_count(), 0, "the UI answered too early");
-    s.conf.settings.insert("samples_format".into(), "jpg".into());
+    s.conf
+        .settings
+        .insert("samples_format".into(), "jpg".into());
     s.write_config();
     s.daemon().signal(nix::sys::signal::Signal::SIGHUP);
     s.wait(SECS(20), "READY=1 at start", || {

@@ -69,7 +69,10 @@ fn change(s: &mut Scenario, rng: &mut Rng) -> String {
     match rng.below(3) {
         0 => {
             let (key, values): (&str, Vec<toml::Value>) = match rng.below(3) {
-                0 => ("CLIP_stop_at_last_layers", (1..=4).map(Into::into).collect()),
+                0 => (
+                    "CLIP_stop_at_last_layers",
+                    (1..=4).map(Into::into).collect(),
+                ),
                 1 => (
                     "samples_format",
                     ["png", "jpg", "webp"].map(Into::into).to_vec(),
@@ -77,7 +80,10 @@ fn change(s: &mut Scenario, rng: &mut Rng) -> String {
                 _ => ("jpeg_quality", [80, 90, 95].map(Into::into).to_vec()),
             };
             let current = s.conf.settings.get(key).cloned();
-            let choices: Vec<_> = values.into_iter().filter(|v| Some(v) != current.as_ref()).collect();
+            let choices: Vec<_> = values
+                .into_iter()
+                .filter(|v| Some(v) != current.as_ref())
+                .collect();
             let v = choices[rng.below(choices.len() as u64) as usize].clone();
             s.conf.settings.insert(key.into(), v.clone());
             format!("settings.{key} = {v}")
@@ -187,17 +193,16 @@ impl Killed {
     /// stop signal followed within [`RACE_WINDOW`]: the supervisor could not know.
     fn unavoidable(&self) -> bool {
         match (&self.signal, &self.last_probe) {
-            (Some(sig), Some(probe)) => {
-                self.request.t > probe.t && sig.t - probe.t <= RACE_WINDOW
-            }
+            (Some(sig), Some(probe)) => self.request.t > probe.t && sig.t - probe.t <= RACE_WINDOW,
             _ => false,
         }
     }
 
     fn describe(&self) -> String {
         let after = |r: &Option<Rec>| {
-            r.as_ref()
-                .map_or("-".to_string(), |r| format!("{:+.3} s", r.t - self.request.t))
+            r.as_ref().map_or("-".to_string(), |r| {
+                format!("{:+.3} s", r.t - self.request.t)
+            })
         };
         format!(
             "{}: request at {:.3} ({}), last queue probe {}, stop signal {}",
@@ -265,7 +270,12 @@ fn soak_100_changes_under_load_interrupt_no_job() {
     let requests: BTreeMap<String, Rec> = recs
         .iter()
         .filter(|r| r.is_request("POST", "/sdapi/v1/txt2img"))
-        .filter_map(|r| Some((r.v["body"]["force_task_id"].as_str()?.to_string(), r.clone())))
+        .filter_map(|r| {
+            Some((
+                r.v["body"]["force_task_id"].as_str()?.to_string(),
+                r.clone(),
+            ))
+        })
         .collect();
     let ends: BTreeMap<&str, &Rec> = events(&recs, "job_end")
         .into_iter()
@@ -312,10 +322,7 @@ fn soak_100_changes_under_load_interrupt_no_job() {
     }
     // Every job the stand-in started belongs to a generator request and ended.
     for id in &starts {
-        assert!(
-            outcomes.contains_key(*id),
-            "job {id} came from nowhere"
-        );
+        assert!(outcomes.contains_key(*id), "job {id} came from nowhere");
     }
 
     let uis = s.daemon().launches();
@@ -346,7 +353,10 @@ fn soak_100_changes_under_load_interrupt_no_job() {
     assert!(
         real.is_empty(),
         "interrupted jobs the supervisor could have seen:\n{}\nchanges:\n{}\n{}",
-        real.iter().map(|k| k.describe()).collect::<Vec<_>>().join("\n"),
+        real.iter()
+            .map(|k| k.describe())
+            .collect::<Vec<_>>()
+            .join("\n"),
         log.lock().unwrap().join("\n"),
         s.diagnostics()
     );
@@ -362,7 +372,11 @@ fn soak_100_changes_under_load_interrupt_no_job() {
     );
 
     // The UI runs the final config.
-    let last = events(&recs, "start").last().copied().cloned().expect("a UI");
+    let last = events(&recs, "start")
+        .last()
+        .copied()
+        .cloned()
+        .expect("a UI");
     let argv = last.argv();
     let managed = argv
         .iter()

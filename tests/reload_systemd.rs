@@ -164,19 +164,31 @@ fn systemctl_reload_returns_at_once_and_the_restart_waits_for_the_job() {
         String::from_utf8_lossy(&reload.stderr),
         sandbox.journal()
     );
-    eprintln!("systemctl reload returned in {} ms (goal < 2000 ms)", took.as_millis());
-    assert!(took < SECS(2), "systemctl reload took {took:?} while a job ran");
+    eprintln!(
+        "systemctl reload returned in {} ms (goal < 2000 ms)",
+        took.as_millis()
+    );
+    assert!(
+        took < SECS(2),
+        "systemctl reload took {took:?} while a job ran"
+    );
 
-    wait_for(SECS(3), "StatusText: busy, with the pending restart", || {
-        let st = sandbox.show("StatusText");
-        (st.contains("busy: 1 running")
-            && st.contains("restart pending (ui.extra_args changed), waits for idle"))
-        .then_some(())
-    });
+    wait_for(
+        SECS(3),
+        "StatusText: busy, with the pending restart",
+        || {
+            let st = sandbox.show("StatusText");
+            (st.contains("busy: 1 running")
+                && st.contains("restart pending (ui.extra_args changed), waits for idle"))
+            .then_some(())
+        },
+    );
     let shown = sandbox.exec(&["systemctl", "status", "--no-pager", UNIT]);
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(
-        shown.contains("Status: \"ready; busy: 1 running, 0 queued; restart pending (ui.extra_args changed)"),
+        shown.contains(
+            "Status: \"ready; busy: 1 running, 0 queued; restart pending (ui.extra_args changed)"
+        ),
         "systemctl status:\n{shown}"
     );
     assert_eq!(sandbox.show("ActiveState"), "active");
@@ -208,6 +220,10 @@ fn systemctl_reload_returns_at_once_and_the_restart_waits_for_the_job() {
         st.starts_with("ready; idle").then_some(())
     });
     assert_eq!(sandbox.show("ActiveState"), "active");
-    assert_eq!(sandbox.show("MainPID"), daemon_pid, "the daemon itself restarted");
+    assert_eq!(
+        sandbox.show("MainPID"),
+        daemon_pid,
+        "the daemon itself restarted"
+    );
     assert_eq!(sandbox.show("NRestarts"), "0");
 }

@@ -53,14 +53,18 @@ fn editing_the_file_reloads_once_per_change() {
     assert_eq!(reloads(&s), 0);
 
     // Edited in place (truncate + write), no signal.
-    s.conf.settings.insert("samples_format".into(), "jpg".into());
+    s.conf
+        .settings
+        .insert("samples_format".into(), "jpg".into());
     write_in_place(&s.config, &s.conf.render());
     let posts = wait_posts(&s, 1);
     assert_eq!(posts, [json!({"samples_format": "jpg"})]);
     assert_eq!(reloads(&s), 1, "one edit, one reload");
 
     // An editor's rename-over.
-    s.conf.settings.insert("samples_format".into(), "webp".into());
+    s.conf
+        .settings
+        .insert("samples_format".into(), "webp".into());
     write_atomic(&s.config, &s.conf.render());
     let posts = wait_posts(&s, 2);
     assert_eq!(posts[1], json!({"samples_format": "webp"}));
@@ -151,14 +155,18 @@ fn swapping_etc_static_reloads_exactly_once() {
     });
     s.wait_listening(1, SECS(20));
 
-    s.conf.settings.insert("samples_format".into(), "jpg".into());
+    s.conf
+        .settings
+        .insert("samples_format".into(), "jpg".into());
     etc.switch(&s.conf.render());
     let posts = wait_posts(&s, 1);
     assert_eq!(posts, [json!({"samples_format": "jpg"})]);
     assert_eq!(reloads(&s), 1, "one switch, exactly one reload");
 
     // The chain is followed again after the swap: a second switch is seen too.
-    s.conf.settings.insert("samples_format".into(), "webp".into());
+    s.conf
+        .settings
+        .insert("samples_format".into(), "webp".into());
     etc.switch(&s.conf.render());
     let posts = wait_posts(&s, 2);
     assert_eq!(posts[1], json!({"samples_format": "webp"}));

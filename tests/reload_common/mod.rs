@@ -80,7 +80,10 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -576,7 +579,9 @@ impl Scenario {
     /// Waits for the `n`-th (1-based) record of `event` and returns it.
     pub fn wait_event(&self, event: &str, n: usize, timeout: Duration) -> Rec {
         self.wait(timeout, &format!("{event} record #{n}"), || {
-            events(&self.records(), event).get(n - 1).map(|r| (*r).clone())
+            events(&self.records(), event)
+                .get(n - 1)
+                .map(|r| (*r).clone())
         })
     }
 
@@ -714,8 +719,14 @@ pub fn comfy_prompt(port: u16, seconds: f64) -> String {
         "client_id": "t",
         "stand_in_seconds": seconds,
     });
-    let (status, answer) = http(port, "POST", "/prompt", Some(&body), Duration::from_secs(10))
-        .expect("POST /prompt");
+    let (status, answer) = http(
+        port,
+        "POST",
+        "/prompt",
+        Some(&body),
+        Duration::from_secs(10),
+    )
+    .expect("POST /prompt");
     assert_eq!(status, 200, "POST /prompt");
     let v: Value = serde_json::from_slice(&answer).expect("a JSON answer");
     v["prompt_id"].as_str().expect("a prompt_id").to_string()
