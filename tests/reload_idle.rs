@@ -309,9 +309,9 @@ fn assert_job_survived(
 /// The first Forge queue probe (progress, then pending-tasks) after `after`.
 fn next_queue_probe(s: &Scenario, after: f64) -> Rec {
     s.wait(SECS(5), "a queue probe", || {
-        s.records()
+        s.requests("GET", "/internal/pending-tasks")
             .into_iter()
-            .find(|r| r.is_request("GET", "/internal/pending-tasks") && r.t > after)
+            .find(|r| r.t > after)
     })
 }
 

@@ -28,9 +28,8 @@ fn reloads(s: &Scenario) -> usize {
 }
 
 fn option_posts(s: &Scenario) -> Vec<serde_json::Value> {
-    s.records()
+    s.requests("POST", "/sdapi/v1/options")
         .into_iter()
-        .filter(|r| r.is_request("POST", "/sdapi/v1/options"))
         .map(|r| r.v["body"].clone())
         .collect()
 }

@@ -73,19 +73,24 @@ pub fn scenario_dir(name: &str) -> tempfile::TempDir {
         .expect("create a scenario dir")
 }
 
-/// Polls `f` every 10 ms until it returns `Some`, or panics after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `f` every 10 ms until it returns `Some`, or `None` after `timeout`.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < end,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= end {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Like [`poll_until`], panicking on the timeout.
+pub fn wait_for<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(timeout, f)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 // ---------------------------------------------------------------------------------
@@ -442,17 +447,8 @@ impl Daemon {
         Daemon { child, log, record }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), sig).expect("signal the daemon");
-    }
-
-    /// True while the daemon runs.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// How many times the daemon launched a UI (its log's "UI launched" lines;
@@ -560,20 +556,13 @@ impl Scenario {
     }
 
     /// Like [`wait_for`], with the daemon's log and the record in the panic message.
-    pub fn wait<T>(&self, timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() >= end {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}\n{}",
-                    self.diagnostics()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    pub fn wait<T>(&self, timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        poll_until(timeout, f).unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.diagnostics()
+            )
+        })
     }
 
     /// Waits for the `n`-th (1-based) record of `event` and returns it.
@@ -583,6 +572,14 @@ impl Scenario {
                 .get(n - 1)
                 .map(|r| (*r).clone())
         })
+    }
+
+    /// The requests of `method path` the stand-ins got so far.
+    pub fn requests(&self, method: &str, path: &str) -> Vec<Rec> {
+        self.records()
+            .into_iter()
+            .filter(|r| r.is_request(method, path))
+            .collect()
     }
 
     /// The stand-ins started so far.
