@@ -96,7 +96,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
 async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::Signal) {
     while sighup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading");
-        if handle.reload().await.is_err() {
+        if handle.reload_for_systemd().await.is_err() {
             return;
         }
     }

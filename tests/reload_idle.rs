@@ -306,6 +306,15 @@ fn assert_job_survived(
     assert_eq!(job.join().expect("the job thread"), Ok(200));
 }
 
+/// The first Forge queue probe (pending-tasks, then progress: its last request) after `after`.
+fn next_queue_probe(s: &Scenario, after: f64) -> Rec {
+    s.wait(SECS(5), "a queue probe", || {
+        s.requests("GET", "/sdapi/v1/progress")
+            .into_iter()
+            .find(|r| r.t > after)
+    })
+}
+
 /// A job that arrives after the idle grace began must reset it. Here the queue is
 /// probed every 2 s, the grace is 1 s: the probe that starts the grace sees an
 /// idle queue, then a 3 s job arrives; the restart is due 1 s later, and the
@@ -317,16 +326,15 @@ fn a_job_submitted_during_the_idle_grace_is_not_killed() {
     s.conf.poll_interval = "2s".into();
     s.start();
     s.wait_listening(1, SECS(20));
+    // Reload right after a queue probe was answered, so that none is in flight
+    // across the reload: the next one, ~2 s later, starts the grace.
+    next_queue_probe(&s, now_unix());
+    std::thread::sleep(Duration::from_millis(100));
     s.conf.extra_args = vec!["--cuda-malloc".into()];
-    let t0 = now_unix();
     s.reload();
-    // The first queue probe after the reload (progress, then pending-tasks) sees
+    // The first queue probe after the reload (pending-tasks, then progress) sees
     // the queue empty: the grace starts.
-    let probe = s.wait(SECS(5), "a queue probe after the reload", || {
-        s.records()
-            .into_iter()
-            .find(|r| r.is_request("GET", "/internal/pending-tasks") && r.t > t0)
-    });
+    let probe = next_queue_probe(&s, now_unix());
     std::thread::sleep(Duration::from_millis(50));
     let job = txt2img(s.conf.port, 3.0);
     let started = s.wait_event("job_start", 1, SECS(5));

@@ -76,6 +76,8 @@ struct Pending {
     deadline_unix: Option<u64>,
     /// When the queue was first seen empty (reset when it fills again).
     idle_since: Option<Instant>,
+    /// When this restart became pending: only queue readings taken later count.
+    created: Instant,
 }
 
 /// Counters published in snapshots and metrics.
@@ -386,8 +388,8 @@ impl Supervisor {
 
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Reload { reply } => {
-                let outcome = self.reload().await;
+            Command::Reload { announce, reply } => {
+                let outcome = self.reload(announce).await;
                 let _ = reply.send(outcome);
             }
             Command::Restart { when, reply } => {

@@ -14,10 +14,10 @@ use crate::state::{ReloadOutcome, RestartWhen};
 impl Supervisor {
     /// Reloads the config file: `RELOADING=1`+`MONOTONIC_USEC`, then `READY=1` once
     /// validation, the live part and the scheduling are done (never the queue).
-    pub(super) async fn reload(&mut self) -> ReloadOutcome {
+    pub(super) async fn reload(&mut self, for_systemd: bool) -> ReloadOutcome {
         // Before the first READY=1 systemd is still starting us: a reload announced
         // now would end the start job early.
-        let announce = self.sent_ready;
+        let announce = for_systemd && self.sent_ready;
         if announce {
             self.notifier.reloading();
         }
@@ -209,6 +209,7 @@ impl Supervisor {
             deadline: deadline_after.map(|d| now + d),
             deadline_unix: deadline_after.map(|d| unix_now() + d.as_secs()),
             idle_since: None,
+            created: now,
         });
         if policy != RestartPolicy::Manual {
             p.policy = policy;
@@ -252,9 +253,12 @@ impl Supervisor {
             self.restart_now("config");
             return;
         }
+        // A reading taken before the restart was scheduled says nothing about
+        // jobs submitted since.
+        let current = self.queue_sent.is_some_and(|sent| sent >= p.created);
         match self.queue {
-            Some(q) if q.is_idle() => {
-                let since = *p.idle_since.get_or_insert(self.queue_sent.unwrap_or(now));
+            Some(q) if q.is_idle() && current => {
+                let since = *p.idle_since.get_or_insert(now);
                 // Act only on a reading taken after the grace ended: a job may
                 // have arrived since the probe that started it.
                 let fresh = self.queue_sent.is_some_and(|sent| sent >= since + grace);
@@ -285,6 +289,7 @@ impl Supervisor {
                     deadline: None,
                     deadline_unix: None,
                     idle_since: None,
+                    created: Instant::now(),
                 });
                 self.restart_now("requested");
             }

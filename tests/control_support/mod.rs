@@ -35,7 +35,7 @@ impl FakeCore {
         let task = tokio::spawn(async move {
             while let Some(cmd) = rx.recv().await {
                 match cmd {
-                    Command::Reload { reply } => {
+                    Command::Reload { reply, .. } => {
                         seen2.lock().unwrap().push("reload".into());
                         let _ = reply.send(reload2.lock().unwrap().clone());
                     }

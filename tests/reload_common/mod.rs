@@ -73,19 +73,24 @@ pub fn scenario_dir(name: &str) -> tempfile::TempDir {
         .expect("create a scenario dir")
 }
 
-/// Polls `f` every 10 ms until it returns `Some`, or panics after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `f` every 10 ms until it returns `Some`, or `None` after `timeout`.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < end,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= end {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Like [`poll_until`], panicking on the timeout.
+pub fn wait_for<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(timeout, f)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 // ---------------------------------------------------------------------------------
@@ -272,14 +277,53 @@ pub fn read_record(path: &Path) -> Vec<Rec> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.split_inclusive('\n')
         .filter(|l| l.ends_with('\n'))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|v| Rec {
-            event: v["event"].as_str().unwrap_or("").to_string(),
-            pid: v["pid"].as_u64().unwrap_or(0) as u32,
-            t: v["t"].as_f64().unwrap_or(0.0),
-            v,
-        })
+        .filter_map(parse_line)
         .collect()
+}
+
+/// One record line, if it is one.
+fn parse_line(line: &str) -> Option<Rec> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    Some(Rec {
+        event: v["event"].as_str().unwrap_or("").to_string(),
+        pid: v["pid"].as_u64().unwrap_or(0) as u32,
+        t: v["t"].as_f64().unwrap_or(0.0),
+        v,
+    })
+}
+
+/// Reads a growing record incrementally (for tight loops over long runs).
+pub struct RecordTail {
+    path: PathBuf,
+    offset: u64,
+    partial: String,
+}
+
+impl RecordTail {
+    pub fn new(path: &Path) -> RecordTail {
+        RecordTail {
+            path: path.to_path_buf(),
+            offset: 0,
+            partial: String::new(),
+        }
+    }
+
+    /// The complete lines appended since the last call.
+    pub fn poll(&mut self) -> Vec<Rec> {
+        use std::io::{Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        let mut text = String::new();
+        if f.seek(SeekFrom::Start(self.offset)).is_err() || f.read_to_string(&mut text).is_err() {
+            return Vec::new();
+        }
+        self.offset += text.len() as u64;
+        self.partial.push_str(&text);
+        let done = self.partial.rfind('\n').map_or(0, |i| i + 1);
+        let lines: String = self.partial.drain(..done).collect();
+        lines.lines().filter_map(parse_line).collect()
+    }
 }
 
 /// The records of one kind.
@@ -403,17 +447,18 @@ impl Daemon {
         Daemon { child, log, record }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), sig).expect("signal the daemon");
     }
 
-    /// True while the daemon runs.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    /// How many times the daemon launched a UI (its log's "UI launched" lines;
+    /// a UI stopped before Python got going leaves no `start` record).
+    pub fn launches(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("UI launched"))
+            .count()
     }
 
     /// The last `n` lines of the daemon's log.
@@ -511,20 +556,13 @@ impl Scenario {
     }
 
     /// Like [`wait_for`], with the daemon's log and the record in the panic message.
-    pub fn wait<T>(&self, timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() >= end {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}\n{}",
-                    self.diagnostics()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    pub fn wait<T>(&self, timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        poll_until(timeout, f).unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.diagnostics()
+            )
+        })
     }
 
     /// Waits for the `n`-th (1-based) record of `event` and returns it.
@@ -534,6 +572,14 @@ impl Scenario {
                 .get(n - 1)
                 .map(|r| (*r).clone())
         })
+    }
+
+    /// The requests of `method path` the stand-ins got so far.
+    pub fn requests(&self, method: &str, path: &str) -> Vec<Rec> {
+        self.records()
+            .into_iter()
+            .filter(|r| r.is_request(method, path))
+            .collect()
     }
 
     /// The stand-ins started so far.
@@ -577,8 +623,10 @@ impl Scenario {
 impl Drop for Scenario {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // Kept for a post-mortem: the record, the daemon's log, the config.
+            self.dir.disable_cleanup(true);
             eprintln!(
-                "scenario {} failed:\n{}",
+                "scenario {} failed (directory kept):\n{}",
                 self.dir.path().display(),
                 self.diagnostics()
             );
@@ -599,7 +647,20 @@ pub fn http(
     body: Option<&Value>,
     timeout: Duration,
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    http_on(s, port, method, path, body, timeout)
+}
+
+/// Like [`http`], on a connection already made (to tell "nothing listens" from
+/// "the request failed").
+pub fn http_on(
+    mut s: TcpStream,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
