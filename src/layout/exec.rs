@@ -18,9 +18,10 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::action::Action;
 use super::desired::Desired;
-use super::manifest::{self, Manifest};
-use super::plan::{Action, Plan, manifest_differs};
+use super::manifest;
+use super::plan::Plan;
 use super::report::{Conflict, LayoutReport, Wanted};
 use super::snapshot::lstat_entry;
 use super::{LayoutError, fsio};
@@ -50,61 +51,45 @@ pub(crate) fn prepare(desired: &Desired) -> Result<usize, LayoutError> {
 
 /// Carries out `plan`.
 pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
-    let Plan {
-        data_dir,
-        actions,
-        recorded: mut on_disk,
-        start,
-        pending,
-        mut finish,
-    } = plan;
+    let data_dir = &plan.data_dir;
     let mut report = LayoutReport::default();
-    let mut intent_recorded = pending.is_empty();
+    let mut intent_recorded = false;
+    // Links that could not be made because something appeared since the scan.
+    let mut lost = Vec::new();
     let mut changed_dirs = BTreeSet::new();
     let mut settings_actions = Vec::new();
-    for action in actions {
+    for action in &plan.actions {
         let creates = matches!(
             action,
             Action::CreateLink { .. } | Action::ReplaceLink { .. }
         );
         if creates && !intent_recorded {
-            let intent = Manifest {
-                links: start.clone(),
-                pending: pending.clone(),
-            };
-            manifest::write(&data_dir, &intent)?;
-            on_disk = Some(intent);
+            manifest::write(data_dir, &plan.start(), &plan.pending)?;
             report.actions_applied += 1;
             intent_recorded = true;
         }
-        let rel = |p: &Path| {
-            p.strip_prefix(&data_dir)
-                .unwrap_or(p)
-                .to_string_lossy()
-                .into_owned()
-        };
         let done = match action {
-            Action::CreateDir { path, mode } => create_dir(&path, mode)?,
+            Action::CreateDir { path, mode } => create_dir(path, *mode)?,
             Action::SetMode { path, mode } => {
-                set_mode(&path, mode)?;
+                set_mode(path, *mode)?;
                 true
             }
-            Action::RemoveTemp { path } => remove(&path)?,
+            Action::RemoveTemp { path } => remove(path)?,
             Action::CreateLink {
                 path,
                 target,
                 wanted,
-            } => match symlink(&target, &path) {
+            } => match symlink(target, path) {
                 Ok(()) => {
-                    note_change(&mut report, &wanted, &path, &mut changed_dirs);
+                    note_change(&mut report, wanted, path, &mut changed_dirs);
                     true
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    finish.remove(&rel(&path));
-                    lost_race(&mut report, &path, wanted)?;
-                    continue;
+                    lost.push(path);
+                    lost_race(&mut report, path, wanted)?;
+                    false
                 }
-                Err(e) => return Err(LayoutError::io("create link", &path, e)),
+                Err(e) => return Err(LayoutError::io("create link", path, e)),
             },
             Action::ReplaceLink {
                 path,
@@ -112,14 +97,14 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
                 target,
                 wanted,
             } => {
-                if replace_link(&path, &old, &target)? {
-                    note_change(&mut report, &wanted, &path, &mut changed_dirs);
-                    true
+                let replaced = replace_link(path, old, target)?;
+                if replaced {
+                    note_change(&mut report, wanted, path, &mut changed_dirs);
                 } else {
-                    finish.remove(&rel(&path));
-                    lost_race(&mut report, &path, wanted)?;
-                    continue;
+                    lost.push(path);
+                    lost_race(&mut report, path, wanted)?;
                 }
+                replaced
             }
             Action::RemoveLink {
                 path,
@@ -127,22 +112,22 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
                 wanted,
                 ..
             } => {
-                let removed = still_points(&path, &target) && remove(&path)?;
+                let removed = still_points(path, target) && remove(path)?;
                 if removed {
-                    note_change(&mut report, &wanted, &path, &mut changed_dirs);
+                    note_change(&mut report, wanted, path, &mut changed_dirs);
                 }
                 removed
             }
             Action::Conflict(c) => {
-                report.conflicts.push(c);
+                report.conflicts.push(c.clone());
                 false
             }
             Action::Dangling(d) => {
-                report.dangling.push(d);
+                report.dangling.push(d.clone());
                 false
             }
-            settings @ (Action::SetAsideSettings { .. } | Action::WriteSettings { .. }) => {
-                settings_actions.push(settings);
+            Action::SetAsideSettings { .. } | Action::WriteSettings { .. } => {
+                settings_actions.push(action);
                 false
             }
         };
@@ -151,18 +136,19 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
     for dir in &changed_dirs {
         fsio::sync_dir(dir).map_err(|e| LayoutError::io("sync", dir, e))?;
     }
-    if manifest_differs(on_disk.as_ref(), &finish) {
-        let done = Manifest {
-            links: finish,
-            pending: Default::default(),
-        };
-        manifest::write(&data_dir, &done)?;
+    if plan.writes_manifest() {
+        let mut finish = plan.finish();
+        for path in lost {
+            let rel = path.strip_prefix(data_dir).unwrap_or(path);
+            finish.remove(&*rel.to_string_lossy());
+        }
+        manifest::write(data_dir, &finish, &Default::default())?;
         report.actions_applied += 1;
     }
     for action in settings_actions {
         match action {
             Action::SetAsideSettings { path, .. } => {
-                report.corrupt_settings_moved_to = Some(set_aside(&path)?);
+                report.corrupt_settings_moved_to = Some(set_aside(path)?);
             }
             Action::WriteSettings {
                 path,
@@ -170,8 +156,8 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
                 mode,
                 ..
             } => {
-                fsio::write_atomic(&path, &contents, mode)
-                    .map_err(|e| LayoutError::io("write", &path, e))?;
+                fsio::write_atomic(path, contents, *mode)
+                    .map_err(|e| LayoutError::io("write", path, e))?;
                 report.settings_written = true;
             }
             _ => continue,
@@ -183,12 +169,12 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
 
 /// Something appeared at `path` after the scan: it is the user's, so it is
 /// reported like any conflict and left alone.
-fn lost_race(report: &mut LayoutReport, path: &Path, wanted: Wanted) -> Result<(), LayoutError> {
+fn lost_race(report: &mut LayoutReport, path: &Path, wanted: &Wanted) -> Result<(), LayoutError> {
     if let Some(entry) = lstat_entry(path)? {
         report.conflicts.push(Conflict {
             path: path.to_path_buf(),
             found: entry.found(),
-            wanted,
+            wanted: wanted.clone(),
         });
     }
     Ok(())
