@@ -275,7 +275,7 @@ fn undeclared_links_are_removed_but_never_a_users() {
     }
     f.write_config("forge", &[a.clone(), b.clone()], "");
     assert_eq!(f.layout().0, 0);
-    f.write_config("forge", &[a.clone()], "");
+    f.write_config("forge", std::slice::from_ref(&a), "");
     assert_eq!(f.layout().0, 0);
     assert!(fs::symlink_metadata(f.data.join("models/Lora/b.safetensors")).is_err());
     assert_eq!(f.link("models/Lora/a.safetensors"), a.target);
@@ -285,7 +285,7 @@ fn undeclared_links_are_removed_but_never_a_users() {
         target: f.target("loras-a-v2"),
         ..a
     };
-    f.write_config("forge", &[a2.clone()], "");
+    f.write_config("forge", std::slice::from_ref(&a2), "");
     assert_eq!(f.layout().0, 0);
     assert_eq!(f.link("models/Lora/a.safetensors"), a2.target);
     assert!(leftover_temps(&f.data).is_empty());

@@ -95,8 +95,18 @@ impl Lock {
 /// (inline for few items): a layout's time goes into one `readlink` and one
 /// `stat` per link, which run in parallel across cores.
 pub(crate) fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    par_map_if(items.len() >= 1024, items, f)
+}
+
+/// [`par_map`] where the caller judges whether threads are worth starting (a
+/// few items that are each much work).
+pub(crate) fn par_map_if<T: Sync, R: Send>(
+    worth_it: bool,
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads < 2 || items.len() < 1024 {
+    if threads < 2 || !worth_it || items.len() < 2 {
         return items.iter().map(f).collect();
     }
     let f = &f;

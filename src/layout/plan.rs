@@ -144,7 +144,11 @@ pub(crate) fn plan(desired: &Desired, mut snap: Snapshot) -> Plan {
     );
 
     let recorded = snap.manifest.take().unwrap_or_default();
-    let (owned, forget, adopt) = verify(&snap, &recorded);
+    let Ownership {
+        owned,
+        forget,
+        adopt,
+    } = verify(&snap, &recorded);
     let (mut pending, mut relabel, mut removed) = (Links::new(), Vec::new(), Vec::new());
     for (rel, want) in &desired.links {
         if !reachable(&snap, rel) {
@@ -229,10 +233,7 @@ pub(crate) fn plan(desired: &Desired, mut snap: Snapshot) -> Plan {
 /// Which recorded links are the supervisor's now: those standing exactly as
 /// recorded, or exactly as a pending intent said (adopted). Records in folders
 /// that cannot be examined are kept; the others are forgotten.
-fn verify<'m>(
-    snap: &Snapshot,
-    recorded: &'m Manifest,
-) -> (HashMap<&'m str, &'m Owned>, Vec<Rel>, Vec<(Rel, Owned)>) {
+fn verify<'m>(snap: &Snapshot, recorded: &'m Manifest) -> Ownership<'m> {
     let mut owned = HashMap::with_capacity(recorded.links.len());
     let (mut forget, mut adopt) = (Vec::new(), Vec::new());
     let stands = |rel: &str, record: &Owned| matches!(snap.entries.get(rel), Some(Entry::Link(t)) if same(t, &record.target));
@@ -257,7 +258,21 @@ fn verify<'m>(
             adopt.push((rel.clone(), record.clone()));
         }
     }
-    (owned, forget, adopt)
+    Ownership {
+        owned,
+        forget,
+        adopt,
+    }
+}
+
+/// What [`verify`] found.
+struct Ownership<'m> {
+    /// The links that are the supervisor's now, by path, with their record.
+    owned: HashMap<&'m str, &'m Owned>,
+    /// Records to drop.
+    forget: Vec<Rel>,
+    /// Pending records to keep.
+    adopt: Vec<(Rel, Owned)>,
 }
 
 /// The records whose path is not declared: one merge of two sorted maps rather
