@@ -12,6 +12,9 @@
 //!   `rename`, `unlink`, `chmod`, `write` to a file, `open` for writing, ...) of
 //!   the `layout` process, its own summary line on stdout excluded.
 //!
+//! Also printed: the floor a relayout cannot go below on the machine at hand,
+//! one `readlink` per link and one `stat` per target with no other work.
+//!
 //! Runs on the temp dir's filesystem (`TMPDIR`) and, when it exists, on tmpfs
 //! (`/dev/shm`). Under `cargo test` (no `--bench` argument) it runs with 200
 //! models as a smoke test.
@@ -206,6 +209,7 @@ fn bench(root: &Path, n: usize) {
     let mut cli_relayouts: Vec<Duration> = (0..5).map(|_| run_cli(&cli_config)).collect();
     cli_relayouts.sort();
     let syscalls = strace_writes(&cli_config);
+    let floor = syscall_floor(&data, &models);
 
     println!(
         "cold layout, library call (daemon) : {:>10} min, {} max of 3",
@@ -234,6 +238,10 @@ fn bench(root: &Path, n: usize) {
         ms(cli_relayouts[cli_relayouts.len() / 2])
     );
     println!(
+        "floor: 1 readlink + 1 stat per model: {:>10} min of 5, sequential, nothing else",
+        ms(floor)
+    );
+    println!(
         "writes during 10 relayouts (tree)  : {changed} entries changed of {}",
         before.len()
     );
@@ -243,6 +251,27 @@ fn bench(root: &Path, n: usize) {
         ),
         None => println!("writes during 1 relayout (strace)   : strace not installed"),
     }
+}
+
+/// What a relayout cannot avoid on this machine: reading each link and checking
+/// each target, one syscall each, with no other work.
+fn syscall_floor(data: &Path, models: &[(usize, String, PathBuf)]) -> Duration {
+    let links: Vec<PathBuf> = models
+        .iter()
+        .map(|(k, name, _)| data.join(KINDS[*k].1).join(name))
+        .collect();
+    (0..5)
+        .map(|_| {
+            timed(|| {
+                for (link, (_, _, target)) in links.iter().zip(models) {
+                    let _ = fs::read_link(link);
+                    let _ = fs::metadata(target);
+                }
+            })
+            .1
+        })
+        .min()
+        .unwrap_or_default()
 }
 
 fn changed_entries(before: &TreeState, after: &TreeState) -> usize {
