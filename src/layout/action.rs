@@ -14,33 +14,58 @@ pub enum Removal {
     TargetMissing,
 }
 
-/// One step of a layout. Paths are absolute.
+/// One step of a layout. Paths are absolute; `path` is always where the step
+/// acts, `wanted` the declaration it serves (for messages and refresh calls).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Create a folder with the data dir's mode.
-    CreateDir { path: PathBuf, mode: u32 },
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// `data.permissions`.
+        mode: u32,
+    },
     /// Give the data dir the configured mode.
-    SetMode { path: PathBuf, mode: u32 },
+    SetMode {
+        /// The data dir.
+        path: PathBuf,
+        /// `data.permissions`.
+        mode: u32,
+    },
     /// Remove a temporary left by a killed layout.
-    RemoveTemp { path: PathBuf },
+    RemoveTemp {
+        /// The temporary (a link or a file with the supervisor's prefix).
+        path: PathBuf,
+    },
     /// Create a link where nothing stands.
     CreateLink {
+        /// Where the link goes.
         path: PathBuf,
+        /// The declared target.
         target: PathBuf,
+        /// The declaration.
         wanted: Wanted,
     },
     /// Atomically point an owned link elsewhere (temp link renamed over it).
     ReplaceLink {
+        /// The owned link.
         path: PathBuf,
+        /// Its current target.
         old: PathBuf,
+        /// The declared target.
         target: PathBuf,
+        /// The declaration.
         wanted: Wanted,
     },
     /// Remove an owned link.
     RemoveLink {
+        /// The owned link.
         path: PathBuf,
+        /// Its current target (re-checked just before removal).
         target: PathBuf,
+        /// The declaration it served.
         wanted: Wanted,
+        /// Why it goes.
         why: Removal,
     },
     /// Report something in the way; it stays untouched.
@@ -48,12 +73,21 @@ pub enum Action {
     /// Report a declared target that does not exist.
     Dangling(Dangling),
     /// Move an unparsable settings file aside (never deleted).
-    SetAsideSettings { path: PathBuf, reason: String },
+    SetAsideSettings {
+        /// The settings file.
+        path: PathBuf,
+        /// The parse error.
+        reason: String,
+    },
     /// Write the merged settings file atomically.
     WriteSettings {
+        /// The settings file (a user's link to it is followed).
         path: PathBuf,
+        /// The managed keys that change.
         keys: Vec<String>,
+        /// The whole new file.
         contents: Vec<u8>,
+        /// The old file's mode, kept; `None` for a new file.
         mode: Option<u32>,
     },
 }
