@@ -5,10 +5,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::control::client::{self, Action, Target};
+use crate::state::RestartWhen;
 
 /// Runs a Stable Diffusion web UI (Forge, A1111, ComfyUI) as a supervised service.
 #[derive(Debug, Parser)]
@@ -34,6 +37,42 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Show the running daemon's status (`--json` for scripts).
+    Status {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+        /// Print the status snapshot as JSON (schema: docs/status.schema.json).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon re-read its config file (like `systemctl reload`).
+    Reload {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restart the UI: once its queue is empty (default) or at once.
+    Restart {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+        /// Wait until no job runs or waits (the default).
+        #[arg(long, conflicts_with = "now")]
+        when_idle: bool,
+        /// Restart at once, interrupting running jobs.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Block until the UI is ready and its queue is empty; exit 5 on timeout.
+    WaitIdle {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+        /// Give up after this long (`30s`, `10m`); default: wait without limit.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
     /// Lay out the data dir once (links, folders, settings) and exit; 3 on conflicts.
     Layout {
         /// The config file.
@@ -57,6 +96,17 @@ pub fn main(cli: Cli) -> ExitCode {
         },
         Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
         Command::Run { config } => run_daemon(&config),
+        Command::Status { target, json } => client::run(&target, Action::Status { json }),
+        Command::Reload { target } => client::run(&target, Action::Reload),
+        Command::Restart { target, now, .. } => {
+            let when = if now {
+                RestartWhen::Now
+            } else {
+                RestartWhen::Idle
+            };
+            client::run(&target, Action::Restart(when))
+        }
+        Command::WaitIdle { target, timeout } => client::run(&target, Action::WaitIdle(timeout)),
     }
 }
 

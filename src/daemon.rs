@@ -9,6 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::gpu::GpuEnv;
 use crate::notify::Notifier;
 use crate::process::become_subreaper;
+use crate::reload::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
 use crate::state::CoreHandle;
 use crate::supervisor::Supervisor;
 
@@ -18,6 +19,9 @@ pub enum DaemonError {
     /// The config file is invalid.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The control plane could not bind (socket in use, bus name taken, …).
+    #[error("{0}")]
+    Control(#[from] crate::control::ControlError),
     /// Setting up signals or the runtime failed.
     #[error("{context}: {source}")]
     Io {
@@ -46,6 +50,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("cannot handle SIGINT"))?;
     let sighup = signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?;
+    let control_config = config.control.clone();
     let (core, handle, commands, events) = Supervisor::new(
         PathBuf::from(path),
         config,
@@ -54,8 +59,26 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         Notifier::from_env(),
     );
     tracing::info!(config = %path.display(), "supervisor starting");
+    // Bind the control plane before starting the UI: a second supervisor on the
+    // same socket or bus name must fail here, before it launches a second UI.
+    let control = crate::control::start(handle.clone(), &control_config).await?;
 
     tokio::spawn(reload_on_sighup(handle.clone(), sighup));
+    // NixOS swaps /etc/static rather than the file: the watcher follows the chain.
+    let watcher = match ConfigWatcher::start(path, &text, DEFAULT_DEBOUNCE) {
+        Ok((watcher, changes)) => {
+            tokio::spawn(reload_on_change(
+                handle.clone(),
+                PathBuf::from(path),
+                changes,
+            ));
+            Some(watcher)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not watching the config file; reload with SIGHUP or `sd-webui-supervisor reload`");
+            None
+        }
+    };
 
     let shutdown = async move {
         tokio::select! {
@@ -64,6 +87,8 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
         }
     };
     core.run(commands, events, shutdown).await;
+    drop(watcher);
+    control.shutdown().await;
     Ok(())
 }
 
@@ -71,6 +96,26 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
 async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::Signal) {
     while sighup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading");
+        if handle.reload().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A changed config file → reload through the core, unless the core already runs
+/// this content (a SIGHUP for the same edit got there first: one reload, not two).
+async fn reload_on_change(
+    handle: CoreHandle,
+    path: PathBuf,
+    mut changes: tokio::sync::mpsc::Receiver<()>,
+) {
+    while changes.recv().await.is_some() {
+        if let Ok(text) = std::fs::read(&path)
+            && crate::supervisor::config_hash(&text) == handle.snapshot().config_generation
+        {
+            continue;
+        }
+        tracing::info!("config file changed: reloading");
         if handle.reload().await.is_err() {
             return;
         }

@@ -53,6 +53,10 @@ impl UiProcess {
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
         let mut cmd = Command::new(program);
+        // systemd's notify socket and watchdog are the supervisor's, not the UI's.
+        for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            cmd.env_remove(key);
+        }
         cmd.args(args)
             .envs(&launch.env)
             .stdin(Stdio::null())

@@ -19,6 +19,8 @@ pub struct StatusInput<'a> {
     pub models: usize,
     /// Last probed queue.
     pub queue: Option<Queue>,
+    /// Whether a queue probe has answered or failed since the UI became ready.
+    pub queue_probed: bool,
     /// Pending restart.
     pub pending: Option<&'a PendingRestart>,
     /// Local `HH:MM` of the pending restart's deadline.
@@ -41,7 +43,10 @@ pub fn render(s: &StatusInput<'_>) -> String {
                     parts.push(format!("busy: {} running, {} queued", q.running, q.pending))
                 }
                 Some(_) => parts.extend(["idle".to_string(), what(s)]),
-                None => parts.extend(["not answering queue probes".to_string(), what(s)]),
+                None if s.queue_probed => {
+                    parts.extend(["not answering queue probes".to_string(), what(s)])
+                }
+                None => parts.push(what(s)),
             }
         }
         Phase::Starting => parts.push(format!(

@@ -6,5 +6,6 @@
 //! NixOS activation swaps. The core state machine combines them with SIGHUP and the
 //! control API into reloads.
 
+mod chain;
 pub mod diff;
-// pub mod watch; (pending merge)
+pub mod watch;

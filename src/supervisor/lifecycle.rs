@@ -16,8 +16,9 @@ use crate::state::Queue;
 pub enum Event {
     /// A readiness probe finished.
     Ready(bool),
-    /// A queue probe finished.
-    Queue(Result<Queue, String>),
+    /// A queue probe finished; `sent` is when it was sent (a restart may act only
+    /// on a reading taken after the idle grace ended).
+    Queue(Result<Queue, String>, Instant),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process, if known.
@@ -107,6 +108,7 @@ impl Supervisor {
                 }
                 let probe = Probe::new(config.ui.flavor, config.ui.port, auth);
                 self.queue = None;
+                self.queue_sent = None;
                 self.probe_in_flight = false;
                 self.next_probe = Instant::now() + Duration::from_millis(100);
                 self.ui = Ui::Starting {
@@ -206,8 +208,9 @@ impl Supervisor {
                     self.became_ready();
                 }
             }
-            Event::Queue(result) => {
+            Event::Queue(result, sent) => {
                 self.probe_in_flight = false;
+                self.queue_sent = Some(sent);
                 if !matches!(self.ui, Ui::Ready { .. }) {
                     return;
                 }
@@ -248,6 +251,41 @@ impl Supervisor {
         };
         self.next_probe = Instant::now();
         self.ready_once();
+        self.enforce_settings();
+    }
+
+    /// Managed settings are enforced on every start: the UI may have read its
+    /// settings file before a reload rewrote it (while it was starting), so the
+    /// managed keys that differ from what it reports are sent now.
+    fn enforce_settings(&self) {
+        let Ui::Ready { probe, .. } = &self.ui else {
+            return;
+        };
+        if !self.config.ui.flavor.has_options_api() || self.config.settings.is_empty() {
+            return;
+        }
+        let (probe, wanted) = (probe.clone(), self.config.settings.clone());
+        tokio::spawn(async move {
+            let Ok(current) = probe.options().await else {
+                return;
+            };
+            // JSON 2 and 2.0 are the same setting.
+            let same = |a: &serde_json::Value, b: &serde_json::Value| {
+                a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
+            };
+            let send: serde_json::Map<_, _> = wanted
+                .into_iter()
+                .filter(|(k, v)| current.get(k).is_some_and(|c| !same(c, v)))
+                .collect();
+            if !send.is_empty() {
+                match probe.set_options(&send).await {
+                    Ok(()) => {
+                        tracing::info!(keys = ?send.keys().collect::<Vec<_>>(), "managed settings enforced at start")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "enforcing settings at start failed"),
+                }
+            }
+        });
     }
 
     /// Counts a crash: back off (1 s doubling to 60 s), or `failed` after
@@ -338,11 +376,15 @@ impl Supervisor {
     fn spawn_probe(&mut self, probe: Probe, readiness: bool) {
         self.probe_in_flight = true;
         let events = self.events.clone();
+        let sent = Instant::now();
         tokio::spawn(async move {
             let ev = if readiness {
                 Event::Ready(probe.ready().await)
             } else {
-                Event::Queue(probe.queue().await.map_err(|e: ProbeError| e.to_string()))
+                Event::Queue(
+                    probe.queue().await.map_err(|e: ProbeError| e.to_string()),
+                    sent,
+                )
             };
             let _ = events.send(ev);
         });

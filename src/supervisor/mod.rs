@@ -97,6 +97,8 @@ pub struct Supervisor {
     events: mpsc::UnboundedSender<Event>,
     ui: Ui,
     queue: Option<Queue>,
+    /// When the probe behind `queue` was sent.
+    queue_sent: Option<Instant>,
     probe_in_flight: bool,
     next_probe: Instant,
     pending: Option<Pending>,
@@ -197,6 +199,7 @@ impl Supervisor {
             events,
             ui: Ui::Down,
             queue: None,
+            queue_sent: None,
             probe_in_flight: false,
             next_probe: now,
             pending: None,
@@ -346,6 +349,7 @@ impl Supervisor {
             gpus: self.config.ui.gpus.as_deref(),
             models,
             queue,
+            queue_probed: self.queue_sent.is_some(),
             pending: pending.as_ref(),
             deadline_local: pending
                 .as_ref()

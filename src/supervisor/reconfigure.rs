@@ -124,47 +124,8 @@ impl Supervisor {
             return;
         };
         if !change.settings_changed.is_empty() {
-            // Ask the UI which keys it knows: an unknown key makes A1111 answer 500
-            // after applying the keys before it.
-            match probe.options().await {
-                Ok(known) => {
-                    let (send, unknown): (serde_json::Map<_, _>, Vec<_>) = {
-                        let mut send = serde_json::Map::new();
-                        let mut unknown = Vec::new();
-                        for (k, v) in &change.settings_changed {
-                            if known.contains_key(k) {
-                                send.insert(k.clone(), v.clone());
-                            } else {
-                                unknown.push(k.clone());
-                            }
-                        }
-                        (send, unknown)
-                    };
-                    for k in &unknown {
-                        tracing::warn!(key = %k, "setting not known to the UI; not sent (it stays in the settings file)");
-                    }
-                    outcome.unknown_settings = unknown;
-                    if !send.is_empty() {
-                        let p = probe.clone();
-                        tokio::spawn(async move {
-                            match p.set_options(&send).await {
-                                Ok(()) => {
-                                    tracing::info!(keys = ?send.keys().collect::<Vec<_>>(), "settings applied live")
-                                }
-                                Err(e) => {
-                                    tracing::error!(error = %e, "applying settings live failed")
-                                }
-                            }
-                        });
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the UI's options; settings apply at the next start");
-                    outcome
-                        .errors
-                        .push(format!("settings not applied live: {e}"));
-                }
-            }
+            outcome.unknown_settings =
+                send_settings(&probe, &change.settings_changed, &mut outcome.errors).await;
         }
         let endpoints: BTreeSet<&'static str> =
             change.refresh_endpoints(flavor).into_iter().collect();
@@ -180,7 +141,48 @@ impl Supervisor {
             });
         }
     }
+}
 
+/// Sends changed settings the UI knows in one background POST; returns the keys it
+/// does not know (never sent: A1111 answers 500 after applying the keys before it).
+pub(super) async fn send_settings(
+    probe: &crate::probe::Probe,
+    changed: &serde_json::Map<String, serde_json::Value>,
+    errors: &mut Vec<String>,
+) -> Vec<String> {
+    let known = match probe.options().await {
+        Ok(known) => known,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the UI's options; settings apply at the next start");
+            errors.push(format!("settings not applied live: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut send = serde_json::Map::new();
+    let mut unknown = Vec::new();
+    for (k, v) in changed {
+        if known.contains_key(k) {
+            send.insert(k.clone(), v.clone());
+        } else {
+            tracing::warn!(key = %k, "setting not known to the UI; not sent (it stays in the settings file)");
+            unknown.push(k.clone());
+        }
+    }
+    if !send.is_empty() {
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            match probe.set_options(&send).await {
+                Ok(()) => {
+                    tracing::info!(keys = ?send.keys().collect::<Vec<_>>(), "settings applied live")
+                }
+                Err(e) => tracing::error!(error = %e, "applying settings live failed"),
+            }
+        });
+    }
+    unknown
+}
+
+impl Supervisor {
     /// Adds reasons to the pending restart (merging several reloads into one).
     pub(super) fn schedule(&mut self, reasons: Vec<String>, policy: RestartPolicy) {
         let now = Instant::now();
@@ -216,8 +218,9 @@ impl Supervisor {
                 p.reasons.push(r);
             }
         }
-        if p.policy == RestartPolicy::Immediately || matches!(self.ui, Ui::Starting { .. }) {
-            // A UI that is still starting has no jobs to lose.
+        // A UI still counted as starting may already have accepted a job (it
+        // answers before our next readiness probe): it waits like a ready one.
+        if p.policy == RestartPolicy::Immediately {
             self.restart_now("config");
         }
     }
@@ -251,8 +254,11 @@ impl Supervisor {
         }
         match self.queue {
             Some(q) if q.is_idle() => {
-                let since = *p.idle_since.get_or_insert(now);
-                if now.duration_since(since) >= grace {
+                let since = *p.idle_since.get_or_insert(self.queue_sent.unwrap_or(now));
+                // Act only on a reading taken after the grace ended: a job may
+                // have arrived since the probe that started it.
+                let fresh = self.queue_sent.is_some_and(|sent| sent >= since + grace);
+                if now.duration_since(since) >= grace && fresh {
                     let counter = if p.reasons.iter().all(|r| r == "requested") {
                         "requested"
                     } else {

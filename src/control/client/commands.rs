@@ -1,0 +1,110 @@
+//! The client subcommands as the CLI runs them: resolve the socket, make one
+//! request, print the answer for people (or JSON for scripts), pick the exit code.
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Client, ClientError, EXIT_FAILED, EXIT_TIMEOUT, Target, WaitIdle};
+use crate::control::status_text;
+use crate::state::{ReloadOutcome, RestartWhen};
+
+/// What a CLI client command does, once its target is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `status [--json]`.
+    Status {
+        /// Print the snapshot JSON instead of the text for people.
+        json: bool,
+    },
+    /// `reload`.
+    Reload,
+    /// `restart [--when-idle|--now]`.
+    Restart(RestartWhen),
+    /// `wait-idle [--timeout DUR]`.
+    WaitIdle(Option<Duration>),
+}
+
+/// Runs one client command and returns the exit code; prints results to stdout
+/// and problems to stderr.
+pub fn run(target: &Target, action: Action) -> ExitCode {
+    let client = match target.socket_path() {
+        Ok(socket) => Client::new(socket),
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    runtime.block_on(act(&client, action))
+}
+
+async fn act(client: &Client, action: Action) -> ExitCode {
+    let result = match action {
+        Action::Status { json: true } => client.status_json().await.map(|v| {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }),
+        Action::Status { json: false } => client.status().await.map(|s| {
+            print!("{}", status_text::render(&s, now_unix()));
+            ExitCode::SUCCESS
+        }),
+        Action::Reload => client.reload().await.map(|outcome| report_reload(&outcome)),
+        Action::Restart(when) => client.restart(when).await.map(|line| {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }),
+        Action::WaitIdle(timeout) => client.wait_idle(timeout).await.map(|w| match w {
+            WaitIdle::Idle(s) => {
+                println!("{}", s.status_line);
+                ExitCode::SUCCESS
+            }
+            WaitIdle::TimedOut(message) => {
+                eprintln!("{message}");
+                ExitCode::from(EXIT_TIMEOUT)
+            }
+        }),
+    };
+    result.unwrap_or_else(|e| fail(&e))
+}
+
+/// Prints a reload outcome; exit 1 when it was rejected.
+fn report_reload(o: &ReloadOutcome) -> ExitCode {
+    if o.result == "rejected" {
+        eprintln!("reload rejected; the running config stays in force:");
+        for e in &o.errors {
+            eprintln!("{e}");
+        }
+        return ExitCode::from(EXIT_FAILED);
+    }
+    println!("reload {}", o.result);
+    let lists = [
+        ("applied live", &o.applied_live),
+        ("restart scheduled for", &o.needs_restart),
+        (
+            "settings the UI does not know (not sent)",
+            &o.unknown_settings,
+        ),
+    ];
+    for (name, list) in lists.into_iter().filter(|(_, l)| !l.is_empty()) {
+        println!("{name}: {}", list.join(", "));
+    }
+    ExitCode::SUCCESS
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("sd-webui-supervisor: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

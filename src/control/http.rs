@@ -1,0 +1,136 @@
+//! The HTTP/JSON control API (axum): routes that translate requests into
+//! [`CoreHandle`] calls and the answers into status codes. No logic of its own.
+//!
+//! The same [`router`] serves the unix socket (guarded by its file mode) and the
+//! optional TCP listener (wrapped by [`super::auth::require_token`]).
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::metrics;
+use super::protocol::{
+    self, ErrorBody, RestartReply, RestartRequest, WaitIdleQuery, parse_timeout,
+};
+use crate::state::{CoreHandle, HandleError, ReloadOutcome, Snapshot};
+
+/// The control API's routes over one core; serve it or drive it with `oneshot` in tests.
+pub fn router(handle: CoreHandle) -> Router {
+    Router::new()
+        .route(protocol::STATUS, get(status))
+        .route(protocol::RELOAD, post(reload))
+        .route(protocol::RESTART, post(restart))
+        .route(protocol::WAIT_IDLE, get(wait_idle))
+        .route(protocol::METRICS, get(prometheus))
+        .fallback(not_found)
+        .with_state(handle)
+}
+
+/// An error answer: a status code and an [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: String) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message,
+        }
+    }
+}
+
+impl From<HandleError> for ApiError {
+    fn from(e: HandleError) -> Self {
+        let status = match e {
+            HandleError::CoreStopped => StatusCode::SERVICE_UNAVAILABLE,
+            HandleError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// `GET /v1/status`: the latest snapshot.
+async fn status(State(core): State<CoreHandle>) -> Json<Snapshot> {
+    Json(core.snapshot())
+}
+
+/// `POST /v1/reload`: 200 when applied or unchanged, 422 when rejected; the
+/// outcome is the body either way.
+async fn reload(
+    State(core): State<CoreHandle>,
+) -> Result<(StatusCode, Json<ReloadOutcome>), ApiError> {
+    let outcome = core.reload().await?;
+    let status = if outcome.result == "rejected" {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(outcome)))
+}
+
+/// `POST /v1/restart` with `{"when":"idle"|"now"}` (an empty body means idle).
+async fn restart(
+    State(core): State<CoreHandle>,
+    body: Bytes,
+) -> Result<Json<RestartReply>, ApiError> {
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        RestartRequest::default()
+    } else {
+        serde_json::from_slice::<RestartRequest>(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "body must be {{\"when\":\"idle\"}} or {{\"when\":\"now\"}}: {e}"
+            ))
+        })?
+    };
+    let status_line = core.restart(request.when).await?;
+    Ok(Json(RestartReply { status_line }))
+}
+
+/// `GET /v1/wait-idle?timeout=30s`: 200 with the snapshot once idle, 504 on timeout.
+async fn wait_idle(
+    State(core): State<CoreHandle>,
+    query: Result<Query<WaitIdleQuery>, QueryRejection>,
+) -> Result<Json<Snapshot>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let timeout = match query.timeout.as_deref() {
+        Some(text) => parse_timeout(text).map_err(ApiError::bad_request)?,
+        None => std::time::Duration::MAX,
+    };
+    Ok(Json(core.wait_idle(timeout).await?))
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn prometheus(State(core): State<CoreHandle>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&core.snapshot()),
+    )
+}
+
+/// Any other path: a JSON 404 naming what was asked for.
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no such route: {method} {}", uri.path()),
+    }
+}

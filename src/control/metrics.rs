@@ -1,0 +1,207 @@
+//! `GET /metrics`: the snapshot in the Prometheus text exposition format 0.0.4.
+//!
+//! Everything here is computed from one [`Snapshot`]; the supervisor keeps no metric
+//! state of its own, so the numbers always agree with `/v1/status`. Counters with a
+//! label (`restarts_total`, `reloads_total`) always list their well-known label values,
+//! at 0 until they happen, so `rate()` and alerts work from the first scrape.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::state::{Phase, Snapshot};
+
+/// The `Content-Type` of the exposition format this module writes.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric name starts with this.
+pub const PREFIX: &str = "sd_webui_supervisor_";
+
+/// Every phase, in the order the `state` metric lists them.
+pub const PHASES: [Phase; 6] = [
+    Phase::Starting,
+    Phase::Ready,
+    Phase::Backoff,
+    Phase::Waiting,
+    Phase::Failed,
+    Phase::Stopping,
+];
+
+/// Restart reasons that are always exported, even at 0.
+pub const RESTART_REASONS: [&str; 4] = ["config", "requested", "crash", "startup-timeout"];
+
+/// Reload results that are always exported, even at 0.
+pub const RELOAD_RESULTS: [&str; 3] = ["applied", "unchanged", "rejected"];
+
+/// Renders the whole exposition for one snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = Exposition::default();
+    let ready = s.state == Phase::Ready;
+    out.single(
+        "ui_up",
+        "gauge",
+        "1 when the UI answers its readiness probe (state ready), else 0.",
+        bool_value(ready),
+    );
+    out.family(
+        "state",
+        "gauge",
+        "The supervisor's state, one-hot over all states.",
+    );
+    for phase in PHASES {
+        out.sample(
+            "state",
+            &[("state", phase.name())],
+            bool_value(s.state == phase),
+        );
+    }
+    let queue_help =
+        "while the UI is not ready the last probed queue is unknown and the sample is absent.";
+    out.family(
+        "queue_running",
+        "gauge",
+        &format!("Generation jobs running in the UI; {queue_help}"),
+    );
+    out.family(
+        "queue_pending",
+        "gauge",
+        &format!("Generation jobs waiting in the UI; {queue_help}"),
+    );
+    if let Some(q) = s.queue {
+        out.sample("queue_running", &[], q.running.into());
+        out.sample("queue_pending", &[], q.pending.into());
+    }
+    out.labelled_counter(
+        "restarts_total",
+        "UI restarts by reason.",
+        "reason",
+        &RESTART_REASONS,
+        &s.restarts,
+    );
+    out.single(
+        "crashes_total",
+        "counter",
+        "UI crashes (unexpected exits and startup timeouts).",
+        s.crashes as f64,
+    );
+    out.labelled_counter(
+        "reloads_total",
+        "Config reloads by result.",
+        "result",
+        &RELOAD_RESULTS,
+        &s.reloads,
+    );
+    out.single(
+        "restart_pending",
+        "gauge",
+        "1 while a UI restart is owed (config change or request), else 0.",
+        bool_value(s.restart_pending.is_some()),
+    );
+    out.family(
+        "time_to_ready_seconds",
+        "gauge",
+        "Seconds from exec to ready for the last UI start; absent before the first.",
+    );
+    if let Some(ms) = s.last_time_to_ready_ms {
+        out.sample("time_to_ready_seconds", &[], ms as f64 / 1000.0);
+    }
+    out.single(
+        "uptime_seconds",
+        "gauge",
+        "Seconds the supervisor has been running.",
+        s.uptime_seconds as f64,
+    );
+    out.single(
+        "layout_conflicts",
+        "gauge",
+        "User files sitting where managed links should go.",
+        s.layout_conflicts.len() as f64,
+    );
+    out.text
+}
+
+fn bool_value(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// A text buffer with the few writing helpers the format needs.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.text, "# HELP {PREFIX}{name} {help}");
+        let _ = writeln!(self.text, "# TYPE {PREFIX}{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let _ = write!(self.text, "{PREFIX}{name}");
+        if !labels.is_empty() {
+            let pairs: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = write!(self.text, "{{{}}}", pairs.join(","));
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    /// A counter with one label: the well-known values first (0 when absent), then
+    /// any other value the core reported.
+    fn labelled_counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        known: &[&str],
+        counts: &BTreeMap<String, u64>,
+    ) {
+        self.family(name, "counter", help);
+        for key in known {
+            let n = counts.get(*key).copied().unwrap_or(0);
+            self.sample(name, &[(label, key)], n as f64);
+        }
+        for (key, n) in counts.iter().filter(|(k, _)| !known.contains(&k.as_str())) {
+            self.sample(name, &[(label, key)], *n as f64);
+        }
+    }
+}
+
+/// Escapes a label value as the text format requires (`\`, `"` and newline).
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Fails to compile when a phase is added, so [`PHASES`] gets updated with it.
+#[allow(dead_code)]
+fn phases_are_complete(p: Phase) {
+    match p {
+        Phase::Starting
+        | Phase::Ready
+        | Phase::Backoff
+        | Phase::Waiting
+        | Phase::Failed
+        | Phase::Stopping => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+    }
+}

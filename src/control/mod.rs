@@ -1,0 +1,239 @@
+//! The control plane (DESIGN §3.6): the HTTP/JSON API on the unix socket and the
+//! optional TCP port, the D-Bus interface, Prometheus metrics, and the CLI client.
+//!
+//! Every part here only translates between a wire format and the core's
+//! [`CoreHandle`]: requests become [`CoreHandle`] calls, answers and properties come
+//! from the one [`Snapshot`](crate::state::Snapshot) the core publishes. The daemon
+//! calls [`start`] once everything else is up and [`Control::shutdown`] on the way out.
+
+pub mod auth;
+pub mod client;
+pub mod dbus;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+mod socket;
+pub mod status_text;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{ControlConfig, DbusBus};
+use crate::state::CoreHandle;
+
+pub use socket::SOCKET_MODE;
+
+/// How long [`Control::shutdown`] lets in-flight requests (a long `wait-idle`)
+/// finish before cutting them off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the control plane could not start. All of these are fatal at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another process answers on the socket: most likely a second supervisor.
+    #[error(
+        "control socket {}: another supervisor is answering on it; stop that one first or set a different control.socket",
+        path.display()
+    )]
+    SocketInUse {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// The socket path holds something that is not a socket.
+    #[error(
+        "control socket {}: the path exists and is not a socket; remove it or set a different control.socket",
+        path.display()
+    )]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Creating or binding the socket failed.
+    #[error("control socket {}: {context}: {source}", path.display())]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// The step that failed.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `http_listen` is set without `token_file` (validation normally prevents this).
+    #[error(
+        "control.http_listen is set but control.token_file is not; the TCP listener requires a token"
+    )]
+    TokenMissing,
+    /// The token file could not be read.
+    #[error("control token file {}: {source}", path.display())]
+    TokenRead {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file is empty.
+    #[error("control token file {} is empty; put a secret in it", path.display())]
+    TokenEmpty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Binding the TCP listener failed.
+    #[error("control TCP listener {addr}: {source}")]
+    Tcp {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting to the bus, serving the object or owning the name failed.
+    #[error(
+        "D-Bus ({bus} bus): cannot own {name}: {source} (is another supervisor running, and is the bus policy installed?)",
+        name = dbus::BUS_NAME
+    )]
+    Dbus {
+        /// `system`, `session` or the address.
+        bus: String,
+        /// The cause.
+        #[source]
+        source: zbus::Error,
+    },
+}
+
+/// The running control plane; [`Control::shutdown`] stops it.
+#[derive(Debug)]
+pub struct Control {
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    socket: socket::SocketFile,
+    dbus: Option<dbus::DbusService>,
+    tcp_addr: Option<SocketAddr>,
+}
+
+/// Binds the unix socket (mode 0660; refuses if another supervisor answers on it or
+/// the path is not a socket; replaces a stale one), the optional TCP listener
+/// (bearer token from `token_file`), and D-Bus on `config.dbus`. Any failure is
+/// returned and nothing is left behind.
+pub async fn start(handle: CoreHandle, config: &ControlConfig) -> Result<Control, ControlError> {
+    let bus = match config.dbus {
+        DbusBus::System => Some(dbus::Bus::System),
+        DbusBus::Session => Some(dbus::Bus::Session),
+        DbusBus::Off => None,
+    };
+    start_with_bus(handle, config, bus).await
+}
+
+/// [`start`] with the bus given explicitly, so tests can use a private bus address.
+pub async fn start_with_bus(
+    handle: CoreHandle,
+    config: &ControlConfig,
+    bus: Option<dbus::Bus>,
+) -> Result<Control, ControlError> {
+    let token = match (&config.http_listen, &config.token_file) {
+        (Some(_), Some(path)) => Some(auth::Token::read(path)?),
+        (Some(_), None) => return Err(ControlError::TokenMissing),
+        (None, _) => None,
+    };
+    let (listener, socket) = socket::bind(&config.socket).await?;
+    let (stop, stopped) = watch::channel(false);
+    let router = http::router(handle.clone());
+    let mut servers = vec![serve(listener, router.clone(), stopped.clone())];
+    let mut tcp_addr = None;
+    if let (Some(addr), Some(token)) = (config.http_listen, token) {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ControlError::Tcp { addr, source })?;
+        tcp_addr = tcp.local_addr().ok();
+        servers.push(serve(tcp, auth::require_token(router, token), stopped));
+    }
+    let mut control = Control {
+        stop,
+        servers,
+        socket,
+        dbus: None,
+        tcp_addr,
+    };
+    if let Some(bus) = bus {
+        match dbus::serve(handle, &bus).await {
+            Ok(service) => control.dbus = Some(service),
+            Err(source) => {
+                control.shutdown().await;
+                let bus = match bus {
+                    dbus::Bus::System => "system".to_owned(),
+                    dbus::Bus::Session => "session".to_owned(),
+                    dbus::Bus::Address(a) => a,
+                };
+                return Err(ControlError::Dbus { bus, source });
+            }
+        }
+    }
+    tracing::info!(socket = %control.socket.path().display(), tcp = ?control.tcp_addr, "control API listening");
+    Ok(control)
+}
+
+impl Control {
+    /// The unix socket being served.
+    pub fn socket_path(&self) -> &Path {
+        self.socket.path()
+    }
+
+    /// The TCP address actually bound (resolves port 0), if a TCP listener runs.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The D-Bus service, if one runs.
+    pub fn dbus(&self) -> Option<&dbus::DbusService> {
+        self.dbus.as_ref()
+    }
+
+    /// Stops serving (in-flight requests get [`SHUTDOWN_GRACE`]), gives up the bus
+    /// name and removes the socket file this supervisor created.
+    pub async fn shutdown(self) {
+        let Control {
+            stop,
+            servers,
+            socket,
+            dbus,
+            ..
+        } = self;
+        let _ = stop.send(true);
+        if let Some(service) = dbus {
+            service.shutdown().await;
+        }
+        for mut server in servers {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+        }
+        drop(socket);
+    }
+}
+
+/// Serves `router` on `listener` until `stopped` turns true.
+fn serve<L>(listener: L, router: axum::Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "control API server stopped");
+        }
+    })
+}

@@ -1,0 +1,95 @@
+//! The wire types of the HTTP control API, shared by the server ([`super::http`]) and
+//! the CLI client ([`super::client`]) so the two cannot drift apart.
+//!
+//! `GET /v1/status` and `GET /v1/wait-idle` answer with a [`Snapshot`](crate::state::Snapshot)
+//! as-is and `POST /v1/reload` with a [`ReloadOutcome`](crate::state::ReloadOutcome) as-is;
+//! only the shapes below are the API's own. `docs/control-api.md` documents all of them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::RestartWhen;
+
+/// Path of the status route.
+pub const STATUS: &str = "/v1/status";
+/// Path of the reload route.
+pub const RELOAD: &str = "/v1/reload";
+/// Path of the restart route.
+pub const RESTART: &str = "/v1/restart";
+/// Path of the wait-idle route.
+pub const WAIT_IDLE: &str = "/v1/wait-idle";
+/// Path of the Prometheus route.
+pub const METRICS: &str = "/metrics";
+
+/// Body of `POST /v1/restart`; an empty body means `{"when":"idle"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartRequest {
+    /// `idle` (the default) or `now`.
+    #[serde(default = "default_when")]
+    pub when: RestartWhen,
+}
+
+fn default_when() -> RestartWhen {
+    RestartWhen::Idle
+}
+
+impl Default for RestartRequest {
+    fn default() -> Self {
+        RestartRequest {
+            when: default_when(),
+        }
+    }
+}
+
+/// Answer of `POST /v1/restart`: the supervisor's status line once the restart is
+/// scheduled, so the caller sees what will happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartReply {
+    /// The status line (as in `systemctl status`).
+    pub status_line: String,
+}
+
+/// Body of every error answer (4xx/5xx other than a rejected reload), so clients
+/// can always show a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+}
+
+/// Query of `GET /v1/wait-idle`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitIdleQuery {
+    /// A duration like `30s` or `10m`; absent means wait without limit.
+    pub timeout: Option<String>,
+}
+
+/// Parses a `timeout` the way the config file spells durations (`30s`, `10m`).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("timeout {text:?} is not a duration like \"30s\" ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_request_defaults_to_idle() {
+        let r: RestartRequest = serde_json::from_str("{}").expect("parses");
+        assert_eq!(r.when, RestartWhen::Idle);
+        let r: RestartRequest = serde_json::from_str(r#"{"when":"now"}"#).expect("parses");
+        assert_eq!(r.when, RestartWhen::Now);
+        assert!(serde_json::from_str::<RestartRequest>(r#"{"when":"later"}"#).is_err());
+        assert!(serde_json::from_str::<RestartRequest>(r#"{"whenn":"now"}"#).is_err());
+    }
+
+    #[test]
+    fn timeouts_parse_like_config_durations() {
+        assert_eq!(parse_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_timeout("soon").is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! Tells the daemon when the config file's *content* changed (DESIGN §3.5).
+//!
+//! NixOS activation swaps `/etc/static` while the config path itself never
+//! changes, and editors rename a new file over the old one, so watching the file
+//! is not enough: every directory along its symlink chain is watched
+//! (non-recursively), and the chain is resolved and the watches re-registered
+//! after every burst of events. A burst ends after a quiet period; then the file is
+//! read and compared with the content last seen, so a touch, a swap to identical
+//! content, or the daemon's own reload fires nothing.
+//!
+//! notify calls back on its own thread; the callback only forwards into a tokio
+//! task, which does the debounce, the re-registration and the comparison, so the
+//! daemon's current-thread runtime sees a plain channel.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::chain::{self, Chain};
+
+/// Quiet period that ends a burst of events: long enough for an editor's or
+/// activation's several steps, short next to a human.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// How soon a watch that could not be registered is tried again; until then
+/// the file is effectively polled at this period.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Resolve-and-register rounds before accepting a chain that keeps changing.
+const SETTLE_ROUNDS: usize = 4;
+
+/// Why the watcher could not start (or, later, could not watch everything).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The watcher's task runs on the daemon's tokio runtime.
+    #[error("the config watcher must be started inside a tokio runtime")]
+    NoRuntime,
+    /// A relative path is made absolute against the working directory.
+    #[error("cannot make {path} absolute: {source}")]
+    Path {
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// No inotify instance (e.g. `fs.inotify.max_user_instances` reached).
+    #[error("cannot start watching files: {0}")]
+    Start(#[source] notify::Error),
+    /// A directory of the chain could not be watched (limits, permissions).
+    #[error("cannot watch {dir}: {source}")]
+    Watch {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: notify::Error,
+    },
+    /// Links along the path kept changing while they were being watched.
+    #[error("the symlink chain of {0} kept changing while being watched")]
+    Unsettled(PathBuf),
+}
+
+/// Watches one config file; dropping it stops watching and closes the channel.
+pub struct ConfigWatcher {
+    /// The content last seen or set, shared with the task.
+    current: Arc<Mutex<Vec<u8>>>,
+    task: AbortHandle,
+}
+
+impl ConfigWatcher {
+    /// Starts watching `path`, whose content the daemon loaded as `initial`; the
+    /// receiver gets one `()` per burst that leaves different content. If the file
+    /// already differs from `initial`, a notification is waiting at once.
+    ///
+    /// Must be called inside a tokio runtime (it spawns the watcher's task). Fails
+    /// only when the watches cannot be set up at all; a missing file is fine.
+    pub fn start(
+        path: &Path,
+        initial: &[u8],
+        debounce: Duration,
+    ) -> Result<(ConfigWatcher, mpsc::Receiver<()>), WatchError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
+        let path = std::path::absolute(path).map_err(|source| WatchError::Path {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |ev| {
+            // Fails only once the task is gone, when nobody listens anyway.
+            let _ = raw_tx.send(ev);
+        })
+        .map_err(WatchError::Start)?;
+        let mut tracker = Tracker {
+            path,
+            watcher,
+            watched: BTreeMap::new(),
+            chain: Chain::default(),
+        };
+        tracker.refresh()?;
+        let current = Arc::new(Mutex::new(initial.to_vec()));
+        let (tx, rx) = mpsc::channel(1);
+        compare(&tracker.path, &current, &tx);
+        let task = runtime.spawn(run(tracker, raw_rx, tx, Arc::clone(&current), debounce));
+        Ok((
+            ConfigWatcher {
+                current,
+                task: task.abort_handle(),
+            },
+            rx,
+        ))
+    }
+
+    /// Records content the daemon (re)loaded itself (e.g. on SIGHUP), so that the
+    /// watcher does not announce the same content a second time.
+    pub fn set_current(&self, content: &[u8]) {
+        let mut current = lock(&self.current);
+        if *current != content {
+            *current = content.to_vec();
+        }
+    }
+}
+
+impl Drop for ConfigWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The shared content; a panic elsewhere cannot leave a half-written `Vec`.
+fn lock(current: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
+    current
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads the file and announces it when it differs from the current content.
+/// Returns false once the receiver is gone.
+fn compare(path: &Path, current: &Mutex<Vec<u8>>, tx: &mpsc::Sender<()>) -> bool {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            // Mid-swap or mid-rename: the next event brings the file back.
+            tracing::debug!(path = %path.display(), "config file unreadable for now: {e}");
+            return !tx.is_closed();
+        }
+    };
+    let mut current = lock(current);
+    if *current == bytes {
+        return !tx.is_closed();
+    }
+    *current = bytes;
+    // A full channel already holds a notification; the daemon reads the file anew.
+    !matches!(tx.try_send(()), Err(mpsc::error::TrySendError::Closed(())))
+}
+
+/// The debounce loop: wait for a relevant event, let the burst end, re-register,
+/// compare.
+async fn run(
+    mut tracker: Tracker,
+    mut raw: mpsc::UnboundedReceiver<notify::Result<Event>>,
+    tx: mpsc::Sender<()>,
+    current: Arc<Mutex<Vec<u8>>>,
+    debounce: Duration,
+) {
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            ev = raw.recv() => match ev {
+                None => return,
+                Some(ev) if !relevant(&tracker.chain, &ev) => continue,
+                Some(_) => {}
+            },
+            _ = sleep_until(retry_at), if retry_at.is_some() => {}
+        }
+        let mut quiet_at = Instant::now() + debounce;
+        loop {
+            match tokio::time::timeout_at(quiet_at, raw.recv()).await {
+                Err(_) => break,
+                Ok(None) => return,
+                Ok(Some(ev)) if relevant(&tracker.chain, &ev) => {
+                    quiet_at = Instant::now() + debounce
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+        retry_at = match tracker.refresh() {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::warn!("config watch incomplete, retrying in {RETRY:?}: {e}");
+                Some(Instant::now() + RETRY)
+            }
+        };
+        if !compare(&tracker.path, &current, &tx) {
+            return;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Whether an event can change the file's content or its chain. Our own reads
+/// (open, close without writing) are not: counting them would re-read forever.
+/// Errors and rescans are.
+fn relevant(chain: &Chain, ev: &notify::Result<Event>) -> bool {
+    let Ok(ev) = ev else { return true };
+    if let EventKind::Access(kind) = ev.kind
+        && kind != AccessKind::Close(AccessMode::Write)
+    {
+        return false;
+    }
+    ev.need_rescan() || ev.paths.is_empty() || ev.paths.iter().any(|p| chain.concerns(p))
+}
+
+/// The notify watcher and what it currently watches.
+struct Tracker {
+    path: PathBuf,
+    watcher: RecommendedWatcher,
+    /// Watched directories with their (device, inode): a directory replaced under
+    /// the same name needs a new watch.
+    watched: BTreeMap<PathBuf, (u64, u64)>,
+    chain: Chain,
+}
+
+impl Tracker {
+    /// Resolves the chain and watches its directories, until resolving again gives
+    /// the same chain: then nothing moved while the watches were being set up, and
+    /// any later change produces an event.
+    fn refresh(&mut self) -> Result<(), WatchError> {
+        let mut chain = chain::resolve(&self.path);
+        for _ in 0..SETTLE_ROUNDS {
+            let failed = self.sync(&chain);
+            let again = chain::resolve(&self.path);
+            if again == chain {
+                self.chain = chain;
+                return failed.map_or(Ok(()), Err);
+            }
+            chain = again;
+        }
+        self.chain = chain;
+        Err(WatchError::Unsettled(self.path.clone()))
+    }
+
+    /// Watches exactly the chain's directories; returns the first failure.
+    fn sync(&mut self, chain: &Chain) -> Option<WatchError> {
+        let stale: Vec<PathBuf> = self
+            .watched
+            .keys()
+            .filter(|d| !chain.dirs.contains(*d))
+            .cloned()
+            .collect();
+        for dir in stale {
+            // Fails when the directory is gone, which removed the watch already.
+            let _ = self.watcher.unwatch(&dir);
+            self.watched.remove(&dir);
+        }
+        let mut failed = None;
+        for dir in &chain.dirs {
+            let id = match fs::metadata(dir) {
+                Ok(m) => (m.dev(), m.ino()),
+                Err(e) => {
+                    failed.get_or_insert(WatchError::Watch {
+                        dir: dir.clone(),
+                        source: notify::Error::io(e),
+                    });
+                    continue;
+                }
+            };
+            if self.watched.get(dir).is_some_and(|old| *old != id) {
+                let _ = self.watcher.unwatch(dir);
+            }
+            // Registering again is harmless and restores a watch notify dropped
+            // when the directory was moved away and back.
+            match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(dir.clone(), id);
+                }
+                Err(source) => {
+                    self.watched.remove(dir);
+                    failed.get_or_insert(WatchError::Watch {
+                        dir: dir.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, Flag, ModifyKind};
+
+    use super::*;
+
+    #[test]
+    fn own_reads_and_unrelated_names_are_not_relevant() {
+        let file = PathBuf::from("/etc/x/config.toml");
+        let chain = Chain {
+            dirs: [PathBuf::from("/etc/x")].into(),
+            names: [file.clone()].into(),
+            target: Some(file.clone()),
+        };
+        let on = |kind, path: &str| Ok(Event::new(kind).add_path(PathBuf::from(path)));
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        let read = EventKind::Access(AccessKind::Close(AccessMode::Read));
+        let written = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let created = EventKind::Create(CreateKind::File);
+        let data = EventKind::Modify(ModifyKind::Any);
+        assert!(!relevant(&chain, &on(open, "/etc/x/config.toml")));
+        assert!(!relevant(&chain, &on(read, "/etc/x/config.toml")));
+        assert!(relevant(&chain, &on(written, "/etc/x/config.toml")));
+        assert!(relevant(&chain, &on(data, "/etc/x/config.toml")));
+        assert!(!relevant(&chain, &on(created, "/etc/x/other.toml")));
+        assert!(relevant(&chain, &on(created, "/etc/x")));
+        let rescan = Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan));
+        assert!(relevant(&chain, &rescan));
+        assert!(relevant(
+            &chain,
+            &Err(notify::Error::generic("queue overflow"))
+        ));
+    }
+}

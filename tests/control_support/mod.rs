@@ -1,0 +1,178 @@
+//! Shared helpers of the control-plane tests: a fake core that answers commands with
+//! canned outcomes and publishes snapshots the test controls, and sample snapshots.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use sd_webui_supervisor::state::{
+    Command, CoreHandle, PendingRestart, Phase, Queue, ReloadOutcome, RestartWhen, Snapshot,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// A core stand-in: answers `Reload` with [`FakeCore::set_reload`]'s outcome and
+/// `Restart` with a status line, and records every command it got.
+pub struct FakeCore {
+    pub handle: CoreHandle,
+    snapshots: watch::Sender<Snapshot>,
+    reload: Arc<Mutex<ReloadOutcome>>,
+    seen: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeCore {
+    /// A fake core publishing `initial`.
+    pub fn new(initial: Snapshot) -> FakeCore {
+        let (commands, mut rx) = mpsc::channel::<Command>(8);
+        let (snapshots, snapshot_rx) = watch::channel(initial);
+        let reload = Arc::new(Mutex::new(outcome("applied")));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (reload2, seen2) = (reload.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    Command::Reload { reply } => {
+                        seen2.lock().unwrap().push("reload".into());
+                        let _ = reply.send(reload2.lock().unwrap().clone());
+                    }
+                    Command::Restart { when, reply } => {
+                        let when = match when {
+                            RestartWhen::Idle => "idle",
+                            RestartWhen::Now => "now",
+                        };
+                        seen2.lock().unwrap().push(format!("restart {when}"));
+                        let _ = reply.send(format!("ready; idle; restart scheduled ({when})"));
+                    }
+                }
+            }
+        });
+        FakeCore {
+            handle: CoreHandle::new(commands, snapshot_rx),
+            snapshots,
+            reload,
+            seen,
+            task,
+        }
+    }
+
+    /// Sets what the next reloads answer.
+    pub fn set_reload(&self, outcome: ReloadOutcome) {
+        *self.reload.lock().unwrap() = outcome;
+    }
+
+    /// Publishes a changed snapshot.
+    pub fn publish(&self, change: impl FnOnce(&mut Snapshot)) {
+        self.snapshots.send_modify(change);
+    }
+
+    /// The commands received so far (`reload`, `restart idle`, `restart now`).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Stops answering and publishing, as a core that shut down.
+    pub fn stop(self) -> CoreHandle {
+        self.task.abort();
+        self.handle
+    }
+}
+
+/// A reload outcome with the given result and plausible lists.
+pub fn outcome(result: &str) -> ReloadOutcome {
+    let rejected = result == "rejected";
+    ReloadOutcome {
+        result: result.into(),
+        at_unix: 1_767_225_600,
+        errors: if rejected {
+            vec![
+                "/etc/sd-webui-forge/config.toml:3:9: ui.port: expected an integer".into(),
+                "/etc/sd-webui-forge/config.toml:7:1: restart.policy: unknown policy \"never\""
+                    .into(),
+            ]
+        } else {
+            vec![]
+        },
+        applied_live: if result == "applied" {
+            vec!["settings".into()]
+        } else {
+            vec![]
+        },
+        needs_restart: vec![],
+        unknown_settings: vec![],
+    }
+}
+
+/// A ready, idle Forge on GPU 0.
+pub fn ready_idle() -> Snapshot {
+    Snapshot {
+        state: Phase::Ready,
+        status_line: "ready; idle; forge on GPU 0; 12 models".into(),
+        reason: None,
+        flavor: "forge".into(),
+        gpus: Some(vec![0]),
+        ui_pid: Some(4242),
+        queue: Some(Queue {
+            running: 0,
+            pending: 0,
+        }),
+        restart_pending: None,
+        last_reload: None,
+        config_generation: "9f2c4e1a".into(),
+        models: 12,
+        layout_conflicts: vec![],
+        uptime_seconds: 3723,
+        ready_since_unix: Some(1_767_225_000),
+        restarts: BTreeMap::new(),
+        crashes: 0,
+        reloads: BTreeMap::new(),
+        last_time_to_ready_ms: Some(12_345),
+    }
+}
+
+/// Busy with a restart pending on two config changes, with every optional field set.
+pub fn busy_pending() -> Snapshot {
+    Snapshot {
+        state: Phase::Ready,
+        status_line:
+            "ready; busy: 1 running, 3 queued; restart pending (ui.extra_args, extensions), waits for idle"
+                .into(),
+        queue: Some(Queue { running: 1, pending: 3 }),
+        restart_pending: Some(PendingRestart {
+            reasons: vec!["ui.extra_args".into(), "extensions".into()],
+            policy: "when-idle".into(),
+            since_unix: 1_767_225_600,
+            deadline_unix: Some(1_767_247_200),
+        }),
+        last_reload: Some(ReloadOutcome {
+            needs_restart: vec!["ui.extra_args".into(), "extensions".into()],
+            unknown_settings: vec!["made_up_key".into()],
+            ..outcome("applied")
+        }),
+        layout_conflicts: vec![
+            "models/Lora/add-detail.safetensors: a user file is where the managed link goes".into(),
+        ],
+        restarts: BTreeMap::from([("config".into(), 2), ("crash".into(), 1)]),
+        crashes: 1,
+        reloads: BTreeMap::from([("applied".into(), 3), ("rejected".into(), 1)]),
+        ..ready_idle()
+    }
+}
+
+/// A UI that is not up: no pid, no queue, no GPUs configured.
+pub fn starting() -> Snapshot {
+    Snapshot {
+        state: Phase::Starting,
+        status_line: "starting: waiting for the UI to answer".into(),
+        reason: Some("model loading".into()),
+        gpus: None,
+        ui_pid: None,
+        queue: None,
+        ready_since_unix: None,
+        last_time_to_ready_ms: None,
+        ..ready_idle()
+    }
+}
