@@ -164,7 +164,7 @@ impl World {
         !(self.blocked_embeddings && folder == 2)
     }
 
-    fn owned(&self, i: usize) -> Option<PathBuf> {
+    fn owned(&self, i: usize) -> Option<String> {
         let links = manifest_links(&self.data);
         let n = links.len();
         (n > 0).then(|| links.keys().nth(i % n).cloned()).flatten()
@@ -183,7 +183,7 @@ impl World {
                     fs::remove_file(self.data.join(&rel)).unwrap();
                     let thing = UserThing::File(bytes.clone());
                     make(&self.data.join(&rel), &thing);
-                    self.user.insert(rel, thing);
+                    self.user.insert(rel.into(), thing);
                 }
             }
             Event::AddUserFile(folder, n, bytes) => {
@@ -274,8 +274,8 @@ fn run(tree: Tree, steps: Vec<Step>) {
             if folder == "embeddings" && w.blocked_embeddings {
                 continue;
             }
-            let rel = Path::new(folder).join(&d.name);
-            if w.user.contains_key(&rel) {
+            let rel = format!("{folder}/{}", d.name);
+            if w.user.contains_key(Path::new(&rel)) {
                 expected_conflicts.insert(w.data.join(&rel));
             } else if d.target.exists() {
                 expected_links.insert(rel, d.target.clone());

@@ -11,16 +11,17 @@
 //! it cannot clobber something new: `symlink` fails on an existing name, and a
 //! link is only replaced or removed after re-reading that it still is ours.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::action::Action;
 use super::desired::Desired;
-use super::manifest::{self, Manifest};
-use super::plan::{Action, Plan, manifest_differs};
+use super::manifest;
+use super::plan::Plan;
 use super::report::{Conflict, LayoutReport, Wanted};
 use super::snapshot::lstat_entry;
 use super::{LayoutError, fsio};
@@ -48,121 +49,116 @@ pub(crate) fn prepare(desired: &Desired) -> Result<usize, LayoutError> {
     Ok(created)
 }
 
-/// Carries out `plan`.
+/// What became of one link action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Carried out.
+    Done,
+    /// Something not ours appeared at the path since the scan: left alone.
+    Lost,
+    /// Nothing to do any more (the link to remove is gone or no longer ours).
+    Skipped,
+}
+
+/// Carries out `plan`: folders and temporaries, the intent record, the links
+/// (folders in parallel: creating a link costs the kernel far more than the
+/// call, and links in different folders do not contend), the final manifest,
+/// the settings file.
 pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
-    let Plan {
-        data_dir,
-        actions,
-        recorded: mut on_disk,
-        start,
-        pending,
-        mut finish,
-    } = plan;
+    let data_dir = &plan.data_dir;
     let mut report = LayoutReport::default();
-    let mut intent_recorded = pending.is_empty();
-    let mut changed_dirs = BTreeSet::new();
-    let mut settings_actions = Vec::new();
-    for action in actions {
-        let creates = matches!(
-            action,
-            Action::CreateLink { .. } | Action::ReplaceLink { .. }
-        );
-        if creates && !intent_recorded {
-            let intent = Manifest {
-                links: start.clone(),
-                pending: pending.clone(),
-            };
-            manifest::write(&data_dir, &intent)?;
-            on_disk = Some(intent);
-            report.actions_applied += 1;
-            intent_recorded = true;
-        }
-        let rel = |p: &Path| {
-            p.strip_prefix(&data_dir)
-                .unwrap_or(p)
-                .to_string_lossy()
-                .into_owned()
-        };
+    let mut links: Vec<Vec<usize>> = Vec::new();
+    let mut folder_of: BTreeMap<&Path, usize> = BTreeMap::new();
+    for (i, action) in plan.actions.iter().enumerate() {
         let done = match action {
-            Action::CreateDir { path, mode } => create_dir(&path, mode)?,
+            Action::CreateDir { path, mode } => create_dir(path, *mode)?,
             Action::SetMode { path, mode } => {
-                set_mode(&path, mode)?;
+                set_mode(path, *mode)?;
                 true
             }
-            Action::RemoveTemp { path } => remove(&path)?,
-            Action::CreateLink {
-                path,
-                target,
-                wanted,
-            } => match symlink(&target, &path) {
-                Ok(()) => {
-                    note_change(&mut report, &wanted, &path, &mut changed_dirs);
-                    true
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    finish.remove(&rel(&path));
-                    lost_race(&mut report, &path, wanted)?;
-                    continue;
-                }
-                Err(e) => return Err(LayoutError::io("create link", &path, e)),
-            },
-            Action::ReplaceLink {
-                path,
-                old,
-                target,
-                wanted,
-            } => {
-                if replace_link(&path, &old, &target)? {
-                    note_change(&mut report, &wanted, &path, &mut changed_dirs);
-                    true
-                } else {
-                    finish.remove(&rel(&path));
-                    lost_race(&mut report, &path, wanted)?;
-                    continue;
-                }
-            }
-            Action::RemoveLink {
-                path,
-                target,
-                wanted,
-                ..
-            } => {
-                let removed = still_points(&path, &target) && remove(&path)?;
-                if removed {
-                    note_change(&mut report, &wanted, &path, &mut changed_dirs);
-                }
-                removed
-            }
-            Action::Conflict(c) => {
-                report.conflicts.push(c);
+            Action::RemoveTemp { path } => remove(path)?,
+            Action::CreateLink { path, .. }
+            | Action::ReplaceLink { path, .. }
+            | Action::RemoveLink { path, .. } => {
+                let dir = path.parent().unwrap_or(Path::new(""));
+                let group = *folder_of.entry(dir).or_insert_with(|| {
+                    links.push(Vec::new());
+                    links.len() - 1
+                });
+                links[group].push(i);
                 false
             }
-            Action::Dangling(d) => {
-                report.dangling.push(d);
-                false
-            }
-            settings @ (Action::SetAsideSettings { .. } | Action::WriteSettings { .. }) => {
-                settings_actions.push(settings);
-                false
-            }
+            _ => false,
         };
         report.actions_applied += usize::from(done);
+    }
+    if !plan.pending.is_empty() {
+        manifest::write(data_dir, &plan.start(), &plan.pending)?;
+        report.actions_applied += 1;
+    }
+    let many = links.iter().map(Vec::len).sum::<usize>() >= 1024;
+    let outcomes: Vec<(usize, Result<Outcome, LayoutError>)> =
+        fsio::par_map_if(many, &links, |group| {
+            let mut out = Vec::with_capacity(group.len());
+            for &i in group {
+                let outcome = link_action(&plan.actions[i]);
+                let failed = outcome.is_err();
+                out.push((i, outcome));
+                if failed {
+                    break;
+                }
+            }
+            out
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut outcome_of = vec![None; plan.actions.len()];
+    for (i, outcome) in outcomes {
+        outcome_of[i] = Some(outcome?);
+    }
+
+    let mut lost = Vec::new();
+    let mut changed_dirs = BTreeSet::new();
+    for (action, outcome) in plan.actions.iter().zip(outcome_of) {
+        match (action, outcome) {
+            (Action::Conflict(c), _) => report.conflicts.push(c.clone()),
+            (Action::Dangling(d), _) => report.dangling.push(d.clone()),
+            (
+                Action::CreateLink { path, wanted, .. }
+                | Action::ReplaceLink { path, wanted, .. }
+                | Action::RemoveLink { path, wanted, .. },
+                Some(outcome),
+            ) => match outcome {
+                Outcome::Done => {
+                    note_change(&mut report, wanted, path, &mut changed_dirs);
+                    report.actions_applied += 1;
+                }
+                Outcome::Lost => {
+                    lost.push(path);
+                    lost_race(&mut report, path, wanted)?;
+                }
+                Outcome::Skipped => {}
+            },
+            _ => {}
+        }
     }
     for dir in &changed_dirs {
         fsio::sync_dir(dir).map_err(|e| LayoutError::io("sync", dir, e))?;
     }
-    if manifest_differs(on_disk.as_ref(), &finish) {
-        let done = Manifest {
-            links: finish,
-            pending: Default::default(),
-        };
-        manifest::write(&data_dir, &done)?;
+    if plan.writes_manifest() {
+        let mut finish = plan.finish();
+        for path in lost {
+            let rel = path.strip_prefix(data_dir).unwrap_or(path);
+            finish.remove(&*rel.to_string_lossy());
+        }
+        manifest::write(data_dir, &finish, &Default::default())?;
         report.actions_applied += 1;
     }
-    for action in settings_actions {
+    for action in &plan.actions {
         match action {
             Action::SetAsideSettings { path, .. } => {
-                report.corrupt_settings_moved_to = Some(set_aside(&path)?);
+                report.corrupt_settings_moved_to = Some(set_aside(path)?);
             }
             Action::WriteSettings {
                 path,
@@ -170,8 +166,8 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
                 mode,
                 ..
             } => {
-                fsio::write_atomic(&path, &contents, mode)
-                    .map_err(|e| LayoutError::io("write", &path, e))?;
+                fsio::write_atomic(path, contents, *mode)
+                    .map_err(|e| LayoutError::io("write", path, e))?;
                 report.settings_written = true;
             }
             _ => continue,
@@ -181,14 +177,38 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
     Ok(report)
 }
 
+/// One link action; the disk is re-checked so nothing new is clobbered.
+fn link_action(action: &Action) -> Result<Outcome, LayoutError> {
+    Ok(match action {
+        Action::CreateLink { path, target, .. } => match symlink(target, path) {
+            Ok(()) => Outcome::Done,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Outcome::Lost,
+            Err(e) => return Err(LayoutError::io("create link", path, e)),
+        },
+        Action::ReplaceLink {
+            path, old, target, ..
+        } => match replace_link(path, old, target)? {
+            true => Outcome::Done,
+            false => Outcome::Lost,
+        },
+        Action::RemoveLink { path, target, .. } => {
+            match still_points(path, target) && remove(path)? {
+                true => Outcome::Done,
+                false => Outcome::Skipped,
+            }
+        }
+        _ => Outcome::Skipped,
+    })
+}
+
 /// Something appeared at `path` after the scan: it is the user's, so it is
 /// reported like any conflict and left alone.
-fn lost_race(report: &mut LayoutReport, path: &Path, wanted: Wanted) -> Result<(), LayoutError> {
+fn lost_race(report: &mut LayoutReport, path: &Path, wanted: &Wanted) -> Result<(), LayoutError> {
     if let Some(entry) = lstat_entry(path)? {
         report.conflicts.push(Conflict {
             path: path.to_path_buf(),
             found: entry.found(),
-            wanted,
+            wanted: wanted.clone(),
         });
     }
     Ok(())

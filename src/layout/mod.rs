@@ -14,6 +14,7 @@
 //!   only the supervisor uses and are swept by the next run.
 //! - **Idempotence.** A relayout with nothing to change performs no write at all.
 
+mod action;
 mod command;
 mod desired;
 mod exec;
@@ -27,8 +28,9 @@ mod snapshot;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use action::{Action, Removal};
 pub use command::command;
-pub use plan::{Action, Plan, Removal};
+pub use plan::Plan;
 pub use report::{Conflict, Dangling, Found, LayoutReport, Wanted};
 
 use crate::config::Config;
@@ -79,7 +81,7 @@ impl LayoutError {
 pub fn plan(config: &Config) -> Result<Plan, LayoutError> {
     let desired = Desired::from_config(config);
     let snapshot = snapshot::scan(&desired)?;
-    Ok(plan::plan(&desired, &snapshot))
+    Ok(plan::plan(&desired, snapshot))
 }
 
 /// Lays the data dir out: blocking filesystem work, meant for `spawn_blocking`.
@@ -91,7 +93,7 @@ pub fn apply(config: &Config) -> Result<LayoutReport, LayoutError> {
     let _lock =
         fsio::Lock::acquire(&state_dir).map_err(|e| LayoutError::io("lock", &state_dir, e))?;
     let snapshot = snapshot::scan(&desired)?;
-    let mut report = exec::execute(plan::plan(&desired, &snapshot))?;
+    let mut report = exec::execute(plan::plan(&desired, snapshot))?;
     report.actions_applied += prepared;
     Ok(report)
 }

@@ -2,142 +2,20 @@
 //!
 //! No I/O happens here, so every decision (what is owned, what is a conflict,
 //! what is replaced) is unit- and property-tested on synthetic snapshots.
+//!
+//! Ownership is kept as the recorded manifest plus small deltas, so that an
+//! unchanged relayout of 10,000 links copies nothing.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::desired::{Desired, Want, parent};
+use super::action::{Action, Removal};
+use super::desired::{Desired, Rel, Want, parent};
 use super::manifest::{self, Links, Manifest, Owned};
 use super::report::{Conflict, Dangling, Wanted};
 use super::settings::{self, Merge};
 use super::snapshot::{DirState, Entry, SettingsState, Snapshot};
-
-/// Why an owned link goes away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    /// No declaration wants it any more.
-    Undeclared,
-    /// Its declared target does not exist (garbage-collected).
-    TargetMissing,
-}
-
-/// One step of a layout. Paths are absolute.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Create a folder with the data dir's mode.
-    CreateDir { path: PathBuf, mode: u32 },
-    /// Give the data dir the configured mode.
-    SetMode { path: PathBuf, mode: u32 },
-    /// Remove a temporary left by a killed layout.
-    RemoveTemp { path: PathBuf },
-    /// Create a link where nothing stands.
-    CreateLink {
-        path: PathBuf,
-        target: PathBuf,
-        wanted: Wanted,
-    },
-    /// Atomically point an owned link elsewhere (temp link renamed over it).
-    ReplaceLink {
-        path: PathBuf,
-        old: PathBuf,
-        target: PathBuf,
-        wanted: Wanted,
-    },
-    /// Remove an owned link.
-    RemoveLink {
-        path: PathBuf,
-        target: PathBuf,
-        wanted: Wanted,
-        why: Removal,
-    },
-    /// Report something in the way; it stays untouched.
-    Conflict(Conflict),
-    /// Report a declared target that does not exist.
-    Dangling(Dangling),
-    /// Move an unparsable settings file aside (never deleted).
-    SetAsideSettings { path: PathBuf, reason: String },
-    /// Write the merged settings file atomically.
-    WriteSettings {
-        path: PathBuf,
-        keys: Vec<String>,
-        contents: Vec<u8>,
-        mode: Option<u32>,
-    },
-}
-
-impl Action {
-    /// Whether carrying the action out writes to the filesystem.
-    pub fn writes(&self) -> bool {
-        !matches!(self, Action::Conflict(_) | Action::Dangling(_))
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::CreateDir { path, mode } => {
-                write!(f, "create dir {} (mode {mode:04o})", path.display())
-            }
-            Action::SetMode { path, mode } => write!(f, "chmod {mode:04o} {}", path.display()),
-            Action::RemoveTemp { path } => write!(f, "remove leftover {}", path.display()),
-            Action::CreateLink {
-                path,
-                target,
-                wanted,
-            } => write!(
-                f,
-                "link {} -> {} ({wanted})",
-                path.display(),
-                target.display()
-            ),
-            Action::ReplaceLink {
-                path,
-                old,
-                target,
-                wanted,
-            } => write!(
-                f,
-                "relink {} -> {} (was {}; {wanted})",
-                path.display(),
-                target.display(),
-                old.display()
-            ),
-            Action::RemoveLink {
-                path,
-                target,
-                wanted,
-                why,
-            } => {
-                let why = match why {
-                    Removal::Undeclared => "no longer declared",
-                    Removal::TargetMissing => "declared target missing",
-                };
-                write!(
-                    f,
-                    "unlink {} (was -> {}; {wanted} {why})",
-                    path.display(),
-                    target.display()
-                )
-            }
-            Action::Conflict(c) => write!(f, "conflict: {c}"),
-            Action::Dangling(d) => write!(f, "missing target: {d}"),
-            Action::SetAsideSettings { path, reason } => write!(
-                f,
-                "set aside {} as {}.corrupt-<time> (not JSON: {reason})",
-                path.display(),
-                path.display()
-            ),
-            Action::WriteSettings { path, keys, .. } => {
-                write!(
-                    f,
-                    "write {} (managed keys: {})",
-                    path.display(),
-                    keys.join(", ")
-                )
-            }
-        }
-    }
-}
 
 /// A layout decided but not yet carried out (what `layout --dry-run` prints).
 #[derive(Debug, Clone, PartialEq)]
@@ -146,21 +24,50 @@ pub struct Plan {
     pub(crate) data_dir: PathBuf,
     /// The steps, in execution order.
     pub actions: Vec<Action>,
-    /// What the manifest said.
-    pub(crate) recorded: Option<Manifest>,
-    /// Owned links before the layout: written with the pending links as the
-    /// intent record before any link is created or replaced.
-    pub(crate) start: Links,
-    /// Links to be created or replaced.
+    /// What the manifest said (empty when there is none).
+    pub(crate) recorded: Manifest,
+    /// Recorded links that are gone or no longer the supervisor's.
+    pub(crate) forget: Vec<Rel>,
+    /// Pending records of a killed run whose links stand exactly as intended.
+    pub(crate) adopt: Vec<(Rel, Owned)>,
+    /// Owned links whose record changes without a filesystem change (the kind).
+    pub(crate) relabel: Vec<(Rel, Owned)>,
+    /// Owned links to be removed.
+    pub(crate) removed: Vec<Rel>,
+    /// Links to be created or replaced: the intent recorded before any of them.
     pub(crate) pending: Links,
-    /// Owned links after the layout.
-    pub(crate) finish: Links,
 }
 
 impl Plan {
+    /// Owned links before the layout.
+    pub(crate) fn start(&self) -> Links {
+        let mut links = self.recorded.links.clone();
+        for rel in &self.forget {
+            links.remove(rel);
+        }
+        links.extend(self.adopt.iter().cloned());
+        links
+    }
+
+    /// Owned links after the layout, if every action succeeds.
+    pub(crate) fn finish(&self) -> Links {
+        let mut links = self.start();
+        for rel in &self.removed {
+            links.remove(rel);
+        }
+        links.extend(self.relabel.iter().cloned());
+        links.extend(self.pending.iter().map(|(r, o)| (r.clone(), o.clone())));
+        links
+    }
+
     /// Whether the manifest must be (re)written at the end.
     pub fn writes_manifest(&self) -> bool {
-        manifest_differs(self.recorded.as_ref(), &self.finish)
+        !(self.recorded.pending.is_empty()
+            && self.forget.is_empty()
+            && self.adopt.is_empty()
+            && self.relabel.is_empty()
+            && self.removed.is_empty()
+            && self.pending.is_empty())
     }
 
     /// The conflicts the plan reports.
@@ -177,14 +84,6 @@ impl Plan {
     }
 }
 
-/// Whether `links` (with nothing pending) differs from what the manifest holds.
-pub(crate) fn manifest_differs(recorded: Option<&Manifest>, links: &Links) -> bool {
-    match recorded {
-        None => !links.is_empty(),
-        Some(m) => !m.pending.is_empty() || m.links != *links,
-    }
-}
-
 impl fmt::Display for Plan {
     /// One action a line; the final manifest write last.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -196,15 +95,21 @@ impl fmt::Display for Plan {
                 f,
                 "write {} ({} owned links)",
                 manifest::path(&self.data_dir).display(),
-                self.finish.len()
+                self.finish().len()
             )?;
         }
         Ok(())
     }
 }
 
+/// Whether a link's stored target is exactly `target` (bytes, not `Path`
+/// equality, which would call `a//b` and `a/b` the same).
+fn same(stored: &Path, target: &Path) -> bool {
+    stored.as_os_str() == target.as_os_str()
+}
+
 /// Decides the layout.
-pub(crate) fn plan(desired: &Desired, snap: &Snapshot) -> Plan {
+pub(crate) fn plan(desired: &Desired, mut snap: Snapshot) -> Plan {
     let root = &desired.data_dir;
     let mut actions = Vec::new();
     match snap.root {
@@ -238,114 +143,149 @@ pub(crate) fn plan(desired: &Desired, snap: &Snapshot) -> Plan {
             .map(|p| Action::RemoveTemp { path: p.clone() }),
     );
 
-    let start = owned_now(snap);
-    let mut finish = start.clone();
-    let mut pending = Links::new();
+    let recorded = snap.manifest.take().unwrap_or_default();
+    let Ownership {
+        owned,
+        forget,
+        adopt,
+    } = verify(&snap, &recorded);
+    let (mut pending, mut relabel, mut removed) = (Links::new(), Vec::new(), Vec::new());
     for (rel, want) in &desired.links {
-        if !reachable(snap, rel) {
+        if !reachable(&snap, rel) {
             continue; // the folder's conflict is reported once, above
         }
-        let path = root.join(rel);
-        let target_ok = snap.present_targets.contains(&want.target);
-        let new = Owned {
+        let target_ok = !snap.missing_targets.contains(&want.target);
+        let new = || Owned {
             target: want.target.clone(),
             kind: want.kind(),
         };
-        let wanted = want.wanted.clone();
-        match (snap.entries.get(rel), start.contains_key(rel)) {
+        match (snap.entries.get(rel), owned.get(rel.as_str())) {
             (None, _) if target_ok => {
                 actions.push(Action::CreateLink {
-                    path,
+                    path: root.join(rel),
                     target: want.target.clone(),
-                    wanted,
+                    wanted: want.wanted.clone(),
                 });
-                pending.insert(rel.clone(), new.clone());
-                finish.insert(rel.clone(), new);
+                pending.insert(rel.clone(), new());
             }
-            (None, _) => actions.push(dangling(path, want)),
-            (Some(Entry::Link(old)), true) if !target_ok => {
+            (None, _) => actions.push(dangling(root.join(rel), want)),
+            (Some(Entry::Link(old)), Some(_)) if !target_ok => {
                 actions.push(Action::RemoveLink {
-                    path: path.clone(),
+                    path: root.join(rel),
                     target: old.clone(),
-                    wanted,
+                    wanted: want.wanted.clone(),
                     why: Removal::TargetMissing,
                 });
-                actions.push(dangling(path, want));
-                finish.remove(rel);
+                actions.push(dangling(root.join(rel), want));
+                removed.push(rel.clone());
             }
-            (Some(Entry::Link(old)), true) if *old == want.target => {
-                finish.insert(rel.clone(), new);
+            (Some(Entry::Link(old)), Some(record)) if same(old, &want.target) => {
+                if record.kind != want.kind() {
+                    relabel.push((rel.clone(), new()));
+                }
             }
-            (Some(Entry::Link(old)), true) => {
+            (Some(Entry::Link(old)), Some(_)) => {
                 actions.push(Action::ReplaceLink {
-                    path,
+                    path: root.join(rel),
                     old: old.clone(),
                     target: want.target.clone(),
-                    wanted,
+                    wanted: want.wanted.clone(),
                 });
-                pending.insert(rel.clone(), new.clone());
-                finish.insert(rel.clone(), new);
+                pending.insert(rel.clone(), new());
             }
             (Some(entry), _) => actions.push(Action::Conflict(Conflict {
-                path,
+                path: root.join(rel),
                 found: entry.found(),
-                wanted,
+                wanted: want.wanted.clone(),
             })),
         }
     }
-    for (rel, owned) in &start {
-        let here_now = matches!(snap.dir(parent(rel)), DirState::Present { .. });
-        if here_now && !desired.links.contains_key(rel) {
-            actions.push(Action::RemoveLink {
-                path: root.join(rel),
-                target: owned.target.clone(),
-                wanted: wanted_of(rel, owned),
-                why: Removal::Undeclared,
-            });
-            finish.remove(rel);
+    // Owned links nobody declares any more (in record order, for a stable plan).
+    for records in [&recorded.links, &recorded.pending] {
+        for (rel, record) in undeclared(records, &desired.links) {
+            let is_owned = owned
+                .get(rel.as_str())
+                .is_some_and(|o| std::ptr::eq(*o, record));
+            if is_owned && matches!(snap.dir(parent(rel)), DirState::Present { .. }) {
+                actions.push(Action::RemoveLink {
+                    path: root.join(rel),
+                    target: record.target.clone(),
+                    wanted: wanted_of(rel, record),
+                    why: Removal::Undeclared,
+                });
+                removed.push(rel.clone());
+            }
         }
     }
-    settings_actions(desired, snap, &mut actions);
+    settings_actions(desired, &snap, &mut actions);
     Plan {
         data_dir: root.clone(),
         actions,
-        recorded: snap.manifest.clone(),
-        start,
+        recorded,
+        forget,
+        adopt,
+        relabel,
+        removed,
         pending,
-        finish,
     }
 }
 
-/// Recorded links still standing exactly as recorded (or as a pending intent said
-/// they would be). Links in unreachable folders cannot be checked and stay recorded.
-fn owned_now(snap: &Snapshot) -> Links {
-    let Some(m) = &snap.manifest else {
-        return Links::new();
-    };
-    let mut owned = Links::new();
-    for rel in m.links.keys().chain(m.pending.keys()) {
+/// Which recorded links are the supervisor's now: those standing exactly as
+/// recorded, or exactly as a pending intent said (adopted). Records in folders
+/// that cannot be examined are kept; the others are forgotten.
+fn verify<'m>(snap: &Snapshot, recorded: &'m Manifest) -> Ownership<'m> {
+    let mut owned = HashMap::with_capacity(recorded.links.len());
+    let (mut forget, mut adopt) = (Vec::new(), Vec::new());
+    let stands = |rel: &str, record: &Owned| matches!(snap.entries.get(rel), Some(Entry::Link(t)) if same(t, &record.target));
+    for (rel, record) in &recorded.links {
         match snap.dir(parent(rel)) {
-            DirState::Present { .. } => {
-                let Some(Entry::Link(target)) = snap.entries.get(rel) else {
-                    continue;
-                };
-                let record = [m.links.get(rel), m.pending.get(rel)]
-                    .into_iter()
-                    .flatten()
-                    .find(|o| o.target == *target);
-                if let Some(o) = record {
-                    owned.insert(rel.clone(), o.clone());
-                }
+            DirState::Present { .. } if stands(rel, record) => {
+                owned.insert(rel.as_str(), record);
             }
-            DirState::Missing => {}
+            // Superseded by its pending record, below.
+            DirState::Present { .. }
+                if recorded.pending.get(rel).is_some_and(|p| stands(rel, p)) => {}
+            DirState::Present { .. } | DirState::Missing => forget.push(rel.clone()),
             DirState::Blocked(_) | DirState::Unreachable => {
-                if let Some(o) = m.links.get(rel) {
-                    owned.insert(rel.clone(), o.clone());
-                }
+                owned.insert(rel.as_str(), record);
             }
         }
     }
-    owned
+    for (rel, record) in &recorded.pending {
+        let here = matches!(snap.dir(parent(rel)), DirState::Present { .. });
+        if here && !owned.contains_key(rel.as_str()) && stands(rel, record) {
+            owned.insert(rel.as_str(), record);
+            adopt.push((rel.clone(), record.clone()));
+        }
+    }
+    Ownership {
+        owned,
+        forget,
+        adopt,
+    }
+}
+
+/// What [`verify`] found.
+struct Ownership<'m> {
+    /// The links that are the supervisor's now, by path, with their record.
+    owned: HashMap<&'m str, &'m Owned>,
+    /// Records to drop.
+    forget: Vec<Rel>,
+    /// Pending records to keep.
+    adopt: Vec<(Rel, Owned)>,
+}
+
+/// The records whose path is not declared: one merge of two sorted maps rather
+/// than a lookup per record.
+fn undeclared<'a>(
+    records: &'a Links,
+    declared: &'a BTreeMap<Rel, Want>,
+) -> impl Iterator<Item = (&'a Rel, &'a Owned)> {
+    let mut declared = declared.keys().peekable();
+    records.iter().filter(move |(rel, _)| {
+        while declared.next_if(|d| *d < *rel).is_some() {}
+        declared.peek() != Some(rel)
+    })
 }
 
 /// Whether links can be made in the folder of `rel` (it is there or will be).

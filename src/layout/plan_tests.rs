@@ -1,6 +1,6 @@
 //! The planner on synthetic snapshots: one test per action kind and conflict case.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use super::*;
@@ -65,7 +65,7 @@ fn desired(links: &[(&str, &str)]) -> Desired {
     }
 }
 
-/// Every folder present, every declared target present, nothing else.
+/// Every folder and every declared target present, nothing else.
 fn snapshot(d: &Desired) -> Snapshot {
     Snapshot {
         root: DirState::Present { mode: MODE },
@@ -74,9 +74,9 @@ fn snapshot(d: &Desired) -> Snapshot {
             .iter()
             .map(|p| (p.clone(), DirState::Present { mode: 0o755 }))
             .collect(),
-        entries: BTreeMap::new(),
+        entries: Default::default(),
         temps: Vec::new(),
-        present_targets: d.links.values().map(|w| w.target.clone()).collect(),
+        missing_targets: Default::default(),
         manifest: None,
         settings: SettingsState::NotManaged,
     }
@@ -104,7 +104,7 @@ fn cold_layout_creates_folders_links_and_records_them_as_pending() {
     for state in s.dirs.values_mut() {
         *state = DirState::Missing;
     }
-    let p = plan(&d, &s);
+    let p = plan(&d, s.clone());
     let dirs: Vec<_> = p
         .actions
         .iter()
@@ -129,15 +129,15 @@ fn cold_layout_creates_folders_links_and_records_them_as_pending() {
         wanted: lora("a.safetensors"),
     }));
     assert_eq!(p.pending.len(), 2);
-    assert!(p.start.is_empty());
-    assert_eq!(p.finish, p.pending);
+    assert!(p.start().is_empty());
+    assert_eq!(p.finish(), p.pending);
     assert!(p.writes_manifest());
 }
 
 #[test]
 fn an_unchanged_relayout_does_nothing() {
     let d = desired(&[("a.safetensors", "/s/a")]);
-    let p = plan(&d, &laid_out(&d));
+    let p = plan(&d, laid_out(&d));
     assert_eq!(p.actions, []);
     assert!(p.is_noop());
     assert_eq!(p.to_string(), "");
@@ -146,9 +146,8 @@ fn an_unchanged_relayout_does_nothing() {
 #[test]
 fn an_owned_link_to_another_target_is_replaced() {
     let d = desired(&[("a.safetensors", "/s/new")]);
-    let mut s = laid_out(&desired(&[("a.safetensors", "/s/old")]));
-    s.present_targets.insert("/s/new".into());
-    let p = plan(&d, &s);
+    let s = laid_out(&desired(&[("a.safetensors", "/s/old")]));
+    let p = plan(&d, s.clone());
     assert_eq!(
         p.actions,
         [Action::ReplaceLink {
@@ -159,13 +158,13 @@ fn an_owned_link_to_another_target_is_replaced() {
         }]
     );
     assert_eq!(p.pending[&rel("a.safetensors")], owned("/s/new"));
-    assert_eq!(p.start[&rel("a.safetensors")], owned("/s/old"));
+    assert_eq!(p.start()[&rel("a.safetensors")], owned("/s/old"));
 }
 
 #[test]
 fn an_owned_link_no_longer_declared_is_removed() {
     let s = laid_out(&desired(&[("a.safetensors", "/s/a")]));
-    let p = plan(&desired(&[]), &s);
+    let p = plan(&desired(&[]), s);
     assert_eq!(
         p.actions,
         [Action::RemoveLink {
@@ -175,7 +174,7 @@ fn an_owned_link_no_longer_declared_is_removed() {
             why: Removal::Undeclared,
         }]
     );
-    assert!(p.finish.is_empty());
+    assert!(p.finish().is_empty());
     assert!(p.writes_manifest());
 }
 
@@ -183,8 +182,8 @@ fn an_owned_link_no_longer_declared_is_removed() {
 fn an_owned_link_whose_target_vanished_is_removed_and_reported() {
     let d = desired(&[("a.safetensors", "/s/a")]);
     let mut s = laid_out(&d);
-    s.present_targets.clear();
-    let p = plan(&d, &s);
+    s.missing_targets.insert("/s/a".into());
+    let p = plan(&d, s.clone());
     assert_eq!(
         p.actions,
         [
@@ -207,8 +206,8 @@ fn an_owned_link_whose_target_vanished_is_removed_and_reported() {
 fn a_missing_target_is_reported_and_not_linked() {
     let d = desired(&[("a.safetensors", "/s/a")]);
     let mut s = snapshot(&d);
-    s.present_targets.clear();
-    let p = plan(&d, &s);
+    s.missing_targets.insert("/s/a".into());
+    let p = plan(&d, s.clone());
     assert!(matches!(p.actions.as_slice(), [Action::Dangling(_)]));
     assert!(!p.writes_manifest());
 }
@@ -218,8 +217,8 @@ fn conflict_at(entry: Entry, manifest: Option<Manifest>) -> Vec<Action> {
     let mut s = snapshot(&d);
     s.entries.insert(rel("a.safetensors"), entry);
     s.manifest = manifest;
-    let p = plan(&d, &s);
-    assert!(p.finish.is_empty(), "a conflict is never owned");
+    let p = plan(&d, s.clone());
+    assert!(p.finish().is_empty(), "a conflict is never owned");
     p.actions
 }
 
@@ -280,14 +279,14 @@ fn a_pending_link_is_adopted_only_with_the_exact_target() {
     let mut m = Manifest::default();
     m.pending.insert(rel("a.safetensors"), owned("/s/a"));
     s.manifest = Some(m.clone());
-    let p = plan(&d, &s);
+    let p = plan(&d, s.clone());
     assert_eq!(p.actions, [], "the crashed run's link is ours");
     assert!(p.writes_manifest(), "the pending record is settled");
-    assert_eq!(p.finish[&rel("a.safetensors")], owned("/s/a"));
+    assert_eq!(p.finish()[&rel("a.safetensors")], owned("/s/a"));
 
     m.pending.insert(rel("a.safetensors"), owned("/s/other"));
     s.manifest = Some(m);
-    let p = plan(&d, &s);
+    let p = plan(&d, s.clone());
     assert!(matches!(p.actions.as_slice(), [Action::Conflict(_)]));
 }
 
@@ -298,9 +297,9 @@ fn a_recorded_link_that_is_gone_is_forgotten() {
     let mut m = Manifest::default();
     m.links.insert(rel("gone.safetensors"), owned("/s/gone"));
     s.manifest = Some(m);
-    let p = plan(&d, &s);
+    let p = plan(&d, s.clone());
     assert_eq!(p.actions, []);
-    assert!(p.finish.is_empty());
+    assert!(p.finish().is_empty());
     assert!(p.writes_manifest());
 }
 
@@ -308,14 +307,13 @@ fn a_recorded_link_that_is_gone_is_forgotten() {
 fn a_blocked_folder_is_one_conflict_and_its_records_are_kept() {
     let d = desired(&[("a.safetensors", "/s/a"), ("b.safetensors", "/s/b")]);
     let mut s = laid_out(&desired(&[("a.safetensors", "/s/a")]));
-    s.present_targets.insert("/s/b".into());
     let dangling = Found::Link {
         target: "/mnt/unmounted".into(),
     };
     s.dirs
         .insert("models/Lora".into(), DirState::Blocked(dangling.clone()));
     s.entries.clear();
-    let p = plan(&d, &s);
+    let p = plan(&d, s.clone());
     assert_eq!(
         p.actions,
         [Action::Conflict(Conflict {
@@ -325,7 +323,7 @@ fn a_blocked_folder_is_one_conflict_and_its_records_are_kept() {
         })]
     );
     assert_eq!(
-        p.finish.len(),
+        p.finish().len(),
         1,
         "the unmounted disk's link stays recorded"
     );
@@ -338,7 +336,7 @@ fn leftover_temporaries_are_removed() {
     let mut s = snapshot(&d);
     s.temps
         .push("/d/models/Lora/.sd-webui-supervisor.tmp.7.0".into());
-    let p = plan(&d, &s);
+    let p = plan(&d, s.clone());
     assert_eq!(
         p.actions,
         [Action::RemoveTemp {
@@ -352,7 +350,7 @@ fn the_data_dir_gets_the_configured_mode_existing_folders_keep_theirs() {
     let d = desired(&[]);
     let mut s = snapshot(&d);
     s.root = DirState::Present { mode: 0o755 };
-    let p = plan(&d, &s);
+    let p = plan(&d, s.clone());
     assert_eq!(
         p.actions,
         [Action::SetMode {
@@ -368,7 +366,7 @@ fn with_settings(state: SettingsState) -> Vec<Action> {
     d.settings = Some(("config.json".into(), managed.as_object().cloned().unwrap()));
     let mut s = snapshot(&d);
     s.settings = state;
-    plan(&d, &s).actions
+    plan(&d, s.clone()).actions
 }
 
 #[test]
@@ -434,10 +432,10 @@ fn every_action_prints_as_one_line() {
         ("a.safetensors", "/s/old"),
         ("c.safetensors", "/s/c"),
     ]));
-    s.present_targets = ["/s/a".into()].into();
+    s.missing_targets = ["/s/b".into()].into();
     s.temps
         .push("/d/extensions/.sd-webui-supervisor.tmp.1.2".into());
-    let p = plan(&d, &s);
+    let p = plan(&d, s.clone());
     let text = p.to_string();
     assert_eq!(text.lines().count(), p.actions.len() + 1, "{text}");
     assert!(

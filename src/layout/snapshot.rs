@@ -1,10 +1,10 @@
 //! What is on disk, read once into plain data so the planner can be pure.
 //!
-//! Reading is cheap on purpose: one `readdir` per managed folder (entries that are
-//! neither declared nor recorded are not even `lstat`ed), one `readlink` per link
-//! that matters, one `stat` per declared target.
+//! Reading is cheap on purpose: one `readdir` per managed folder (which also gives
+//! each entry's type), one `readlink` per symbolic link in them, one `stat` per
+//! declared target; the `readlink`s and `stat`s are spread over the cores.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, DirEntry, FileType};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -83,11 +83,12 @@ pub(crate) struct Snapshot {
     /// Folders: the desired ones and the parents of recorded links.
     pub dirs: BTreeMap<Rel, DirState>,
     /// What stands at declared and recorded link paths; absent = nothing.
-    pub entries: BTreeMap<Rel, Entry>,
+    pub entries: HashMap<Rel, Entry>,
     /// Absolute paths of the supervisor's leftover temporaries.
     pub temps: Vec<PathBuf>,
-    /// Declared targets that exist.
-    pub present_targets: HashSet<PathBuf>,
+    /// Declared targets that do not exist (usually none, so that checking a
+    /// target costs no hashing).
+    pub missing_targets: HashSet<PathBuf>,
     /// The manifest; `None` when there is none.
     pub manifest: Option<Manifest>,
     /// The settings file.
@@ -115,64 +116,105 @@ pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
         DirState::Present { .. } => manifest::read(&desired.data_dir)?,
         _ => None,
     };
+    let empty = Manifest::default();
+    let m = manifest.as_ref().unwrap_or(&empty);
     let mut snap = Snapshot {
         root,
         dirs: BTreeMap::new(),
-        entries: BTreeMap::new(),
+        entries: HashMap::new(),
         temps: Vec::new(),
-        present_targets: HashSet::new(),
-        manifest,
+        missing_targets: HashSet::new(),
+        manifest: None,
         settings: SettingsState::NotManaged,
     };
-    let recorded: BTreeSet<Rel> = snap
-        .manifest
-        .iter()
-        .flat_map(|m| m.links.keys().chain(m.pending.keys()))
-        .cloned()
-        .collect();
+    folder_states(desired, m, &mut snap)?;
+    let mut swept = managed_entries(desired, m, &mut snap)?;
+    snap.missing_targets = missing_targets(desired);
+    snap.settings = settings_state(desired, &snap)?;
+    // Other places the supervisor writes temporaries: the data dir, its state dir,
+    // the settings file's folder.
+    let mut others = vec![desired.data_dir.clone(), desired.state_dir()];
+    if let SettingsState::Present { path, .. } | SettingsState::Absent { path } = &snap.settings {
+        others.extend(path.parent().map(Path::to_path_buf));
+    }
+    for dir in others {
+        if !swept.contains(&dir) && dir.is_dir() {
+            for de in fs::read_dir(&dir).map_err(|e| LayoutError::io("read", &dir, e))? {
+                let de = de.map_err(|e| LayoutError::io("read", &dir, e))?;
+                if fsio::is_temp_name(&de.file_name()) {
+                    note_temp(&mut snap.temps, &de)?;
+                }
+            }
+            swept.insert(dir);
+        }
+    }
+    snap.manifest = manifest;
+    Ok(snap)
+}
+
+/// The desired folders and those holding recorded links, parents first.
+fn folder_states(desired: &Desired, m: &Manifest, snap: &mut Snapshot) -> Result<(), LayoutError> {
     let mut folders = desired.dirs.clone();
-    for rel in &recorded {
+    for rel in m.links.keys().chain(m.pending.keys()) {
         let mut dir = parent(rel);
         while !dir.is_empty() {
             folders.insert(dir.to_string());
             dir = parent(dir);
         }
     }
-    for rel in &folders {
-        let state = match snap.dir(parent(rel)) {
-            DirState::Present { .. } => dir_state(&desired.data_dir.join(rel))?,
+    for rel in folders {
+        let state = match snap.dir(parent(&rel)) {
+            DirState::Present { .. } => dir_state(&desired.data_dir.join(&rel))?,
             DirState::Missing => DirState::Missing,
             DirState::Blocked(_) | DirState::Unreachable => DirState::Unreachable,
         };
-        snap.dirs.insert(rel.clone(), state);
+        snap.dirs.insert(rel, state);
     }
+    Ok(())
+}
 
-    // Managed folders: one readdir each.
+/// What stands in the managed folders (every entry: looking each name up to
+/// skip a few user files would cost more than it saves), the temporaries there,
+/// and recorded links elsewhere; returns the folders read.
+fn managed_entries(
+    desired: &Desired,
+    m: &Manifest,
+    snap: &mut Snapshot,
+) -> Result<BTreeSet<PathBuf>, LayoutError> {
+    let mut found: Vec<(Rel, PathBuf, FileType)> = Vec::new();
     let mut swept = BTreeSet::new();
     for rel in &desired.link_dirs {
-        if let DirState::Present { .. } = snap.dir(rel) {
-            let dir = desired.data_dir.join(rel);
-            for de in fs::read_dir(&dir).map_err(|e| LayoutError::io("read", &dir, e))? {
-                let de = de.map_err(|e| LayoutError::io("read", &dir, e))?;
-                let name = de.file_name();
-                if fsio::is_temp_name(&name) {
-                    note_temp(&mut snap.temps, &de)?;
-                    continue;
-                }
-                // A name that is not UTF-8 was neither declared nor recorded.
-                let Some(name) = name.to_str() else {
-                    continue;
-                };
-                let path = format!("{rel}/{name}");
-                if desired.links.contains_key(&path) || recorded.contains(&path) {
-                    snap.entries.insert(path, entry_of(&de)?);
-                }
+        if !matches!(snap.dir(rel), DirState::Present { .. }) {
+            continue;
+        }
+        let dir = desired.data_dir.join(rel);
+        for de in fs::read_dir(&dir).map_err(|e| LayoutError::io("read", &dir, e))? {
+            let de = de.map_err(|e| LayoutError::io("read", &dir, e))?;
+            let name = de.file_name();
+            if fsio::is_temp_name(&name) {
+                note_temp(&mut snap.temps, &de)?;
+                continue;
             }
-            swept.insert(dir);
+            // A name that is not UTF-8 was neither declared nor recorded.
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let ft = de
+                .file_type()
+                .map_err(|e| LayoutError::io("examine", &de.path(), e))?;
+            found.push((format!("{rel}/{name}"), de.path(), ft));
+        }
+        swept.insert(dir);
+    }
+    let entries = fsio::par_map(&found, |(_, path, ft)| entry_from(path, *ft));
+    snap.entries.reserve(found.len());
+    for ((rel, _, _), entry) in found.into_iter().zip(entries) {
+        if let Some(entry) = entry? {
+            snap.entries.insert(rel, entry);
         }
     }
     // Recorded links outside today's managed folders (an old flavor, a removed kind).
-    for rel in &recorded {
+    for rel in m.links.keys().chain(m.pending.keys()) {
         let parent = parent(rel);
         if !desired.link_dirs.contains(parent)
             && matches!(snap.dir(parent), DirState::Present { .. })
@@ -181,32 +223,19 @@ pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
             snap.entries.insert(rel.clone(), entry);
         }
     }
-    for target in desired.links.values().map(|w| &w.target) {
-        if !snap.present_targets.contains(target) && fs::metadata(target).is_ok() {
-            snap.present_targets.insert(target.clone());
-        }
-    }
-    snap.settings = settings_state(desired, &snap)?;
+    Ok(swept)
+}
 
-    // Other places the supervisor writes temporaries: the data dir, its state dir,
-    // the settings file's folder.
-    let mut others = vec![desired.data_dir.clone(), desired.state_dir()];
-    if let SettingsState::Present { path, .. } | SettingsState::Absent { path } = &snap.settings {
-        others.extend(path.parent().map(Path::to_path_buf));
-    }
-    for dir in others {
-        if swept.contains(&dir) || !dir.is_dir() {
-            continue;
-        }
-        for de in fs::read_dir(&dir).map_err(|e| LayoutError::io("read", &dir, e))? {
-            let de = de.map_err(|e| LayoutError::io("read", &dir, e))?;
-            if fsio::is_temp_name(&de.file_name()) {
-                note_temp(&mut snap.temps, &de)?;
-            }
-        }
-        swept.insert(dir);
-    }
-    Ok(snap)
+/// Declared targets that do not exist; one `stat` each, spread over the cores.
+fn missing_targets(desired: &Desired) -> HashSet<PathBuf> {
+    let targets: Vec<&PathBuf> = desired.links.values().map(|w| &w.target).collect();
+    let exists = fsio::par_map(&targets, |t| fs::metadata(t).is_ok());
+    targets
+        .into_iter()
+        .zip(exists)
+        .filter(|(_, exists)| !exists)
+        .map(|(t, _)| t.clone())
+        .collect()
 }
 
 /// Follows links: a folder that is a user's link to another disk is `Present`.
@@ -230,30 +259,27 @@ fn dir_state(path: &Path) -> Result<DirState, LayoutError> {
 /// What stands at `path` without following it; `None` when nothing does.
 pub(crate) fn lstat_entry(path: &Path) -> Result<Option<Entry>, LayoutError> {
     match fs::symlink_metadata(path) {
-        Ok(m) => entry_from(path, m.file_type()).map(Some),
+        Ok(m) => entry_from(path, m.file_type()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(LayoutError::io("examine", path, e)),
     }
 }
 
-fn entry_of(de: &DirEntry) -> Result<Entry, LayoutError> {
-    let path = de.path();
-    let ft = de
-        .file_type()
-        .map_err(|e| LayoutError::io("examine", &path, e))?;
-    entry_from(&path, ft)
-}
-
-fn entry_from(path: &Path, ft: FileType) -> Result<Entry, LayoutError> {
-    Ok(if ft.is_symlink() {
-        Entry::Link(fs::read_link(path).map_err(|e| LayoutError::io("read link", path, e))?)
+fn entry_from(path: &Path, ft: FileType) -> Result<Option<Entry>, LayoutError> {
+    Ok(Some(if ft.is_symlink() {
+        match fs::read_link(path) {
+            Ok(target) => Entry::Link(target),
+            // Removed since the directory was read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(LayoutError::io("read link", path, e)),
+        }
     } else if ft.is_file() {
         Entry::File
     } else if ft.is_dir() {
         Entry::Dir
     } else {
         Entry::Other
-    })
+    }))
 }
 
 /// Only links and plain files under the temp prefix are leftovers; a directory

@@ -135,35 +135,35 @@ pub fn assert_user_things_intact(data: &Path, things: &BTreeMap<PathBuf, UserThi
 }
 
 /// The manifest's links (relative path → target); panics on any pending entry.
-pub fn manifest_links(data: &Path) -> BTreeMap<PathBuf, PathBuf> {
+pub fn manifest_links(data: &Path) -> BTreeMap<String, PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        links: BTreeMap<String, Link>,
+        pending: Option<serde_json::Value>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Link {
+        target: PathBuf,
+    }
     let path = data.join(".sd-webui-supervisor/manifest.json");
     let Ok(bytes) = fs::read(&path) else {
         return BTreeMap::new();
     };
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let m: Manifest = serde_json::from_slice(&bytes).unwrap();
     assert!(
-        v.get("pending").is_none(),
+        m.pending.is_none(),
         "a finished layout leaves nothing pending"
     );
-    v["links"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, o)| {
-            (
-                PathBuf::from(k),
-                PathBuf::from(o["target"].as_str().unwrap()),
-            )
-        })
-        .collect()
+    m.links.into_iter().map(|(k, l)| (k, l.target)).collect()
 }
 
-/// Symlinks in the given folders (relative to `data`) that no user made.
+/// Symlinks in the given folders (relative to `data`) that no user made, by
+/// relative path (`folder/name`, as the manifest spells it).
 pub fn supervisor_links(
     data: &Path,
     folders: &[&str],
     user: &BTreeMap<PathBuf, UserThing>,
-) -> BTreeMap<PathBuf, PathBuf> {
+) -> BTreeMap<String, PathBuf> {
     let mut links = BTreeMap::new();
     for folder in folders {
         let Ok(entries) = fs::read_dir(data.join(folder)) else {
@@ -171,8 +171,8 @@ pub fn supervisor_links(
         };
         for e in entries {
             let e = e.unwrap();
-            let rel = Path::new(folder).join(e.file_name());
-            if e.file_type().unwrap().is_symlink() && !user.contains_key(&rel) {
+            let rel = format!("{folder}/{}", e.file_name().to_str().unwrap());
+            if e.file_type().unwrap().is_symlink() && !user.contains_key(Path::new(&rel)) {
                 links.insert(rel, fs::read_link(e.path()).unwrap());
             }
         }
@@ -202,12 +202,15 @@ pub fn leftover_temps(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Per entry: inode, mode, size, mtime (s, ns), ctime (s, ns).
+pub type Stamp = (u64, u32, u64, i64, i64, i64, i64);
+
+/// Every entry under a dir with its [`Stamp`].
+pub type TreeState = BTreeMap<PathBuf, Stamp>;
+
 /// (inode, mode, size, mtime, ctime) of every entry under `dir`, not following
 /// links: any write — a created, removed or renamed entry, a changed file, a
 /// chmod — changes some entry's ctime or inode (the directory's, at least).
-/// Per path: (inode, mode, size, mtime, mtime_nsec, ctime, ctime_nsec).
-pub type TreeState = BTreeMap<PathBuf, (u64, u32, u64, i64, i64, i64, i64)>;
-
 pub fn tree_state(dir: &Path) -> TreeState {
     use std::os::unix::fs::MetadataExt;
     let mut state = BTreeMap::new();
