@@ -21,8 +21,8 @@ pub enum Event {
     Queue(Result<Queue, String>, Instant),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
-        /// Exit of the main process, if known.
-        status: Option<io::Result<ExitStatus>>,
+        /// Exit of the main process.
+        status: io::Result<ExitStatus>,
         /// What to do now.
         then: AfterStop,
     },
@@ -168,7 +168,7 @@ impl Supervisor {
         tokio::spawn(async move {
             proc.reap_group().await;
             let _ = events.send(Event::Gone {
-                status: Some(status),
+                status,
                 then: AfterStop::Crash(format!("UI exited ({exit})")),
             });
         });
@@ -193,10 +193,7 @@ impl Supervisor {
         let events = self.events.clone();
         tokio::spawn(async move {
             let status = proc.stop(grace).await;
-            let _ = events.send(Event::Gone {
-                status: Some(status),
-                then,
-            });
+            let _ = events.send(Event::Gone { status, then });
         });
     }
 
@@ -224,13 +221,18 @@ impl Supervisor {
                 self.check_pending(Instant::now());
             }
             Event::Gone { status, then } => {
-                if let Some(Ok(s)) = &status {
+                if let Ok(s) = &status {
                     tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");
                 }
-                self.ui = Ui::Down;
                 match then {
-                    AfterStop::Start => self.start_ui().await,
-                    AfterStop::Crash(why) => self.record_crash(why),
+                    AfterStop::Start => {
+                        self.ui = Ui::Down;
+                        self.start_ui().await;
+                    }
+                    AfterStop::Crash(why) => {
+                        self.ui = Ui::Down;
+                        self.record_crash(why);
+                    }
                 }
             }
         }
@@ -333,7 +335,9 @@ impl Supervisor {
 
     /// Timers: readiness and queue probes, startup timeout, backoff, GPU re-checks,
     /// pending-restart deadline and idle grace.
-    pub(super) fn on_timers(&mut self, now: Instant) {
+    /// A due launch is awaited here, inside one loop step, so no state between the
+    /// old phase and the launch outcome is ever published.
+    pub(super) async fn on_timers(&mut self, now: Instant) {
         match &self.ui {
             Ui::Starting { since, probe, .. } => {
                 if now.duration_since(*since) >= self.config.ui.startup_timeout {
@@ -352,22 +356,8 @@ impl Supervisor {
                 self.spawn_probe(probe.clone(), false);
                 self.next_probe = now + self.config.restart.poll_interval;
             }
-            Ui::Backoff { until, .. } if now >= *until => {
-                self.ui = Ui::Down;
-                let events = self.events.clone();
-                // Start from the loop (start_ui is async): a Gone event with Start does it.
-                let _ = events.send(Event::Gone {
-                    status: None,
-                    then: AfterStop::Start,
-                });
-            }
-            Ui::Waiting { recheck, .. } if now >= *recheck => {
-                self.ui = Ui::Down;
-                let _ = self.events.send(Event::Gone {
-                    status: None,
-                    then: AfterStop::Start,
-                });
-            }
+            Ui::Backoff { until, .. } if now >= *until => self.start_ui().await,
+            Ui::Waiting { recheck, .. } if now >= *recheck => self.start_ui().await,
             _ => {}
         }
         self.check_pending(now);
@@ -408,7 +398,7 @@ impl Supervisor {
             self.publish();
             while let Some(ev) = events.recv().await {
                 if let Event::Gone { status, .. } = ev {
-                    if let Some(Ok(s)) = status {
+                    if let Ok(s) = status {
                         tracing::info!(exit = %describe_exit(&s), "UI stopped");
                     }
                     break;

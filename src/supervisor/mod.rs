@@ -239,7 +239,7 @@ impl Supervisor {
                 Some(cmd) = commands.recv() => self.on_command(cmd).await,
                 Some(ev) = events.recv() => self.on_event(ev).await,
                 status = lifecycle::child_exit(&mut self.ui) => self.on_exit(status),
-                () = tokio::time::sleep_until(wake) => self.on_tick(),
+                () = tokio::time::sleep_until(wake) => self.on_tick().await,
             }
         }
         self.shutdown(&mut events).await;
@@ -280,7 +280,7 @@ impl Supervisor {
     }
 
     /// Periodic duties: watchdog, start-timeout extension, probes, timers.
-    fn on_tick(&mut self) {
+    async fn on_tick(&mut self) {
         let now = Instant::now();
         if let (Some(next), Some(every)) = (self.next_watchdog, self.notifier.watchdog_interval())
             && now >= next
@@ -292,7 +292,7 @@ impl Supervisor {
             self.notifier.extend_timeout(EXTEND_EVERY * 6);
             self.next_extend = now + EXTEND_EVERY;
         }
-        self.on_timers(now);
+        self.on_timers(now).await;
     }
 
     /// Builds and publishes the snapshot; sends `STATUS=` when it changed.

@@ -88,7 +88,8 @@ impl Supervisor {
         outcome.needs_restart = change.restart_reasons.clone();
         self.apply_live(&change, &mut outcome).await;
         if change.needs_restart() {
-            self.schedule(change.restart_reasons.clone(), self.config.restart.policy);
+            self.schedule(change.restart_reasons.clone(), self.config.restart.policy)
+                .await;
         }
         outcome
     }
@@ -184,7 +185,7 @@ pub(super) async fn send_settings(
 
 impl Supervisor {
     /// Adds reasons to the pending restart (merging several reloads into one).
-    pub(super) fn schedule(&mut self, reasons: Vec<String>, policy: RestartPolicy) {
+    pub(super) async fn schedule(&mut self, reasons: Vec<String>, policy: RestartPolicy) {
         let now = Instant::now();
         if !matches!(
             self.ui,
@@ -195,10 +196,7 @@ impl Supervisor {
             self.crash_times.clear();
             self.consecutive_crashes = 0;
             self.ui = Ui::Down;
-            let _ = self.events.send(super::Event::Gone {
-                status: None,
-                then: AfterStop::Start,
-            });
+            self.start_ui().await;
             return;
         }
         let deadline_after = self.config.restart.deadline;
@@ -294,7 +292,8 @@ impl Supervisor {
                 self.restart_now("requested");
             }
             (Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. }, RestartWhen::Idle) => {
-                self.schedule(vec!["requested".into()], RestartPolicy::WhenIdle);
+                self.schedule(vec!["requested".into()], RestartPolicy::WhenIdle)
+                    .await;
             }
             (Ui::Stopping { .. }, RestartWhen::Now) => {}
             _ => {
