@@ -80,6 +80,26 @@ struct Pending {
     created: Instant,
 }
 
+impl Pending {
+    /// A restart pending from now, due at the latest `deadline_after` from now.
+    fn new(
+        reasons: Vec<String>,
+        policy: crate::config::RestartPolicy,
+        deadline_after: Option<Duration>,
+    ) -> Pending {
+        let now = Instant::now();
+        Pending {
+            reasons,
+            policy,
+            since_unix: unix_now(),
+            deadline: deadline_after.map(|d| now + d),
+            deadline_unix: deadline_after.map(|d| unix_now() + d.as_secs()),
+            idle_since: None,
+            created: now,
+        }
+    }
+}
+
 /// Counters published in snapshots and metrics.
 #[derive(Debug, Default)]
 struct Counters {

@@ -186,7 +186,6 @@ pub(super) async fn send_settings(
 impl Supervisor {
     /// Adds reasons to the pending restart (merging several reloads into one).
     pub(super) async fn schedule(&mut self, reasons: Vec<String>, policy: RestartPolicy) {
-        let now = Instant::now();
         if !matches!(
             self.ui,
             Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. }
@@ -200,15 +199,9 @@ impl Supervisor {
             return;
         }
         let deadline_after = self.config.restart.deadline;
-        let p = self.pending.get_or_insert_with(|| Pending {
-            reasons: Vec::new(),
-            policy,
-            since_unix: unix_now(),
-            deadline: deadline_after.map(|d| now + d),
-            deadline_unix: deadline_after.map(|d| unix_now() + d.as_secs()),
-            idle_since: None,
-            created: now,
-        });
+        let p = self
+            .pending
+            .get_or_insert_with(|| Pending::new(Vec::new(), policy, deadline_after));
         if policy != RestartPolicy::Manual {
             p.policy = policy;
         }
@@ -280,14 +273,8 @@ impl Supervisor {
     pub(super) async fn request_restart(&mut self, when: RestartWhen) {
         match (&self.ui, when) {
             (Ui::Ready { .. } | Ui::Starting { .. }, RestartWhen::Now) => {
-                self.pending.get_or_insert_with(|| Pending {
-                    reasons: vec!["requested".into()],
-                    policy: RestartPolicy::Immediately,
-                    since_unix: unix_now(),
-                    deadline: None,
-                    deadline_unix: None,
-                    idle_since: None,
-                    created: Instant::now(),
+                self.pending.get_or_insert_with(|| {
+                    Pending::new(vec!["requested".into()], RestartPolicy::Immediately, None)
                 });
                 self.restart_now("requested");
             }
