@@ -172,10 +172,14 @@ fn ui_starts_with_default_signals_and_empty_mask_and_stops_on_sigint() {
         "the UI started with a non-empty signal mask"
     );
 
+    let guards = common::guards_of(daemon.pid());
+    assert_eq!(guards.len(), 1, "one guard for the UI's group: {guards:?}");
+
     // SIGTERM to the daemon: the UI gets SIGINT (like Ctrl-C), exits, daemon exits 0.
     daemon.signal(Signal::SIGTERM);
     let status = daemon.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0), "daemon exit status {status:?}");
+    assert!(!alive(guards[0]), "the guard outlived a clean stop");
     let signals = record.of("signal");
     assert_eq!(signals.len(), 1, "{signals:#?}");
     assert_eq!(signals[0]["signal"], "SIGINT");
@@ -469,7 +473,6 @@ fn sigkill_of_the_supervisor_leaves_no_process_of_the_ui_group() {
 /// `python launch.py` as a child): PDEATHSIG kills only the wrapper, the Python
 /// process holding the GPU must die too.
 #[test]
-#[ignore = "daemon bug: PR_SET_PDEATHSIG reaches only the UI's main process; its children survive a SIGKILLed supervisor (see the report)"]
 fn sigkill_of_the_supervisor_also_kills_the_uis_children() {
     let mut scene = Scene::new("orphan-wrapped");
     let py = common::python3().display().to_string();
@@ -486,7 +489,10 @@ fn sigkill_of_the_supervisor_also_kills_the_uis_children() {
     let python = pid(&scene.record().wait_starts(1, START)[0]);
     let (_, wrapper, group) = common::proc_stat(python).expect("stand-in runs");
     assert_eq!(wrapper, group, "the wrapper shell leads the UI's group");
+    let guards = common::guards_of(daemon.pid());
+    assert_eq!(guards.len(), 1, "one guard for the UI's group: {guards:?}");
     assert_group_gone_after_sigkill(&scene, daemon, group);
+    assert!(!alive(guards[0]), "the guard outlived the supervisor");
 }
 
 /// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits: the UI

@@ -134,6 +134,19 @@ pub fn alive(pid: i32) -> bool {
     proc_stat(pid).is_some_and(|(state, _, _)| state != 'Z' && state != 'X')
 }
 
+/// The guards `parent` forked for its UI's group (named `sd-webui-guard`; see
+/// src/process/guard.rs).
+pub fn guards_of(parent: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|(_, ppid, _)| ppid == parent)
+                && fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim_end() == "sd-webui-guard")
+        })
+        .collect()
+}
+
 /// Every pid under /proc.
 fn all_pids() -> Vec<i32> {
     fs::read_dir("/proc")

@@ -1,6 +1,9 @@
-//! The UI process: spawned in its own process group, killed by the kernel if the
-//! supervisor dies, stopped as a group, and not considered gone until every process
-//! of the group is gone (so GPU memory is free before the next start).
+//! The UI process: spawned in its own process group, killed if the supervisor
+//! dies (the main process by the kernel, the rest of the group by a [`guard`]),
+//! stopped as a group, and not considered gone until every process of the group is
+//! gone (so GPU memory is free before the next start).
+
+pub mod guard;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -13,6 +16,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+
+use guard::GroupGuard;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +33,8 @@ pub struct Launch {
 pub struct UiProcess {
     child: Child,
     pid: i32,
+    /// Kills the group if the supervisor dies; none if it could not be forked.
+    guard: Option<GroupGuard>,
 }
 
 /// Makes the supervisor the reaper of orphaned descendants, so that processes the UI
@@ -97,7 +104,12 @@ impl UiProcess {
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
-        Ok(UiProcess { child, pid })
+        let guard = GroupGuard::spawn(pid)
+            .inspect_err(|e| {
+                tracing::warn!(pid, error = %e, "cannot fork the UI group's guard; if the supervisor is killed, the UI's child processes may outlive it");
+            })
+            .ok();
+        Ok(UiProcess { child, pid, guard })
     }
 
     /// PID of the UI (also its process group id).
@@ -134,13 +146,21 @@ impl UiProcess {
         };
         self.signal(Signal::SIGKILL);
         wait_group_gone(self.pid).await;
+        self.release_guard().await;
         Ok(status)
     }
 
     /// After the main process exited by itself: kill and reap what it left behind.
-    pub async fn reap_group(self) {
+    pub async fn reap_group(mut self) {
         self.signal(Signal::SIGKILL);
         wait_group_gone(self.pid).await;
+        self.release_guard().await;
+    }
+
+    async fn release_guard(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.release().await;
+        }
     }
 }
 
