@@ -9,7 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::gpu::GpuEnv;
 use crate::notify::Notifier;
 use crate::process::become_subreaper;
-use crate::reload::watch::{ConfigWatcher, DEFAULT_DEBOUNCE};
+use crate::reload::watch::{ConfigWatcher, Debounce};
 use crate::state::CoreHandle;
 use crate::supervisor::Supervisor;
 
@@ -65,7 +65,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
 
     tokio::spawn(reload_on_sighup(handle.clone(), sighup));
     // NixOS swaps /etc/static rather than the file: the watcher follows the chain.
-    let watcher = match ConfigWatcher::start(path, &text, DEFAULT_DEBOUNCE) {
+    let watcher = match ConfigWatcher::start(path, &text, Debounce::default()) {
         Ok((watcher, changes)) => {
             tokio::spawn(reload_on_change(
                 handle.clone(),
@@ -96,7 +96,7 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
 async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::Signal) {
     while sighup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading");
-        if handle.reload_for_systemd().await.is_err() {
+        if handle.reload().await.is_err() {
             return;
         }
     }

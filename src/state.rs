@@ -145,10 +145,6 @@ pub enum RestartWhen {
 pub enum Command {
     /// Re-read the config file and apply it (same as SIGHUP).
     Reload {
-        /// Whether systemd asked (SIGHUP under `Type=notify-reload`): only then is the
-        /// reload announced with `RELOADING=1`…`READY=1`, so one edit that also wakes
-        /// the file watcher is not reported to systemd twice.
-        announce: bool,
         /// Receives the outcome once validation, the live part and scheduling are done.
         reply: oneshot::Sender<ReloadOutcome>,
     },
@@ -200,17 +196,8 @@ impl CoreHandle {
 
     /// Asks the core to reload its config file and waits for the outcome.
     pub async fn reload(&self) -> Result<ReloadOutcome, HandleError> {
-        self.reload_with(false).await
-    }
-
-    /// A reload systemd asked for (SIGHUP): announced with `RELOADING=1`/`READY=1`.
-    pub async fn reload_for_systemd(&self) -> Result<ReloadOutcome, HandleError> {
-        self.reload_with(true).await
-    }
-
-    async fn reload_with(&self, announce: bool) -> Result<ReloadOutcome, HandleError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Reload { announce, reply }).await?;
+        self.send(Command::Reload { reply }).await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 

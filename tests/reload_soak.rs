@@ -216,7 +216,6 @@ impl Killed {
 }
 
 #[test]
-#[ignore = "passed 2 of 3 runs after the fixes; the failing run was not captured: run with --ignored and look before re-enabling"]
 fn soak_100_changes_under_load_interrupt_no_job() {
     let seed: u64 = std::env::var("SOAK_SEED")
         .ok()
@@ -326,11 +325,12 @@ fn soak_100_changes_under_load_interrupt_no_job() {
     }
 
     let uis = s.daemon().launches();
-    let reloads = s
-        .notify
-        .messages()
-        .iter()
-        .filter(|m| m.lines().any(|l| l == "RELOADING=1"))
+    // The watcher and the SIGHUP both see each change; whichever comes second
+    // finds the content unchanged. Count the reloads that applied something.
+    let reloads = std::fs::read_to_string(&s.daemon().log)
+        .expect("the daemon log")
+        .lines()
+        .filter(|l| l.contains("reload result=applied"))
         .count();
     let (unavoidable, real): (Vec<&Killed>, Vec<&Killed>) =
         killed.iter().partition(|k| k.unavoidable());

@@ -6,12 +6,17 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use sd_webui_supervisor::reload::watch::{ConfigWatcher, WatchError};
+use sd_webui_supervisor::reload::watch::{ConfigWatcher, Debounce, WatchError};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::timeout;
 
 /// Short so the tests are quick; the daemon uses the default.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+const QUIET: Duration = Duration::from_millis(100);
+const DEBOUNCE: Debounce = Debounce {
+    quiet: QUIET,
+    incomplete: QUIET,
+    is_complete: |_, _| true,
+};
 
 /// How long a notification that must come may take.
 const COMES_WITHIN: Duration = Duration::from_secs(5);
@@ -109,7 +114,7 @@ async fn a_burst_of_writes_fires_once_with_the_last_content() {
     // Longer than the others: a loaded machine must not split the burst.
     let debounce = Duration::from_millis(300);
     let initial = fs::read(&path).unwrap();
-    let (_w, mut rx) = ConfigWatcher::start(&path, &initial, debounce).unwrap();
+    let (_w, mut rx) = ConfigWatcher::start(&path, &initial, Debounce::fixed(debounce)).unwrap();
     // Another process writes while the daemon's runtime runs the watcher.
     let writer = path.clone();
     let (took, widest_gap) = tokio::task::spawn_blocking(move || {
@@ -267,4 +272,43 @@ async fn dropping_the_watcher_closes_the_channel() {
 fn starting_outside_a_runtime_is_an_error() {
     let result = ConfigWatcher::start(Path::new("/etc/hostname"), b"", DEBOUNCE);
     assert!(matches!(result, Err(WatchError::NoRuntime)));
+}
+
+/// "Complete" for these tests: the last line says so.
+fn ends_with_end(_: &Path, bytes: &[u8]) -> bool {
+    bytes.ends_with(b"# end\n")
+}
+
+#[tokio::test]
+async fn half_written_content_waits_for_the_writer_to_finish() {
+    let (_d, root) = root();
+    let path = root.join("config.toml");
+    fs::write(&path, "a = 0\n# end\n").unwrap();
+    let debounce = Debounce {
+        quiet: Duration::from_millis(50),
+        incomplete: Duration::from_millis(1500),
+        is_complete: ends_with_end,
+    };
+    let initial = fs::read(&path).unwrap();
+    let (_w, mut rx) = ConfigWatcher::start(&path, &initial, debounce).unwrap();
+
+    // A writer that stops half-way for longer than the short quiet period.
+    fs::write(&path, "a = 1\n").unwrap();
+    if let Ok(got) = timeout(Duration::from_millis(400), rx.recv()).await {
+        panic!("half-written content was announced: {got:?}");
+    }
+    fs::write(&path, "a = 1\n# end\n").unwrap();
+    comes(&mut rx).await;
+    stays_quiet(&mut rx).await;
+
+    // Content that stays incomplete is announced after all (the reload then
+    // rejects it and says why), once it has been quiet for `incomplete`.
+    let begun = std::time::Instant::now();
+    fs::write(&path, "a = 2\n").unwrap();
+    comes(&mut rx).await;
+    assert!(
+        begun.elapsed() >= debounce.incomplete,
+        "incomplete content announced after {:?}",
+        begun.elapsed()
+    );
 }

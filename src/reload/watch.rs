@@ -4,9 +4,11 @@
 //! changes, and editors rename a new file over the old one, so watching the file
 //! is not enough: every directory along its symlink chain is watched
 //! (non-recursively), and the chain is resolved and the watches re-registered
-//! after every burst of events. A burst ends after a quiet period; then the file is
-//! read and compared with the content last seen, so a touch, a swap to identical
-//! content, or the daemon's own reload fires nothing.
+//! after every burst of events. A burst ends after a short quiet period; then the
+//! file is read and compared with the content last seen, so a touch, a swap to
+//! identical content, or the daemon's own reload fires nothing. Content that does
+//! not parse is likely a write caught half-way, so it must stay quiet much longer
+//! before it is announced (and rejected by the reload, with the error shown).
 //!
 //! notify calls back on its own thread; the callback only forwards into a tokio
 //! task, which does the debounce, the re-registration and the comparison, so the
@@ -28,9 +30,43 @@ use tokio::time::Instant;
 
 use super::chain::{self, Chain};
 
-/// Quiet period that ends a burst of events: long enough for an editor's or
-/// activation's several steps, short next to a human.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+/// When a burst of events is over and the file is worth announcing.
+#[derive(Debug, Clone, Copy)]
+pub struct Debounce {
+    /// Quiet period that ends a burst: an editor's or activation's several steps
+    /// come within microseconds of each other, and this is the floor of the
+    /// write → reload latency.
+    pub quiet: Duration,
+    /// Quiet period for content `is_complete` rejects: a half-written file must
+    /// not be reported as a broken config while its writer is still busy.
+    pub incomplete: Duration,
+    /// Whether content looks finished (for the daemon: it parses as a config).
+    pub is_complete: fn(&Path, &[u8]) -> bool,
+}
+
+impl Debounce {
+    /// One quiet period for every content.
+    pub fn fixed(quiet: Duration) -> Debounce {
+        Debounce {
+            quiet,
+            incomplete: quiet,
+            is_complete: |_, _| true,
+        }
+    }
+}
+
+impl Default for Debounce {
+    /// The daemon's: 20 ms for a config that parses, 500 ms for one that does not.
+    fn default() -> Debounce {
+        Debounce {
+            quiet: Duration::from_millis(20),
+            incomplete: Duration::from_millis(500),
+            is_complete: |path, bytes| {
+                crate::config::Config::parse(path, &String::from_utf8_lossy(bytes)).is_ok()
+            },
+        }
+    }
+}
 
 /// How soon a watch that could not be registered is tried again; until then
 /// the file is effectively polled at this period.
@@ -86,7 +122,7 @@ impl ConfigWatcher {
     pub fn start(
         path: &Path,
         initial: &[u8],
-        debounce: Duration,
+        debounce: Debounce,
     ) -> Result<(ConfigWatcher, mpsc::Receiver<()>), WatchError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
         let path = std::path::absolute(path).map_err(|source| WatchError::Path {
@@ -142,34 +178,51 @@ fn lock(current: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads the file and announces it when it differs from the current content.
-/// Returns false once the receiver is gone.
-fn compare(path: &Path, current: &Mutex<Vec<u8>>, tx: &mpsc::Sender<()>) -> bool {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
+/// What reading the file found.
+enum Read {
+    /// The content last seen (or the file is unreadable mid-swap: the next event
+    /// brings it back).
+    Same,
+    /// New content, not yet recorded.
+    Changed(Vec<u8>),
+}
+
+fn read(path: &Path, current: &Mutex<Vec<u8>>) -> Read {
+    match fs::read(path) {
+        Ok(bytes) if *lock(current) != bytes => Read::Changed(bytes),
+        Ok(_) => Read::Same,
         Err(e) => {
-            // Mid-swap or mid-rename: the next event brings the file back.
             tracing::debug!(path = %path.display(), "config file unreadable for now: {e}");
-            return !tx.is_closed();
+            Read::Same
         }
-    };
-    let mut current = lock(current);
-    if *current == bytes {
-        return !tx.is_closed();
     }
-    *current = bytes;
+}
+
+/// Records `bytes` as current and tells the daemon. Returns false once the
+/// receiver is gone.
+fn announce(bytes: Vec<u8>, current: &Mutex<Vec<u8>>, tx: &mpsc::Sender<()>) -> bool {
+    *lock(current) = bytes;
     // A full channel already holds a notification; the daemon reads the file anew.
     !matches!(tx.try_send(()), Err(mpsc::error::TrySendError::Closed(())))
 }
 
+/// Reads the file and announces it when it differs from the current content.
+/// Returns false once the receiver is gone.
+fn compare(path: &Path, current: &Mutex<Vec<u8>>, tx: &mpsc::Sender<()>) -> bool {
+    match read(path, current) {
+        Read::Changed(bytes) => announce(bytes, current, tx),
+        Read::Same => !tx.is_closed(),
+    }
+}
+
 /// The debounce loop: wait for a relevant event, let the burst end, re-register,
-/// compare.
+/// compare; new content that is not complete waits for a longer quiet.
 async fn run(
     mut tracker: Tracker,
     mut raw: mpsc::UnboundedReceiver<notify::Result<Event>>,
     tx: mpsc::Sender<()>,
     current: Arc<Mutex<Vec<u8>>>,
-    debounce: Duration,
+    debounce: Debounce,
 ) {
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -182,26 +235,69 @@ async fn run(
             },
             _ = sleep_until(retry_at), if retry_at.is_some() => {}
         }
-        let mut quiet_at = Instant::now() + debounce;
+        let mut quiet = debounce.quiet;
         loop {
-            match tokio::time::timeout_at(quiet_at, raw.recv()).await {
-                Err(_) => break,
-                Ok(None) => return,
-                Ok(Some(ev)) if relevant(&tracker.chain, &ev) => {
-                    quiet_at = Instant::now() + debounce
+            match quiet_for(&tracker.chain, &mut raw, quiet, debounce.quiet).await {
+                Quiet::Closed => return,
+                // The writer is back: the content is about to change again.
+                Quiet::Interrupted => {
+                    quiet = debounce.quiet;
+                    continue;
                 }
-                Ok(Some(_)) => {}
+                Quiet::Elapsed => {}
             }
+            retry_at = match tracker.refresh() {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!("config watch incomplete, retrying in {RETRY:?}: {e}");
+                    Some(Instant::now() + RETRY)
+                }
+            };
+            let bytes = match read(&tracker.path, &current) {
+                Read::Same => break,
+                Read::Changed(bytes) => bytes,
+            };
+            if quiet == debounce.incomplete || (debounce.is_complete)(&tracker.path, &bytes) {
+                if !announce(bytes, &current, &tx) {
+                    return;
+                }
+                break;
+            }
+            quiet = debounce.incomplete;
         }
-        retry_at = match tracker.refresh() {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::warn!("config watch incomplete, retrying in {RETRY:?}: {e}");
-                Some(Instant::now() + RETRY)
+    }
+}
+
+/// How a quiet period ended.
+enum Quiet {
+    /// No relevant event for the whole period.
+    Elapsed,
+    /// A relevant event came during the long `incomplete` wait.
+    Interrupted,
+    /// The events' channel closed.
+    Closed,
+}
+
+/// Waits until no relevant event came for `quiet`. During the short quiet an
+/// event starts the period anew; during a longer one it ends the wait.
+async fn quiet_for(
+    chain: &Chain,
+    raw: &mut mpsc::UnboundedReceiver<notify::Result<Event>>,
+    quiet: Duration,
+    short: Duration,
+) -> Quiet {
+    let mut quiet_at = Instant::now() + quiet;
+    loop {
+        match tokio::time::timeout_at(quiet_at, raw.recv()).await {
+            Err(_) => return Quiet::Elapsed,
+            Ok(None) => return Quiet::Closed,
+            Ok(Some(ev)) if relevant(chain, &ev) => {
+                if quiet > short {
+                    return Quiet::Interrupted;
+                }
+                quiet_at = Instant::now() + quiet;
             }
-        };
-        if !compare(&tracker.path, &current, &tx) {
-            return;
+            Ok(Some(_)) => {}
         }
     }
 }

@@ -408,8 +408,8 @@ impl Supervisor {
 
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Reload { announce, reply } => {
-                let outcome = self.reload(announce).await;
+            Command::Reload { reply } => {
+                let outcome = self.reload().await;
                 let _ = reply.send(outcome);
             }
             Command::Restart { when, reply } => {

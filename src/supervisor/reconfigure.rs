@@ -14,10 +14,15 @@ use crate::state::{ReloadOutcome, RestartWhen};
 impl Supervisor {
     /// Reloads the config file: `RELOADING=1`+`MONOTONIC_USEC`, then `READY=1` once
     /// validation, the live part and the scheduling are done (never the queue).
-    pub(super) async fn reload(&mut self, for_systemd: bool) -> ReloadOutcome {
+    ///
+    /// Every reload is announced, whoever asked: systemd shows the truth, and
+    /// `MONOTONIC_USEC` lets it tell a watcher's reload that began before its own
+    /// SIGHUP from the answer to that SIGHUP (which then finds the content
+    /// unchanged and is still announced, as `systemctl reload` waits for it).
+    pub(super) async fn reload(&mut self) -> ReloadOutcome {
         // Before the first READY=1 systemd is still starting us: a reload announced
         // now would end the start job early.
-        let announce = for_systemd && self.sent_ready;
+        let announce = self.sent_ready;
         if announce {
             self.notifier.reloading();
         }
