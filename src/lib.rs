@@ -10,6 +10,7 @@ pub mod layout;
 pub mod notify;
 pub mod probe;
 pub mod process;
+pub mod queue_signal;
 pub mod reload;
 pub mod state;
 pub mod status_line;

@@ -329,6 +329,46 @@ fn settings_keep_every_other_key_and_a_corrupt_file_is_set_aside() {
     );
 }
 
+/// The UI saves `config.json` in place (truncate, then write). A layout that
+/// reads it half-written must wait for the save, not set the file aside.
+#[test]
+fn settings_caught_mid_save_by_the_ui_are_not_set_aside() {
+    let f = Fixture::new();
+    fs::create_dir_all(&f.data).unwrap();
+    let path = f.data.join("config.json");
+    let saved = "{\n    \"outdir_samples\": \"/srv/out\",\n    \"jpeg_quality\": 80\n}";
+    // The first half of the UI's save is on disk when the layout starts…
+    fs::write(&path, &saved[..saved.len() / 2]).unwrap();
+    f.write_config("forge", &[], "sd_model_checkpoint = \"new.safetensors\"");
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            // …and the rest follows a moment later, to the same inode.
+            std::thread::sleep(std::time::Duration::from_millis(80));
+            let mut file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            std::io::Write::write_all(&mut file, saved.as_bytes()).unwrap();
+        })
+    };
+    let (code, _, stderr) = f.layout();
+    writer.join().unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let aside: Vec<PathBuf> = fs::read_dir(&f.data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("corrupt"))
+        .collect();
+    assert_eq!(aside, Vec::<PathBuf>::new(), "{stderr}");
+    let merged: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        merged,
+        serde_json::json!({
+            "outdir_samples": "/srv/out",
+            "jpeg_quality": 80,
+            "sd_model_checkpoint": "new.safetensors",
+        })
+    );
+}
+
 #[test]
 fn comfyui_gets_its_folders_and_settings_file() {
     let f = Fixture::new();

@@ -137,6 +137,36 @@ fn comfyui_restart_waits_for_the_running_and_the_queued_prompt() {
     assert_eq!(s.starts().len(), 2, "exactly one restart");
 }
 
+/// ComfyUI broadcasts its queue length on `/ws`: the supervisor hears the queue
+/// empty at once instead of at its next poll. With a 30 s `poll_interval` the
+/// stop still begins right after the grace.
+#[test]
+fn comfyui_queue_broadcast_ends_the_wait_without_waiting_for_a_poll() {
+    let mut s = Scenario::new("comfy-ws", "comfyui");
+    s.conf.poll_interval = "30s".into();
+    s.start();
+    let first = s.wait_listening(1, SECS(20));
+    let _job = comfy_prompt(s.conf.port, 1.5);
+    s.wait_event("job_start", 1, SECS(10));
+
+    s.conf.extra_args = vec!["--cuda-malloc".into()];
+    s.reload();
+    let ended = s.wait_event("job_end", 1, SECS(10));
+    assert!(ended.completed(), "the prompt was interrupted");
+    let sig = s.wait_event("signal", 1, SECS(20));
+    assert_eq!(sig.pid, first.pid);
+    let after = sig.t - ended.t;
+    // Polling alone would stop it up to 30 s late; the exact bound is
+    // `comfyui_restart_waits_for_the_running_and_the_queued_prompt`'s.
+    assert!(
+        (GRACE..GRACE + 5.0).contains(&after),
+        "the stop began {after:.3} s after the queue emptied (idle_grace {GRACE} s, poll 30 s)\n{}",
+        s.diagnostics()
+    );
+    let second = s.wait_listening(2, SECS(20));
+    assert!(second.argv().contains(&"--cuda-malloc".to_string()));
+}
+
 #[test]
 fn reloads_while_pending_merge_into_one_restart_with_the_newest_config() {
     let mut s = Scenario::new("merge", "forge");

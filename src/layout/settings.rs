@@ -51,6 +51,11 @@ impl<'de> Deserialize<'de> for Members {
     }
 }
 
+/// Whether `bytes` are a JSON object, the only settings file [`merge`] accepts.
+pub(crate) fn is_object(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Members>(bytes).is_ok()
+}
+
 /// Merges `managed` into the file's current bytes (`None`: no file yet).
 ///
 /// `Err` carries why the bytes are not a JSON object; the caller sets the file

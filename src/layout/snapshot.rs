@@ -13,7 +13,13 @@ use std::path::{Path, PathBuf};
 use super::desired::{Desired, Rel, parent};
 use super::manifest::{self, Manifest};
 use super::report::Found;
-use super::{LayoutError, fsio};
+use super::{LayoutError, fsio, settings};
+
+/// How often, and how far apart, a settings file that is not a JSON object is
+/// read again before it is set aside as corrupt (300 ms in all: a save by the UI
+/// takes microseconds).
+const CORRUPT_RECHECKS: usize = 10;
+const CORRUPT_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(30);
 
 /// The state of a folder the layout cares about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,7 +326,16 @@ fn settings_state(desired: &Desired, snap: &Snapshot) -> Result<SettingsState, L
         Some(other) => return Ok(blocked(other.found())),
     };
     let read = |e| LayoutError::io("read", &real, e);
-    let bytes = fs::read(&real).map_err(read)?;
+    let mut bytes = fs::read(&real).map_err(read)?;
+    // The UI saves its settings in place (truncate, then write): a file caught
+    // half-written is not corrupt. Look again for a while before believing it.
+    for _ in 0..CORRUPT_RECHECKS {
+        if settings::is_object(&bytes) {
+            break;
+        }
+        std::thread::sleep(CORRUPT_RECHECK_EVERY);
+        bytes = fs::read(&real).map_err(read)?;
+    }
     let mode = fs::metadata(&real).map_err(read)?.permissions().mode() & 0o7777;
     Ok(SettingsState::Present {
         path: real,

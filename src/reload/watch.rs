@@ -235,6 +235,7 @@ async fn run(
             },
             _ = sleep_until(retry_at), if retry_at.is_some() => {}
         }
+        let first = Instant::now();
         let mut quiet = debounce.quiet;
         loop {
             match quiet_for(&tracker.chain, &mut raw, quiet, debounce.quiet).await {
@@ -258,6 +259,7 @@ async fn run(
                 Read::Changed(bytes) => bytes,
             };
             if quiet == debounce.incomplete || (debounce.is_complete)(&tracker.path, &bytes) {
+                tracing::debug!(after = ?first.elapsed(), "config file content changed");
                 if !announce(bytes, &current, &tx) {
                     return;
                 }

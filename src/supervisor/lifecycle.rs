@@ -6,9 +6,11 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use super::{CRASH_WINDOW, MAX_CRASHES, STARTING_PROBE, Supervisor, Ui, unix_now};
+use crate::flavor::Flavor;
 use crate::gpu::{Preflight, preflight};
 use crate::probe::{ApiAuth, Probe, ProbeError};
 use crate::process::{Launch, UiProcess, describe_exit};
+use crate::queue_signal::QueueSignal;
 use crate::state::Queue;
 
 /// Results of work the core spawned.
@@ -19,6 +21,8 @@ pub enum Event {
     /// A queue probe finished; `sent` is when it was sent (a restart may act only
     /// on a reading taken after the idle grace ended).
     Queue(Result<Queue, String>, Instant),
+    /// ComfyUI broadcast its queue length (`/ws`): probe now if a restart waits.
+    QueueChanged(u32),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process.
@@ -127,10 +131,12 @@ impl Supervisor {
     /// Runs the layout off the async thread; keeps the conflicts for the status.
     pub(super) async fn lay_out(&mut self) -> Result<crate::layout::LayoutReport, String> {
         let config = self.config.clone();
+        let began = std::time::Instant::now();
         let report = tokio::task::spawn_blocking(move || crate::layout::apply(&config))
             .await
             .map_err(|e| format!("layout task failed: {e}"))?
             .map_err(|e| format!("layout failed: {e}"))?;
+        tracing::debug!(took = ?began.elapsed(), actions = report.actions_applied, "layout done");
         self.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
         for c in &self.conflicts {
             tracing::warn!(conflict = %c, "layout conflict: kept the user's file");
@@ -220,6 +226,12 @@ impl Supervisor {
                 }
                 self.check_pending(Instant::now());
             }
+            Event::QueueChanged(remaining) => {
+                if self.pending.is_some() && matches!(self.ui, Ui::Ready { .. }) {
+                    tracing::debug!(remaining, "queue broadcast: probing now");
+                    self.next_probe = Instant::now();
+                }
+            }
             Event::Gone { status, then } => {
                 if let Ok(s) = &status {
                     tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");
@@ -246,10 +258,17 @@ impl Supervisor {
         tracing::info!(pid = proc.pid(), took = ?took, "UI is ready");
         self.last_time_to_ready_ms = Some(took.as_millis() as u64);
         self.ready_since_unix = Some(unix_now());
+        let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
+            let events = self.events.clone();
+            QueueSignal::start(self.config.ui.port, move |n| {
+                let _ = events.send(Event::QueueChanged(n));
+            })
+        });
         self.ui = Ui::Ready {
             proc,
             probe,
             since: Instant::now(),
+            _signal: signal,
         };
         self.next_probe = Instant::now();
         self.ready_once();

@@ -24,6 +24,7 @@ use crate::gpu::GpuEnv;
 use crate::notify::Notifier;
 use crate::probe::Probe;
 use crate::process::UiProcess;
+use crate::queue_signal::QueueSignal;
 use crate::state::{Command, CoreHandle, Phase, Queue, ReloadOutcome, Snapshot};
 use crate::status_line::{StatusInput, render};
 
@@ -52,6 +53,8 @@ enum Ui {
         proc: UiProcess,
         probe: Probe,
         since: Instant,
+        /// ComfyUI's queue broadcasts, while it runs (dropped with the state).
+        _signal: Option<QueueSignal>,
     },
     /// A task is stopping or reaping it; `pid` for the status.
     Stopping { pid: u32, why: String },

@@ -433,7 +433,11 @@ impl Daemon {
         cmd.arg("run")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info")
+            // `DAEMON_LOG=sd_webui_supervisor=debug` when a failure needs more.
+            .env(
+                "RUST_LOG",
+                std::env::var("DAEMON_LOG").unwrap_or("info".into()),
+            )
             .env("NO_COLOR", "1")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
