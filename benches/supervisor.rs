@@ -63,6 +63,20 @@ fn status_bytes(pid: i32, field: &str) -> f64 {
         .map_or(0.0, |kb| kb * 1024.0)
 }
 
+/// Proportional set size (shared pages split among their users) from
+/// /proc/<pid>/smaps_rollup: the fair figure for the guard, whose pages are
+/// mostly the supervisor's, shared copy-on-write since the fork.
+fn pss_bytes(pid: i32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb * 1024.0)
+}
+
 /// One process watched over the idle window.
 struct Watched {
     label: String,
@@ -156,6 +170,12 @@ fn bench_idle(release: &Path, debug: Option<&Path>) {
             Watched::new(format!("supervisor ({label} build)"), daemon.pid()),
             true,
         ));
+        for guard in common::guards_of(daemon.pid()) {
+            watched.push((
+                Watched::new(format!("its UI group's guard ({label})"), guard),
+                false,
+            ));
+        }
         watched.push((
             Watched::new(format!("stand-in UI (python, {label} run)"), ui),
             false,
@@ -172,6 +192,16 @@ fn bench_idle(release: &Path, debug: Option<&Path>) {
     let wall = began.elapsed().as_secs_f64();
     for (w, goal) in &watched {
         w.report(wall, *goal);
+    }
+    for (_, daemon, _) in &running {
+        let guards = common::guards_of(daemon.pid());
+        let guard_pss: f64 = guards.iter().map(|&g| pss_bytes(g)).sum();
+        println!(
+            "  supervisor {} + guard: PSS {:.2} MB + {:.2} MB (shared pages counted once)",
+            daemon.pid(),
+            pss_bytes(daemon.pid()) / MB,
+            guard_pss / MB
+        );
     }
     for (scene, _, notify) in &running {
         let starts = scene.record().starts().len();
