@@ -291,6 +291,15 @@ fn undeclared_links_are_removed_but_never_a_users() {
     assert!(leftover_temps(&f.data).is_empty());
 }
 
+/// The `config.json.corrupt-*` copies in `data`.
+fn set_aside_settings(data: &Path) -> Vec<PathBuf> {
+    fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("config.json.corrupt-"))
+        .collect()
+}
+
 #[test]
 fn settings_keep_every_other_key_and_a_corrupt_file_is_set_aside() {
     let f = Fixture::new();
@@ -314,11 +323,7 @@ fn settings_keep_every_other_key_and_a_corrupt_file_is_set_aside() {
     fs::write(f.data.join("config.json"), b"{\"truncated\": ").unwrap();
     let (code, _, stderr) = f.layout();
     assert_eq!(code, 0, "{stderr}");
-    let aside: Vec<PathBuf> = fs::read_dir(&f.data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains("config.json.corrupt-"))
-        .collect();
+    let aside = set_aside_settings(&f.data);
     assert_eq!(aside.len(), 1);
     assert_eq!(fs::read(&aside[0]).unwrap(), b"{\"truncated\": ");
     let fresh: serde_json::Value =
@@ -352,11 +357,7 @@ fn settings_caught_mid_save_by_the_ui_are_not_set_aside() {
     let (code, _, stderr) = f.layout();
     writer.join().unwrap();
     assert_eq!(code, 0, "{stderr}");
-    let aside: Vec<PathBuf> = fs::read_dir(&f.data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains("corrupt"))
-        .collect();
+    let aside = set_aside_settings(&f.data);
     assert_eq!(aside, Vec::<PathBuf>::new(), "{stderr}");
     let merged: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     assert_eq!(
