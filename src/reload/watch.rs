@@ -236,13 +236,20 @@ async fn run(
             _ = sleep_until(retry_at), if retry_at.is_some() => {}
         }
         let first = Instant::now();
-        let mut quiet = debounce.quiet;
+        // Whether the content read last did not look complete, so the wait now
+        // is the long one.
+        let mut incomplete = false;
         loop {
-            match quiet_for(&tracker.chain, &mut raw, quiet, debounce.quiet).await {
+            let wait = if incomplete {
+                Wait::Long(debounce.incomplete)
+            } else {
+                Wait::Short(debounce.quiet)
+            };
+            match quiet_for(&tracker.chain, &mut raw, wait).await {
                 Quiet::Closed => return,
                 // The writer is back: the content is about to change again.
                 Quiet::Interrupted => {
-                    quiet = debounce.quiet;
+                    incomplete = false;
                     continue;
                 }
                 Quiet::Elapsed => {}
@@ -258,46 +265,56 @@ async fn run(
                 Read::Same => break,
                 Read::Changed(bytes) => bytes,
             };
-            if quiet == debounce.incomplete || (debounce.is_complete)(&tracker.path, &bytes) {
+            if incomplete || (debounce.is_complete)(&tracker.path, &bytes) {
                 tracing::debug!(after = ?first.elapsed(), "config file content changed");
                 if !announce(bytes, &current, &tx) {
                     return;
                 }
                 break;
             }
-            quiet = debounce.incomplete;
+            incomplete = true;
         }
     }
+}
+
+/// A quiet period to wait for.
+enum Wait {
+    /// The end of a burst: every relevant event starts it anew.
+    Short(Duration),
+    /// After incomplete content: a relevant event ends it (the writer is back).
+    Long(Duration),
 }
 
 /// How a quiet period ended.
 enum Quiet {
     /// No relevant event for the whole period.
     Elapsed,
-    /// A relevant event came during the long `incomplete` wait.
+    /// A relevant event came during a [`Wait::Long`].
     Interrupted,
     /// The events' channel closed.
     Closed,
 }
 
-/// Waits until no relevant event came for `quiet`. During the short quiet an
-/// event starts the period anew; during a longer one it ends the wait.
+/// Waits until no relevant event came for the period of `wait`.
 async fn quiet_for(
     chain: &Chain,
     raw: &mut mpsc::UnboundedReceiver<notify::Result<Event>>,
-    quiet: Duration,
-    short: Duration,
+    wait: Wait,
 ) -> Quiet {
-    let mut quiet_at = Instant::now() + quiet;
+    let (period, restarts) = match wait {
+        Wait::Short(period) => (period, true),
+        Wait::Long(period) => (period, false),
+    };
+    let mut quiet_at = Instant::now() + period;
     loop {
         match tokio::time::timeout_at(quiet_at, raw.recv()).await {
             Err(_) => return Quiet::Elapsed,
             Ok(None) => return Quiet::Closed,
             Ok(Some(ev)) if relevant(chain, &ev) => {
-                if quiet > short {
+                if !restarts {
                     return Quiet::Interrupted;
                 }
-                quiet_at = Instant::now() + quiet;
+                quiet_at = Instant::now() + period;
             }
             Ok(Some(_)) => {}
         }
