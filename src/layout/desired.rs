@@ -14,17 +14,18 @@ use crate::flavor::ModelKind;
 pub(crate) struct Want {
     /// Absolute target from the config.
     pub target: PathBuf,
-    /// The declaration, for messages and the refresh decision.
-    pub wanted: Wanted,
+    /// The model kind of a model link; `None` for an extension.
+    pub kind: Option<ModelKind>,
 }
 
-impl Want {
-    /// The model kind of a model link; `None` for an extension.
-    pub(crate) fn kind(&self) -> Option<ModelKind> {
-        match &self.wanted {
-            Wanted::Model { kind, .. } => Some(*kind),
-            _ => None,
-        }
+/// The declaration behind a link at `rel` of this kind (`None`: an extension),
+/// for messages and the refresh decision. Derived rather than stored: only a
+/// link that changes needs it.
+pub(crate) fn wanted(rel: &str, kind: Option<ModelKind>) -> Wanted {
+    let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
+    match kind {
+        Some(kind) => Wanted::Model { kind, name },
+        None => Wanted::Extension { name },
     }
 }
 
@@ -38,6 +39,15 @@ pub(crate) type Rel = String;
 /// The folder part of a [`Rel`] (`""` for the data dir itself).
 pub(crate) fn parent(rel: &str) -> &str {
     rel.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// `dir/name`, allocated once.
+pub(crate) fn join(dir: &str, name: &str) -> Rel {
+    let mut rel = String::with_capacity(dir.len() + 1 + name.len());
+    rel.push_str(dir);
+    rel.push('/');
+    rel.push_str(name);
+    rel
 }
 
 /// The desired state of one data dir.
@@ -65,29 +75,24 @@ impl Desired {
         // Validation guarantees every kind has a folder for the flavor.
         let models = config.models.iter().filter_map(|(kind, files)| {
             let dir = flavor.model_dir(*kind)?;
-            Some(files.iter().map(move |(name, target)| {
-                let wanted = Wanted::Model {
-                    kind: *kind,
-                    name: name.clone(),
-                };
-                (format!("{dir}/{name}"), target, wanted)
-            }))
-        });
-        let extensions = config.extensions.iter().map(|(name, target)| {
-            let wanted = Wanted::Extension { name: name.clone() };
-            (
-                format!("{}/{name}", flavor.extensions_dir()),
-                target,
-                wanted,
+            Some(
+                files
+                    .iter()
+                    .map(move |(name, target)| (join(dir, name), target, Some(*kind))),
             )
         });
+        let extensions_dir = flavor.extensions_dir();
+        let extensions = config
+            .extensions
+            .iter()
+            .map(|(name, target)| (join(extensions_dir, name), target, None));
         // Collected at once: a bulk build, not 10,000 ordered inserts.
         let links: BTreeMap<Rel, Want> = models
             .flatten()
             .chain(extensions)
-            .map(|(rel, target, wanted)| {
+            .map(|(rel, target, kind)| {
                 let target = target.clone();
-                (rel, Want { target, wanted })
+                (rel, Want { target, kind })
             })
             .collect();
         let link_dirs: BTreeSet<Rel> = flavor.required_dirs().into_iter().map(Rel::from).collect();

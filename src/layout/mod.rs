@@ -17,11 +17,13 @@
 mod action;
 mod command;
 mod desired;
+mod dirscan;
 mod exec;
 mod fsio;
 mod manifest;
 mod plan;
 mod report;
+mod rows;
 mod settings;
 mod snapshot;
 

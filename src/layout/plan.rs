@@ -4,16 +4,18 @@
 //! what is replaced) is unit- and property-tested on synthetic snapshots.
 //!
 //! Ownership is kept as the recorded manifest plus small deltas, so that an
-//! unchanged relayout of 10,000 links copies nothing.
+//! unchanged relayout of 10,000 links copies nothing; the declared and the
+//! recorded links are walked together in path order (both are sorted), so each
+//! path costs one lookup on disk and none in another map.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::action::{Action, Removal};
-use super::desired::{Desired, Rel, Want, parent};
+use super::desired::{Desired, Rel, Want, wanted};
 use super::manifest::{self, Links, Manifest, Owned};
 use super::report::{Conflict, Dangling, Wanted};
+use super::rows::{FolderOf, Row, rows};
 use super::settings::{self, Merge};
 use super::snapshot::{DirState, Entry, SettingsState, Snapshot};
 
@@ -144,44 +146,143 @@ pub(crate) fn plan(desired: &Desired, mut snap: Snapshot) -> Plan {
     );
 
     let recorded = snap.manifest.take().unwrap_or_default();
-    let Ownership {
-        owned,
-        forget,
-        adopt,
-    } = verify(&snap, &recorded);
-    let (mut pending, mut relabel, mut removed) = (Links::new(), Vec::new(), Vec::new());
-    for (rel, want) in &desired.links {
-        if !reachable(&snap, rel) {
-            continue; // the folder's conflict is reported once, above
+    let mut links = Decided::default();
+    let mut folders = FolderOf::new(&snap);
+    // One pass over the declared and the recorded paths together, in path order:
+    // each path is looked up on disk once, and its folder once per folder.
+    for row in rows(&desired.links, &recorded) {
+        let (rel, dir) = (row.rel, folders.of(row.rel));
+        let entry = snap.entries.get(rel);
+        let owner = links.owner(&row, dir, entry);
+        match row.want {
+            Some(want) if reachable(dir) => {
+                let target_ok = !snap.missing_targets.contains(&want.target);
+                links.declared(root, rel, want, entry, owner, target_ok);
+            }
+            // The folder's conflict is reported once, above.
+            Some(_) => {}
+            None => links.undeclared(root, rel, owner, dir),
         }
-        let target_ok = !snap.missing_targets.contains(&want.target);
+    }
+    actions.append(&mut links.actions);
+    // Owned links nobody declares any more, after the declared ones.
+    actions.append(&mut links.removals);
+    settings_actions(desired, &snap, &mut actions);
+    Plan {
+        data_dir: root.clone(),
+        actions,
+        recorded,
+        forget: links.forget,
+        adopt: links.adopt,
+        relabel: links.relabel,
+        removed: links.removed,
+        pending: links.pending,
+    }
+}
+
+/// What the plan decides about links, beside the actions.
+#[derive(Default)]
+struct Decided {
+    /// Recorded links that are gone or no longer the supervisor's.
+    forget: Vec<Rel>,
+    /// Pending records whose links stand exactly as intended.
+    adopt: Vec<(Rel, Owned)>,
+    /// Owned links whose record changes (the kind).
+    relabel: Vec<(Rel, Owned)>,
+    /// Owned links to be removed.
+    removed: Vec<Rel>,
+    /// Links to be created or replaced.
+    pending: Links,
+    /// The actions for declared links.
+    actions: Vec<Action>,
+    /// The removals of undeclared links, which follow the declared actions.
+    removals: Vec<Action>,
+}
+
+impl Decided {
+    /// Whose link stands at the row's path now: the recorded link if it stands
+    /// exactly as recorded, else a pending record if its link does (adopted);
+    /// a record in a folder that cannot be examined is kept. Records that are
+    /// no longer true are forgotten.
+    fn owner<'a>(
+        &mut self,
+        row: &Row<'a>,
+        dir: &DirState,
+        entry: Option<&Entry>,
+    ) -> Option<&'a Owned> {
+        let stands =
+            |record: &Owned| matches!(entry, Some(Entry::Link(t)) if same(t, &record.target));
+        match dir {
+            DirState::Present { .. } => {
+                if let Some(link) = row.link.filter(|l| stands(l)) {
+                    return Some(link);
+                }
+                if let Some(pending) = row.pending.filter(|p| stands(p)) {
+                    // Supersedes the recorded link, if any.
+                    self.adopt.push((row.rel.clone(), pending.clone()));
+                    return Some(pending);
+                }
+            }
+            DirState::Missing => {}
+            DirState::Blocked(_) | DirState::Unreachable => return row.link,
+        }
+        if row.link.is_some() {
+            self.forget.push(row.rel.clone());
+        }
+        None
+    }
+
+    /// Removes an owned link that nobody declares any more, if its folder is there.
+    fn undeclared(&mut self, root: &Path, rel: &Rel, owner: Option<&Owned>, dir: &DirState) {
+        if let (Some(record), DirState::Present { .. }) = (owner, dir) {
+            self.removals.push(Action::RemoveLink {
+                path: root.join(rel),
+                target: record.target.clone(),
+                wanted: wanted(rel, record.kind),
+                why: Removal::Undeclared,
+            });
+            self.removed.push(rel.clone());
+        }
+    }
+
+    /// The actions for a declared link whose folder is there or will be.
+    fn declared(
+        &mut self,
+        root: &Path,
+        rel: &Rel,
+        want: &Want,
+        entry: Option<&Entry>,
+        owner: Option<&Owned>,
+        target_ok: bool,
+    ) {
+        let actions = &mut self.actions;
         let new = || Owned {
             target: want.target.clone(),
-            kind: want.kind(),
+            kind: want.kind,
         };
-        match (snap.entries.get(rel), owned.get(rel.as_str())) {
+        match (entry, owner) {
             (None, _) if target_ok => {
                 actions.push(Action::CreateLink {
                     path: root.join(rel),
                     target: want.target.clone(),
-                    wanted: want.wanted.clone(),
+                    wanted: wanted(rel, want.kind),
                 });
-                pending.insert(rel.clone(), new());
+                self.pending.insert(rel.clone(), new());
             }
-            (None, _) => actions.push(dangling(root.join(rel), want)),
+            (None, _) => actions.push(dangling(root, rel, want)),
             (Some(Entry::Link(old)), Some(_)) if !target_ok => {
                 actions.push(Action::RemoveLink {
                     path: root.join(rel),
                     target: old.clone(),
-                    wanted: want.wanted.clone(),
+                    wanted: wanted(rel, want.kind),
                     why: Removal::TargetMissing,
                 });
-                actions.push(dangling(root.join(rel), want));
-                removed.push(rel.clone());
+                actions.push(dangling(root, rel, want));
+                self.removed.push(rel.clone());
             }
             (Some(Entry::Link(old)), Some(record)) if same(old, &want.target) => {
-                if record.kind != want.kind() {
-                    relabel.push((rel.clone(), new()));
+                if record.kind != want.kind {
+                    self.relabel.push((rel.clone(), new()));
                 }
             }
             (Some(Entry::Link(old)), Some(_)) => {
@@ -189,128 +290,30 @@ pub(crate) fn plan(desired: &Desired, mut snap: Snapshot) -> Plan {
                     path: root.join(rel),
                     old: old.clone(),
                     target: want.target.clone(),
-                    wanted: want.wanted.clone(),
+                    wanted: wanted(rel, want.kind),
                 });
-                pending.insert(rel.clone(), new());
+                self.pending.insert(rel.clone(), new());
             }
             (Some(entry), _) => actions.push(Action::Conflict(Conflict {
                 path: root.join(rel),
                 found: entry.found(),
-                wanted: want.wanted.clone(),
+                wanted: wanted(rel, want.kind),
             })),
         }
     }
-    // Owned links nobody declares any more (in record order, for a stable plan).
-    for records in [&recorded.links, &recorded.pending] {
-        for (rel, record) in undeclared(records, &desired.links) {
-            let is_owned = owned
-                .get(rel.as_str())
-                .is_some_and(|o| std::ptr::eq(*o, record));
-            if is_owned && matches!(snap.dir(parent(rel)), DirState::Present { .. }) {
-                actions.push(Action::RemoveLink {
-                    path: root.join(rel),
-                    target: record.target.clone(),
-                    wanted: wanted_of(rel, record),
-                    why: Removal::Undeclared,
-                });
-                removed.push(rel.clone());
-            }
-        }
-    }
-    settings_actions(desired, &snap, &mut actions);
-    Plan {
-        data_dir: root.clone(),
-        actions,
-        recorded,
-        forget,
-        adopt,
-        relabel,
-        removed,
-        pending,
-    }
 }
 
-/// Which recorded links are the supervisor's now: those standing exactly as
-/// recorded, or exactly as a pending intent said (adopted). Records in folders
-/// that cannot be examined are kept; the others are forgotten.
-fn verify<'m>(snap: &Snapshot, recorded: &'m Manifest) -> Ownership<'m> {
-    let mut owned = HashMap::with_capacity(recorded.links.len());
-    let (mut forget, mut adopt) = (Vec::new(), Vec::new());
-    let stands = |rel: &str, record: &Owned| matches!(snap.entries.get(rel), Some(Entry::Link(t)) if same(t, &record.target));
-    for (rel, record) in &recorded.links {
-        match snap.dir(parent(rel)) {
-            DirState::Present { .. } if stands(rel, record) => {
-                owned.insert(rel.as_str(), record);
-            }
-            // Superseded by its pending record, below.
-            DirState::Present { .. }
-                if recorded.pending.get(rel).is_some_and(|p| stands(rel, p)) => {}
-            DirState::Present { .. } | DirState::Missing => forget.push(rel.clone()),
-            DirState::Blocked(_) | DirState::Unreachable => {
-                owned.insert(rel.as_str(), record);
-            }
-        }
-    }
-    for (rel, record) in &recorded.pending {
-        let here = matches!(snap.dir(parent(rel)), DirState::Present { .. });
-        if here && !owned.contains_key(rel.as_str()) && stands(rel, record) {
-            owned.insert(rel.as_str(), record);
-            adopt.push((rel.clone(), record.clone()));
-        }
-    }
-    Ownership {
-        owned,
-        forget,
-        adopt,
-    }
+/// Whether links can be made in a folder in this state (it is there or will be).
+fn reachable(dir: &DirState) -> bool {
+    matches!(dir, DirState::Present { .. } | DirState::Missing)
 }
 
-/// What [`verify`] found.
-struct Ownership<'m> {
-    /// The links that are the supervisor's now, by path, with their record.
-    owned: HashMap<&'m str, &'m Owned>,
-    /// Records to drop.
-    forget: Vec<Rel>,
-    /// Pending records to keep.
-    adopt: Vec<(Rel, Owned)>,
-}
-
-/// The records whose path is not declared: one merge of two sorted maps rather
-/// than a lookup per record.
-fn undeclared<'a>(
-    records: &'a Links,
-    declared: &'a BTreeMap<Rel, Want>,
-) -> impl Iterator<Item = (&'a Rel, &'a Owned)> {
-    let mut declared = declared.keys().peekable();
-    records.iter().filter(move |(rel, _)| {
-        while declared.next_if(|d| *d < *rel).is_some() {}
-        declared.peek() != Some(rel)
-    })
-}
-
-/// Whether links can be made in the folder of `rel` (it is there or will be).
-fn reachable(snap: &Snapshot, rel: &str) -> bool {
-    matches!(
-        snap.dir(parent(rel)),
-        DirState::Present { .. } | DirState::Missing
-    )
-}
-
-fn dangling(link: PathBuf, want: &Want) -> Action {
+fn dangling(root: &Path, rel: &str, want: &Want) -> Action {
     Action::Dangling(Dangling {
-        link,
+        link: root.join(rel),
         target: want.target.clone(),
-        wanted: want.wanted.clone(),
+        wanted: wanted(rel, want.kind),
     })
-}
-
-/// The declaration an owned but undeclared link once had, from its record.
-fn wanted_of(rel: &str, owned: &Owned) -> Wanted {
-    let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
-    match owned.kind {
-        Some(kind) => Wanted::Model { kind, name },
-        None => Wanted::Extension { name },
-    }
 }
 
 fn settings_actions(desired: &Desired, snap: &Snapshot, actions: &mut Vec<Action>) {

@@ -56,7 +56,7 @@ fn desired(links: &[(&str, &str)]) -> Desired {
             .map(|(name, target)| {
                 let want = Want {
                     target: target.into(),
-                    wanted: lora(name),
+                    kind: Some(ModelKind::Loras),
                 };
                 (rel(name), want)
             })

@@ -4,13 +4,17 @@
 //! each entry's type), one `readlink` per symbolic link in them, one `stat` per
 //! declared target; the `readlink`s and `stat`s are spread over the cores.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::{self, DirEntry, FileType};
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, FileType};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::desired::{Desired, Rel, parent};
+use rustc_hash::FxHashMap;
+
+use super::desired::{Desired, Rel, join, parent};
+use super::dirscan::{self, Kind, OpenDir};
 use super::manifest::{self, Manifest};
 use super::report::Found;
 use super::{LayoutError, fsio, settings};
@@ -87,9 +91,11 @@ pub(crate) struct Snapshot {
     /// The data dir itself (never `Blocked`: that is an error).
     pub root: DirState,
     /// Folders: the desired ones and the parents of recorded links.
-    pub dirs: BTreeMap<Rel, DirState>,
+    pub dirs: FxHashMap<Rel, DirState>,
     /// What stands at declared and recorded link paths; absent = nothing.
-    pub entries: HashMap<Rel, Entry>,
+    /// (Fx-hashed: the planner looks every link up here, and SipHash's
+    /// resistance to chosen keys buys nothing against names in one's own disk.)
+    pub entries: FxHashMap<Rel, Entry>,
     /// Absolute paths of the supervisor's leftover temporaries.
     pub temps: Vec<PathBuf>,
     /// Declared targets that do not exist (usually none, so that checking a
@@ -113,7 +119,26 @@ impl Snapshot {
 }
 
 /// Reads the disk for `desired`.
+///
+/// Checking the declared targets needs nothing else the scan reads, so it runs
+/// on a thread of its own while the data dir is read.
 pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
+    std::thread::scope(|s| {
+        let targets = s.spawn(|| missing_targets(desired));
+        let snap = scan_data_dir(desired);
+        let missing = targets
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        snap.map(|snap| Snapshot {
+            missing_targets: missing,
+            ..snap
+        })
+    })
+}
+
+/// Everything but the targets: the folders, what stands in them, the manifest
+/// and the settings file.
+fn scan_data_dir(desired: &Desired) -> Result<Snapshot, LayoutError> {
     let root = match dir_state(&desired.data_dir)? {
         DirState::Blocked(_) => return Err(LayoutError::NotADirectory(desired.data_dir.clone())),
         state => state,
@@ -126,8 +151,8 @@ pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
     let m = manifest.as_ref().unwrap_or(&empty);
     let mut snap = Snapshot {
         root,
-        dirs: BTreeMap::new(),
-        entries: HashMap::new(),
+        dirs: FxHashMap::default(),
+        entries: FxHashMap::default(),
         temps: Vec::new(),
         missing_targets: HashSet::new(),
         manifest: None,
@@ -135,7 +160,6 @@ pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
     };
     folder_states(desired, m, &mut snap)?;
     let mut swept = managed_entries(desired, m, &mut snap)?;
-    snap.missing_targets = missing_targets(desired);
     snap.settings = settings_state(desired, &snap)?;
     // Other places the supervisor writes temporaries: the data dir, its state dir,
     // the settings file's folder.
@@ -145,11 +169,17 @@ pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
     }
     for dir in others {
         if !swept.contains(&dir) && dir.is_dir() {
-            for de in fs::read_dir(&dir).map_err(|e| LayoutError::io("read", &dir, e))? {
-                let de = de.map_err(|e| LayoutError::io("read", &dir, e))?;
-                if fsio::is_temp_name(&de.file_name()) {
-                    note_temp(&mut snap.temps, &de)?;
+            let read = |e| LayoutError::io("read", &dir, e);
+            let open = OpenDir::open(&dir).map_err(read)?;
+            let mut temps = Vec::new();
+            open.list(|name, kind| {
+                if fsio::is_temp_name(name) {
+                    temps.push((name.to_owned(), kind));
                 }
+            })
+            .map_err(read)?;
+            for (name, kind) in temps {
+                note_temp(&mut snap.temps, &open, &dir, &name, kind)?;
             }
             swept.insert(dir);
         }
@@ -161,9 +191,15 @@ pub(crate) fn scan(desired: &Desired) -> Result<Snapshot, LayoutError> {
 /// The desired folders and those holding recorded links, parents first.
 fn folder_states(desired: &Desired, m: &Manifest, snap: &mut Snapshot) -> Result<(), LayoutError> {
     let mut folders = desired.dirs.clone();
+    let mut last = None;
     for rel in m.links.keys().chain(m.pending.keys()) {
+        // Records are sorted: links of one folder come in a run.
         let mut dir = parent(rel);
-        while !dir.is_empty() {
+        if last == Some(dir) {
+            continue;
+        }
+        last = Some(dir);
+        while !dir.is_empty() && !folders.contains(dir) {
             folders.insert(dir.to_string());
             dir = parent(dir);
         }
@@ -187,32 +223,38 @@ fn managed_entries(
     m: &Manifest,
     snap: &mut Snapshot,
 ) -> Result<BTreeSet<PathBuf>, LayoutError> {
-    let mut found: Vec<(Rel, PathBuf, FileType)> = Vec::new();
+    let mut opened: Vec<OpenDir> = Vec::new();
+    let mut found: Vec<(Rel, usize, Option<Kind>)> = Vec::new();
     let mut swept = BTreeSet::new();
     for rel in &desired.link_dirs {
         if !matches!(snap.dir(rel), DirState::Present { .. }) {
             continue;
         }
-        let dir = desired.data_dir.join(rel);
-        for de in fs::read_dir(&dir).map_err(|e| LayoutError::io("read", &dir, e))? {
-            let de = de.map_err(|e| LayoutError::io("read", &dir, e))?;
-            let name = de.file_name();
-            if fsio::is_temp_name(&name) {
-                note_temp(&mut snap.temps, &de)?;
-                continue;
+        let path = desired.data_dir.join(rel);
+        let read = |e| LayoutError::io("read", &path, e);
+        let dir = OpenDir::open(&path).map_err(read)?;
+        let mut temps = Vec::new();
+        dir.list(|name, kind| {
+            if fsio::is_temp_name(name) {
+                temps.push((name.to_owned(), kind));
+            } else if let Some(name) = name.to_str() {
+                // A name that is not UTF-8 was neither declared nor recorded.
+                found.push((join(rel, name), opened.len(), kind));
             }
-            // A name that is not UTF-8 was neither declared nor recorded.
-            let Some(name) = name.to_str() else {
-                continue;
-            };
-            let ft = de
-                .file_type()
-                .map_err(|e| LayoutError::io("examine", &de.path(), e))?;
-            found.push((format!("{rel}/{name}"), de.path(), ft));
+        })
+        .map_err(read)?;
+        for (name, kind) in temps {
+            note_temp(&mut snap.temps, &dir, &path, &name, kind)?;
         }
-        swept.insert(dir);
+        opened.push(dir);
+        swept.insert(path);
     }
-    let entries = fsio::par_map(&found, |(_, path, ft)| entry_from(path, *ft));
+    let entries = fsio::par_map(&found, |(rel, dir, kind)| {
+        let name = OsStr::new(&rel[rel.len() - rel_name(rel).len()..]);
+        opened[*dir]
+            .entry(name, *kind)
+            .map_err(|e| LayoutError::io("examine", &desired.data_dir.join(rel), e))
+    });
     snap.entries.reserve(found.len());
     for ((rel, _, _), entry) in found.into_iter().zip(entries) {
         if let Some(entry) = entry? {
@@ -232,16 +274,14 @@ fn managed_entries(
     Ok(swept)
 }
 
-/// Declared targets that do not exist; one `stat` each, spread over the cores.
+/// The last name of a [`Rel`].
+fn rel_name(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or(rel, |(_, name)| name)
+}
+
+/// Declared targets that do not exist.
 fn missing_targets(desired: &Desired) -> HashSet<PathBuf> {
-    let targets: Vec<&PathBuf> = desired.links.values().map(|w| &w.target).collect();
-    let exists = fsio::par_map(&targets, |t| fs::metadata(t).is_ok());
-    targets
-        .into_iter()
-        .zip(exists)
-        .filter(|(_, exists)| !exists)
-        .map(|(t, _)| t.clone())
-        .collect()
+    dirscan::missing(desired.links.values().map(|w| w.target.as_path()))
 }
 
 /// Follows links: a folder that is a user's link to another disk is `Present`.
@@ -290,13 +330,18 @@ fn entry_from(path: &Path, ft: FileType) -> Result<Option<Entry>, LayoutError> {
 
 /// Only links and plain files under the temp prefix are leftovers; a directory
 /// with that name is nobody's business of ours.
-fn note_temp(temps: &mut Vec<PathBuf>, de: &DirEntry) -> Result<(), LayoutError> {
-    let path = de.path();
-    let ft = de
-        .file_type()
-        .map_err(|e| LayoutError::io("examine", &path, e))?;
-    if ft.is_symlink() || ft.is_file() {
-        temps.push(path);
+fn note_temp(
+    temps: &mut Vec<PathBuf>,
+    dir: &OpenDir,
+    path: &Path,
+    name: &OsStr,
+    kind: Option<Kind>,
+) -> Result<(), LayoutError> {
+    let entry = dir
+        .entry(name, kind)
+        .map_err(|e| LayoutError::io("examine", &path.join(name), e))?;
+    if matches!(entry, Some(Entry::Link(_) | Entry::File)) {
+        temps.push(path.join(name));
     }
     Ok(())
 }
