@@ -301,9 +301,12 @@ fn strace_writes(config: &Path) -> Option<(usize, usize)> {
         return None;
     }
     let text = fs::read_to_string(&trace).ok()?;
+    // With threads, strace splits a call that another thread interrupts into an
+    // "<unfinished ...>" line (name and arguments) and a "<... resumed>" line
+    // (the result): count the first only.
     let lines: Vec<&str> = text
         .lines()
-        .filter(|l| !l.contains("+++") && !l.contains("---"))
+        .filter(|l| !l.contains("+++") && !l.contains("---") && !l.contains(" resumed>"))
         .collect();
     let mutating = lines
         .iter()

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use super::manifest::STATE_DIR;
+use super::manifest::{self, STATE_DIR};
 use super::report::Wanted;
 use crate::config::Config;
 use crate::flavor::ModelKind;
@@ -115,7 +115,7 @@ impl Desired {
 
     /// The supervisor's state dir (absolute).
     pub(crate) fn state_dir(&self) -> PathBuf {
-        self.data_dir.join(STATE_DIR)
+        manifest::state_dir(&self.data_dir)
     }
 }
 

@@ -19,28 +19,27 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::action::Action;
-use super::desired::Desired;
 use super::manifest;
 use super::plan::Plan;
 use super::report::{Conflict, LayoutReport, Wanted};
-use super::snapshot::lstat_entry;
+use super::scan::lstat_entry;
 use super::{LayoutError, fsio};
 
 /// Creates the data dir and the supervisor's state dir when missing (they must
 /// exist before the lock can be taken); returns how many were created.
-pub(crate) fn prepare(desired: &Desired) -> Result<usize, LayoutError> {
+pub(crate) fn prepare(data_dir: &Path, mode: u32) -> Result<usize, LayoutError> {
     let mut created = 0;
-    for dir in [desired.data_dir.clone(), desired.state_dir()] {
+    for dir in [data_dir.to_path_buf(), manifest::state_dir(data_dir)] {
         match fs::metadata(&dir) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => return Err(LayoutError::NotADirectory(dir)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 DirBuilder::new()
                     .recursive(true)
-                    .mode(desired.mode)
+                    .mode(mode)
                     .create(&dir)
                     .map_err(|e| LayoutError::io("create", &dir, e))?;
-                set_mode(&dir, desired.mode)?;
+                set_mode(&dir, mode)?;
                 created += 1;
             }
             Err(e) => return Err(LayoutError::io("examine", &dir, e)),

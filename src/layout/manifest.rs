@@ -87,9 +87,14 @@ struct OnDiskRef<'a> {
     pending: &'a Links,
 }
 
+/// The supervisor's own folder in a data dir.
+pub(crate) fn state_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(STATE_DIR)
+}
+
 /// Where the manifest of a data dir lives.
 pub(crate) fn path(data_dir: &Path) -> PathBuf {
-    data_dir.join(STATE_DIR).join(FILE)
+    state_dir(data_dir).join(FILE)
 }
 
 /// Reads the manifest; `None` when there is none yet.

@@ -24,6 +24,7 @@ mod manifest;
 mod plan;
 mod report;
 mod rows;
+mod scan;
 mod settings;
 mod snapshot;
 
@@ -37,6 +38,7 @@ pub use report::{Conflict, Dangling, Found, LayoutReport, Wanted};
 
 use crate::config::Config;
 use desired::Desired;
+use manifest::Manifest;
 
 /// Why a layout could not be carried out at all (conflicts are not errors: they
 /// are reported in the [`LayoutReport`]).
@@ -81,21 +83,36 @@ impl LayoutError {
 
 /// Decides what a layout would do, changing nothing (`layout --dry-run`).
 pub fn plan(config: &Config) -> Result<Plan, LayoutError> {
-    let desired = Desired::from_config(config);
-    let snapshot = snapshot::scan(&desired)?;
+    let (desired, manifest) = desired_and_manifest(config)?;
+    let snapshot = scan::scan(&desired, manifest)?;
     Ok(plan::plan(&desired, snapshot))
 }
 
 /// Lays the data dir out: blocking filesystem work, meant for `spawn_blocking`.
 /// Holds a lock on the data dir for the duration, so concurrent layouts queue.
 pub fn apply(config: &Config) -> Result<LayoutReport, LayoutError> {
-    let desired = Desired::from_config(config);
-    let prepared = exec::prepare(&desired)?;
-    let state_dir = desired.state_dir();
+    let prepared = exec::prepare(&config.data.dir, config.data.permissions)?;
+    let state_dir = manifest::state_dir(&config.data.dir);
     let _lock =
         fsio::Lock::acquire(&state_dir).map_err(|e| LayoutError::io("lock", &state_dir, e))?;
-    let snapshot = snapshot::scan(&desired)?;
+    let (desired, manifest) = desired_and_manifest(config)?;
+    let snapshot = scan::scan(&desired, manifest)?;
     let mut report = exec::execute(plan::plan(&desired, snapshot))?;
     report.actions_applied += prepared;
     Ok(report)
+}
+
+/// Builds the desired state while the manifest is read and parsed: each takes
+/// milliseconds at 10,000 links, and neither needs the other.
+fn desired_and_manifest(config: &Config) -> Result<(Desired, Option<Manifest>), LayoutError> {
+    let data_dir = &config.data.dir;
+    std::thread::scope(|s| {
+        let manifest = s.spawn(|| match data_dir.is_dir() {
+            true => manifest::read(data_dir),
+            // The scan says what stands there instead.
+            false => Ok(None),
+        });
+        let desired = Desired::from_config(config);
+        Ok((desired, fsio::joined(manifest)?))
+    })
 }

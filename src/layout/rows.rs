@@ -2,6 +2,7 @@
 //! recorded link once, from a merge of the three sorted maps that name them,
 //! with the state of each one's folder.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use super::desired::{Rel, Want, parent};
@@ -30,19 +31,32 @@ pub(crate) fn rows<'a>(
     let mut links = recorded.links.iter().peekable();
     let mut pending = recorded.pending.iter().peekable();
     std::iter::from_fn(move || {
-        let rel = [
+        // The least path, and which maps name it: one comparison per map that is
+        // not exhausted (usually one in all: `pending` is almost always empty).
+        let heads = [
             declared.peek().map(|(rel, _)| *rel),
             links.peek().map(|(rel, _)| *rel),
             pending.peek().map(|(rel, _)| *rel),
-        ]
-        .into_iter()
-        .flatten()
-        .min()?;
+        ];
+        let mut least: Option<&Rel> = None;
+        let mut named = [false; 3];
+        for (i, rel) in heads.into_iter().enumerate() {
+            let Some(rel) = rel else { continue };
+            match least.map(|l| rel.cmp(l)) {
+                None | Some(Ordering::Less) => {
+                    least = Some(rel);
+                    named = [false; 3];
+                    named[i] = true;
+                }
+                Some(Ordering::Equal) => named[i] = true,
+                Some(Ordering::Greater) => {}
+            }
+        }
         Some(Row {
-            rel,
-            want: declared.next_if(|(r, _)| *r == rel).map(|(_, w)| w),
-            link: links.next_if(|(r, _)| *r == rel).map(|(_, o)| o),
-            pending: pending.next_if(|(r, _)| *r == rel).map(|(_, o)| o),
+            rel: least?,
+            want: named[0].then(|| declared.next()).flatten().map(|(_, w)| w),
+            link: named[1].then(|| links.next()).flatten().map(|(_, o)| o),
+            pending: named[2].then(|| pending.next()).flatten().map(|(_, o)| o),
         })
     })
 }
