@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Every temporary name the supervisor creates starts with this, so that leftovers
@@ -105,7 +106,7 @@ pub(crate) fn par_map_if<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let threads = threads();
     if threads < 2 || !worth_it || items.len() < 2 {
         return items.iter().map(f).collect();
     }
@@ -117,6 +118,13 @@ pub(crate) fn par_map_if<T: Sync, R: Send>(
             .collect();
         handles.into_iter().flat_map(joined).collect()
     })
+}
+
+/// Threads worth starting for filesystem calls: the cores this process may use
+/// (asked once: the answer reads cgroup files), at most 8.
+fn threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
 }
 
 /// The result of a scoped thread; its panic goes on in the caller.

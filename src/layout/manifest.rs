@@ -87,6 +87,9 @@ struct OnDiskRef<'a> {
     pending: &'a Links,
 }
 
+/// The manifest being read elsewhere: call it to wait for it (`None`: none yet).
+pub(crate) type Reading<'a> = Box<dyn FnOnce() -> Result<Option<Manifest>, LayoutError> + 'a>;
+
 /// The supervisor's own folder in a data dir.
 pub(crate) fn state_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(STATE_DIR)

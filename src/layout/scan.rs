@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap;
 
 use super::desired::{Desired, Rel, join, parent};
 use super::dirscan::{self, Kind, OpenDir};
-use super::manifest::Manifest;
+use super::manifest::{Manifest, Reading};
 use super::report::Found;
 use super::snapshot::{DirState, Entry, SettingsState, Snapshot};
 use super::{LayoutError, fsio, settings};
@@ -28,14 +28,13 @@ use super::{LayoutError, fsio, settings};
 const CORRUPT_RECHECKS: usize = 10;
 const CORRUPT_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(30);
 
-/// Reads the disk for `desired`; `manifest` is the manifest as read (it is
-/// ignored unless the data dir is there).
-pub(crate) fn scan(desired: &Desired, manifest: Option<Manifest>) -> Result<Snapshot, LayoutError> {
+/// Reads the disk for `desired`; `manifest` gives the manifest as read, waited
+/// for only once the managed folders are read.
+pub(crate) fn scan(desired: &Desired, manifest: Reading<'_>) -> Result<Snapshot, LayoutError> {
     let root = match dir_state(&desired.data_dir)? {
         DirState::Blocked(_) => return Err(LayoutError::NotADirectory(desired.data_dir.clone())),
         state => state,
     };
-    let manifest = manifest.filter(|_| matches!(root, DirState::Present { .. }));
     let mut snap = Snapshot {
         root,
         dirs: FxHashMap::default(),
@@ -59,10 +58,12 @@ pub(crate) fn scan(desired: &Desired, manifest: Option<Manifest>) -> Result<Snap
 fn read_data_dir(
     desired: &Desired,
     snap: &mut Snapshot,
-    manifest: Option<Manifest>,
+    manifest: Reading<'_>,
 ) -> Result<(), LayoutError> {
     add_folders(desired, desired.dirs.iter().cloned(), snap)?;
     let mut swept = managed_entries(desired, snap)?;
+    // Ignored unless the data dir is there (it could have been made since).
+    let manifest = manifest()?.filter(|_| matches!(snap.root, DirState::Present { .. }));
     if let Some(m) = &manifest {
         recorded_elsewhere(desired, m, snap)?;
     }
