@@ -7,7 +7,7 @@
 //! (whose `readlink`s are spread over the cores).
 
 use std::collections::{BTreeSet, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, FileType};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -115,50 +115,78 @@ fn add_folders(
 
 /// What stands in the managed folders (every entry: looking each name up to
 /// skip a few user files would cost more than it saves) and the temporaries
-/// there; returns the folders read.
+/// there; returns the folders read. Folders are listed side by side, then their
+/// links read side by side (listing a folder of thousands takes milliseconds).
 fn managed_entries(
     desired: &Desired,
     snap: &mut Snapshot,
 ) -> Result<BTreeSet<PathBuf>, LayoutError> {
-    let mut opened: Vec<OpenDir> = Vec::new();
-    let mut found: Vec<(Rel, usize, Option<Kind>)> = Vec::new();
+    let folders: Vec<&Rel> = (desired.link_dirs.iter())
+        .filter(|rel| matches!(snap.dir(rel), DirState::Present { .. }))
+        .collect();
+    let many = desired.links.len() >= 1024;
+    let listed = fsio::par_map_if(many, &folders, |rel| list(desired, rel));
+    let listed = listed.into_iter().collect::<Result<Vec<_>, _>>()?;
     let mut swept = BTreeSet::new();
-    for rel in &desired.link_dirs {
-        if !matches!(snap.dir(rel), DirState::Present { .. }) {
-            continue;
+    for folder in &listed {
+        for (name, kind) in &folder.temps {
+            note_temp(&mut snap.temps, &folder.dir, &folder.path, name, *kind)?;
         }
-        let path = desired.data_dir.join(rel);
-        let read = |e| LayoutError::io("read", &path, e);
-        let dir = OpenDir::open(&path).map_err(read)?;
-        let mut temps = Vec::new();
-        dir.list(|name, kind| {
-            if fsio::is_temp_name(name) {
-                temps.push((name.to_owned(), kind));
-            } else if let Some(name) = name.to_str() {
-                // A name that is not UTF-8 was neither declared nor recorded.
-                found.push((join(rel, name), opened.len(), kind));
-            }
-        })
-        .map_err(read)?;
-        for (name, kind) in temps {
-            note_temp(&mut snap.temps, &dir, &path, &name, kind)?;
-        }
-        opened.push(dir);
-        swept.insert(path);
+        swept.insert(folder.path.clone());
     }
-    let entries = fsio::par_map(&found, |(rel, dir, kind)| {
+    let found: Vec<(&Listed, &Rel, Option<Kind>)> = (listed.iter())
+        .flat_map(|folder| {
+            folder
+                .names
+                .iter()
+                .map(move |(rel, kind)| (folder, rel, *kind))
+        })
+        .collect();
+    let entries = fsio::par_map(&found, |(folder, rel, kind)| {
         let name = OsStr::new(&rel[rel.len() - rel_name(rel).len()..]);
-        opened[*dir]
-            .entry(name, *kind)
-            .map_err(|e| LayoutError::io("examine", &desired.data_dir.join(rel), e))
+        (folder.dir.entry(name, *kind))
+            .map_err(|e| LayoutError::io("examine", &folder.path.join(name), e))
     });
     snap.entries.reserve(found.len());
-    for ((rel, _, _), entry) in found.into_iter().zip(entries) {
+    let names = listed.into_iter().flat_map(|folder| folder.names);
+    for ((rel, _), entry) in names.zip(entries) {
         if let Some(entry) = entry? {
             snap.entries.insert(rel, entry);
         }
     }
     Ok(swept)
+}
+
+/// A managed folder, opened and listed.
+struct Listed {
+    path: PathBuf,
+    dir: OpenDir,
+    /// Entries by path (names that are not UTF-8 were neither declared nor
+    /// recorded, and are left out).
+    names: Vec<(Rel, Option<Kind>)>,
+    /// Entries under the supervisor's temporary prefix.
+    temps: Vec<(OsString, Option<Kind>)>,
+}
+
+fn list(desired: &Desired, rel: &Rel) -> Result<Listed, LayoutError> {
+    let path = desired.data_dir.join(rel);
+    let read = |e| LayoutError::io("read", &path, e);
+    let dir = OpenDir::open(&path).map_err(read)?;
+    let (mut names, mut temps) = (Vec::new(), Vec::new());
+    dir.list(|name, kind| {
+        if fsio::is_temp_name(name) {
+            temps.push((name.to_owned(), kind));
+        } else if let Some(name) = name.to_str() {
+            names.push((join(rel, name), kind));
+        }
+    })
+    .map_err(read)?;
+    Ok(Listed {
+        path,
+        dir,
+        names,
+        temps,
+    })
 }
 
 /// Recorded links outside today's managed folders (an old flavor, a removed
