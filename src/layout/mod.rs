@@ -1,7 +1,7 @@
 //! Laying out the data directory (DESIGN §3.3): model and extension links from the
 //! config, the folders the UI needs, and the managed settings keys.
 //!
-//! The layout is `scan` (read the disk into a [`snapshot`]), `plan` (a pure
+//! The layout is [`scan`] (read the disk into a [`snapshot`]), `plan` (a pure
 //! function from the desired state and the snapshot to [`Action`]s) and `exec`
 //! (carry the actions out). Safety comes from three rules:
 //!
