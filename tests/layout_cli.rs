@@ -430,3 +430,48 @@ fn an_invalid_config_exits_1() {
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown flavor"), "{stderr}");
 }
+
+#[test]
+fn a_data_dir_that_is_a_file_is_refused_and_kept() {
+    let f = Fixture::new();
+    f.write_config("forge", &[f.model("loras", "a.safetensors")], "");
+    fs::write(&f.data, b"not a folder").unwrap();
+    for dry_run in [true, false] {
+        let out = layout_cmd(&f.config, dry_run);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "dry run {dry_run}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{} is not a directory", f.data.display())),
+            "dry run {dry_run}: {stderr}"
+        );
+        assert_eq!(fs::read(&f.data).unwrap(), b"not a folder");
+    }
+}
+
+#[test]
+fn switching_flavor_removes_the_links_left_in_the_old_folders_only() {
+    let f = Fixture::new();
+    let decls = [
+        f.model("loras", "a.safetensors"),
+        f.model("loras", "b.safetensors"),
+    ];
+    f.write_config("forge", &decls, "");
+    assert_eq!(f.layout().0, 0);
+    let mine = f.data.join("models/Lora/mine.safetensors");
+    fs::write(&mine, b"user's").unwrap();
+
+    // ComfyUI keeps loras in models/loras: models/Lora is no managed folder now,
+    // but the links recorded there are still the supervisor's to clean up.
+    f.write_config("comfyui", &decls[..1], "");
+    let (code, _, stderr) = f.layout();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(f.link("models/loras/a.safetensors"), decls[0].target);
+    for old in ["a.safetensors", "b.safetensors"] {
+        let path = f.data.join("models/Lora").join(old);
+        assert!(fs::symlink_metadata(&path).is_err(), "{old} left behind");
+    }
+    assert_eq!(fs::read(&mine).unwrap(), b"user's");
+    let (code, stdout, _) = f.layout();
+    assert_eq!(code, 0);
+    assert!(stdout.contains(": 0 changes"), "{stdout}");
+}
