@@ -2,7 +2,7 @@
 //! links by path relative to the data dir, and the managed settings file.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::manifest::{self, STATE_DIR};
 use super::report::Wanted;
@@ -11,9 +11,10 @@ use crate::flavor::ModelKind;
 
 /// One declared link.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Want {
-    /// Absolute target from the config.
-    pub target: PathBuf,
+pub(crate) struct Want<'c> {
+    /// Absolute target from the config (borrowed: 10,000 copies of it would be
+    /// made and freed by every relayout).
+    pub target: &'c Path,
     /// The model kind of a model link; `None` for an extension.
     pub kind: Option<ModelKind>,
 }
@@ -52,7 +53,7 @@ pub(crate) fn join(dir: &str, name: &str) -> Rel {
 
 /// The desired state of one data dir.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Desired {
+pub(crate) struct Desired<'c> {
     /// Absolute data dir.
     pub data_dir: PathBuf,
     /// Mode of the data dir and of every folder the supervisor creates.
@@ -63,14 +64,14 @@ pub(crate) struct Desired {
     /// Folders whose entries are managed links (scanned for leftovers too).
     pub link_dirs: BTreeSet<Rel>,
     /// Declared links.
-    pub links: BTreeMap<Rel, Want>,
+    pub links: BTreeMap<Rel, Want<'c>>,
     /// Settings file and its managed keys; `None` when nothing is managed.
     pub settings: Option<(Rel, serde_json::Map<String, serde_json::Value>)>,
 }
 
-impl Desired {
+impl<'c> Desired<'c> {
     /// Derives the desired state from a validated config.
-    pub(crate) fn from_config(config: &Config) -> Desired {
+    pub(crate) fn from_config(config: &'c Config) -> Desired<'c> {
         let flavor = config.ui.flavor;
         // Validation guarantees every kind has a folder for the flavor.
         let models = config.models.iter().filter_map(|(kind, files)| {
@@ -90,10 +91,7 @@ impl Desired {
         let links: BTreeMap<Rel, Want> = models
             .flatten()
             .chain(extensions)
-            .map(|(rel, target, kind)| {
-                let target = target.clone();
-                (rel, Want { target, kind })
-            })
+            .map(|(rel, target, kind)| (rel, Want { target, kind }))
             .collect();
         let link_dirs: BTreeSet<Rel> = flavor.required_dirs().into_iter().map(Rel::from).collect();
         let settings = (!config.settings.is_empty())

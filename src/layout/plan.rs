@@ -111,7 +111,7 @@ fn same(stored: &Path, target: &Path) -> bool {
 }
 
 /// Decides the layout.
-pub(crate) fn plan(desired: &Desired, mut snap: Snapshot) -> Plan {
+pub(crate) fn plan(desired: &Desired<'_>, mut snap: Snapshot) -> Plan {
     let root = &desired.data_dir;
     let mut actions = Vec::new();
     match snap.root {
@@ -156,7 +156,7 @@ pub(crate) fn plan(desired: &Desired, mut snap: Snapshot) -> Plan {
         let owner = links.owner(&row, dir, entry);
         match row.want {
             Some(want) if reachable(dir) => {
-                let target_ok = !snap.missing_targets.contains(&want.target);
+                let target_ok = !snap.missing_targets.contains(want.target);
                 links.declared(root, rel, want, entry, owner, target_ok);
             }
             // The folder's conflict is reported once, above.
@@ -250,21 +250,21 @@ impl Decided {
         &mut self,
         root: &Path,
         rel: &Rel,
-        want: &Want,
+        want: &Want<'_>,
         entry: Option<&Entry>,
         owner: Option<&Owned>,
         target_ok: bool,
     ) {
         let actions = &mut self.actions;
         let new = || Owned {
-            target: want.target.clone(),
+            target: want.target.to_path_buf(),
             kind: want.kind,
         };
         match (entry, owner) {
             (None, _) if target_ok => {
                 actions.push(Action::CreateLink {
                     path: root.join(rel),
-                    target: want.target.clone(),
+                    target: want.target.to_path_buf(),
                     wanted: wanted(rel, want.kind),
                 });
                 self.pending.insert(rel.clone(), new());
@@ -280,7 +280,7 @@ impl Decided {
                 actions.push(dangling(root, rel, want));
                 self.removed.push(rel.clone());
             }
-            (Some(Entry::Link(old)), Some(record)) if same(old, &want.target) => {
+            (Some(Entry::Link(old)), Some(record)) if same(old, want.target) => {
                 if record.kind != want.kind {
                     self.relabel.push((rel.clone(), new()));
                 }
@@ -289,7 +289,7 @@ impl Decided {
                 actions.push(Action::ReplaceLink {
                     path: root.join(rel),
                     old: old.clone(),
-                    target: want.target.clone(),
+                    target: want.target.to_path_buf(),
                     wanted: wanted(rel, want.kind),
                 });
                 self.pending.insert(rel.clone(), new());
@@ -308,15 +308,15 @@ fn reachable(dir: &DirState) -> bool {
     matches!(dir, DirState::Present { .. } | DirState::Missing)
 }
 
-fn dangling(root: &Path, rel: &str, want: &Want) -> Action {
+fn dangling(root: &Path, rel: &str, want: &Want<'_>) -> Action {
     Action::Dangling(Dangling {
         link: root.join(rel),
-        target: want.target.clone(),
+        target: want.target.to_path_buf(),
         wanted: wanted(rel, want.kind),
     })
 }
 
-fn settings_actions(desired: &Desired, snap: &Snapshot, actions: &mut Vec<Action>) {
+fn settings_actions(desired: &Desired<'_>, snap: &Snapshot, actions: &mut Vec<Action>) {
     let Some((_, managed)) = &desired.settings else {
         return;
     };

@@ -33,7 +33,7 @@ fn owned(target: &str) -> Owned {
 }
 
 /// Declares loras `name -> target`.
-fn desired(links: &[(&str, &str)]) -> Desired {
+fn desired<'a>(links: &[(&str, &'a str)]) -> Desired<'a> {
     let dirs: BTreeSet<String> = [
         "models",
         "models/Lora",
@@ -55,7 +55,7 @@ fn desired(links: &[(&str, &str)]) -> Desired {
             .iter()
             .map(|(name, target)| {
                 let want = Want {
-                    target: target.into(),
+                    target: Path::new(*target),
                     kind: Some(ModelKind::Loras),
                 };
                 (rel(name), want)
@@ -88,7 +88,7 @@ fn laid_out(d: &Desired) -> Snapshot {
     let mut m = Manifest::default();
     for (rel, want) in &d.links {
         s.entries
-            .insert(rel.clone(), Entry::Link(want.target.clone()));
+            .insert(rel.clone(), Entry::Link(want.target.to_path_buf()));
         m.links
             .insert(rel.clone(), owned(want.target.to_str().unwrap()));
     }

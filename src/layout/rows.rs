@@ -14,7 +14,7 @@ pub(crate) struct Row<'a> {
     /// The path.
     pub rel: &'a Rel,
     /// The declaration, if the config declares the path.
-    pub want: Option<&'a Want>,
+    pub want: Option<&'a Want<'a>>,
     /// The manifest's record of a link made.
     pub link: Option<&'a Owned>,
     /// The manifest's record of a link about to be made (a killed run's intent).
@@ -24,7 +24,7 @@ pub(crate) struct Row<'a> {
 /// Every path declared or recorded, once, in path order: a merge of three sorted
 /// maps, so no path is looked up in another map.
 pub(crate) fn rows<'a>(
-    declared: &'a BTreeMap<Rel, Want>,
+    declared: &'a BTreeMap<Rel, Want<'a>>,
     recorded: &'a Manifest,
 ) -> impl Iterator<Item = Row<'a>> {
     let mut declared = declared.iter().peekable();
@@ -94,8 +94,8 @@ mod tests {
 
     #[test]
     fn every_path_comes_once_in_order_with_all_that_names_it() {
-        let want = |t: &str| Want {
-            target: t.into(),
+        let want = |t: &'static str| Want {
+            target: std::path::Path::new(t),
             kind: None,
         };
         let owned = |t: &str| Owned {

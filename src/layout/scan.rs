@@ -30,7 +30,7 @@ const CORRUPT_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_mil
 
 /// Reads the disk for `desired`; `manifest` gives the manifest as read, waited
 /// for only once the managed folders are read.
-pub(crate) fn scan(desired: &Desired, manifest: Reading<'_>) -> Result<Snapshot, LayoutError> {
+pub(crate) fn scan(desired: &Desired<'_>, manifest: Reading<'_>) -> Result<Snapshot, LayoutError> {
     let root = match dir_state(&desired.data_dir)? {
         DirState::Blocked(_) => return Err(LayoutError::NotADirectory(desired.data_dir.clone())),
         state => state,
@@ -56,7 +56,7 @@ pub(crate) fn scan(desired: &Desired, manifest: Reading<'_>) -> Result<Snapshot,
 /// Everything but the targets: the folders, what stands in them, recorded links
 /// elsewhere, the settings file.
 fn read_data_dir(
-    desired: &Desired,
+    desired: &Desired<'_>,
     snap: &mut Snapshot,
     manifest: Reading<'_>,
 ) -> Result<(), LayoutError> {
@@ -98,7 +98,7 @@ fn read_data_dir(
 /// Adds the state of each folder (parents before children; a known folder is
 /// not looked at again).
 fn add_folders(
-    desired: &Desired,
+    desired: &Desired<'_>,
     folders: impl IntoIterator<Item = Rel>,
     snap: &mut Snapshot,
 ) -> Result<(), LayoutError> {
@@ -118,7 +118,7 @@ fn add_folders(
 /// there; returns the folders read. Folders are listed side by side, then their
 /// links read side by side (listing a folder of thousands takes milliseconds).
 fn managed_entries(
-    desired: &Desired,
+    desired: &Desired<'_>,
     snap: &mut Snapshot,
 ) -> Result<BTreeSet<PathBuf>, LayoutError> {
     let folders: Vec<&Rel> = (desired.link_dirs.iter())
@@ -168,7 +168,7 @@ struct Listed {
     temps: Vec<(OsString, Option<Kind>)>,
 }
 
-fn list(desired: &Desired, rel: &Rel) -> Result<Listed, LayoutError> {
+fn list(desired: &Desired<'_>, rel: &Rel) -> Result<Listed, LayoutError> {
     let path = desired.data_dir.join(rel);
     let read = |e| LayoutError::io("read", &path, e);
     let dir = OpenDir::open(&path).map_err(read)?;
@@ -192,7 +192,7 @@ fn list(desired: &Desired, rel: &Rel) -> Result<Listed, LayoutError> {
 /// Recorded links outside today's managed folders (an old flavor, a removed
 /// kind): their folders, then what stands at each.
 fn recorded_elsewhere(
-    desired: &Desired,
+    desired: &Desired<'_>,
     m: &Manifest,
     snap: &mut Snapshot,
 ) -> Result<(), LayoutError> {
@@ -238,8 +238,8 @@ fn rel_name(rel: &str) -> &str {
 }
 
 /// Declared targets that do not exist.
-fn missing_targets(desired: &Desired) -> HashSet<PathBuf> {
-    dirscan::missing(desired.links.values().map(|w| w.target.as_path()))
+fn missing_targets(desired: &Desired<'_>) -> HashSet<PathBuf> {
+    dirscan::missing(desired.links.values().map(|w| w.target))
 }
 
 /// Follows links: a folder that is a user's link to another disk is `Present`.
@@ -304,7 +304,7 @@ fn note_temp(
     Ok(())
 }
 
-fn settings_state(desired: &Desired, snap: &Snapshot) -> Result<SettingsState, LayoutError> {
+fn settings_state(desired: &Desired<'_>, snap: &Snapshot) -> Result<SettingsState, LayoutError> {
     let Some((rel, _)) = &desired.settings else {
         return Ok(SettingsState::NotManaged);
     };
