@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::manifest::{self, STATE_DIR};
+use super::manifest::STATE_DIR;
 use super::report::Wanted;
 use crate::config::Config;
 use crate::flavor::ModelKind;
@@ -23,7 +23,7 @@ pub(crate) struct Want<'c> {
 /// for messages and the refresh decision. Derived rather than stored: only a
 /// link that changes needs it.
 pub(crate) fn wanted(rel: &str, kind: Option<ModelKind>) -> Wanted {
-    let name = rel.rsplit('/').next().unwrap_or(rel).to_string();
+    let name = name(rel).to_string();
     match kind {
         Some(kind) => Wanted::Model { kind, name },
         None => Wanted::Extension { name },
@@ -40,6 +40,11 @@ pub(crate) type Rel = String;
 /// The folder part of a [`Rel`] (`""` for the data dir itself).
 pub(crate) fn parent(rel: &str) -> &str {
     rel.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// The last name of a [`Rel`].
+pub(crate) fn name(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or(rel, |(_, name)| name)
 }
 
 /// `dir/name`, allocated once.
@@ -109,11 +114,6 @@ impl<'c> Desired<'c> {
             links,
             settings,
         }
-    }
-
-    /// The supervisor's state dir (absolute).
-    pub(crate) fn state_dir(&self) -> PathBuf {
-        manifest::state_dir(&self.data_dir)
     }
 }
 

@@ -146,27 +146,30 @@ fn read_link_at(dir: &OwnedFd, name: &OsStr) -> Result<PathBuf, Errno> {
 pub(crate) fn missing<'a>(targets: impl IntoIterator<Item = &'a Path>) -> HashSet<PathBuf> {
     let mut folders: Vec<&[u8]> = Vec::new();
     let mut folder_of: HashMap<&[u8], usize> = HashMap::new();
-    let mut checks: Vec<(Option<usize>, &Path)> = Vec::new();
+    // Each target with its folder's index and its name there, when it splits.
+    let mut checks: Vec<(Option<(usize, &OsStr)>, &Path)> = Vec::new();
     for target in targets {
-        let folder = split(target).map(|(folder, _)| match folders.last() {
+        let split = split(target).map(|(folder, name)| match folders.last() {
             // Declared targets mostly come in runs from one folder.
-            Some(last) if *last == folder => folders.len() - 1,
-            _ => *folder_of.entry(folder).or_insert_with(|| {
-                folders.push(folder);
-                folders.len() - 1
-            }),
+            Some(last) if *last == folder => (folders.len() - 1, name),
+            _ => {
+                let i = *folder_of.entry(folder).or_insert_with(|| {
+                    folders.push(folder);
+                    folders.len() - 1
+                });
+                (i, name)
+            }
         });
-        checks.push((folder, target));
+        checks.push((split, target));
     }
     let opened: Vec<Option<OwnedFd>> = fsio::par_map_if(folders.len() >= 64, &folders, |f| {
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         open(OsStr::from_bytes(f), flags, Mode::empty()).ok()
     });
-    let exists = fsio::par_map(&checks, |(folder, target)| match folder {
-        Some(i) => opened[*i].as_ref().is_some_and(|fd| {
-            let name = split(target).map_or(OsStr::new(""), |(_, name)| name);
-            fstatat(fd, name, AtFlags::empty()).is_ok()
-        }),
+    let exists = fsio::par_map(&checks, |(split, target)| match split {
+        Some((i, name)) => {
+            (opened[*i].as_ref()).is_some_and(|fd| fstatat(fd, *name, AtFlags::empty()).is_ok())
+        }
         None => std::fs::metadata(target).is_ok(),
     });
     checks

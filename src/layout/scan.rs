@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
 
-use super::desired::{Desired, Rel, join, parent};
+use super::desired::{Desired, Rel, join, name, parent};
 use super::dirscan::{self, Kind, OpenDir};
-use super::manifest::{Manifest, Reading};
+use super::manifest::{self, Manifest, Reading};
 use super::report::Found;
 use super::snapshot::{DirState, Entry, SettingsState, Snapshot};
 use super::{LayoutError, fsio, settings};
@@ -70,7 +70,10 @@ fn read_data_dir(
     snap.settings = settings_state(desired, snap)?;
     // Other places the supervisor writes temporaries: the data dir, its state dir,
     // the settings file's folder.
-    let mut others = vec![desired.data_dir.clone(), desired.state_dir()];
+    let mut others = vec![
+        desired.data_dir.clone(),
+        manifest::state_dir(&desired.data_dir),
+    ];
     if let SettingsState::Present { path, .. } | SettingsState::Absent { path } = &snap.settings {
         others.extend(path.parent().map(Path::to_path_buf));
     }
@@ -143,7 +146,7 @@ fn managed_entries(
         })
         .collect();
     let entries = fsio::par_map(&found, |(folder, rel, kind)| {
-        let name = OsStr::new(&rel[rel.len() - rel_name(rel).len()..]);
+        let name = OsStr::new(name(rel));
         (folder.dir.entry(name, *kind))
             .map_err(|e| LayoutError::io("examine", &folder.path.join(name), e))
     });
@@ -230,11 +233,6 @@ fn recorded_elsewhere(
         }
     }
     Ok(())
-}
-
-/// The last name of a [`Rel`].
-fn rel_name(rel: &str) -> &str {
-    rel.rsplit_once('/').map_or(rel, |(_, name)| name)
 }
 
 /// Declared targets that do not exist.
