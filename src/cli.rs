@@ -1,7 +1,9 @@
 //! Command-line interface: the subcommands of DESIGN §3.1 and their exit codes.
 //!
 //! Exit codes: 0 success; 1 invalid config or failed operation; 2 usage error
-//! (clap); 3 layout finished with conflicts; 4 no daemon answered; 5 timed out.
+//! (clap); 3 layout finished with conflicts; 4 no daemon answered; 5 timed out;
+//! `run` exits 75 when the service unit changed and systemd should start it again
+//! (`RestartForceExitStatus=75`, see docs/upgrade.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +32,20 @@ pub enum Command {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// Internal: the state document of the binary this one replaces.
+        #[arg(long, hide = true)]
+        handoff_fd: Option<i32>,
+    },
+    /// Prove this binary can take over a running supervisor: reads state
+    /// version N and accepts the config file. Run by the old binary before a
+    /// self-upgrade; prints `state-version M`.
+    HandoffCheck {
+        /// The state version the running supervisor writes.
+        #[arg(long)]
+        state_version: u32,
+        /// The config file the new binary will run with.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Parse and validate a config file; print every problem.
     CheckConfig {
@@ -95,7 +111,11 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         },
         Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
-        Command::Run { config } => run_daemon(&config),
+        Command::Run { config, handoff_fd } => run_daemon(&config, handoff_fd),
+        Command::HandoffCheck {
+            state_version,
+            config,
+        } => crate::handoff::check::check_mode(state_version, config.as_deref()),
         Command::Status { target, json } => client::run(&target, ClientAction::Status { json }),
         Command::Reload { target } => client::run(&target, ClientAction::Reload),
         Command::Restart { target, now, .. } => {
@@ -130,7 +150,7 @@ fn init_tracing() {
 /// The daemon runs on a current-thread runtime: the UI is spawned with
 /// `PR_SET_PDEATHSIG`, which fires when the *forking thread* exits, so all spawning
 /// happens on the main thread, which lives as long as the process.
-fn run_daemon(config: &std::path::Path) -> ExitCode {
+fn run_daemon(config: &std::path::Path, handoff_fd: Option<i32>) -> ExitCode {
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -142,8 +162,11 @@ fn run_daemon(config: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(crate::daemon::run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(crate::daemon::run(config, handoff_fd)) {
+        Ok(crate::daemon::Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(crate::daemon::Exit::ServiceRestart) => {
+            ExitCode::from(crate::handoff::EXIT_SERVICE_RESTART)
+        }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(1)

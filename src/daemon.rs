@@ -1,13 +1,16 @@
 //! The `run` command: wires the core to the outside world — signals, the config
 //! watcher, the control plane — and runs until SIGTERM/SIGINT.
 
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, ConfigError};
 use crate::notify::Notifier;
-use crate::supervisor::Supervisor;
+use crate::handoff::state::{self, ControlFds, Envelope, GuardFd, Received, UiHandle};
+use crate::supervisor::{Ended, Handover, Supervisor};
 use crate::supervisor::protocol::CoreHandle;
 use crate::ui::gpu::GpuEnv;
 use crate::ui::process::become_subreaper;
@@ -22,6 +25,9 @@ pub enum DaemonError {
     /// The control plane could not bind (socket in use, bus name taken, …).
     #[error("{0}")]
     Control(#[from] crate::control::ControlError),
+    /// The state handed over by the previous binary cannot be read.
+    #[error("cannot take over from the previous binary: {0}")]
+    Handoff(String),
     /// Setting up signals or the runtime failed.
     #[error("{context}: {source}")]
     Io {
@@ -38,34 +44,95 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError 
     move |source| DaemonError::Io { context, source }
 }
 
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM/SIGINT: the UI was stopped.
+    Stopped,
+    /// The unit changed: exit with
+    /// [`EXIT_SERVICE_RESTART`](crate::handoff::EXIT_SERVICE_RESTART) for
+    /// systemd to start the service again.
+    ServiceRestart,
+}
+
+/// One generation of the binary ended: done, or an `execve` into a new binary
+/// failed and this one takes the handed-over state back.
+enum Step {
+    Done(Exit),
+    ExecFailed(Received),
+}
+
 /// Runs the supervisor for the config at `path` until SIGTERM or SIGINT. Must run on
 /// a current-thread runtime whose thread lives as long as the process (the UI is
 /// spawned with `PR_SET_PDEATHSIG`, which follows the forking thread).
-pub async fn run(path: &Path) -> Result<(), DaemonError> {
+/// `handoff_fd`: the state document of the binary this one replaced.
+pub async fn run(path: &Path, handoff_fd: Option<RawFd>) -> Result<Exit, DaemonError> {
+    let mut inherited = match handoff_fd {
+        None => None,
+        Some(fd) => Some(state::read(fd).map_err(|e| DaemonError::Handoff(e.to_string()))?),
+    };
+    loop {
+        match run_generation(path, inherited.take()).await? {
+            Step::Done(exit) => return Ok(exit),
+            Step::ExecFailed(received) => inherited = Some(received),
+        }
+    }
+}
+
+async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step, DaemonError> {
     let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
-    let config = Config::parse(path, &String::from_utf8_lossy(&text))?;
+    let file_config = Config::parse(path, &String::from_utf8_lossy(&text))?;
     if let Err(e) = become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned UI processes are left to init");
     }
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("cannot handle SIGINT"))?;
     let sighup = signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?;
+    // Signals held across a handoff's exec are handled from here on.
+    crate::handoff::exec::unblock_signals();
+    // After a handoff the core starts from the config the UI runs with, and its
+    // first step reloads the file, as the old binary left that to it.
+    let (config, config_text, adoption) = match inherited {
+        None => (file_config, text, None),
+        Some(received) => {
+            let old = received
+                .envelope
+                .config_text
+                .as_deref()
+                .and_then(|t| Config::parse(path, t).ok().map(|c| (c, t.as_bytes().to_vec())));
+            match old {
+                Some((c, t)) => (c, t, Some((received, false))),
+                None => (file_config, text, Some((received, true))),
+            }
+        }
+    };
     let control_config = config.control.clone();
-    let (core, handle, commands, events) = Supervisor::new(
+    let (mut core, handle, commands, events) = Supervisor::new(
         PathBuf::from(path),
         config,
-        &text,
+        &config_text,
         GpuEnv::from_env(),
         Notifier::from_env(),
     );
-    tracing::info!(config = %path.display(), "supervisor starting");
+    let listeners = adoption
+        .as_ref()
+        .and_then(|(r, _)| take_listeners(&r.envelope.control));
+    if let Some((received, unknown)) = adoption {
+        tracing::info!(config = %path.display(), state_known = received.state.is_some(), "supervisor taking over from the previous binary");
+        core.adopt(received, unknown);
+    } else {
+        tracing::info!(config = %path.display(), "supervisor starting");
+    }
     // Bind the control plane before starting the UI: a second supervisor on the
     // same socket or bus name must fail here, before it launches a second UI.
-    let control = crate::control::start(handle.clone(), &control_config).await?;
+    let control = match listeners {
+        Some(l) => crate::control::start_inherited(handle.clone(), &control_config, l).await?,
+        None => crate::control::start(handle.clone(), &control_config).await?,
+    };
 
     tokio::spawn(reload_on_sighup(handle.clone(), sighup));
     // NixOS swaps /etc/static rather than the file: the watcher follows the chain.
-    let watcher = match ConfigWatcher::start(path, &text, Debounce::default()) {
+    let watcher = match ConfigWatcher::start(path, &config_text, Debounce::default()) {
         Ok((watcher, changes)) => {
             tokio::spawn(reload_on_change(
                 handle.clone(),
@@ -86,10 +153,92 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
             _ = sigint.recv() => tracing::info!("SIGINT"),
         }
     };
-    core.run(commands, events, shutdown).await;
+    let ended = core.run(commands, events, shutdown).await;
     drop(watcher);
-    control.shutdown().await;
-    Ok(())
+    match ended {
+        Ended::Shutdown => {
+            control.shutdown().await;
+            Ok(Step::Done(Exit::Stopped))
+        }
+        Ended::ServiceRestart => {
+            control.shutdown().await;
+            Ok(Step::Done(Exit::ServiceRestart))
+        }
+        Ended::Handoff(handover) => {
+            let listeners = control.hand_over().await;
+            Ok(exec_new_binary(path, *handover, listeners))
+        }
+    }
+}
+
+/// The listeners named in a handoff document, owned again.
+fn take_listeners(fds: &ControlFds) -> Option<crate::control::Listeners> {
+    let open = |fd: RawFd| {
+        // SAFETY: F_GETFD only checks that the number is open.
+        (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+            // SAFETY: an open descriptor handed to this binary to own.
+            .then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let unix = open(fds.unix?)?;
+    Some(crate::control::Listeners {
+        unix,
+        socket_id: fds.socket_id.unwrap_or_default(),
+        tcp: fds.tcp.and_then(open),
+    })
+}
+
+/// Writes the state document and execs the new binary; returns only when the
+/// exec failed, with the state for this binary to take back.
+fn exec_new_binary(
+    path: &Path,
+    handover: Handover,
+    listeners: Option<crate::control::Listeners>,
+) -> Step {
+    // From here the document owns the descriptors (by number), whichever binary
+    // reads it.
+    let mut keep: Vec<RawFd> = Vec::new();
+    let mut raw = |fd: OwnedFd| {
+        let n = fd.into_raw_fd();
+        keep.push(n);
+        n
+    };
+    let ui = handover.ui.map(|(pid, guard)| UiHandle {
+        pid,
+        guard: guard.map(|g| {
+            let (gpid, fd) = g.into_parts();
+            GuardFd {
+                pid: gpid,
+                fd: raw(fd),
+            }
+        }),
+    });
+    let control = match listeners {
+        Some(l) => ControlFds {
+            socket_id: Some(l.socket_id),
+            unix: Some(raw(l.unix)),
+            tcp: l.tcp.map(&mut raw),
+        },
+        None => ControlFds::default(),
+    };
+    let envelope = Envelope::new(ui, control, Some(handover.config_text), &handover.state);
+    let err = match state::write(&envelope) {
+        Ok(memfd) => {
+            let doc = memfd.as_raw_fd();
+            keep.push(doc);
+            let args: Vec<OsString> = vec![
+                "run".into(),
+                "--config".into(),
+                path.as_os_str().to_owned(),
+                "--handoff-fd".into(),
+                doc.to_string().into(),
+            ];
+            tracing::info!(executable = %handover.exe.display(), "exec");
+            crate::handoff::exec::exec(&handover.exe, &args, &keep).to_string()
+        }
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(executable = %handover.exe.display(), error = %err, "cannot exec the new binary; this one carries on");
+    Step::ExecFailed(envelope.receive())
 }
 
 /// SIGHUP (`systemctl reload`, notify-reload) → reload through the core.

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::config::supervisor::SupervisorConfig;
 use crate::config::{Config, ControlConfig, DataConfig, RestartConfig, UiConfig};
 use crate::ui::flavor::{Flavor, ModelKind};
 
@@ -119,6 +120,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         settings: old_settings,
         restart: old_restart,
         control: old_control,
+        supervisor: old_supervisor,
     } = old;
     let Config {
         ui: new_ui,
@@ -128,6 +130,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         settings: new_settings,
         restart: new_restart,
         control: new_control,
+        supervisor: new_supervisor,
     } = new;
 
     let mut d = ConfigDiff::default();
@@ -140,6 +143,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     );
     restart(&mut d, old_restart, new_restart);
     control(&mut d, old_control, new_control);
+    supervisor(&mut d, old_supervisor, new_supervisor);
 
     let relaid_anyway = old_ui.flavor != new_ui.flavor || old_data.dir != new_data.dir;
     if !relaid_anyway {
@@ -228,6 +232,22 @@ fn control(d: &mut ConfigDiff, old: &ControlConfig, new: &ControlConfig) {
     note(s, "control.dbus", old.dbus != *dbus);
     note(s, "control.http_listen", old.http_listen != *http_listen);
     note(s, "control.token_file", old.token_file != *token_file);
+}
+
+/// The supervisor applies these to itself (a handoff, a service restart); the
+/// UI is untouched by the change as such.
+fn supervisor(d: &mut ConfigDiff, old: &SupervisorConfig, new: &SupervisorConfig) {
+    let SupervisorConfig {
+        executable,
+        unit_fingerprint,
+    } = new;
+    let s = &mut d.supervisor_only;
+    note(s, "supervisor.executable", old.executable != *executable);
+    note(
+        s,
+        "supervisor.unit_fingerprint",
+        old.unit_fingerprint != *unit_fingerprint,
+    );
 }
 
 fn settings(

@@ -9,6 +9,7 @@
 mod diagnostics;
 pub mod diff;
 mod raw;
+pub mod supervisor;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub struct Config {
     pub restart: RestartConfig,
     /// The control plane: socket, D-Bus, optional TCP.
     pub control: ControlConfig,
+    /// Self-upgrade: the binary to run and the unit's fingerprint.
+    pub supervisor: supervisor::SupervisorConfig,
 }
 
 /// `[ui]`: the UI process.

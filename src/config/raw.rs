@@ -74,6 +74,7 @@ pub struct RawConfig {
     pub settings: toml::Table,
     pub restart: RawRestart,
     pub control: RawControl,
+    pub supervisor: super::supervisor::RawSupervisor,
 }
 
 /// Keys allowed in each fixed-shape section (the others are free-form maps).
@@ -102,6 +103,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &["policy", "idle_grace", "deadline", "poll_interval"],
     ),
     ("control", &["socket", "dbus", "http_listen", "token_file"]),
+    ("supervisor", super::supervisor::KEYS),
 ];
 
 /// Parses the text; syntax, unknown-key and type problems go to `problems`.
@@ -155,6 +157,8 @@ pub fn parse<'a>(
             "extensions" => Deserialize::deserialize(de).map(|v| raw.extensions = v),
             "settings" => Deserialize::deserialize(de).map(|v| raw.settings = v),
             "restart" => RawRestart::deserialize(de).map(|v| raw.restart = v),
+            "supervisor" => super::supervisor::RawSupervisor::deserialize(de)
+                .map(|v| raw.supervisor = v),
             _ => RawControl::deserialize(de).map(|v| raw.control = v),
         };
         if let Err(e) = parsed {

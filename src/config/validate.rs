@@ -129,6 +129,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
     let settings = settings(raw.settings);
     let restart = restart_config(&mut c, raw.restart);
     let control = control_config(&mut c, raw.control);
+    let supervisor = super::supervisor::validate(raw.supervisor, c.problems);
     Some(Config {
         ui: ui?,
         data: data?,
@@ -137,6 +138,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         settings,
         restart,
         control,
+        supervisor,
     })
 }
 

@@ -16,6 +16,7 @@ mod socket;
 pub mod status_text;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -106,11 +107,26 @@ pub enum ControlError {
     },
 }
 
+/// The listening sockets of a control plane, handed from one binary to the next
+/// (a self-upgrade) so that connections wait in the kernel's queue meanwhile.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The unix socket's listener.
+    pub unix: OwnedFd,
+    /// Device and inode of the socket file.
+    pub socket_id: (u64, u64),
+    /// The TCP listener, if one runs.
+    pub tcp: Option<OwnedFd>,
+}
+
 /// The running control plane; [`Control::shutdown`] stops it.
 #[derive(Debug)]
 pub struct Control {
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    /// Second descriptors of the listeners, kept for a handoff: the servers
+    /// close theirs when they stop.
+    kept: Option<(OwnedFd, Option<OwnedFd>)>,
     socket: socket::SocketFile,
     dbus: Option<dbus::DbusService>,
     tcp_addr: Option<SocketAddr>,
@@ -135,26 +151,64 @@ pub async fn start_with_bus(
     config: &ControlConfig,
     bus: Option<dbus::Bus>,
 ) -> Result<Control, ControlError> {
+    start_inner(handle, config, bus, None).await
+}
+
+/// [`start`] on listeners handed over by the binary this one replaced.
+pub async fn start_inherited(
+    handle: CoreHandle,
+    config: &ControlConfig,
+    listeners: Listeners,
+) -> Result<Control, ControlError> {
+    let bus = match config.dbus {
+        DbusBus::System => Some(dbus::Bus::System),
+        DbusBus::Session => Some(dbus::Bus::Session),
+        DbusBus::Off => None,
+    };
+    start_inner(handle, config, bus, Some(listeners)).await
+}
+
+async fn start_inner(
+    handle: CoreHandle,
+    config: &ControlConfig,
+    bus: Option<dbus::Bus>,
+    inherited: Option<Listeners>,
+) -> Result<Control, ControlError> {
     let token = match (&config.http_listen, &config.token_file) {
         (Some(_), Some(path)) => Some(auth::Token::read(path)?),
         (Some(_), None) => return Err(ControlError::TokenMissing),
         (None, _) => None,
     };
-    let (listener, socket) = socket::bind(&config.socket).await?;
+    let (inherited_tcp, (listener, socket)) = match inherited {
+        Some(l) => (l.tcp, socket::adopt(&config.socket, l.unix, l.socket_id)?),
+        None => (None, socket::bind(&config.socket).await?),
+    };
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok();
+    let kept_unix = dup(listener.as_fd());
     let (stop, stopped) = watch::channel(false);
     let router = http::router(handle.clone());
     let mut servers = vec![serve(listener, router.clone(), stopped.clone())];
     let mut tcp_addr = None;
+    let mut kept_tcp = None;
     if let (Some(addr), Some(token)) = (config.http_listen, token) {
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ControlError::Tcp { addr, source })?;
+        let tcp = match inherited_tcp {
+            Some(fd) => {
+                let std_tcp = std::net::TcpListener::from(fd);
+                std_tcp
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(std_tcp))
+            }
+            None => tokio::net::TcpListener::bind(addr).await,
+        }
+        .map_err(|source| ControlError::Tcp { addr, source })?;
         tcp_addr = tcp.local_addr().ok();
+        kept_tcp = dup(tcp.as_fd());
         servers.push(serve(tcp, auth::require_token(router, token), stopped));
     }
     let mut control = Control {
         stop,
         servers,
+        kept: kept_unix.map(|u| (u, kept_tcp)),
         socket,
         dbus: None,
         tcp_addr,
@@ -193,16 +247,32 @@ impl Control {
         self.dbus.as_ref()
     }
 
+    /// Stops serving like [`Control::shutdown`] but keeps the listeners open and
+    /// the socket file in place, for the binary that replaces this one. New
+    /// connections queue in the kernel meanwhile; answers in flight are finished.
+    pub async fn hand_over(mut self) -> Option<Listeners> {
+        let kept = self.kept.take();
+        let socket_id = self.socket.id();
+        self.stop_servers().await;
+        let Control { socket, .. } = self;
+        socket.keep();
+        kept.map(|(unix, tcp)| Listeners {
+            unix,
+            socket_id,
+            tcp,
+        })
+    }
+
     /// Stops serving (in-flight requests get [`SHUTDOWN_GRACE`]), gives up the bus
     /// name and removes the socket file this supervisor created.
-    pub async fn shutdown(self) {
-        let Control {
-            stop,
-            servers,
-            socket,
-            dbus,
-            ..
-        } = self;
+    pub async fn shutdown(mut self) {
+        self.stop_servers().await;
+    }
+
+    async fn stop_servers(&mut self) {
+        let stop = &self.stop;
+        let servers = std::mem::take(&mut self.servers);
+        let dbus = self.dbus.take();
         let _ = stop.send(true);
         if let Some(service) = dbus {
             service.shutdown().await;
@@ -215,7 +285,6 @@ impl Control {
                 server.abort();
             }
         }
-        drop(socket);
     }
 }
 

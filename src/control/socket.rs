@@ -32,6 +32,39 @@ impl SocketFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Device and inode of the socket file, to hand over with its listener.
+    pub fn id(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    /// Leaves the file in place: a successor binary serves it now.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+/// Serves a listener handed over by the binary this one replaced, on the socket
+/// file it bound (removed at exit only while it is still that file).
+pub fn adopt(
+    path: &Path,
+    fd: std::os::fd::OwnedFd,
+    (dev, ino): (u64, u64),
+) -> Result<(UnixListener, SocketFile), ControlError> {
+    let err = |source: io::Error| ControlError::Socket {
+        path: path.to_owned(),
+        context: "taking over the listener of the previous binary",
+        source,
+    };
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
+    std_listener.set_nonblocking(true).map_err(err)?;
+    let listener = UnixListener::from_std(std_listener).map_err(err)?;
+    let file = SocketFile {
+        path: path.to_owned(),
+        dev,
+        ino,
+    };
+    Ok((listener, file))
 }
 
 impl Drop for SocketFile {

@@ -39,6 +39,20 @@ pub enum AfterStop {
     Start,
     /// Count a crash with this reason, then back off or fail.
     Crash(String),
+    /// End the supervisor for a service restart (the unit changed).
+    ExitService,
+}
+
+/// The `--api-auth` credentials of `ui.api_auth_file`, if set.
+pub(super) fn api_auth(config: &crate::config::Config) -> Result<Option<ApiAuth>, String> {
+    match &config.ui.api_auth_file {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| ApiAuth::parse(&t))
+            .map(Some)
+            .map_err(|e| format!("ui.api_auth_file {}: {e}", path.display())),
+    }
 }
 
 /// Resolves when the running UI's main process exits; never while none runs.
@@ -68,21 +82,14 @@ impl Supervisor {
             self.ready_once();
             return;
         }
-        let auth = match &config.ui.api_auth_file {
-            None => None,
-            Some(path) => match std::fs::read_to_string(path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| ApiAuth::parse(&t))
-            {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    let why = format!("ui.api_auth_file {}: {e}", path.display());
-                    tracing::error!(reason = %why, "cannot start the UI");
-                    self.ui = Ui::Failed { why };
-                    self.ready_once();
-                    return;
-                }
-            },
+        let auth = match api_auth(&config) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::error!(reason = %why, "cannot start the UI");
+                self.ui = Ui::Failed { why };
+                self.ready_once();
+                return;
+            }
         };
         let mut argv = config.ui_argv();
         if let Some(a) = &auth {
@@ -244,6 +251,10 @@ impl Supervisor {
                     AfterStop::Crash(why) => {
                         self.ui = Ui::Down;
                         self.record_crash(why);
+                    }
+                    AfterStop::ExitService => {
+                        self.ui = Ui::Down;
+                        self.exit_for_service_restart();
                     }
                 }
             }

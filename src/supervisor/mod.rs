@@ -9,6 +9,7 @@
 //! Submodules: [`lifecycle`] (start, readiness, crash/backoff, stop) and
 //! [`reconfigure`] (reload, live apply, restart scheduling).
 
+mod handoff;
 mod lifecycle;
 pub mod protocol;
 mod reconfigure;
@@ -32,6 +33,7 @@ use crate::ui::comfy_ws::QueueSignal;
 use crate::ui::gpu::GpuEnv;
 use crate::ui::process::UiProcess;
 
+pub use handoff::{Ended, Handover};
 pub use lifecycle::Event;
 
 /// Crashes within this window count towards `failed`.
@@ -120,6 +122,8 @@ pub struct Supervisor {
     path: PathBuf,
     config: Config,
     config_hash: String,
+    /// The text of `config`, handed to a new binary on a self-upgrade.
+    config_text: Vec<u8>,
     gpu: GpuEnv,
     notifier: Notifier,
     snapshots: watch::Sender<Snapshot>,
@@ -145,6 +149,12 @@ pub struct Supervisor {
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<RestartReason>,
+    /// A reload decided to hand over to a new binary.
+    handoff: Option<handoff::Planned>,
+    /// The UI is stopped for a service restart: the loop ends.
+    exit_service: bool,
+    /// State handed over by the previous binary, taken over when `run` starts.
+    adopting: Option<(crate::handoff::state::Received, bool)>,
 }
 
 /// Unix seconds now.
@@ -221,6 +231,7 @@ impl Supervisor {
         let sup = Supervisor {
             path,
             config_hash: config_hash(config_text),
+            config_text: config_text.to_vec(),
             config,
             gpu,
             notifier,
@@ -245,20 +256,28 @@ impl Supervisor {
             ready_since_unix: None,
             last_time_to_ready_ms: None,
             start_reason: None,
+            handoff: None,
+            exit_service: false,
+            adopting: None,
         };
         (sup, CoreHandle::new(cmd_tx, snap_rx), cmd_rx, events_rx)
     }
 
-    /// Runs until `shutdown` resolves, then stops the UI gracefully.
+    /// Runs until `shutdown` resolves (then stops the UI gracefully), a reload
+    /// hands over to a new binary (the UI keeps running), or a changed unit needs
+    /// a service restart (the UI stopped when idle).
     pub async fn run(
         mut self,
         mut commands: mpsc::Receiver<CoreCommand>,
         mut events: mpsc::UnboundedReceiver<Event>,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> Ended {
         tokio::pin!(shutdown);
-        self.start_ui().await;
-        loop {
+        match self.adopting.take() {
+            Some((received, unknown)) => self.finish_adoption(received, unknown).await,
+            None => self.start_ui().await,
+        }
+        while !self.should_end() {
             self.publish();
             let wake = tokio::time::Instant::from_std(self.next_wakeup());
             tokio::select! {
@@ -269,7 +288,15 @@ impl Supervisor {
                 () = tokio::time::sleep_until(wake) => self.on_tick().await,
             }
         }
+        if let Some(handover) = self.take_handoff() {
+            return Ended::Handoff(Box::new(handover));
+        }
         self.shutdown(&mut events).await;
+        if self.exit_service {
+            Ended::ServiceRestart
+        } else {
+            Ended::Shutdown
+        }
     }
 
     /// The earliest moment something is due.

@@ -9,6 +9,7 @@ use super::lifecycle::AfterStop;
 use super::{Pending, Supervisor, Ui, config_hash, unix_now};
 use crate::config::diff::{ConfigDiff, diff};
 use crate::config::{Config, RestartPolicy};
+use crate::handoff::UNIT_CHANGED;
 use crate::supervisor::protocol::{ReloadOutcome, ReloadResult, RestartReason, RestartWhen};
 
 /// The pending-restart reason a `restart` request adds (the others are config keys).
@@ -30,6 +31,9 @@ impl Supervisor {
             self.notifier.reloading();
         }
         let outcome = self.reload_inner().await;
+        if self.handoff_planned(announce) {
+            return outcome;
+        }
         *self.counters.reloads.entry(outcome.result).or_default() += 1;
         tracing::info!(result = %outcome.result, live = ?outcome.applied_live, restart = ?outcome.needs_restart, "reload");
         self.last_reload = Some(outcome.clone());
@@ -40,7 +44,7 @@ impl Supervisor {
         outcome
     }
 
-    async fn reload_inner(&mut self) -> ReloadOutcome {
+    pub(super) async fn reload_inner(&mut self) -> ReloadOutcome {
         let mut outcome = ReloadOutcome {
             result: ReloadResult::Applied,
             at_unix: unix_now(),
@@ -65,6 +69,9 @@ impl Supervisor {
             outcome.result = ReloadResult::Unchanged;
             return outcome;
         }
+        if let Some(handoff) = self.handoff_reload(&text, &outcome).await {
+            return handoff;
+        }
         let new = match Config::parse(&self.path, &String::from_utf8_lossy(&text)) {
             Ok(c) => c,
             Err(e) => {
@@ -78,8 +85,10 @@ impl Supervisor {
             }
         };
         let change = diff(&self.config, &new);
+        let unit_changed = Supervisor::unit_changed(&self.config, &new);
         self.config = new;
         self.config_hash = hash;
+        self.config_text = text;
         self.reload_rejected = None;
         if change.is_empty() {
             outcome.result = ReloadResult::Unchanged;
@@ -95,10 +104,16 @@ impl Supervisor {
             self.schedule(change.restart_reasons.clone(), self.config.restart.policy)
                 .await;
         }
+        if unit_changed {
+            tracing::info!("the service unit changed: a service restart is pending");
+            outcome.needs_restart.push(UNIT_CHANGED.into());
+            self.schedule(vec![UNIT_CHANGED.into()], self.config.restart.policy)
+                .await;
+        }
         outcome
     }
 
-    fn rejected(
+    pub(super) fn rejected(
         &mut self,
         mut outcome: ReloadOutcome,
         errors: Vec<String>,
@@ -230,7 +245,12 @@ impl Supervisor {
             // A stop is under way; its follow-up start uses the newest config.
             return;
         }
-        self.begin_stop(why, AfterStop::Start);
+        let then = if Supervisor::restart_is_service(&p.reasons) {
+            AfterStop::ExitService
+        } else {
+            AfterStop::Start
+        };
+        self.begin_stop(why, then);
     }
 
     /// Decides whether a pending `when-idle` restart is due: queue empty for

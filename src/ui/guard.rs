@@ -51,6 +51,20 @@ impl GroupGuard {
         }
     }
 
+    /// Hands the guard over (its pid and the pipe's write end) to the binary
+    /// that replaces this one: the guard must not notice the exec.
+    pub fn into_parts(self) -> (i32, OwnedFd) {
+        (self.pid.as_raw(), self.release)
+    }
+
+    /// Takes over a guard handed over by [`GroupGuard::into_parts`].
+    pub fn adopt(pid: i32, release: OwnedFd) -> GroupGuard {
+        GroupGuard {
+            pid: Pid::from_raw(pid),
+            release,
+        }
+    }
+
     /// The group is gone: tells the guard to exit without killing, and reaps it.
     pub async fn release(self) {
         if let Err(e) = nix::unistd::write(&self.release, b"x") {

@@ -26,10 +26,19 @@ pub struct Launch {
     pub env: BTreeMap<String, String>,
 }
 
+/// How the UI's main process is waited for.
+#[derive(Debug)]
+enum Waiter {
+    /// Spawned by this binary.
+    Spawned(Child),
+    /// Spawned by the binary this one replaced (a handoff): known by pid.
+    Adopted(crate::handoff::adopt::PidChild),
+}
+
 /// A running UI process group.
 #[derive(Debug)]
 pub struct UiProcess {
-    child: Child,
+    child: Waiter,
     pid: i32,
     /// Kills the group if the supervisor dies; none if it could not be forked.
     guard: Option<GroupGuard>,
@@ -107,7 +116,32 @@ impl UiProcess {
                 tracing::warn!(pid, error = %e, "cannot fork the UI group's guard; if the supervisor is killed, the UI's child processes may outlive it");
             })
             .ok();
-        Ok(UiProcess { child, pid, guard })
+        Ok(UiProcess {
+            child: Waiter::Spawned(child),
+            pid,
+            guard,
+        })
+    }
+
+    /// Takes over a UI that the binary this one replaced spawned (a handoff):
+    /// it is still this process's child, with its guard.
+    pub fn adopt(pid: i32, guard: Option<GroupGuard>) -> io::Result<UiProcess> {
+        let child = crate::handoff::adopt::PidChild::adopt(pid)?;
+        Ok(UiProcess {
+            child: Waiter::Adopted(child),
+            pid,
+            guard,
+        })
+    }
+
+    /// Gives the UI up for a handoff: its pid and its guard. Nothing is stopped
+    /// and nothing waits for it any more until the next binary adopts it.
+    pub fn into_handoff(self) -> (i32, Option<GroupGuard>) {
+        if let Waiter::Spawned(child) = self.child {
+            // Dropped, tokio would queue it to be reaped behind our back.
+            std::mem::forget(child);
+        }
+        (self.pid, self.guard)
     }
 
     /// PID of the UI (also its process group id).
@@ -117,7 +151,10 @@ impl UiProcess {
 
     /// Waits for the UI's main process to exit.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        self.child.wait().await
+        match &mut self.child {
+            Waiter::Spawned(child) => child.wait().await,
+            Waiter::Adopted(child) => child.wait().await,
+        }
     }
 
     /// Sends a signal to the whole group.
@@ -134,12 +171,12 @@ impl UiProcess {
     /// Returns the main process's exit status.
     pub async fn stop(mut self, grace: Duration) -> io::Result<ExitStatus> {
         self.signal(Signal::SIGINT);
-        let status = match tokio::time::timeout(grace, self.child.wait()).await {
+        let status = match tokio::time::timeout(grace, self.wait()).await {
             Ok(status) => status?,
             Err(_) => {
                 tracing::warn!(pid = self.pid, grace = ?grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
                 self.signal(Signal::SIGKILL);
-                self.child.wait().await?
+                self.wait().await?
             }
         };
         self.signal(Signal::SIGKILL);

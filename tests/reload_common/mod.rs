@@ -118,6 +118,10 @@ pub struct Conf {
     pub deadline: String,
     pub poll_interval: String,
     pub stop_timeout: String,
+    /// `[supervisor] executable` (self-upgrade), if set.
+    pub executable: Option<PathBuf>,
+    /// `[supervisor] unit_fingerprint`, if set.
+    pub unit_fingerprint: Option<String>,
 }
 
 impl Conf {
@@ -145,6 +149,8 @@ impl Conf {
             deadline: "1h".into(),
             poll_interval: "100ms".into(),
             stop_timeout: "10s".into(),
+            executable: None,
+            unit_fingerprint: None,
         }
     }
 
@@ -196,6 +202,16 @@ impl Conf {
         }
         doc.insert("restart".into(), restart.into());
         doc.insert("control".into(), control.into());
+        let mut supervisor = toml::Table::new();
+        if let Some(exe) = &self.executable {
+            supervisor.insert("executable".into(), exe.display().to_string().into());
+        }
+        if let Some(fp) = &self.unit_fingerprint {
+            supervisor.insert("unit_fingerprint".into(), fp.clone().into());
+        }
+        if !supervisor.is_empty() {
+            doc.insert("supervisor".into(), supervisor.into());
+        }
         toml::to_string(&doc).expect("the config renders as TOML")
     }
 
@@ -428,8 +444,19 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(config: &Path, log: PathBuf, record: PathBuf, notify: Option<&Path>) -> Daemon {
+        Daemon::spawn_bin(Path::new(BIN), config, log, record, notify)
+    }
+
+    /// Like [`Daemon::spawn`], running the binary at `bin` (a copy, for handoffs).
+    pub fn spawn_bin(
+        bin: &Path,
+        config: &Path,
+        log: PathBuf,
+        record: PathBuf,
+        notify: Option<&Path>,
+    ) -> Daemon {
         let out = std::fs::File::create(&log).expect("create the daemon log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--config")
             .arg(config)
@@ -453,6 +480,16 @@ impl Daemon {
 
     pub fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), sig).expect("signal the daemon");
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The daemon's exit status, once it exited.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// How many times the daemon launched a UI (its log's "UI launched" lines;
@@ -524,8 +561,14 @@ impl Scenario {
 
     /// Writes the config, starts the daemon, waits for `READY=1` (the UI answers).
     pub fn start(&mut self) {
+        self.start_bin(Path::new(BIN));
+    }
+
+    /// [`Scenario::start`] with the binary at `bin`.
+    pub fn start_bin(&mut self, bin: &Path) {
         self.write_config();
-        self.daemon = Some(Daemon::spawn(
+        self.daemon = Some(Daemon::spawn_bin(
+            bin,
             &self.config,
             self.path("daemon.log"),
             self.conf.record.clone(),

@@ -1,0 +1,199 @@
+//! Self-upgrade in place (issue 13), outside systemd: the daemon runs binary copy
+//! A; the config names copy B and a reload hands over by `execve`. The UI (the
+//! stand-in) keeps its PID and its running job; the daemon keeps its PID and runs
+//! B; the pending restart, uptime and queue carry over. A binary that cannot take
+//! over (missing, not executable, failing its check, reading an older state
+//! version) is a rejected reload and changes nothing.
+
+mod reload_common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use reload_common::{BIN, Scenario, events, txt2img};
+use serde_json::Value;
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// A copy of the binary under test at `dir/name` (a hard link: same content,
+/// another path, which is all a handoff looks at).
+fn binary_copy(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    if std::fs::hard_link(BIN, &path).is_err() {
+        std::fs::copy(BIN, &path).expect("copy the binary");
+    }
+    path
+}
+
+/// `/proc/PID/exe`.
+fn exe_of(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).expect("read /proc/PID/exe")
+}
+
+/// `status --json` through the control socket.
+fn status(s: &Scenario) -> Value {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--socket"])
+        .arg(&s.conf.socket)
+        .output()
+        .expect("run status");
+    assert!(
+        out.status.success(),
+        "status failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.diagnostics()
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+/// `reload` through the control socket: exit code and stderr+stdout.
+fn reload_cli(s: &Scenario) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["reload", "--socket"])
+        .arg(&s.conf.socket)
+        .output()
+        .expect("run reload");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Starts a forge stand-in under copy A with `executable = A`.
+fn start_on_a(name: &str) -> (Scenario, PathBuf, PathBuf) {
+    let mut s = Scenario::new(name, "forge");
+    let a = binary_copy(s.dir.path(), "sd-webui-supervisor-a");
+    let b = binary_copy(s.dir.path(), "sd-webui-supervisor-b");
+    s.conf.executable = Some(a.clone());
+    s.start_bin(&a);
+    (s, a, b)
+}
+
+#[test]
+fn a_new_binary_takes_over_while_a_job_runs() {
+    let (mut s, a, b) = start_on_a("handoff-job");
+    let first = s.wait_listening(1, SECS(20));
+    let pid = s.daemon().pid();
+    assert_eq!(exe_of(pid), a);
+    let job = txt2img(s.conf.port, 4.0);
+    s.wait_event("job_start", 1, SECS(10));
+    s.wait(SECS(5), "the busy queue in status", || {
+        let st = status(&s);
+        (st["queue"]["running"] == 1).then_some(())
+    });
+    let before = status(&s);
+
+    s.conf.executable = Some(b.clone());
+    // Waits for READY=1 after RELOADING=1: from the new binary.
+    s.reload();
+
+    assert_eq!(exe_of(pid), b, "the daemon runs B under the same PID");
+    let after = status(&s);
+    assert_eq!(after["ui_pid"], first.pid, "the UI was adopted, not restarted");
+    assert!(
+        after["uptime_seconds"].as_u64() >= before["uptime_seconds"].as_u64(),
+        "uptime carried over: {before} → {after}"
+    );
+    assert_eq!(after["state"], "ready");
+    s.wait(SECS(5), "the queue reported by the new binary", || {
+        (status(&s)["queue"]["running"] == 1).then_some(())
+    });
+    assert_eq!(
+        job.join().expect("the job thread"),
+        Ok(200),
+        "the job completed\n{}",
+        s.diagnostics()
+    );
+    assert!(s.daemon.as_mut().expect("daemon").try_exit().is_none());
+    let recs = s.records();
+    assert_eq!(events(&recs, "start").len(), 1, "one UI start only");
+    assert!(events(&recs, "signal").is_empty(), "the UI got no signal");
+    let log = s.daemon().log_tail(200);
+    assert!(log.contains("adopted the running UI"), "{log}");
+    s.wait(SECS(5), "an idle queue after the job", || {
+        (status(&s)["queue"]["running"] == 0).then_some(())
+    });
+    assert_eq!(status(&s)["restart_pending"], Value::Null);
+}
+
+#[test]
+fn a_pending_restart_survives_the_handoff() {
+    let (mut s, _a, b) = start_on_a("handoff-pending");
+    let first = s.wait_listening(1, SECS(20));
+    let job = txt2img(s.conf.port, 5.0);
+    s.wait_event("job_start", 1, SECS(10));
+    s.conf.extra_args = vec!["--cuda-malloc".into()];
+    s.reload();
+    let pending = status(&s)["restart_pending"].clone();
+    assert_eq!(pending["reasons"], serde_json::json!(["ui.extra_args"]));
+
+    s.conf.executable = Some(b.clone());
+    s.reload();
+    let pid = s.daemon().pid();
+    assert_eq!(exe_of(pid), b);
+    let after = status(&s);
+    assert_eq!(after["ui_pid"], first.pid);
+    assert_eq!(after["restart_pending"], pending, "same reasons, same deadline");
+    assert!(after["status_line"]
+        .as_str()
+        .is_some_and(|l| l.contains("restart pending (ui.extra_args changed)")));
+    // The new binary carries the restart out once the job is done.
+    assert_eq!(job.join().expect("the job thread"), Ok(200));
+    let second = s.wait_listening(2, SECS(20));
+    assert!(second.argv().iter().any(|a| a == "--cuda-malloc"));
+    assert!(s.daemon.as_mut().expect("daemon").try_exit().is_none());
+}
+
+#[test]
+fn binaries_that_cannot_take_over_are_rejected() {
+    let (s, a, _b) = start_on_a("handoff-bad");
+    let first = s.wait_listening(1, SECS(20));
+    let pid = s.daemon().pid();
+    let dir = s.dir.path();
+    let missing = dir.join("no-such-binary");
+    let not_exec = dir.join("not-executable");
+    std::fs::write(&not_exec, "#!/bin/sh\nexit 0\n").expect("write");
+    std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let fails = dir.join("fails-check");
+    std::fs::write(&fails, "#!/bin/sh\necho 'cannot read this' >&2\nexit 1\n").expect("write");
+    std::fs::set_permissions(&fails, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // An older build: passes its check but reads only state version 0.
+    let older = dir.join("older-state");
+    std::fs::write(&older, "#!/bin/sh\necho 'state-version 0'\n").expect("write");
+    std::fs::set_permissions(&older, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let cases = [
+        (&missing, "does not exist"),
+        (&not_exec, "is not an executable file"),
+        (&fails, "failed its handoff check (exit 1): cannot read this"),
+        (&older, "reads handoff state version 0"),
+    ];
+    let mut conf = s.conf.clone();
+    for (exe, why) in cases {
+        conf.executable = Some(exe.clone());
+        reload_common::write_atomic(&s.config, &conf.render());
+        let (code, text) = reload_cli(&s);
+        assert_eq!(code, 1, "reload to {} must fail: {text}", exe.display());
+        assert!(text.contains(why), "{why:?} not in {text:?}");
+        let st = status(&s);
+        assert_eq!(st["last_reload"]["result"], "rejected");
+        assert!(
+            st["status_line"]
+                .as_str()
+                .is_some_and(|l| l.contains(why)),
+            "status line: {}",
+            st["status_line"]
+        );
+        assert_eq!(st["ui_pid"], first.pid);
+        assert_eq!(exe_of(pid), a, "A keeps running");
+    }
+    let log = s.daemon().log_tail(200);
+    assert!(log.contains("does not exist"), "the log says why: {log}");
+    let recs = s.records();
+    assert_eq!(events(&recs, "start").len(), 1, "the UI was never restarted");
+    assert!(events(&recs, "signal").is_empty(), "the UI got no signal");
+}
