@@ -151,6 +151,11 @@ fn init_tracing() {
 /// `PR_SET_PDEATHSIG`, which fires when the *forking thread* exits, so all spawning
 /// happens on the main thread, which lives as long as the process.
 fn run_daemon(config: &std::path::Path, handoff_fd: Option<i32>) -> ExitCode {
+    // Before any thread exists, so every thread inherits the mask.
+    if let Err(e) = crate::handoff::signals::hold() {
+        eprintln!("cannot block SIGHUP/SIGTERM/SIGINT: {e}");
+        return ExitCode::from(1);
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,10 +5,12 @@ use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use tokio::signal::unix::{SignalKind, signal};
+use nix::sys::signal::Signal;
+use tokio::sync::oneshot;
 
 use crate::config::{Config, ConfigError};
 use crate::notify::Notifier;
+use crate::handoff::signals::{Signals, resend};
 use crate::handoff::state::{self, ControlFds, Envelope, GuardFd, Received, UiHandle};
 use crate::supervisor::{Ended, Handover, Supervisor};
 use crate::supervisor::protocol::CoreHandle;
@@ -85,13 +87,10 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     if let Err(e) = become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned UI processes are left to init");
     }
-    let mut sigterm = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(io("cannot handle SIGINT"))?;
-    let sighup = signal(SignalKind::hangup()).map_err(io("cannot handle SIGHUP"))?;
-    // Signals held across a handoff's exec are handled from here on.
-    crate::handoff::exec::unblock_signals();
+    let signals = Signals::open().map_err(io("cannot read signals (signalfd)"))?;
     // After a handoff the core starts from the config the UI runs with, and its
     // first step reloads the file, as the old binary left that to it.
+    let file_text = text.clone();
     let (config, config_text, adoption) = match inherited {
         None => (file_config, text, None),
         Some(received) => {
@@ -130,9 +129,12 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
         None => crate::control::start(handle.clone(), &control_config).await?,
     };
 
-    tokio::spawn(reload_on_sighup(handle.clone(), sighup));
+    let (stop, stopped) = oneshot::channel();
+    let signal_task = tokio::spawn(dispatch_signals(signals, handle.clone(), stop));
     // NixOS swaps /etc/static rather than the file: the watcher follows the chain.
-    let watcher = match ConfigWatcher::start(path, &config_text, Debounce::default()) {
+    // The watcher compares with the file as read now (after a handoff, the core
+    // starts from the old text and reloads the file itself).
+    let watcher = match ConfigWatcher::start(path, &file_text, Debounce::default()) {
         Ok((watcher, changes)) => {
             tokio::spawn(reload_on_change(
                 handle.clone(),
@@ -148,12 +150,11 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     };
 
     let shutdown = async move {
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM"),
-            _ = sigint.recv() => tracing::info!("SIGINT"),
-        }
+        let _ = stopped.await;
     };
     let ended = core.run(commands, events, shutdown).await;
+    // From here signals stay pending, for this binary's end or the next one.
+    signal_task.abort();
     drop(watcher);
     match ended {
         Ended::Shutdown => {
@@ -241,11 +242,32 @@ fn exec_new_binary(
     Step::ExecFailed(envelope.receive())
 }
 
-/// SIGHUP (`systemctl reload`, notify-reload) → reload through the core.
-async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::Signal) {
-    while sighup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading");
-        if handle.reload().await.is_err() {
+/// SIGHUP (`systemctl reload`, notify-reload) → reload through the core;
+/// SIGTERM/SIGINT → `stop`. A signal the core can no longer take (it ended for
+/// a handoff) is sent again, to stay pending for the binary that runs next.
+async fn dispatch_signals(mut signals: Signals, handle: CoreHandle, stop: oneshot::Sender<()>) {
+    loop {
+        let sig = match signals.next().await {
+            Ok(sig) => sig,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read signals any more");
+                return;
+            }
+        };
+        if stop.is_closed() {
+            resend(sig);
+            return;
+        }
+        tracing::info!(signal = %sig, "signal");
+        if sig == Signal::SIGHUP {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                if handle.reload().await.is_err() {
+                    resend(Signal::SIGHUP);
+                }
+            });
+        } else {
+            let _ = stop.send(());
             return;
         }
     }

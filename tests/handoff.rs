@@ -197,3 +197,40 @@ fn binaries_that_cannot_take_over_are_rejected() {
     assert_eq!(events(&recs, "start").len(), 1, "the UI was never restarted");
     assert!(events(&recs, "signal").is_empty(), "the UI got no signal");
 }
+
+#[test]
+fn a_sighup_during_the_handoff_is_answered_by_the_new_binary() {
+    let (s, _a, b) = start_on_a("handoff-sighup");
+    s.wait_listening(1, SECS(20));
+    let pid = s.daemon().pid();
+    let ready = s.notify.ready_count();
+    let reloading = |s: &Scenario| {
+        s.notify
+            .messages()
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "RELOADING=1"))
+            .count()
+    };
+    let reloads = reloading(&s);
+    let mut conf = s.conf.clone();
+    conf.executable = Some(b.clone());
+    reload_common::write_atomic(&s.config, &conf.render());
+    s.daemon().signal(nix::sys::signal::Signal::SIGHUP);
+    // The old binary has read the first SIGHUP; the second lands while it
+    // checks B, hands over or execs, and must neither kill nor be lost.
+    s.wait(SECS(5), "RELOADING=1 for the first SIGHUP", || {
+        (reloading(&s) > reloads).then_some(())
+    });
+    s.daemon().signal(nix::sys::signal::Signal::SIGHUP);
+    // Every announced reload is answered (the config watcher may add one).
+    let answered = |s: &Scenario| {
+        let (r, n) = (reloading(s) - reloads, s.notify.ready_count() - ready);
+        (r >= 2 && r == n).then_some(())
+    };
+    s.wait(SECS(10), "READY=1 for both SIGHUPs", || answered(&s));
+    std::thread::sleep(Duration::from_millis(300));
+    s.wait(SECS(1), "no reload left unanswered", || answered(&s));
+    assert_eq!(exe_of(pid), b);
+    let recs = s.records();
+    assert_eq!(events(&recs, "start").len(), 1);
+}

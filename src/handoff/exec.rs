@@ -4,9 +4,9 @@
 //! lose the flag, so the new binary inherits exactly the handed-over set. The
 //! call must come from the process's main thread: the UI was forked by it with
 //! `PR_SET_PDEATHSIG`, which fires when the forking *thread* ends, and `execve`
-//! from another thread ends the main one. SIGHUP, SIGTERM and SIGINT are blocked
-//! across the exec (the mask survives it) so that a signal arriving before the new
-//! binary has its handlers is held, not fatal; [`unblock_signals`] releases them.
+//! from another thread ends the main one. The daemon's signals are blocked all
+//! along (see [`super::signals`]): one arriving meanwhile stays pending for the
+//! new binary.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -14,16 +14,6 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
-
-/// The signals held across the exec.
-fn held() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
-        set.add(s);
-    }
-    set
-}
 
 /// Whether the caller runs on the process's main thread.
 pub fn on_main_thread() -> bool {
@@ -74,21 +64,26 @@ pub fn exec(exe: &Path, args: &[OsString], keep: &[RawFd]) -> io::Error {
             return e;
         }
     }
-    let mut old = SigSet::empty();
-    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&held()), Some(&mut old));
     let err = match nix::unistd::execv(&path, &argv) {
         Err(e) => io::Error::from(e),
         Ok(never) => match never {},
     };
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     for fd in keep {
         let _ = set_cloexec(*fd, true);
     }
     err
 }
 
-/// Releases the signals [`exec`] held, once the new binary handles them (a
-/// SIGHUP sent during the exec is delivered now, as a reload).
-pub fn unblock_signals() {
-    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&held()), None);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_refuses_to_run_off_the_main_thread() {
+        // Test functions run on worker threads: an exec here would end the main
+        // thread, and with it every child it forked with PR_SET_PDEATHSIG.
+        assert!(!on_main_thread());
+        let err = exec(Path::new("/bin/true"), &[], &[]);
+        assert!(err.to_string().contains("not on the main thread"), "{err}");
+    }
 }

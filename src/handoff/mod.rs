@@ -12,10 +12,12 @@
 //!   `FD_CLOEXEC`, from the main thread (the UI's parent-death signal follows
 //!   the thread that forked it).
 //! - [`adopt`]: waiting for a UI the new binary did not spawn, by pidfd.
+//! - [`signals`]: SIGHUP/SIGTERM/SIGINT by signalfd, so none is lost in between.
 
 pub mod adopt;
 pub mod check;
 pub mod exec;
+pub mod signals;
 pub mod state;
 
 /// The state document version this binary writes and the newest it reads.
