@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::diagnostics::{At, Problem};
 
-/// The keys of `[supervisor]`, for the unknown-key check.
-pub const KEYS: &[&str] = &["executable", "unit_fingerprint"];
+/// Longest `unit_fingerprint`: a label, not a document.
+const FINGERPRINT_MAX: usize = 256;
 
 /// `[supervisor]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +24,11 @@ pub const KEYS: &[&str] = &["executable", "unit_fingerprint"];
 pub struct RawSupervisor {
     pub executable: Option<String>,
     pub unit_fingerprint: Option<String>,
+}
+
+impl RawSupervisor {
+    /// The section's keys, for the unknown-key check.
+    pub const KEYS: &'static [&'static str] = &["executable", "unit_fingerprint"];
 }
 
 /// `[supervisor]`, validated.
@@ -46,6 +51,12 @@ pub fn validate(raw: RawSupervisor, problems: &mut Vec<Problem>) -> SupervisorCo
             Some("must not contain a NUL byte".to_string())
         } else if !e.starts_with('/') {
             Some(format!("{e:?} is not an absolute path"))
+        } else if e.len() > super::limits::PATH_MAX {
+            Some(format!(
+                "is {} bytes long; a path has at most {}",
+                e.len(),
+                super::limits::PATH_MAX
+            ))
         } else {
             None
         };
@@ -55,11 +66,11 @@ pub fn validate(raw: RawSupervisor, problems: &mut Vec<Problem>) -> SupervisorCo
         PathBuf::from(e)
     });
     let unit_fingerprint = raw.unit_fingerprint.inspect(|f| {
-        if f.trim().is_empty() || f.contains(['\n', '\0']) {
+        if f.trim().is_empty() || f.contains(['\n', '\0']) || f.len() > FINGERPRINT_MAX {
             problems.push(Problem::new(
                 ["supervisor", "unit_fingerprint"],
                 At::Value,
-                "must be a non-empty single line".to_string(),
+                format!("must be a non-empty single line of at most {FINGERPRINT_MAX} bytes"),
             ));
         }
     });

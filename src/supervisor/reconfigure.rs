@@ -72,7 +72,7 @@ impl Supervisor {
         if let Some(handoff) = self.handoff_reload(&text, &outcome).await {
             return handoff;
         }
-        let new = match Config::parse(&self.path, &String::from_utf8_lossy(&text)) {
+        let new = match Config::from_bytes(&self.path, &text) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload rejected, keeping the running config:\n{e}");
