@@ -141,9 +141,40 @@ let
       http_listen = cfg.control.httpListen;
       token_file = credentialPath "control-token";
     };
+    supervisor = {
+      executable = supervisorBin;
+      unit_fingerprint = unitFingerprint;
+    };
   };
 
   renderedConfig = settingsFormat.generate "sd-webui-forge.toml" tomlConfig;
+
+  # Self-upgrade (docs/upgrade.md). `executable` names the package's binary,
+  # so a package bump is a config change: the reload hands the running state
+  # over to the new binary in place, and the UI keeps running.
+  supervisorBin = "${cfg.supervisorPackage}/bin/sd-webui-supervisor";
+  # `unit_fingerprint` labels the unit's service settings as systemd gets
+  # them, leaving out what the supervisor applies itself: ExecStart's binary
+  # (the handoff) and the config file (a reload). PATH is left out too: NixOS
+  # fills it with store paths that change with every nixpkgs bump, and the
+  # supervisor runs nothing from it. A changed fingerprint makes the
+  # supervisor restart the whole service once the UI is idle.
+  service = config.systemd.services.${serviceName};
+  maskBin = v: if builtins.isString v then lib.replaceStrings [ supervisorBin ] [ "@supervisor@" ] v else v;
+  unitFingerprint = builtins.hashString "sha256" (
+    builtins.toJSON {
+      serviceConfig =
+        service.serviceConfig
+        // optionalAttrs (service.serviceConfig ? ExecStart) {
+          ExecStart =
+            let
+              e = service.serviceConfig.ExecStart;
+            in
+            if builtins.isList e then map maskBin e else maskBin e;
+        };
+      environment = removeAttrs (service.environment or { }) [ "PATH" ];
+    }
+  );
 
   # Validate at build time with the supervisor's own checker, so a bad config
   # fails `nixos-rebuild` with its `FILE:LINE:COL: key.path: message` lines
@@ -571,7 +602,7 @@ in
     environment.etc."sd-webui-forge/config.toml".source = checkedConfig;
 
     systemd.services.${serviceName} = import ./nix/unit.nix {
-      supervisorBin = "${cfg.supervisorPackage}/bin/sd-webui-supervisor";
+      inherit supervisorBin;
       configFile = checkedConfig;
       inherit configPath credentials;
       inherit (cfg)

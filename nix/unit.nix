@@ -124,10 +124,14 @@ in
   #   It goes in restartTriggers, not reloadTriggers: with reloadIfChanged
   #   both mean "reload", and NixOS warns on every build about a service with
   #   reloadIfChanged and reloadTriggers both set (nixos/modules/system/boot/systemd.nix).
-  # - A change of the unit itself (a new supervisor package, other
-  #   hardening) is a reload too; it takes effect the next time the service
-  #   starts (a reboot, or `systemctl restart sd-webui-forge` at a moment of
-  #   the admin's choosing).
+  # - A change of the unit itself is a reload too, and the config carries it
+  #   (docs/upgrade.md): a new supervisor package changes
+  #   `[supervisor] executable`, and the supervisor execs the new binary in
+  #   place (same PID, the UI keeps running); any other change of the
+  #   service settings (hardening, Environment=, DeviceAllow=, User=) changes
+  #   `[supervisor] unit_fingerprint`, and the supervisor restarts the whole
+  #   service once the UI is idle, by exiting with status 75
+  #   (RestartForceExitStatus= below).
   reloadIfChanged = true;
   restartTriggers = [ configFile ];
 
@@ -173,6 +177,9 @@ in
     # backing off from 5 s to 5 min. UI crashes are handled by the supervisor
     # itself (its own backoff, then a `failed` state shown in Status:).
     Restart = "on-failure";
+    # 75: the unit changed (unit_fingerprint) and the supervisor, with the UI
+    # stopped once idle, asks to be started again under the new unit.
+    RestartForceExitStatus = "75";
     RestartSec = "5s";
     RestartSteps = 8;
     RestartMaxDelaySec = "5min";

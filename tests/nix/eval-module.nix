@@ -130,6 +130,23 @@ let
     };
 
   cfgOf = settings: (eval settings).config;
+  # With further modules (systemd.services overrides, as an admin writes them).
+  cfgWith =
+    extra:
+    (lib.evalModules {
+      modules = [
+        standIns
+        ../../module.nix
+        { _module.args.pkgs = fakePkgs; }
+        base
+      ]
+      ++ extra;
+    }).config;
+  upgradeOf = extra: (cfgWith extra).services.sd-webui-forge.configFile.env.unchecked.value.supervisor;
+  fingerprintOf = extra: (upgradeOf extra).unit_fingerprint;
+  bumped = {
+    services.sd-webui-forge.supervisorPackage = fakeDrv "sd-webui-supervisor-0.2.0" { };
+  };
   optsOf = (eval { }).options.services.sd-webui-forge;
   sd = settings: (cfgOf settings).services.sd-webui-forge;
   unit = settings: (cfgOf settings).systemd.services.sd-webui-forge;
@@ -172,6 +189,34 @@ let
   };
 
   results = [
+    # Self-upgrade (docs/upgrade.md): executable and unit_fingerprint.
+    (eq "toml: supervisor.executable is the package's binary" (upgradeOf [ ]).executable
+      "${supervisorOut}/bin/sd-webui-supervisor"
+    )
+    (eq "package bump: executable names the new binary" (upgradeOf [ bumped ]).executable
+      "/nix/store/00000000000000000000000000000000-sd-webui-supervisor-0.2.0/bin/sd-webui-supervisor"
+    )
+    (eq "package bump: unit_fingerprint unchanged" (fingerprintOf [ bumped ]) (fingerprintOf [ ]))
+    (check "hardening change: unit_fingerprint changes" (
+      fingerprintOf [ { systemd.services.sd-webui-forge.serviceConfig.MemoryDenyWriteExecute = true; } ]
+      != fingerprintOf [ ]
+    ) "")
+    (check "Environment= change: unit_fingerprint changes" (
+      fingerprintOf [ { systemd.services.sd-webui-forge.environment.HF_HOME = "/srv/hf"; } ]
+      != fingerprintOf [ ]
+    ) "")
+    (check "gpus change (DeviceAllow=): unit_fingerprint changes" (
+      fingerprintOf [ { services.sd-webui-forge.gpus = [ 0 ]; } ]
+      != fingerprintOf [ { services.sd-webui-forge.gpus = [ 1 ]; } ]
+    ) "")
+    (eq "config-only change: unit_fingerprint unchanged" (fingerprintOf [
+      { services.sd-webui-forge.settings.CLIP_stop_at_last_layers = 2; }
+    ]) (fingerprintOf [ ]))
+    (eq "PATH (store paths of every nixpkgs bump) is left out" (fingerprintOf [
+      { systemd.services.sd-webui-forge.environment.PATH = "/nix/store/1111-coreutils/bin"; }
+    ]) (fingerprintOf [ ]))
+    (eq "RestartForceExitStatus=75 (the service-restart exit)" (sc { }).RestartForceExitStatus "75")
+
     # Option defaults, as the Forge packaging's users know them.
     (eq "default user" (sd { }).user "sd-webui-forge")
     (eq "default group" (sd { }).group "sd-webui-forge")
@@ -283,6 +328,7 @@ let
         "control"
         "data"
         "restart"
+        "supervisor"
         "ui"
       ];
       ui = [ ];

@@ -57,6 +57,7 @@ in
     (eq "the config file is the unit's trigger" realistic.restartTriggers [ configFile ])
     (eq "no reloadTriggers next to reloadIfChanged (NixOS warns)" (realistic ? reloadTriggers) false)
     (eq "KillMode=mixed" s.KillMode "mixed")
+    (eq "RestartForceExitStatus=75: a changed unit restarts the service" s.RestartForceExitStatus "75")
     (eq "TimeoutStartSec beyond the supervisor's startup_timeout" s.TimeoutStartSec "20m 5min")
     (eq "TimeoutStopSec beyond the supervisor's stop_timeout" s.TimeoutStopSec "45s 30s")
     (eq "Restart=on-failure" s.Restart "on-failure")
