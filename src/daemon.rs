@@ -9,11 +9,11 @@ use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, ConfigError};
-use crate::notify::Notifier;
 use crate::handoff::signals::{Signals, resend};
 use crate::handoff::state::{self, ControlFds, Envelope, GuardFd, Received, UiHandle};
-use crate::supervisor::{Ended, Handover, Supervisor};
+use crate::notify::Notifier;
 use crate::supervisor::protocol::CoreHandle;
+use crate::supervisor::{Ended, Handover, Supervisor};
 use crate::ui::gpu::GpuEnv;
 use crate::ui::process::become_subreaper;
 use crate::watch::{ConfigWatcher, Debounce};
@@ -61,7 +61,7 @@ pub enum Exit {
 /// failed and this one takes the handed-over state back.
 enum Step {
     Done(Exit),
-    ExecFailed(Received),
+    ExecFailed(Box<Received>),
 }
 
 /// Runs the supervisor for the config at `path` until SIGTERM or SIGINT. Must run on
@@ -76,7 +76,7 @@ pub async fn run(path: &Path, handoff_fd: Option<RawFd>) -> Result<Exit, DaemonE
     loop {
         match run_generation(path, inherited.take()).await? {
             Step::Done(exit) => return Ok(exit),
-            Step::ExecFailed(received) => inherited = Some(received),
+            Step::ExecFailed(received) => inherited = Some(*received),
         }
     }
 }
@@ -94,11 +94,11 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     let (config, config_text, adoption) = match inherited {
         None => (file_config, text, None),
         Some(received) => {
-            let old = received
-                .envelope
-                .config_text
-                .as_deref()
-                .and_then(|t| Config::parse(path, t).ok().map(|c| (c, t.as_bytes().to_vec())));
+            let old = received.envelope.config_text.as_deref().and_then(|t| {
+                Config::parse(path, t)
+                    .ok()
+                    .map(|c| (c, t.as_bytes().to_vec()))
+            });
             match old {
                 Some((c, t)) => (c, t, Some((received, false))),
                 None => (file_config, text, Some((received, true))),
@@ -239,7 +239,7 @@ fn exec_new_binary(
         Err(e) => e.to_string(),
     };
     tracing::error!(executable = %handover.exe.display(), error = %err, "cannot exec the new binary; this one carries on");
-    Step::ExecFailed(envelope.receive())
+    Step::ExecFailed(Box::new(envelope.receive()))
 }
 
 /// SIGHUP (`systemctl reload`, notify-reload) → reload through the core;

@@ -93,7 +93,10 @@ fn a_new_binary_takes_over_while_a_job_runs() {
 
     assert_eq!(exe_of(pid), b, "the daemon runs B under the same PID");
     let after = status(&s);
-    assert_eq!(after["ui_pid"], first.pid, "the UI was adopted, not restarted");
+    assert_eq!(
+        after["ui_pid"], first.pid,
+        "the UI was adopted, not restarted"
+    );
     assert!(
         after["uptime_seconds"].as_u64() >= before["uptime_seconds"].as_u64(),
         "uptime carried over: {before} → {after}"
@@ -137,10 +140,15 @@ fn a_pending_restart_survives_the_handoff() {
     assert_eq!(exe_of(pid), b);
     let after = status(&s);
     assert_eq!(after["ui_pid"], first.pid);
-    assert_eq!(after["restart_pending"], pending, "same reasons, same deadline");
-    assert!(after["status_line"]
-        .as_str()
-        .is_some_and(|l| l.contains("restart pending (ui.extra_args changed)")));
+    assert_eq!(
+        after["restart_pending"], pending,
+        "same reasons, same deadline"
+    );
+    assert!(
+        after["status_line"]
+            .as_str()
+            .is_some_and(|l| l.contains("restart pending (ui.extra_args changed)"))
+    );
     // The new binary carries the restart out once the job is done.
     assert_eq!(job.join().expect("the job thread"), Ok(200));
     let second = s.wait_listening(2, SECS(20));
@@ -169,7 +177,10 @@ fn binaries_that_cannot_take_over_are_rejected() {
     let cases = [
         (&missing, "does not exist"),
         (&not_exec, "is not an executable file"),
-        (&fails, "failed its handoff check (exit 1): cannot read this"),
+        (
+            &fails,
+            "failed its handoff check (exit 1): cannot read this",
+        ),
         (&older, "reads handoff state version 0"),
     ];
     let mut conf = s.conf.clone();
@@ -182,9 +193,7 @@ fn binaries_that_cannot_take_over_are_rejected() {
         let st = status(&s);
         assert_eq!(st["last_reload"]["result"], "rejected");
         assert!(
-            st["status_line"]
-                .as_str()
-                .is_some_and(|l| l.contains(why)),
+            st["status_line"].as_str().is_some_and(|l| l.contains(why)),
             "status line: {}",
             st["status_line"]
         );
@@ -194,7 +203,11 @@ fn binaries_that_cannot_take_over_are_rejected() {
     let log = s.daemon().log_tail(200);
     assert!(log.contains("does not exist"), "the log says why: {log}");
     let recs = s.records();
-    assert_eq!(events(&recs, "start").len(), 1, "the UI was never restarted");
+    assert_eq!(
+        events(&recs, "start").len(),
+        1,
+        "the UI was never restarted"
+    );
     assert!(events(&recs, "signal").is_empty(), "the UI got no signal");
 }
 
@@ -233,4 +246,78 @@ fn a_sighup_during_the_handoff_is_answered_by_the_new_binary() {
     assert_eq!(exe_of(pid), b);
     let recs = s.records();
     assert_eq!(events(&recs, "start").len(), 1);
+}
+
+/// A private session bus (`dbus-daemon --session`), killed on drop.
+struct SessionBus {
+    child: std::process::Child,
+    address: String,
+}
+
+impl SessionBus {
+    fn start() -> SessionBus {
+        use std::io::BufRead;
+        let mut child = Command::new("dbus-daemon")
+            .args(["--session", "--print-address", "--nofork"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dbus-daemon must be installed (Debian package dbus-daemon)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the bus address");
+        SessionBus {
+            child,
+            address: line.trim().to_owned(),
+        }
+    }
+
+    /// The `UiPid` property, read through the bus name; `None` when nobody
+    /// owns the name.
+    fn ui_pid(&self) -> Option<u64> {
+        let out = Command::new("busctl")
+            .arg(format!("--address={}", self.address))
+            .args([
+                "get-property",
+                "io.github.sd_webui_supervisor.Supervisor1",
+                "/io/github/sd_webui_supervisor/Supervisor1",
+                "io.github.sd_webui_supervisor.Supervisor1",
+                "UiPid",
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().strip_prefix("u ")?.parse().ok()
+    }
+}
+
+impl Drop for SessionBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_dbus_name_moves_to_the_new_binary() {
+    let bus = SessionBus::start();
+    let mut s = Scenario::new("handoff-dbus", "forge");
+    let a = binary_copy(s.dir.path(), "sd-webui-supervisor-a");
+    let b = binary_copy(s.dir.path(), "sd-webui-supervisor-b");
+    s.conf.executable = Some(a.clone());
+    s.conf.dbus = "session".into();
+    s.daemon_env
+        .push(("DBUS_SESSION_BUS_ADDRESS".into(), bus.address.clone()));
+    s.start_bin(&a);
+    let first = s.wait_listening(1, SECS(20));
+    s.wait(SECS(5), "UiPid on the bus", || {
+        (bus.ui_pid() == Some(u64::from(first.pid))).then_some(())
+    });
+    s.conf.executable = Some(b.clone());
+    s.reload();
+    assert_eq!(exe_of(s.daemon().pid()), b);
+    s.wait(SECS(5), "the new binary answering on the bus", || {
+        (bus.ui_pid() == Some(u64::from(first.pid))).then_some(())
+    });
 }

@@ -116,7 +116,11 @@ fn sandbox_tool() -> Option<PathBuf> {
     match why {
         None => Some(tool),
         Some(why) => {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI must run this: {why}");
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "CI must run this: {why}"
+            );
             eprintln!("skipped: {why}");
             None
         }
@@ -210,7 +214,11 @@ fn systemctl_reload_hands_over_to_binary_b_without_touching_the_job() {
     let sandbox = Sandbox::start(tool.clone(), dir.path().join("sandbox"));
     sandbox.install(&unit);
     let start = sandbox.exec(&["systemctl", "start", UNIT]);
-    assert!(start.status.success(), "start: {start:?}\n{}", sandbox.journal());
+    assert!(
+        start.status.success(),
+        "start: {start:?}\n{}",
+        sandbox.journal()
+    );
     let main_pid = sandbox.show("MainPID");
     let record = conf.record.clone();
     let first = wait_for(SECS(20), "the stand-in listening", || {
@@ -264,7 +272,10 @@ fn systemctl_reload_hands_over_to_binary_b_without_touching_the_job() {
     assert_eq!(sandbox.show("ActiveState"), "active");
     let after = status(&conf.socket);
     assert_eq!(after["ui_pid"], first, "the UI was replaced");
-    assert_eq!(after["queue"]["running"], 1, "the queue is reported: {after}");
+    assert_eq!(
+        after["queue"]["running"], 1,
+        "the queue is reported: {after}"
+    );
     assert!(after["uptime_seconds"].as_u64() >= before["uptime_seconds"].as_u64());
     assert_eq!(after["restart_pending"], before["restart_pending"]);
     assert!(sandbox.journal().contains("adopted the running UI"));
@@ -279,7 +290,9 @@ fn systemctl_reload_hands_over_to_binary_b_without_touching_the_job() {
     );
     // B carries out the pending restart after the job, as A would have.
     wait_for(SECS(20), "the restarted stand-in", || {
-        events(&read_record(&record), "listening").get(1).map(|_| ())
+        events(&read_record(&record), "listening")
+            .get(1)
+            .map(|_| ())
     });
     assert_eq!(sandbox.show("MainPID"), main_pid);
     assert_eq!(sandbox.show("NRestarts"), "0");
@@ -300,11 +313,17 @@ fn a_changed_unit_restarts_the_service_once_the_job_is_done() {
     let sandbox = Sandbox::start(tool, dir.path().join("sandbox"));
     sandbox.install(&unit);
     let start = sandbox.exec(&["systemctl", "start", UNIT]);
-    assert!(start.status.success(), "start: {start:?}\n{}", sandbox.journal());
+    assert!(
+        start.status.success(),
+        "start: {start:?}\n{}",
+        sandbox.journal()
+    );
     let main_pid = sandbox.show("MainPID");
     let record = conf.record.clone();
     wait_for(SECS(20), "the stand-in listening", || {
-        events(&read_record(&record), "listening").first().map(|_| ())
+        events(&read_record(&record), "listening")
+            .first()
+            .map(|_| ())
     });
     let job = txt2img(conf.port, 6.0);
     wait_for(SECS(10), "the job started", || {
@@ -317,11 +336,16 @@ fn a_changed_unit_restarts_the_service_once_the_job_is_done() {
     sandbox.install(&unit);
     let r = sandbox.exec(&["timeout", "30", "systemctl", "reload", UNIT]);
     assert!(r.status.success(), "reload: {r:?}\n{}", sandbox.journal());
-    wait_for(SECS(3), "StatusText with the pending service restart", || {
-        let st = sandbox.show("StatusText");
-        (st.contains("busy: 1 running") && st.contains("restart pending (service unit changed)"))
+    wait_for(
+        SECS(3),
+        "StatusText with the pending service restart",
+        || {
+            let st = sandbox.show("StatusText");
+            (st.contains("busy: 1 running")
+                && st.contains("restart pending (service unit changed)"))
             .then_some(())
-    });
+        },
+    );
     assert_eq!(sandbox.show("MainPID"), main_pid, "restarted while busy");
 
     assert_eq!(job.join().expect("the job thread"), Ok(200));
@@ -340,7 +364,11 @@ fn a_changed_unit_restarts_the_service_once_the_job_is_done() {
     wait_for(SECS(10), "the unit active again", || {
         (sandbox.show("ActiveState") == "active").then_some(())
     });
-    assert_ne!(sandbox.show("MainPID"), main_pid, "the service did not restart");
+    assert_ne!(
+        sandbox.show("MainPID"),
+        main_pid,
+        "the service did not restart"
+    );
     assert_eq!(sandbox.show("NRestarts"), "1");
     let journal = sandbox.journal();
     assert!(

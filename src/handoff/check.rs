@@ -133,7 +133,11 @@ pub async fn check_binary(exe: &Path, config: &Path) -> Result<(), CheckError> {
         }),
         (ok, _) => {
             let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), stdout);
-            let output: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).take(3).collect();
+            let output: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(3)
+                .collect();
             Err(CheckError::Failed {
                 path,
                 status: if ok {

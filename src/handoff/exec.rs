@@ -14,7 +14,6 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-
 /// Whether the caller runs on the process's main thread.
 pub fn on_main_thread() -> bool {
     nix::unistd::gettid() == nix::unistd::getpid()
@@ -43,9 +42,7 @@ fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
 /// handing over `keep`. Returns only on failure, with everything as before.
 pub fn exec(exe: &Path, args: &[OsString], keep: &[RawFd]) -> io::Error {
     if !on_main_thread() {
-        return io::Error::other(
-            "not on the main thread: the UI's parent-death signal would fire",
-        );
+        return io::Error::other("not on the main thread: the UI's parent-death signal would fire");
     }
     let cstr = |s: &[u8]| CString::new(s).map_err(io::Error::other);
     let argv: io::Result<Vec<CString>> = std::iter::once(exe.as_os_str())

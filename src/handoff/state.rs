@@ -250,7 +250,10 @@ mod tests {
     #[test]
     fn a_document_round_trips_through_a_memfd() {
         let env = Envelope::new(
-            Some(UiHandle { pid: 42, guard: None }),
+            Some(UiHandle {
+                pid: 42,
+                guard: None,
+            }),
             ControlFds::default(),
             Some("x".into()),
             &body(),
@@ -265,7 +268,10 @@ mod tests {
     #[test]
     fn a_newer_or_garbled_body_keeps_the_envelope_and_loses_the_state() {
         let mut env = Envelope::new(
-            Some(UiHandle { pid: 42, guard: None }),
+            Some(UiHandle {
+                pid: 42,
+                guard: None,
+            }),
             ControlFds::default(),
             None,
             &body(),

@@ -105,7 +105,9 @@ impl Supervisor {
                 Some(outcome)
             }
             Err(e) => {
-                let why = format!("supervisor.executable: {e}; the running supervisor and its UI stay as they are");
+                let why = format!(
+                    "supervisor.executable: {e}; the running supervisor and its UI stay as they are"
+                );
                 tracing::error!(reason = %why, "reload rejected");
                 Some(self.rejected(outcome, vec![why.clone()], Some(why)))
             }

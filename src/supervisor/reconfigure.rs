@@ -241,11 +241,16 @@ impl Supervisor {
         let Some(p) = self.pending.take() else { return };
         let why = format!("restarting for {}", p.reasons.join(", "));
         self.start_reason = Some(counter);
+        let service = Supervisor::restart_is_service(&p.reasons);
         if matches!(self.ui, Ui::Stopping { .. }) {
             // A stop is under way; its follow-up start uses the newest config.
+            // A service restart stays owed: the new unit needs a new process.
+            if service {
+                self.pending = Some(p);
+            }
             return;
         }
-        let then = if Supervisor::restart_is_service(&p.reasons) {
+        let then = if service {
             AfterStop::ExitService
         } else {
             AfterStop::Start

@@ -118,6 +118,8 @@ pub struct Conf {
     pub deadline: String,
     pub poll_interval: String,
     pub stop_timeout: String,
+    /// `control.dbus` (default `off`).
+    pub dbus: String,
     /// `[supervisor] executable` (self-upgrade), if set.
     pub executable: Option<PathBuf>,
     /// `[supervisor] unit_fingerprint`, if set.
@@ -149,6 +151,7 @@ impl Conf {
             deadline: "1h".into(),
             poll_interval: "100ms".into(),
             stop_timeout: "10s".into(),
+            dbus: "off".into(),
             executable: None,
             unit_fingerprint: None,
         }
@@ -179,7 +182,7 @@ impl Conf {
         restart.insert("poll_interval".into(), self.poll_interval.clone().into());
         let mut control = toml::Table::new();
         control.insert("socket".into(), self.socket.display().to_string().into());
-        control.insert("dbus".into(), "off".into());
+        control.insert("dbus".into(), self.dbus.clone().into());
         let mut doc = toml::Table::new();
         doc.insert("ui".into(), ui.into());
         doc.insert("data".into(), data.into());
@@ -444,7 +447,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(config: &Path, log: PathBuf, record: PathBuf, notify: Option<&Path>) -> Daemon {
-        Daemon::spawn_bin(Path::new(BIN), config, log, record, notify)
+        Daemon::spawn_bin(Path::new(BIN), config, log, record, notify, &[])
     }
 
     /// Like [`Daemon::spawn`], running the binary at `bin` (a copy, for handoffs).
@@ -454,9 +457,11 @@ impl Daemon {
         log: PathBuf,
         record: PathBuf,
         notify: Option<&Path>,
+        env: &[(String, String)],
     ) -> Daemon {
         let out = std::fs::File::create(&log).expect("create the daemon log");
         let mut cmd = Command::new(bin);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.arg("run")
             .arg("--config")
             .arg(config)
@@ -532,6 +537,8 @@ pub struct Scenario {
     pub notify: NotifySink,
     pub daemon: Option<Daemon>,
     pub dir: tempfile::TempDir,
+    /// Extra environment of the daemon (e.g. `DBUS_SESSION_BUS_ADDRESS`).
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl Scenario {
@@ -547,6 +554,7 @@ impl Scenario {
             notify,
             daemon: None,
             dir,
+            daemon_env: Vec::new(),
         }
     }
 
@@ -573,6 +581,7 @@ impl Scenario {
             self.path("daemon.log"),
             self.conf.record.clone(),
             Some(&self.notify.path),
+            &self.daemon_env,
         ));
         self.wait(Duration::from_secs(30), "READY=1 at start", || {
             (self.notify.ready_count() >= 1).then_some(())
