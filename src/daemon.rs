@@ -43,7 +43,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError 
 /// spawned with `PR_SET_PDEATHSIG`, which follows the forking thread).
 pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
-    let config = Config::parse(path, &String::from_utf8_lossy(&text))?;
+    let config = Config::parse_bytes(path, &text)?;
     if let Err(e) = become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned UI processes are left to init");
     }
@@ -102,21 +102,29 @@ async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::S
     }
 }
 
-/// A changed config file → reload through the core, unless the core already runs
-/// this content (a SIGHUP for the same edit got there first: one reload, not two).
+/// A changed config file → reload through the core with the bytes read here,
+/// unless the core already runs this content (a SIGHUP for the same edit got
+/// there first: one reload, not two).
 async fn reload_on_change(
     handle: CoreHandle,
     path: PathBuf,
     mut changes: tokio::sync::mpsc::Receiver<()>,
 ) {
     while changes.recv().await.is_some() {
-        if let Ok(text) = std::fs::read(&path)
-            && crate::supervisor::config_hash(&text) == handle.snapshot().config_generation
-        {
-            continue;
-        }
-        tracing::info!("config file changed: reloading");
-        if handle.reload().await.is_err() {
+        let outcome = match tokio::fs::read(&path).await {
+            Ok(text)
+                if crate::supervisor::config_hash(&text) == handle.snapshot().config_generation =>
+            {
+                continue;
+            }
+            Ok(text) => {
+                tracing::info!("config file changed: reloading");
+                handle.reload_bytes(text).await
+            }
+            // Let the core read it and say why it cannot.
+            Err(_) => handle.reload().await,
+        };
+        if outcome.is_err() {
             return;
         }
     }

@@ -158,6 +158,20 @@ impl Config {
         Config::parse(path, &text)
     }
 
+    /// Validates the bytes of a config file read by someone else (the daemon at
+    /// start, the watcher on a change): decoded strictly as UTF-8, with the same
+    /// error [`Config::load`] gives, never lossily.
+    pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            );
+            ConfigError::read(path, e)
+        })?;
+        Config::parse(path, text)
+    }
+
     /// Validates config text; `path` only names the file in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
