@@ -7,7 +7,7 @@
 //! problems, and [`diagnostics`] maps each problem's key path back to a position.
 
 mod diagnostics;
-mod limits;
+pub mod limits;
 mod raw;
 mod validate;
 
