@@ -238,6 +238,14 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
                 c.value([Seg::from("ui"), "command".into(), 0.into()], why);
             }
         }
+        Some(Some(p)) if !p.contains('/') && p.len() > limits::NAME_MAX => c.value(
+            [Seg::from("ui"), "command".into(), 0.into()],
+            format!(
+                "the program's name is {} bytes long; a file name holds at most {}",
+                p.len(),
+                limits::NAME_MAX
+            ),
+        ),
         Some(Some(_)) => {}
     }
     let command = raw.command.unwrap_or_default();
