@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::{Daemon, Scene, daemon_bin, wait_for, wait_for_with};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
-use sd_webui_supervisor::flavor::{Flavor, ModelKind};
+use sd_webui_supervisor::ui::flavor::{Flavor, ModelKind};
 use serde_json::Value;
 
 /// How many `check-config` cases run (`CONFIG_FUZZ_CASES`, default 160).
