@@ -192,6 +192,19 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
     let settings = settings(raw.settings);
     let restart = restart_config(&mut c, raw.restart);
     let control = control_config(&mut c, raw.control);
+    if let (Some(ui), Some(addr)) = (&ui, control.http_listen) {
+        // The UI binds loopback, or every address with `listen`.
+        let overlaps = ui.listen || addr.ip().is_unspecified() || addr.ip().is_loopback();
+        if addr.port() == ui.port && overlaps {
+            c.value(
+                ["control", "http_listen"],
+                format!(
+                    "port {} is ui.port: the UI and the control API cannot both listen there",
+                    ui.port
+                ),
+            );
+        }
+    }
     Some(Config {
         ui: ui?,
         data: data?,
