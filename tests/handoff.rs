@@ -235,14 +235,21 @@ fn a_sighup_during_the_handoff_is_answered_by_the_new_binary() {
         (reloading(&s) > reloads).then_some(())
     });
     s.daemon().signal(nix::sys::signal::Signal::SIGHUP);
-    // Every announced reload is answered (the config watcher may add one).
-    let answered = |s: &Scenario| {
-        let (r, n) = (reloading(s) - reloads, s.notify.ready_count() - ready);
-        (r >= 2 && r == n).then_some(())
+    // Both SIGHUPs are answered: READY=1 comes after the last RELOADING=1
+    // (reloads that began in the old binary are all answered by the new one's
+    // READY=1), and at least two reload cycles were announced.
+    let settled = |s: &Scenario| {
+        let m = s.notify.messages();
+        let last_reloading = m
+            .iter()
+            .rposition(|m| m.lines().any(|l| l == "RELOADING=1"));
+        let last_ready = m.iter().rposition(|m| m.lines().any(|l| l == "READY=1"));
+        (reloading(s) >= reloads + 2 && last_ready > last_reloading).then_some(())
     };
-    s.wait(SECS(10), "READY=1 for both SIGHUPs", || answered(&s));
+    s.wait(SECS(10), "READY=1 for both SIGHUPs", || settled(&s));
     std::thread::sleep(Duration::from_millis(300));
-    s.wait(SECS(1), "no reload left unanswered", || answered(&s));
+    s.wait(SECS(1), "no reload left unanswered", || settled(&s));
+    assert!(s.notify.ready_count() > ready);
     assert_eq!(exe_of(pid), b);
     let recs = s.records();
     assert_eq!(events(&recs, "start").len(), 1);

@@ -12,12 +12,17 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::lifecycle::api_auth;
-use super::{Pending, Supervisor, Ui};
+use tokio::sync::oneshot;
+
+use super::crash::CrashRecord;
+use super::pending::Pending;
+use super::reconfigure::Reply;
+use super::work::Event;
+use super::{Probing, Supervisor, Ui};
 use crate::config::{Config, RestartPolicy};
 use crate::handoff::UNIT_CHANGED;
-use crate::handoff::check::check_binary;
-use crate::handoff::state::{CoreState, PendingState, Received};
+use crate::handoff::check::{CheckError, check_binary};
+use crate::handoff::state::{CoreState, Received, UiHandle};
 use crate::supervisor::protocol::ReloadOutcome;
 use crate::ui::api::Probe;
 use crate::ui::comfy_ws::QueueSignal;
@@ -61,6 +66,25 @@ pub(super) struct Planned {
     announced: bool,
 }
 
+/// What the new binary takes over when its loop starts.
+#[derive(Debug)]
+pub(super) struct Adopting {
+    received: Received,
+    /// The core was built from the file: the running UI's config is unknown.
+    config_unknown: bool,
+    /// The config file as the new binary read it.
+    file_text: Vec<u8>,
+}
+
+/// The outcome of a new binary's `handoff-check`, back in the loop.
+#[derive(Debug)]
+pub struct Checked {
+    exe: PathBuf,
+    result: Result<(), CheckError>,
+    reply: Reply,
+    outcome: ReloadOutcome,
+}
+
 /// `[supervisor] executable` of a config text, read leniently: a config only
 /// the new binary understands must still reach it.
 fn executable_of(text: &[u8]) -> Option<PathBuf> {
@@ -83,60 +107,90 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Supervisor {
-    /// A reload whose file names another executable: check it, and plan the
-    /// handoff (the new binary applies the file), or reject the reload.
-    /// `None`: not a handoff; the reload goes on as usual.
-    pub(super) async fn handoff_reload(
+    /// A reload whose file names another executable: check that binary in a
+    /// task (the reload is answered when the check is done). `Some`: not a
+    /// handoff, the reload goes on.
+    pub(super) fn handoff_reload(
         &mut self,
         text: &[u8],
-        outcome: &ReloadOutcome,
-    ) -> Option<ReloadOutcome> {
-        let exe = executable_of(text).filter(|e| !is_running_binary(e))?;
-        let mut outcome = outcome.clone();
-        match check_binary(&exe, &self.path).await {
+        reply: Reply,
+        outcome: ReloadOutcome,
+    ) -> Option<(Reply, ReloadOutcome)> {
+        if self.handoff.is_some() {
+            // A handoff is planned: the new binary applies this file too.
+            let mut outcome = outcome;
+            outcome.applied_live = vec!["supervisor.executable".into()];
+            reply.send_only(outcome);
+            return None;
+        }
+        let Some(exe) = executable_of(text).filter(|e| !is_running_binary(e)) else {
+            return Some((reply, outcome));
+        };
+        self.reloads_in_flight = self.reloads_in_flight.saturating_add(1);
+        let path = self.path.clone();
+        self.tasks.spawn(async move {
+            let result = check_binary(&exe, &path).await;
+            Event::HandoffChecked(Checked {
+                exe,
+                result,
+                reply,
+                outcome,
+            })
+        });
+        None
+    }
+
+    /// The check is done: plan the handoff (the loop ends at its next turn and
+    /// the new binary applies the file), or reject the reload.
+    pub(super) fn on_handoff_checked(&mut self, checked: Checked) {
+        let Checked {
+            exe,
+            result,
+            reply,
+            mut outcome,
+        } = checked;
+        self.reloads_in_flight = self.reloads_in_flight.saturating_sub(1);
+        if self.handoff.is_some() {
+            outcome.applied_live = vec!["supervisor.executable".into()];
+            reply.send_only(outcome);
+            return;
+        }
+        match result {
             Ok(()) => {
                 tracing::info!(executable = %exe.display(), "handing over to a new supervisor binary; the UI keeps running");
                 outcome.applied_live = vec!["supervisor.executable".into()];
                 self.handoff = Some(Planned {
                     exe,
-                    announced: false,
+                    announced: reply.announced(),
                 });
                 self.reload_rejected = None;
-                Some(outcome)
+                reply.send_only(outcome);
             }
             Err(e) => {
                 let why = format!(
                     "supervisor.executable: {e}; the running supervisor and its UI stay as they are"
                 );
                 tracing::error!(reason = %why, "reload rejected");
-                Some(self.rejected(outcome, vec![why.clone()], Some(why)))
+                let outcome = self.rejected(outcome, vec![why.clone()], Some(why));
+                self.answer(reply, outcome);
             }
-        }
-    }
-
-    /// Called by `reload` once the reply is ready: whether it was a handoff
-    /// (then the counters and `READY=1` are the new binary's).
-    pub(super) fn handoff_planned(&mut self, announced: bool) -> bool {
-        match self.handoff.as_mut() {
-            Some(p) => {
-                p.announced = announced;
-                true
-            }
-            None => false,
         }
     }
 
     /// Whether the loop should end now: a planned handoff (not while a stop
     /// task holds the UI) or a service restart.
     pub(super) fn should_end(&self) -> bool {
-        self.exit_service || (self.handoff.is_some() && !matches!(self.ui, Ui::Stopping { .. }))
+        self.exit_service
+            || (self.handoff.is_some()
+                && self.reloads_in_flight == 0
+                && !matches!(self.ui, Ui::Stopping { .. }))
     }
 
-    /// Ends the loop's work: the handoff's state, or stops for good.
+    /// The loop ended for a handoff: give the UI up and export the state.
     pub(super) fn take_handoff(&mut self) -> Option<Handover> {
         let plan = self.handoff.take()?;
         let now = Instant::now();
-        let (ui, ready, age) = match std::mem::replace(&mut self.ui, Ui::Down) {
+        let (ui, ready, since) = match std::mem::replace(&mut self.ui, Ui::Down) {
             Ui::Starting { proc, since, .. } => (Some(proc.into_handoff()), false, since),
             Ui::Ready { proc, since, .. } => (Some(proc.into_handoff()), true, since),
             other => {
@@ -144,26 +198,18 @@ impl Supervisor {
                 (None, false, now)
             }
         };
-        let pending = self.pending.as_ref().map(|p| PendingState {
-            reasons: p.reasons.clone(),
-            policy: p.policy,
-            since_unix: p.since_unix,
-            deadline_unix: p.deadline_unix,
-            deadline_in_ms: p.deadline.map(|d| ms(d.saturating_duration_since(now))),
-        });
+        // Nothing the tasks would report can reach the new binary.
+        self.tasks.abort_all();
+        let (crash_ages_ms, consecutive_crashes) = self.crashes.handed_over(now);
         let state = CoreState {
             ui_ready: ready,
-            ui_age_ms: ms(now.duration_since(age)),
+            ui_age_ms: ms(now.saturating_duration_since(since)),
             ready_since_unix: self.ready_since_unix,
-            queue: self.queue,
+            queue: self.probing.queue,
             config_generation: self.config_hash.clone(),
-            pending,
-            crash_ages_ms: self
-                .crash_times
-                .iter()
-                .map(|t| ms(now.duration_since(*t)))
-                .collect(),
-            consecutive_crashes: self.consecutive_crashes,
+            pending: self.pending.as_ref().map(|p| p.handed_over(now)),
+            crash_ages_ms,
+            consecutive_crashes,
             restarts: self.counters.restarts.clone(),
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
@@ -172,7 +218,7 @@ impl Supervisor {
             last_time_to_ready_ms: self.last_time_to_ready_ms,
             sent_ready: self.sent_ready,
             reload_announced: plan.announced,
-            uptime_ms: ms(self.started.elapsed()),
+            uptime_ms: ms(now.saturating_duration_since(self.started)),
             conflicts: self.conflicts.clone(),
             start_reason: self.start_reason,
         };
@@ -186,69 +232,80 @@ impl Supervisor {
 
     /// In the new binary, before [`Supervisor::run`]: take over what the old one
     /// handed over. `config_unknown`: the core was built from the config file
-    /// because the running UI's config could not be read.
-    pub fn adopt(&mut self, received: Received, config_unknown: bool) {
-        self.adopting = Some((received, config_unknown));
+    /// because the running UI's config could not be read; `file_text`: the file
+    /// as read now, which the first step reloads.
+    pub fn adopt(&mut self, received: Received, config_unknown: bool, file_text: Vec<u8>) {
+        self.adopting = Some(Adopting {
+            received,
+            config_unknown,
+            file_text,
+        });
     }
 
     /// The first step of a run after a handoff: restore, adopt the UI, reload
-    /// the file (the old binary left that to us), tell systemd.
-    pub(super) async fn finish_adoption(&mut self, received: Received, config_unknown: bool) {
+    /// the file (the old binary left that to us); the reload's answer sends
+    /// `READY=1`, completing a `systemctl reload`.
+    pub(super) fn finish_adoption(&mut self, adopting: Adopting) {
+        let Adopting {
+            received,
+            config_unknown,
+            file_text,
+        } = adopting;
         let now = Instant::now();
         let back = |ms: u64| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
         let state = received.state;
-        let mut age = now;
-        let mut ready = false;
-        let announced;
-        if let Some(s) = &state {
-            ready = s.ui_ready;
-            age = back(s.ui_age_ms);
-            announced = s.reload_announced;
-            self.started = back(s.uptime_ms);
-            self.ready_since_unix = s.ready_since_unix;
-            self.queue = s.queue;
-            self.pending = s.pending.as_ref().map(|p| {
-                let mut pending = Pending::new(p.reasons.clone(), p.policy, None);
-                pending.since_unix = p.since_unix;
-                pending.deadline_unix = p.deadline_unix;
-                pending.deadline = p.deadline_in_ms.map(|d| now + Duration::from_millis(d));
-                pending
-            });
-            self.crash_times = s.crash_ages_ms.iter().map(|a| back(*a)).collect();
-            self.consecutive_crashes = s.consecutive_crashes;
-            self.counters.restarts = s.restarts.clone();
-            self.counters.crashes = s.crashes;
-            self.counters.reloads = s.reloads.clone();
-            self.last_reload = s.last_reload.clone();
-            self.reload_rejected = s.reload_rejected.clone();
-            self.last_time_to_ready_ms = s.last_time_to_ready_ms;
-            self.sent_ready = s.sent_ready;
-            self.conflicts = s.conflicts.clone();
-            self.start_reason = s.start_reason;
-        } else {
+        let (ready, since, announce) = match &state {
+            Some(s) => {
+                self.started = back(s.uptime_ms);
+                self.ready_since_unix = s.ready_since_unix;
+                self.probing = Probing {
+                    queue: s.queue,
+                    ..Probing::default()
+                };
+                self.pending = s.pending.as_ref().map(|p| Pending::taken_over(p, now));
+                self.crashes =
+                    CrashRecord::taken_over(&s.crash_ages_ms, s.consecutive_crashes, now);
+                self.counters.restarts = s.restarts.clone();
+                self.counters.crashes = s.crashes;
+                self.counters.reloads = s.reloads.clone();
+                self.last_reload = s.last_reload.clone();
+                self.reload_rejected = s.reload_rejected.clone();
+                self.last_time_to_ready_ms = s.last_time_to_ready_ms;
+                self.sent_ready = s.sent_ready;
+                self.conflicts = s.conflicts.clone();
+                self.start_reason = s.start_reason;
+                (
+                    s.ui_ready,
+                    back(s.ui_age_ms),
+                    s.reload_announced || s.sent_ready,
+                )
+            }
             // Never announce a start: systemd has long seen us ready.
-            self.sent_ready = true;
-            announced = true;
+            None => {
+                self.sent_ready = true;
+                (false, now, true)
+            }
+        };
+        if self.sent_ready {
+            self.timers.ready_sent();
         }
         match received.envelope.ui {
-            Some(handle) => self.adopt_ui(handle, ready, age),
-            None => self.start_ui().await,
+            Some(handle) => self.adopt_ui(handle, ready, since),
+            None => self.start_ui(),
         }
-        let outcome = self.reload_inner().await;
-        *self.counters.reloads.entry(outcome.result).or_default() += 1;
-        tracing::info!(result = %outcome.result, live = ?outcome.applied_live, restart = ?outcome.needs_restart, state_known = state.is_some(), "handoff complete: running the new binary");
-        self.last_reload = Some(outcome);
+        tracing::info!(
+            state_known = state.is_some(),
+            "took over from the previous binary; reloading the config file"
+        );
+        // Nobody waits for this reload's answer but systemd (READY=1).
+        let (to, _) = oneshot::channel();
+        self.reload_bytes(Ok(file_text), Reply::new(to, announce));
         if config_unknown && matches!(self.ui, Ui::Starting { .. } | Ui::Ready { .. }) {
-            self.schedule(vec![UNKNOWN_CONFIG.into()], RestartPolicy::WhenIdle)
-                .await;
-        }
-        self.publish();
-        if announced || self.sent_ready {
-            self.notifier.ready();
+            self.schedule(vec![UNKNOWN_CONFIG.into()], RestartPolicy::WhenIdle);
         }
     }
 
-    fn adopt_ui(&mut self, handle: crate::handoff::state::UiHandle, ready: bool, since: Instant) {
+    fn adopt_ui(&mut self, handle: UiHandle, ready: bool, since: Instant) {
         let guard = handle.guard.and_then(|g| {
             // SAFETY: F_GETFD only checks that the handed-over number is open.
             let open = unsafe { libc::fcntl(g.fd, libc::F_GETFD) } >= 0;
@@ -259,20 +316,25 @@ impl Supervisor {
             Ok(proc) => proc,
             Err(e) => {
                 tracing::error!(pid = handle.pid, error = %e, "cannot adopt the UI");
-                self.record_crash(format!("UI (pid {}) could not be adopted: {e}", handle.pid));
+                self.record_crash(
+                    format!("UI (pid {}) could not be adopted: {e}", handle.pid),
+                    crate::supervisor::protocol::RestartReason::Crash,
+                );
                 return;
             }
         };
-        let auth = api_auth(&self.config).ok().flatten();
+        // The credentials file is small; this runs once, before the loop.
+        let auth = crate::ui::launch::prepare(&self.config)
+            .ok()
+            .and_then(|p| p.auth);
         let probe = Probe::new(self.config.ui.flavor, self.config.ui.port, auth);
         tracing::info!(pid = handle.pid, ready, "adopted the running UI");
-        self.next_probe = Instant::now();
-        self.probe_in_flight = false;
+        self.timers.probe_at(Some(Instant::now()));
         self.ui = if ready {
             let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
-                let events = self.events.clone();
+                let events = self.signals.clone();
                 QueueSignal::start(self.config.ui.port, move |n| {
-                    let _ = events.send(super::Event::QueueChanged(n));
+                    let _ = events.send(Event::QueueChanged(n));
                 })
             });
             Ui::Ready {
