@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod flavor;
 pub mod gpu;
 pub mod layout;
+pub mod logging;
 pub mod notify;
 pub mod probe;
 pub mod process;

@@ -331,7 +331,7 @@ fn soak_100_changes_under_load_interrupt_no_job() {
         .daemon()
         .log()
         .lines()
-        .filter(|l| l.contains("reload result=applied"))
+        .filter(|l| l.contains("reload reload_result=applied"))
         .count();
     let (unavoidable, real): (Vec<&Killed>, Vec<&Killed>) =
         killed.iter().partition(|k| k.unavoidable());

@@ -32,7 +32,12 @@ impl Supervisor {
             .reloads
             .entry(outcome.result.clone())
             .or_default() += 1;
-        tracing::info!(result = %outcome.result, live = ?outcome.applied_live, restart = ?outcome.needs_restart, "reload");
+        // A rejected reload is a warning: `journalctl -p warning` shows it.
+        if outcome.result == "rejected" {
+            tracing::warn!(reload_result = %outcome.result, errors = ?outcome.errors, "reload rejected");
+        } else {
+            tracing::info!(reload_result = %outcome.result, live = ?outcome.applied_live, restart = ?outcome.needs_restart, "reload");
+        }
         self.last_reload = Some(outcome.clone());
         self.publish();
         if announce {

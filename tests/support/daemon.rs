@@ -56,6 +56,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Removes an environment variable the daemon would get (e.g. the
+    /// `NO_COLOR=1` the tests set by default).
+    pub fn without_env(mut self, key: &str) -> DaemonBuilder {
+        self.env.push((key.into(), None));
+        self
+    }
+
     /// `$NOTIFY_SOCKET` for the daemon.
     pub fn notify(self, socket: &NotifySocket) -> DaemonBuilder {
         self.env("NOTIFY_SOCKET", socket.path())
