@@ -216,7 +216,7 @@ fn the_documented_example_configs_pass() {
     }
 }
 
-/// Every key of DESIGN §3.2, which `config.example.toml` documents.
+/// Every key of docs/design.md#the-config-file, which `config.example.toml` documents.
 const EVERY_KEY: &[(&str, &[&str])] = &[
     (
         "ui",

@@ -1,4 +1,4 @@
-//! The pure and self-contained parts of the reload engine (DESIGN §3.5).
+//! The pure and self-contained parts of the reload engine (docs/design.md#reload-and-restart).
 //!
 //! [`diff`] says what a new config changes and how each change must be applied
 //! (live, by a UI restart, or inside the supervisor only); [`watch`] tells the

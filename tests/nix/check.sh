@@ -341,6 +341,7 @@ else
 fi
 
 section "module.nix with lib.evalModules"
+[ -n "${NIXPKGS_LIB:-}" ] && echo "nixpkgs lib: $NIXPKGS_LIB (from $nixpkgs_lib_from)"
 if [ -z "${NIXPKGS_LIB:-}" ]; then
   skip "module evaluation: no nixpkgs lib (set NIXPKGS_LIB to a nixpkgs lib/ directory, e.g. from github.com/nix-community/nixpkgs.lib, or install nix with flakes and network to fetch the flake's input)"
 elif [ ! -f "$NIXPKGS_LIB/default.nix" ]; then
