@@ -622,7 +622,6 @@ fn what_check_config_accepts_the_daemon_reloads_cleanly() {
         "reload: {ran} cases ran, {accepted} accepted by check-config and applied, {} rejected by both",
         ran - accepted
     );
-    drop(daemon_cell);
     assert!(daemon.try_exit().is_none(), "the daemon exited");
     let _ = wait_for("a final status", Duration::from_secs(5), || status(&socket));
 }

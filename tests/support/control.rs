@@ -192,3 +192,8 @@ pub fn assert_fits_schema(doc: &serde_json::Value) {
     let problems = super::schema::violations(&status_schema(), doc);
     assert!(problems.is_empty(), "{problems:#?}\n{doc:#}");
 }
+
+/// Whether a Prometheus exposition has a sample of `metric`.
+pub fn has_metric(text: &str, metric: &str) -> bool {
+    scrape(text).samples.iter().any(|s| s.metric == metric)
+}
