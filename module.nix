@@ -2,7 +2,7 @@
 # (Forge, AUTOMATIC1111 or ComfyUI) under sd-webui-supervisor.
 #
 # The module owns three things: the options, the supervisor's config file
-# (the TOML of DESIGN §3.2, rendered with pkgs.formats.toml, checked at build
+# (the TOML of docs/design.md#the-config-file, rendered with pkgs.formats.toml, checked at build
 # time with `sd-webui-supervisor check-config`, installed as
 # /etc/sd-webui-forge/config.toml) and the glue around the unit (user, data
 # directory, D-Bus policy, firewall). The unit itself is ./nix/unit.nix, plain
@@ -33,7 +33,7 @@ let
 
   settingsFormat = pkgs.formats.toml { };
 
-  # Model kinds each flavor uses (DESIGN §3.2); the supervisor knows the
+  # Model kinds each flavor uses (docs/design.md#the-config-file); the supervisor knows the
   # folders, the module only needs the names for its assertion.
   kindsOf = rec {
     a1111 = [
@@ -100,7 +100,7 @@ let
   flagName = arg: builtins.head (lib.splitString "=" arg);
   misplacedFlags = builtins.filter (a: managedFlags ? ${flagName a}) cfg.extraArgs;
 
-  # The TOML of DESIGN §3.2.
+  # The TOML of docs/design.md#the-config-file.
   nonEmpty = lib.filterAttrs (_: v: v != { });
   tomlConfig = nonEmpty {
     ui = {

@@ -1,4 +1,4 @@
-//! Command-line interface: the subcommands of DESIGN §3.1 and their exit codes.
+//! Command-line interface: the subcommands of docs/design.md#commands and their exit codes.
 //!
 //! Exit codes: 0 success; 1 invalid config or failed operation; 2 usage error
 //! (clap); 3 layout finished with conflicts; 4 no daemon answered; 5 timed out.
@@ -112,26 +112,11 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-/// Logs go to stderr (the journal under systemd, which adds its own timestamps).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if under_journal {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// The daemon runs on a current-thread runtime: the UI is spawned with
 /// `PR_SET_PDEATHSIG`, which fires when the *forking thread* exits, so all spawning
 /// happens on the main thread, which lives as long as the process.
 fn run_daemon(config: &std::path::Path) -> ExitCode {
-    init_tracing();
+    crate::logging::init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

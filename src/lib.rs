@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod layout;
+pub mod logging;
 pub mod notify;
 pub mod supervisor;
 pub mod ui;

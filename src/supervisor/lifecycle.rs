@@ -153,7 +153,7 @@ impl Supervisor {
         let config = &self.config;
         match UiProcess::spawn(&prepared.launch) {
             Ok(proc) => {
-                tracing::info!(pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui.port, "UI launched");
+                tracing::info!(ui_pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui.port, "UI launched");
                 if let Some(reason) = self.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
                 }
@@ -193,7 +193,7 @@ impl Supervisor {
             Ok(s) => describe_exit(s),
             Err(e) => format!("wait failed: {e}"),
         };
-        tracing::warn!(pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
+        tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
@@ -219,7 +219,7 @@ impl Supervisor {
                 return;
             }
         };
-        tracing::info!(pid = proc.pid(), reason = %why, "stopping the UI");
+        tracing::info!(ui_pid = proc.pid(), reason = %why, "stopping the UI");
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,
@@ -289,7 +289,7 @@ impl Supervisor {
             return;
         };
         let took = since.elapsed();
-        tracing::info!(pid = proc.pid(), took = ?took, "UI is ready");
+        tracing::info!(ui_pid = proc.pid(), took = ?took, "UI is ready");
         self.last_time_to_ready_ms = Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
         self.ready_since_unix = Some(unix_now());
         let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {

@@ -119,7 +119,9 @@ in
     && lib.hasInfix "$out/share/dbus-1/system.d" supervisor.postInstall
   ) supervisor.postInstall)
   (eq "flake: the package's mainProgram" supervisor.meta.mainProgram "sd-webui-supervisor")
-  # lib.fileset needs builtins.readFileType (Nix >= 2.14, as nixpkgs does).
+  # lib.fileset needs builtins.readFileType (Nix >= 2.14, as nixpkgs does); with
+  # an older Nix (Debian bookworm has 2.8) this is a note, not a skip: no
+  # prerequisite a CI machine could install would change it.
   (
     if builtins ? readFileType then
       check "flake: the package's source is a fileset of the build's inputs" (
@@ -129,7 +131,7 @@ in
       {
         name = "flake: the package's source (lib.fileset needs Nix >= 2.14; this is ${builtins.nixVersion})";
         ok = true;
-        skip = true;
+        note = true;
         detail = "";
       }
   )
