@@ -160,3 +160,57 @@ fn wait_idle_waits_for_a_pending_restart_to_finish() {
         "wait-idle returned before the pending restart was done"
     );
 }
+
+/// The POSTs of the UI's options the stand-in answered.
+fn option_posts(scene: &Scene) -> usize {
+    scene
+        .record()
+        .of("request")
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["path"] == "/sdapi/v1/options")
+        .count()
+}
+
+#[test]
+fn two_and_two_point_zero_are_one_setting_at_start_reload_and_in_config_json() {
+    let scene = Scene::new("settings-2-2.0");
+    let write = |value: &str| {
+        let text = format!(
+            "{}\n[settings]\njpeg_quality = {value}\n",
+            scene.config_toml()
+        );
+        std::fs::write(scene.config_path(), text).expect("write the config");
+    };
+    write("2");
+    let notify = NotifySocket::bind(scene.dir());
+    let daemon = scene.daemon().notify(&notify);
+    write("2");
+    let mut daemon = daemon.spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    notify.wait_status("ready; idle", START);
+    let settings_file = scene.data_dir().join("config.json");
+    let before = std::fs::read(&settings_file).expect("config.json written at start");
+    // Give the start's settings sync time to run: it must find nothing to send.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(option_posts(&scene), 0, "2 was sent to a UI that holds 2");
+
+    write("2.0");
+    let reload = Command::new(daemon_bin())
+        .args(["reload", "--socket"])
+        .arg(scene.dir().join("control.sock"))
+        .output()
+        .expect("run reload");
+    assert!(reload.status.success(), "reload: {reload:?}");
+    // The watcher may have reloaded first: no reload of either kind may have
+    // found a change.
+    let s = status(&scene).expect("status");
+    assert_eq!(s["reloads"].get("applied"), None, "2 → 2.0 applied: {s}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(option_posts(&scene), 0, "2.0 was sent to a UI that holds 2");
+    assert_eq!(
+        std::fs::read(&settings_file).expect("config.json"),
+        before,
+        "config.json rewritten for 2 → 2.0"
+    );
+    assert_alive(&scene, &mut daemon, 1);
+}
