@@ -1,4 +1,4 @@
-//! Command-line interface: the subcommands of DESIGN §3.1 and their exit codes.
+//! Command-line interface: the subcommands (README "Commands") and their exit codes.
 //!
 //! Exit codes: 0 success; 1 invalid config or failed operation; 2 usage error
 //! (clap); 3 layout finished with conflicts; 4 no daemon answered; 5 timed out.

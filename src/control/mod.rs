@@ -1,4 +1,4 @@
-//! The control plane (DESIGN §3.6): the HTTP/JSON API on the unix socket and the
+//! The control plane (`docs/control-api.md`): the HTTP/JSON API on the unix socket and the
 //! optional TCP port, the D-Bus interface, Prometheus metrics, and the CLI client.
 //!
 //! Every part here only translates between a wire format and the core's

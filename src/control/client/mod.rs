@@ -3,7 +3,7 @@
 //! `wait-idle` with it and prints for people.
 //!
 //! The daemon is found through `--socket PATH`, else `--config FILE`'s
-//! `control.socket`, else [`DEFAULT_SOCKET`] (DESIGN §3.1). Exit codes are
+//! `control.socket`, else [`DEFAULT_SOCKET`] (README "Commands"). Exit codes are
 //! documented in `docs/control-api.md`: 0 success, 1 failed (rejected reload,
 //! unexpected answer, bad config file), 4 no daemon answered, 5 timed out.
 
