@@ -137,15 +137,9 @@ const BLOCKING_THREADS: usize = 4;
 ///
 /// Memory: the daemon idles for months, so it keeps few threads (the blocking
 /// pool serves layouts, file reads and name lookups, at most [`BLOCKING_THREADS`]
-/// at once) and one malloc arena per two threads at most instead of glibc's
-/// eight per core, each of which keeps its own freed pages.
+/// at once; idle, the daemon runs 2 threads: this one and the file watcher's).
 fn run_daemon(config: &std::path::Path) -> ExitCode {
     init_tracing();
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator tunable; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)
