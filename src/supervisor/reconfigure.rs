@@ -90,7 +90,7 @@ impl Supervisor {
             outcome.result = ReloadResult::Unchanged;
             return self.answer(reply, outcome);
         }
-        let new = match Config::parse_bytes(&self.path, &text) {
+        let new = match Config::from_bytes(&self.path, &text) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload rejected, keeping the running config:\n{e}");
