@@ -112,13 +112,22 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// Threads of the daemon's blocking pool (one runs a layout, the rest read files
+/// and resolve names).
+const BLOCKING_THREADS: usize = 4;
+
 /// The daemon runs on a current-thread runtime: the UI is spawned with
 /// `PR_SET_PDEATHSIG`, which fires when the *forking thread* exits, so all spawning
 /// happens on the main thread, which lives as long as the process.
+///
+/// Memory: the daemon idles for months, so it keeps few threads (the blocking
+/// pool serves layouts, file reads and name lookups, at most [`BLOCKING_THREADS`]
+/// at once; idle, the daemon runs 2 threads: this one and the file watcher's).
 fn run_daemon(config: &std::path::Path) -> ExitCode {
     crate::logging::init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

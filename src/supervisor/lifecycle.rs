@@ -40,9 +40,15 @@ impl Supervisor {
     pub(super) fn start_ui(&mut self) {
         self.start_seq = self.start_seq.wrapping_add(1);
         let start = self.start_seq;
+        let waiting = match std::mem::replace(&mut self.ui, Ui::Down) {
+            Ui::Waiting { why, .. } => Some(why),
+            Ui::Preparing { waiting, .. } => waiting,
+            _ => None,
+        };
         self.ui = Ui::Preparing {
             start,
             prepared: None,
+            waiting,
         };
         let (gpu, config) = (self.gpu.clone(), self.config.clone());
         self.tasks.spawn(async move {
@@ -75,6 +81,7 @@ impl Supervisor {
         self.ui = Ui::Preparing {
             start,
             prepared: Some(launch),
+            waiting: None,
         };
         self.request_layout(Some(LayoutWaiter::Start(start)));
     }
@@ -128,7 +135,9 @@ impl Supervisor {
     /// Launches start number `start` once its data dir is laid out.
     fn launch(&mut self, start: u64, layout_error: Option<String>) {
         let prepared = match &mut self.ui {
-            Ui::Preparing { start: s, prepared } if *s == start => prepared.take(),
+            Ui::Preparing {
+                start: s, prepared, ..
+            } if *s == start => prepared.take(),
             _ => return,
         };
         let failed = |why: String| {

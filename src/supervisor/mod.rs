@@ -53,6 +53,9 @@ enum Ui {
     Preparing {
         start: u64,
         prepared: Option<Result<Prepared, String>>,
+        /// A re-check of a waiting supervisor keeps showing why it waits
+        /// until the check says otherwise.
+        waiting: Option<String>,
     },
     /// Launched, not answering yet.
     Starting {
@@ -326,6 +329,9 @@ impl Supervisor {
                 Some(proc.pid()),
             ),
             Ui::Ready { proc, .. } => (Phase::Ready, None, Some(proc.pid())),
+            Ui::Preparing {
+                waiting: Some(why), ..
+            } => (Phase::Waiting, Some(why.clone()), None),
             Ui::Preparing { .. } => (
                 Phase::Starting,
                 Some(format!(
