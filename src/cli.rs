@@ -30,6 +30,9 @@ pub enum Command {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// Also act as init (reap orphans, forward signals); automatic as PID 1.
+        #[arg(long)]
+        init: bool,
     },
     /// Parse and validate a config file; print every problem.
     CheckConfig {
@@ -95,7 +98,16 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         },
         Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
-        Command::Run { config } => run_daemon(&config),
+        Command::Run { config, init } => {
+            // Before the runtime starts: the split needs a single-threaded process.
+            if crate::init::wanted(init)
+                && let Err(e) = crate::init::split()
+            {
+                eprintln!("cannot start as init: {e}");
+                return ExitCode::from(1);
+            }
+            run_daemon(&config)
+        }
         Command::Status { target, json } => client::run(&target, Action::Status { json }),
         Command::Reload { target } => client::run(&target, Action::Reload),
         Command::Restart { target, now, .. } => {
