@@ -99,7 +99,14 @@ if failed != [ ] then
 else
   dockerTools.streamLayeredImage {
     inherit name tag maxLayers;
-    contents = [ etc ];
+    # /bin: the supervisor (for `sd-webui-supervisor wait-idle --drain` as a
+    # preStop hook, `status`) and the UI's launcher (for a config mounted over
+    # the baked one that names it by `command = [ "comfyui" ]`).
+    contents = [
+      etc
+      cfg.supervisorPackage
+    ]
+    ++ lib.optional eval.options.services.sd-webui-forge.package.isDefined cfg.package;
     # The data dir is a volume; the control socket's folder and /tmp exist.
     extraCommands = ''
       mkdir -p .${cfg.dataDir} run/sd-webui-forge tmp
@@ -117,6 +124,7 @@ else
       # UI gracefully on it (SIGINT, stop_timeout, SIGKILL).
       StopSignal = "SIGTERM";
       Env = [
+        "PATH=/bin"
         "HOME=${cfg.dataDir}"
         "SSL_CERT_FILE=${cacert}/etc/ssl/certs/ca-bundle.crt"
       ];

@@ -252,6 +252,10 @@ in
     in
     lib.hasInfix "ln -s ${standInImage.passthru.configFile} \"$out/etc/sd-webui-forge/config.toml\"" etc.script
   ) (builtins.head standInImage.contents).script)
+  (eq "image: the supervisor and the UI are on PATH (/bin)" [
+    (map (p: p.name) (builtins.tail standInImage.contents))
+    (builtins.elem "PATH=/bin" standInImage.config.Env)
+  ] [ [ "sd-webui-supervisor-${cargoVersion}" "sd-webui-stand-in-ui-0.1.0" ] true ])
   (eq "image: the data dir is a volume" standInImage.config.Volumes { "/var/lib/sd-webui-forge" = { }; })
   (eq "image: the UI's and the control API's ports are exposed" (builtins.attrNames standInImage.config.ExposedPorts) [
     "7860/tcp"
