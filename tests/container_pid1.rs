@@ -1,0 +1,181 @@
+//! The real binary as PID 1 of a new PID namespace (`unshare --pid --fork
+//! --mount-proc`), as in a container without an init of its own: orphans are
+//! reaped, SIGTERM is the graceful stop, a crash loop still answers over HTTP,
+//! and a killed supervisor leaves nothing behind. Root only: skipped with the
+//! reason otherwise.
+
+mod common;
+mod container_support;
+
+use std::time::Duration;
+
+use common::{Scene, live_processes_with_env, wait_for, write_script};
+use container_support::{Listening, Namespace, namespace_unavailable};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+macro_rules! require_namespace {
+    () => {
+        if let Some(why) = namespace_unavailable() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+fn start(scene: Scene) -> (Listening, Namespace) {
+    let l = Listening::new(scene);
+    let ns = Namespace::spawn(&l.scene.config_path(), &l.scene.log_path());
+    (l, ns)
+}
+
+#[test]
+fn orphaned_grandchildren_of_the_ui_are_reaped_by_pid_1() {
+    require_namespace!();
+    let mut scene = Scene::new("pid1-orphans");
+    // A launcher that leaves two orphans behind before it becomes the UI: one in
+    // the UI's process group, one in a session of its own.
+    let launcher = scene.dir().join("launcher.sh");
+    write_script(
+        &launcher,
+        &format!(
+            "( sleep 3 & )\n( setsid sleep 3 & )\nexec {} {} \"$@\"",
+            common::python3().display(),
+            common::stand_in().display()
+        ),
+    );
+    scene.command = vec![launcher.display().to_string()];
+    let (l, ns) = start(scene);
+    l.wait_ready(Duration::from_secs(30));
+    let pid1 = ns.pid1();
+
+    let orphans = wait_for(
+        "both sleeps to be PID 1's children",
+        Duration::from_secs(5),
+        || {
+            let sleeps: Vec<i32> = ns
+                .others()
+                .into_iter()
+                .filter(|(_, _, comm)| comm == "sleep")
+                .map(|(pid, ..)| pid)
+                .collect();
+            let adopted = sleeps
+                .iter()
+                .all(|p| common::proc_stat(*p).is_some_and(|(_, ppid, _)| ppid == pid1));
+            (sleeps.len() == 2 && adopted).then_some(sleeps)
+        },
+    );
+    // They exit after 3 s; PID 1 must reap them: no zombie may stay behind.
+    wait_for_with_others(&ns, Duration::from_secs(10), |others| {
+        !others
+            .iter()
+            .any(|(pid, state, _)| orphans.contains(pid) || *state == 'Z')
+    });
+    // Reaping them took nothing from the supervisor's own waits: the UI runs on.
+    let status = l.status().expect("status");
+    assert_eq!(status["state"], "ready", "{status}");
+    assert!(!ns.log().contains("wait failed"), "{}", ns.log());
+}
+
+fn wait_for_with_others(
+    ns: &Namespace,
+    timeout: Duration,
+    ok: impl Fn(&[(i32, char, String)]) -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = ns.others();
+        if ok(&last) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes of the namespace after {timeout:?}: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_during_a_job_stops_the_ui_gracefully_and_exits_0() {
+    require_namespace!();
+    let mut scene = Scene::new("pid1-sigterm");
+    scene.stop_timeout = "10s".into();
+    let (l, mut ns) = start(scene);
+    l.wait_ready(Duration::from_secs(30));
+    let _job = l.start_job(60);
+
+    kill(Pid::from_raw(ns.pid1()), Signal::SIGTERM).expect("SIGTERM to PID 1");
+    let status = ns.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{}", ns.log());
+    let record = l.scene.record();
+    let signals: Vec<_> = record
+        .of("signal")
+        .into_iter()
+        .map(|e| e["signal"].clone())
+        .collect();
+    assert_eq!(signals, ["SIGINT"], "the UI got SIGINT, once: {signals:?}");
+    assert!(
+        ns.log().contains("UI stopped"),
+        "graceful stop in the log: {}",
+        ns.log()
+    );
+}
+
+#[test]
+fn a_crash_loop_reports_failed_over_http_while_healthz_stays_200() {
+    require_namespace!();
+    let scene = Scene::new("pid1-crashloop").env("STANDIN_CRASH_AFTER", "0.2");
+    let (l, ns) = start(scene);
+    wait_for("state failed over HTTP", Duration::from_secs(90), || {
+        l.status().filter(|s| s["state"] == "failed").map(|_| ())
+    });
+    let (code, body) = l.get("/readyz").expect("/readyz answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"failed\""), "{body}");
+    let (code, body) = l.get("/healthz").expect("/healthz answers");
+    assert_eq!(code, 200, "{body}");
+    // Nothing of the crashed UIs is left: no zombie, no stand-in.
+    let others = ns.others();
+    assert!(
+        !others
+            .iter()
+            .any(|(_, state, comm)| *state == 'Z' || comm.starts_with("python")),
+        "{others:?}"
+    );
+}
+
+#[test]
+fn sigkill_of_the_supervisor_leaves_nothing_in_the_namespace() {
+    require_namespace!();
+    let scene = Scene::new("pid1-sigkill-supervisor");
+    let marker = scene.marker();
+    let (l, mut ns) = start(scene);
+    l.wait_ready(Duration::from_secs(30));
+    let _job = l.start_job(60);
+    let supervisor = wait_for("the supervisor half", Duration::from_secs(5), || {
+        container_support::children_of(ns.pid1())
+            .into_iter()
+            .find(|p| common::proc_stat(*p).is_some())
+    });
+    kill(Pid::from_raw(supervisor), Signal::SIGKILL).expect("SIGKILL the supervisor");
+    let status = ns.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(137), "128 + SIGKILL: {}", ns.log());
+    wait_for("no process of the UI left", Duration::from_secs(5), || {
+        live_processes_with_env(&marker).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn sigkill_of_pid_1_leaves_nothing_behind() {
+    require_namespace!();
+    let scene = Scene::new("pid1-sigkill-init");
+    let marker = scene.marker();
+    let (l, mut ns) = start(scene);
+    l.wait_ready(Duration::from_secs(30));
+    kill(Pid::from_raw(ns.pid1()), Signal::SIGKILL).expect("SIGKILL PID 1");
+    ns.wait_exit(Duration::from_secs(20));
+    wait_for("no process of the UI left", Duration::from_secs(5), || {
+        live_processes_with_env(&marker).is_empty().then_some(())
+    });
+}
