@@ -57,6 +57,11 @@ impl Listening {
         http(self.control_port, method, path, Some(TOKEN))
     }
 
+    /// `POST path` with a JSON body on the control listener, with the token.
+    pub fn post(&self, path: &str, body: &str) -> Option<(u16, String)> {
+        request(self.control_port, "POST", path, Some(TOKEN), body, 120)
+    }
+
     /// `/v1/status` as JSON, when the daemon answers.
     pub fn status(&self) -> Option<serde_json::Value> {
         let (code, body) = self.call("GET", "/v1/status")?;
