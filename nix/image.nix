@@ -30,7 +30,7 @@
   # services.sd-webui-forge options, as on NixOS (without `enable`).
   settings,
   name ? "sd-webui-supervisor",
-  tag ? null,
+  tag ? "latest",
   maxLayers ? 100,
 }:
 let
