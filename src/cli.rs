@@ -72,6 +72,10 @@ pub enum Command {
         /// Where the daemon is.
         #[command(flatten)]
         target: Target,
+        /// Drain first: `/readyz` answers 503 from now on (a Kubernetes preStop
+        /// hook), then wait until no job runs or waits.
+        #[arg(long)]
+        drain: bool,
         /// Give up after this long (`30s`, `10m`); default: wait without limit.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
@@ -118,7 +122,18 @@ pub fn main(cli: Cli) -> ExitCode {
             };
             client::run(&target, Action::Restart(when))
         }
-        Command::WaitIdle { target, timeout } => client::run(&target, Action::WaitIdle(timeout)),
+        Command::WaitIdle {
+            target,
+            timeout,
+            drain,
+        } => {
+            let action = if drain {
+                Action::Drain(timeout)
+            } else {
+                Action::WaitIdle(timeout)
+            };
+            client::run(&target, action)
+        }
     }
 }
 

@@ -36,7 +36,7 @@ fn readyz_flips_to_503_during_a_ui_restart_and_back_while_healthz_stays_200() {
 
     let (code, body) = l.post("/v1/restart", r#"{"when":"now"}"#).expect("restart");
     assert_eq!(code, 200, "{body}");
-    let mut readyz = Vec::new();
+    let mut readyz = vec![(200, serde_json::Value::from("ready"))];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (health, body) = l.get("/healthz").expect("/healthz answers throughout");

@@ -141,6 +141,8 @@ pub struct Supervisor {
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<String>,
+    /// Draining for a stop: set once, never cleared.
+    draining: bool,
 }
 
 /// Unix seconds now.
@@ -212,6 +214,7 @@ impl Supervisor {
             crashes: 0,
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
+            draining: false,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let sup = Supervisor {
@@ -241,6 +244,7 @@ impl Supervisor {
             ready_since_unix: None,
             last_time_to_ready_ms: None,
             start_reason: None,
+            draining: false,
         };
         (sup, CoreHandle::new(cmd_tx, snap_rx), cmd_rx, events_rx)
     }
@@ -406,6 +410,7 @@ impl Supervisor {
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
+            draining: self.draining,
         }
     }
 
@@ -419,6 +424,17 @@ impl Supervisor {
                 self.request_restart(when).await;
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());
+            }
+            Command::Drain { reply } => {
+                if !self.draining {
+                    tracing::info!("draining: /readyz answers 503 until the supervisor stops");
+                }
+                self.draining = true;
+                self.publish();
+                let _ = reply.send(());
+            }
+            Command::Ping { reply } => {
+                let _ = reply.send(());
             }
         }
     }
