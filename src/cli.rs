@@ -10,8 +10,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::control::client::{self, Action, Target};
-use crate::state::RestartWhen;
+use crate::control::client::{self, ClientAction, Target};
+use crate::supervisor::protocol::RestartWhen;
 
 /// Runs a Stable Diffusion web UI (Forge, A1111, ComfyUI) as a supervised service.
 #[derive(Debug, Parser)]
@@ -112,15 +112,15 @@ pub fn main(cli: Cli) -> ExitCode {
             }
             run_daemon(&config)
         }
-        Command::Status { target, json } => client::run(&target, Action::Status { json }),
-        Command::Reload { target } => client::run(&target, Action::Reload),
+        Command::Status { target, json } => client::run(&target, ClientAction::Status { json }),
+        Command::Reload { target } => client::run(&target, ClientAction::Reload),
         Command::Restart { target, now, .. } => {
             let when = if now {
                 RestartWhen::Now
             } else {
                 RestartWhen::Idle
             };
-            client::run(&target, Action::Restart(when))
+            client::run(&target, ClientAction::Restart(when))
         }
         Command::WaitIdle {
             target,
@@ -128,9 +128,9 @@ pub fn main(cli: Cli) -> ExitCode {
             drain,
         } => {
             let action = if drain {
-                Action::Drain(timeout)
+                ClientAction::Drain(timeout)
             } else {
-                Action::WaitIdle(timeout)
+                ClientAction::WaitIdle(timeout)
             };
             client::run(&target, action)
         }

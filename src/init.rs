@@ -68,7 +68,7 @@ pub fn split() -> io::Result<()> {
     let pid1 = getpid() == Pid::from_raw(1);
     if !pid1 {
         // Outside a PID namespace of its own, orphans go to the nearest subreaper.
-        crate::process::become_subreaper()?;
+        crate::ui::process::become_subreaper()?;
     }
     // SAFETY: the process has one thread (documented precondition), so the child
     // may run arbitrary code.

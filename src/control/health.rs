@@ -5,7 +5,7 @@
 //!
 //! Like every handler here they only translate: liveness is a round trip through
 //! the core's command channel (a core whose loop is stuck cannot answer), and
-//! readiness is [`Snapshot::takes_work`](crate::state::Snapshot::takes_work).
+//! readiness is [`Snapshot::takes_work`](crate::supervisor::protocol::Snapshot::takes_work).
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 
 use super::protocol::{self, Alive, Readiness};
-use crate::state::CoreHandle;
+use crate::supervisor::protocol::CoreHandle;
 
 /// How long the core's loop may take to answer a liveness ping. Its loop never
 /// awaits I/O, so anything near this means it is stuck.
