@@ -300,3 +300,47 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A ConfigMap update as the kubelet makes it (a new timestamped folder, then
+/// `..data` swapped to it by rename) reaches the running supervisor as a reload,
+/// as docs/containers.md promises.
+#[test]
+fn a_configmap_update_swapping_the_data_link_reloads_the_supervisor() {
+    let scene = Scene::new("k8s-configmap-swap");
+    let mount = scene.dir().join("etc");
+    let first = mount.join("..2026_01_01_00_00_00.1");
+    fs::create_dir_all(&first).expect("mkdir");
+    fs::write(first.join("config.toml"), scene.config_toml()).expect("config");
+    std::os::unix::fs::symlink(first.file_name().expect("name"), mount.join("..data"))
+        .expect("..data");
+    std::os::unix::fs::symlink("..data/config.toml", mount.join("config.toml")).expect("link");
+    let mut cmd = Command::new(daemon_bin());
+    cmd.args(["run", "--config"]).arg(mount.join("config.toml"));
+    cmd.stdout(fs::File::create(scene.log_path()).expect("log"));
+    cmd.stderr(fs::File::create(scene.dir().join("stderr.log")).expect("log"));
+    let _daemon = KillOnDrop(cmd.spawn().expect("spawn the daemon"));
+    let socket = scene.dir().join("control.sock");
+    let status = || -> Option<Value> {
+        let out = Command::new(daemon_bin())
+            .args(["status", "--json", "--socket"])
+            .arg(&socket)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let before = wait_for("the daemon to answer", Duration::from_secs(30), status);
+    assert!(before["last_reload"].is_null(), "{before}");
+
+    let second = mount.join("..2026_01_01_00_01_00.2");
+    fs::create_dir_all(&second).expect("mkdir");
+    let text = scene.config_toml() + "\n[settings]\nCLIP_stop_at_last_layers = 2\n";
+    fs::write(second.join("config.toml"), text).expect("config");
+    std::os::unix::fs::symlink(second.file_name().expect("name"), mount.join("..data_tmp"))
+        .expect("..data_tmp");
+    fs::rename(mount.join("..data_tmp"), mount.join("..data")).expect("swap ..data");
+    fs::remove_dir_all(&first).expect("remove the old folder");
+    let after = wait_for("a reload after the swap", Duration::from_secs(20), || {
+        status().filter(|s| s["last_reload"]["result"] == "applied")
+    });
+    assert_ne!(after["config_generation"], before["config_generation"]);
+}
