@@ -154,6 +154,27 @@
               '';
 
           vm = pkgs.testers.runNixOSTest (import ./nix/tests/vm.nix { inherit self; });
+
+          # The stand-in image, built and streamed: its config says what
+          # nix/image.nix promises (entrypoint, volume, baked config).
+          image-stand-in =
+            pkgs.runCommand "image-stand-in-check"
+              {
+                nativeBuildInputs = [
+                  pkgs.jq
+                  pkgs.gnutar
+                ];
+              }
+              ''
+                ${self.packages.${system}.image-stand-in} > image.tar
+                tar -xf image.tar manifest.json
+                config=$(jq -r '.[0].Config' manifest.json)
+                tar -xf image.tar "$config"
+                jq -e '.config.Entrypoint[1:] == ["run", "--config", "/etc/sd-webui-forge/config.toml"]
+                  and (.config.Volumes | has("/var/lib/sd-webui-forge"))
+                  and (.config.Env | index("PATH=/bin") != null)' "$config"
+                touch "$out"
+              '';
         }
       );
 
