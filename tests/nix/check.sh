@@ -99,23 +99,25 @@ for f in "${nix_files[@]}"; do
 done
 
 # The examples in the docs are meant to be pasted: each ```nix block must parse.
-if [ -f docs/nixos.md ]; then
-  mkdir -p "$out/doc-blocks"
-  awk -v dir="$out/doc-blocks" '
+for doc in docs/nixos.md docs/containers.md; do
+  [ -f "$doc" ] || continue
+  name=$(basename "$doc" .md)
+  mkdir -p "$out/doc-blocks/$name"
+  awk -v dir="$out/doc-blocks/$name" '
     /^```nix$/ { n++; f = sprintf("%s/block-%02d.nix", dir, n); inblock = 1; next }
     /^```$/ { inblock = 0; next }
     inblock { print > f }
-  ' docs/nixos.md
-  for f in "$out"/doc-blocks/*.nix; do
+  ' "$doc"
+  for f in "$out/doc-blocks/$name"/*.nix; do
     [ -f "$f" ] || continue
     if nix-instantiate --parse "$f" >/dev/null 2>"$out/parse.err"; then
-      pass "parse docs/nixos.md example $(basename "$f" .nix)"
+      pass "parse $doc example $(basename "$f" .nix)"
     else
-      fail "parse docs/nixos.md example $(basename "$f" .nix)"
+      fail "parse $doc example $(basename "$f" .nix)"
       sed 's/^/        /' "$out/parse.err"
     fi
   done
-fi
+done
 
 section "lint"
 existing=()
