@@ -121,6 +121,16 @@ fn a_drain_during_a_job_returns_only_after_it_with_readyz_503_draining_meanwhile
     // Still draining: no new work is routed to a pod on its way out.
     let (code, body) = l.get("/readyz").expect("/readyz");
     assert_eq!((code, json(&body)["draining"].clone()), (503, true.into()));
+    let shown = Command::new(daemon_bin())
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("status runs");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("Draining:"),
+        "`status` shows the drain: {text}"
+    );
 }
 
 #[test]
