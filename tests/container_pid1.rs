@@ -179,3 +179,55 @@ fn sigkill_of_pid_1_leaves_nothing_behind() {
         live_processes_with_env(&marker).is_empty().then_some(())
     });
 }
+
+/// `run --init` outside a PID namespace of its own: the init half makes itself
+/// the subreaper, so the UI's orphans come to it and are reaped; SIGTERM to it
+/// still stops everything gracefully. Needs no root.
+#[test]
+fn run_with_init_flag_reaps_orphans_as_a_subreaper() {
+    let mut scene = Scene::new("init-flag-orphans");
+    let launcher = scene.dir().join("launcher.sh");
+    write_script(
+        &launcher,
+        &format!(
+            "( setsid sleep 2 & )\nexec {} {} \"$@\"",
+            common::python3().display(),
+            common::stand_in().display()
+        ),
+    );
+    scene.command = vec![launcher.display().to_string()];
+    let marker = scene.marker();
+    let l = Listening::new(scene);
+    let log = std::fs::File::create(l.scene.log_path()).expect("log");
+    let mut init = std::process::Command::new(common::daemon_bin())
+        .args(["run", "--init", "--config"])
+        .arg(l.scene.config_path())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn run --init");
+    let init_pid = init.id() as i32;
+    l.wait_ready(Duration::from_secs(30));
+    let sleep = wait_for(
+        "the orphan to be the init half's child",
+        Duration::from_secs(5),
+        || {
+            container_support::children_of(init_pid)
+                .into_iter()
+                .find(|p| {
+                    container_support::processes()
+                        .iter()
+                        .any(|(q, _, comm)| q == p && comm == "sleep")
+                })
+        },
+    );
+    wait_for("the orphan to be reaped", Duration::from_secs(10), || {
+        common::proc_stat(sleep).is_none().then_some(())
+    });
+    kill(Pid::from_raw(init_pid), Signal::SIGTERM).expect("SIGTERM");
+    let status = wait_for("run --init to exit", Duration::from_secs(20), || {
+        init.try_wait().expect("try_wait")
+    });
+    assert_eq!(status.code(), Some(0));
+    assert!(live_processes_with_env(&marker).is_empty());
+}
