@@ -30,6 +30,9 @@ pub enum Command {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// Also act as init (reap orphans, forward signals); automatic as PID 1.
+        #[arg(long)]
+        init: bool,
     },
     /// Parse and validate a config file; print every problem.
     CheckConfig {
@@ -69,6 +72,10 @@ pub enum Command {
         /// Where the daemon is.
         #[command(flatten)]
         target: Target,
+        /// Drain first: `/readyz` answers 503 from now on (a Kubernetes preStop
+        /// hook), then wait until no job runs or waits.
+        #[arg(long)]
+        drain: bool,
         /// Give up after this long (`30s`, `10m`); default: wait without limit.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
@@ -95,7 +102,16 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         },
         Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
-        Command::Run { config } => run_daemon(&config),
+        Command::Run { config, init } => {
+            // Before the runtime starts: the split needs a single-threaded process.
+            if crate::init::wanted(init)
+                && let Err(e) = crate::init::split()
+            {
+                eprintln!("cannot start as init: {e}");
+                return ExitCode::from(1);
+            }
+            run_daemon(&config)
+        }
         Command::Status { target, json } => client::run(&target, ClientAction::Status { json }),
         Command::Reload { target } => client::run(&target, ClientAction::Reload),
         Command::Restart { target, now, .. } => {
@@ -106,8 +122,17 @@ pub fn main(cli: Cli) -> ExitCode {
             };
             client::run(&target, ClientAction::Restart(when))
         }
-        Command::WaitIdle { target, timeout } => {
-            client::run(&target, ClientAction::WaitIdle(timeout))
+        Command::WaitIdle {
+            target,
+            timeout,
+            drain,
+        } => {
+            let action = if drain {
+                ClientAction::Drain(timeout)
+            } else {
+                ClientAction::WaitIdle(timeout)
+            };
+            client::run(&target, action)
         }
     }
 }

@@ -254,6 +254,7 @@ async fn metrics_are_prometheus_text_from_the_snapshot() {
         "time_to_ready_seconds",
         "uptime_seconds",
         "layout_conflicts",
+        "draining",
     ] {
         let full = format!("sd_webui_supervisor_{name}");
         assert!(scrape.docs.contains_key(&full), "no HELP for {full}");

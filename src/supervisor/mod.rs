@@ -141,6 +141,8 @@ pub struct Supervisor {
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<RestartReason>,
+    /// Draining for a stop: set once, never cleared.
+    draining: bool,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -205,6 +207,7 @@ impl Supervisor {
             crashes: 0,
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
+            draining: false,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let sup = Supervisor {
@@ -232,6 +235,7 @@ impl Supervisor {
             ready_since_unix: None,
             last_time_to_ready_ms: None,
             start_reason: None,
+            draining: false,
         };
         (
             sup,
@@ -396,6 +400,7 @@ impl Supervisor {
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
+            draining: self.draining,
         }
     }
 
@@ -406,6 +411,17 @@ impl Supervisor {
                 self.request_restart(when);
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());
+            }
+            CoreCommand::Drain { reply } => {
+                if !self.draining {
+                    tracing::info!("draining: /readyz answers 503 until the supervisor stops");
+                }
+                self.draining = true;
+                self.publish();
+                let _ = reply.send(());
+            }
+            CoreCommand::Ping { reply } => {
+                let _ = reply.send(());
             }
         }
     }

@@ -9,10 +9,13 @@
 #      loads without warnings, `systemd-analyze security` exposure <= 2.5,
 #      DeviceAllow= for /dev/nvidiactl, /dev/nvidia-uvm and the GPU nodes;
 #   6. module.nix evaluated with lib.evalModules (tests/nix/eval-module.nix)
-#      and flake.nix with a fake nixpkgs input (tests/nix/eval-flake.nix),
-#      with a nixpkgs lib (see NIXPKGS_LIB below); its generated
-#      configs go through `sd-webui-supervisor check-config` when the binary
-#      is built, as does the module's build-time check script.
+#      and flake.nix with a fake nixpkgs input (tests/nix/eval-flake.nix,
+#      which also evaluates the container images of nix/image.nix up to the
+#      arguments of dockerTools.streamLayeredImage), with a nixpkgs lib (see NIXPKGS_LIB
+#      below); their generated configs go through
+#      `sd-webui-supervisor check-config` when the binary is built, as does
+#      the module's build-time check script. Nothing is built: the image's
+#      layers and closure are not checked here.
 #
 # Usage: tests/nix/check.sh   (from anywhere; root needed for step 5)
 # Environment:
@@ -110,23 +113,25 @@ for f in "${nix_files[@]}"; do
 done
 
 # The examples in the docs are meant to be pasted: each ```nix block must parse.
-if [ -f docs/nixos.md ]; then
-  mkdir -p "$out/doc-blocks"
-  awk -v dir="$out/doc-blocks" '
+for doc in docs/nixos.md docs/containers.md; do
+  [ -f "$doc" ] || continue
+  name=$(basename "$doc" .md)
+  mkdir -p "$out/doc-blocks/$name"
+  awk -v dir="$out/doc-blocks/$name" '
     /^```nix$/ { n++; f = sprintf("%s/block-%02d.nix", dir, n); inblock = 1; next }
     /^```$/ { inblock = 0; next }
     inblock { print > f }
-  ' docs/nixos.md
-  for f in "$out"/doc-blocks/*.nix; do
+  ' "$doc"
+  for f in "$out/doc-blocks/$name"/*.nix; do
     [ -f "$f" ] || continue
     if nix-instantiate --parse "$f" >/dev/null 2>"$out/parse.err"; then
-      pass "parse docs/nixos.md example $(basename "$f" .nix)"
+      pass "parse $doc example $(basename "$f" .nix)"
     else
-      fail "parse docs/nixos.md example $(basename "$f" .nix)"
+      fail "parse $doc example $(basename "$f" .nix)"
       sed 's/^/        /' "$out/parse.err"
     fi
   done
-fi
+done
 
 section "lint"
 existing=()
@@ -408,9 +413,25 @@ else
     fail "evaluate tests/nix/eval-module.nix"
   fi
 
-  section "flake.nix with a fake nixpkgs input"
+  section "flake.nix with a fake nixpkgs input (and the container images)"
   if eval_json "$out/eval-flake.json" tests/nix/eval-flake.nix --argstr nixpkgsLib "$NIXPKGS_LIB"; then
-    report "$out/eval-flake.json"
+    jq '.results' "$out/eval-flake.json" >"$out/eval-flake-results.json"
+    report "$out/eval-flake-results.json"
+    # The config files the images bake in, through the real checker.
+    mkdir -p "$out/configs"
+    while IFS= read -r name; do
+      file=$out/configs/$name.toml
+      jq -r --arg n "$name" '.configs[$n]' "$out/eval-flake.json" >"$file"
+      if [ ! -x "$supervisor_bin" ]; then
+        skip "check-config on the $name config: $supervisor_bin not built"
+      elif "$supervisor_bin" check-config --config "$file" >"$file.log" 2>&1; then
+        pass "check-config accepts the $name config"
+      else
+        fail "check-config accepts the $name config"
+        sed 's/^/        /' "$file.log"
+      fi
+    done < <(jq -r '.configs | keys[]' "$out/eval-flake.json")
+    echo "        not checked here (no nix build): the image's layers and closure, packages.image's CUDA ComfyUI"
   else
     fail "evaluate tests/nix/eval-flake.nix"
   fi

@@ -44,6 +44,13 @@ impl FakeCore {
                         seen2.lock().unwrap().push(format!("restart {when}"));
                         let _ = reply.send(format!("ready; idle; restart scheduled ({when})"));
                     }
+                    CoreCommand::Drain { reply } => {
+                        seen2.lock().unwrap().push("drain".into());
+                        let _ = reply.send(());
+                    }
+                    CoreCommand::Ping { reply } => {
+                        let _ = reply.send(());
+                    }
                 }
             }
         });
@@ -128,6 +135,7 @@ pub fn ready_idle() -> Snapshot {
         crashes: 0,
         reloads: BTreeMap::new(),
         last_time_to_ready_ms: Some(12_345),
+        draining: false,
     }
 }
 
@@ -171,6 +179,7 @@ pub fn starting() -> Snapshot {
         queue: None,
         ready_since_unix: None,
         last_time_to_ready_ms: None,
+        draining: false,
         ..ready_idle()
     }
 }

@@ -7,6 +7,8 @@
 //! - [`wait`]: bounded polling; every wait in the tests ends.
 //! - [`procs`]: processes seen through `/proc` (groups, guards, marked UIs).
 //! - [`config`]: the one config writer ([`Conf`], rendered as TOML).
+//! - [`container`]: the TCP control listener, health endpoints and the binary as
+//!   PID 1 of a new PID namespace (container tests).
 //! - [`scene`]: a scratch directory with a config ([`Scene`]) and a reload scenario
 //!   built on it ([`Scenario`]: scene + fake notify socket + daemon).
 //! - [`daemon`]: `sd-webui-supervisor run` as a child, killed with its UI on drop.
@@ -22,6 +24,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod config;
+pub mod container;
 pub mod control;
 pub mod daemon;
 pub mod env;
