@@ -84,7 +84,10 @@ pub async fn run(path: &Path, handoff_fd: Option<RawFd>) -> Result<Exit, DaemonE
 async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step, DaemonError> {
     let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
     let file_config = Config::from_bytes(path, &text)?;
-    if let Err(e) = become_subreaper() {
+    // Under `init` (PID 1 in a container), orphans go to the init half instead.
+    if !crate::init::under_init()
+        && let Err(e) = become_subreaper()
+    {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned UI processes are left to init");
     }
     let signals = Signals::open().map_err(io("cannot read signals (signalfd)"))?;

@@ -56,6 +56,9 @@ enum Ui {
     Preparing {
         start: u64,
         prepared: Option<Result<Prepared, String>>,
+        /// A re-check of a waiting supervisor keeps showing why it waits
+        /// until the check says otherwise.
+        waiting: Option<String>,
     },
     /// Launched, not answering yet.
     Starting {
@@ -152,6 +155,8 @@ pub struct Supervisor {
     exit_service: bool,
     /// State handed over by the previous binary, taken over when `run` starts.
     adopting: Option<handoff::Adopting>,
+    /// Draining for a stop: set once, never cleared.
+    draining: bool,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -216,6 +221,7 @@ impl Supervisor {
             crashes: 0,
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
+            draining: false,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let sup = Supervisor {
@@ -248,6 +254,7 @@ impl Supervisor {
             reloads_in_flight: 0,
             exit_service: false,
             adopting: None,
+            draining: false,
         };
         (
             sup,
@@ -358,6 +365,9 @@ impl Supervisor {
                 Some(proc.pid()),
             ),
             Ui::Ready { proc, .. } => (Phase::Ready, None, Some(proc.pid())),
+            Ui::Preparing {
+                waiting: Some(why), ..
+            } => (Phase::Waiting, Some(why.clone()), None),
             Ui::Preparing { .. } => (
                 Phase::Starting,
                 Some(format!(
@@ -422,6 +432,7 @@ impl Supervisor {
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
+            draining: self.draining,
         }
     }
 
@@ -432,6 +443,17 @@ impl Supervisor {
                 self.request_restart(when);
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());
+            }
+            CoreCommand::Drain { reply } => {
+                if !self.draining {
+                    tracing::info!("draining: /readyz answers 503 until the supervisor stops");
+                }
+                self.draining = true;
+                self.publish();
+                let _ = reply.send(());
+            }
+            CoreCommand::Ping { reply } => {
+                let _ = reply.send(());
             }
         }
     }
