@@ -276,8 +276,10 @@ in
     http_listen = "0.0.0.0:7870";
     token_file = tokenPath;
   })
-  (eq "image: the config is the NixOS module's for the same settings, but for D-Bus and where the token is" (bakedValue standInImage) (
-    lib.recursiveUpdate moduleValue {
+  # [supervisor] (self-upgrade of a systemd service) has no meaning in an
+  # image: a new image is a new container.
+  (eq "image: the config is the NixOS module's for the same settings, but for D-Bus, where the token is and [supervisor]" (bakedValue standInImage) (
+    lib.recursiveUpdate (removeAttrs moduleValue [ "supervisor" ]) {
       control.dbus = "off";
       control.token_file = tokenPath;
     }
