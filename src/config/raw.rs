@@ -74,6 +74,8 @@ pub struct RawConfig {
     pub settings: toml::Table,
     pub restart: RawRestart,
     pub control: RawControl,
+    /// `[images.<name>]`, read image by image.
+    pub images: BTreeMap<String, super::images::RawImage>,
 }
 
 /// Keys allowed in each fixed-shape section (the others are free-form maps).
@@ -102,6 +104,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &["policy", "idle_grace", "deadline", "poll_interval"],
     ),
     ("control", &["socket", "dbus", "http_listen", "token_file"]),
+    ("images", &[]),
 ];
 
 /// Parses the text; syntax, unknown-key and type problems go to `problems`.
@@ -143,6 +146,10 @@ pub fn parse<'a>(
                 At::Value,
                 format!("must be a table, not {article} {ty}"),
             ));
+            continue;
+        }
+        if name == "images" {
+            raw.images = super::images::parse_raw(value.clone(), problems);
             continue;
         }
         let value = without_unknown_keys(name, fields, value.clone(), problems);
