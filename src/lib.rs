@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod flavor;
 pub mod gpu;
+pub mod images;
 pub mod layout;
 pub mod notify;
 pub mod probe;
