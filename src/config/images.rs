@@ -260,8 +260,11 @@ impl ImageChecker<'_> {
                 self.at(
                     &["extra", key],
                     At::Key,
-                    if EXTRA_RESERVED.contains(&key.as_str()) {
-                        "is set by the supervisor; use checkpoint for the model".to_string()
+                    if key == "override_settings" {
+                        "is set by the supervisor (the checkpoint goes in images.<name>.checkpoint)"
+                            .to_string()
+                    } else if EXTRA_RESERVED.contains(&key.as_str()) {
+                        "is set by the supervisor (it needs the picture back)".to_string()
                     } else {
                         format!("set images.{}.{key} directly, not in extra", self.name)
                     },
