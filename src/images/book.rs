@@ -16,8 +16,19 @@ use super::output::Outputs;
 use super::render::RenderError;
 use crate::config::{Config, ImageConfig};
 
-/// What a `generate` gets back: the PNG paths, or every failure (`name: error`).
-pub type GenerateResult = Result<Vec<PathBuf>, String>;
+/// What a `generate` gets back: the PNG paths, or why not.
+pub type GenerateResult = Result<Vec<PathBuf>, GenerateError>;
+
+/// Why a `generate` did not give pictures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenerateError {
+    /// A name asked for is not declared.
+    #[error("{0}")]
+    Unknown(String),
+    /// Rendering failed: one `name: error` line per failed image.
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// Where one image stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,7 +266,7 @@ impl Book {
             .collect();
         if !unknown.is_empty() {
             let known: Vec<&str> = self.entries.keys().map(String::as_str).collect();
-            let _ = reply.send(Err(format!(
+            let _ = reply.send(Err(GenerateError::Unknown(format!(
                 "no declared image named {} (declared: {})",
                 unknown.join(", "),
                 if known.is_empty() {
@@ -263,7 +274,7 @@ impl Book {
                 } else {
                     known.join(", ")
                 }
-            )));
+            ))));
             return;
         }
         for name in &names {
@@ -308,7 +319,7 @@ impl Book {
             let _ = w.reply.send(if errors.is_empty() {
                 Ok(paths)
             } else {
-                Err(errors.join("\n"))
+                Err(GenerateError::Failed(errors.join("\n")))
             });
         }
     }

@@ -13,7 +13,7 @@ pub mod output;
 pub mod render;
 pub mod task;
 
-pub use book::{Book, FailedImage, GenerateResult, ImagesStatus, Job};
+pub use book::{Book, FailedImage, GenerateError, GenerateResult, ImagesStatus, Job};
 pub use fingerprint::fingerprint;
 pub use output::{Outputs, Sidecar};
 pub use render::{RenderError, Rendered, Renderer};

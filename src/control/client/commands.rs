@@ -9,7 +9,7 @@ use crate::control::status_text;
 use crate::state::{ReloadOutcome, RestartWhen};
 
 /// What a CLI client command does, once its target is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// `status [--json]`.
     Status {
@@ -22,6 +22,13 @@ pub enum Action {
     Restart(RestartWhen),
     /// `wait-idle [--timeout DUR]`.
     WaitIdle(Option<Duration>),
+    /// `generate [NAME...] [--force]`: render declared images now.
+    Generate {
+        /// Image names; empty: all.
+        names: Vec<String>,
+        /// Render those already on disk too.
+        force: bool,
+    },
 }
 
 /// Runs one client command and returns the exit code; prints results to stdout
@@ -69,6 +76,20 @@ async fn act(client: &Client, action: Action) -> ExitCode {
                 ExitCode::from(EXIT_TIMEOUT)
             }
         }),
+        Action::Generate { names, force } => {
+            client.generate(&names, force).await.map(|r| match r {
+                Ok(paths) => {
+                    for p in paths {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("{message}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            })
+        }
     };
     result.unwrap_or_else(|e| fail(&e))
 }
