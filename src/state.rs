@@ -128,6 +128,8 @@ pub struct Snapshot {
     pub reloads: BTreeMap<String, u64>,
     /// Milliseconds from exec to ready for the last UI start.
     pub last_time_to_ready_ms: Option<u64>,
+    /// Declared images: declared, rendered, pending, failed (with the UI's error).
+    pub images: crate::images::ImagesStatus,
 }
 
 /// When a requested restart should happen.
@@ -154,6 +156,15 @@ pub enum Command {
         when: RestartWhen,
         /// Receives the status line once the restart is scheduled (or started).
         reply: oneshot::Sender<String>,
+    },
+    /// Render declared images now (`generate`), once the UI is ready and idle.
+    Generate {
+        /// Image names; empty: all.
+        names: Vec<String>,
+        /// Render those already on disk too.
+        force: bool,
+        /// Receives the PNG paths (or the failure) once all are done.
+        reply: oneshot::Sender<crate::images::GenerateResult>,
     },
 }
 
@@ -205,6 +216,22 @@ impl CoreHandle {
     pub async fn restart(&self, when: RestartWhen) -> Result<String, HandleError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Restart { when, reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)
+    }
+
+    /// Asks the core to render declared images and waits until they are done.
+    pub async fn generate(
+        &self,
+        names: Vec<String>,
+        force: bool,
+    ) -> Result<crate::images::GenerateResult, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Generate {
+            names,
+            force,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 

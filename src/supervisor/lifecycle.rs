@@ -23,6 +23,15 @@ pub enum Event {
     Queue(Result<Queue, String>, Instant),
     /// ComfyUI broadcast its queue length (`/ws`): probe now if a restart waits.
     QueueChanged(u32),
+    /// A declared image's render task ended.
+    ImageDone {
+        /// The image.
+        name: String,
+        /// The fingerprint it was rendered for.
+        fingerprint: String,
+        /// The PNG written, or why not.
+        result: Result<std::path::PathBuf, crate::images::RenderError>,
+    },
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process.
@@ -110,6 +119,7 @@ impl Supervisor {
                 if let Some(reason) = self.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
                 }
+                self.images_ui_launched(auth.clone());
                 let probe = Probe::new(config.ui.flavor, config.ui.port, auth);
                 self.queue = None;
                 self.queue_sent = None;
@@ -165,6 +175,7 @@ impl Supervisor {
             Err(e) => format!("wait failed: {e}"),
         };
         tracing::warn!(pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
+        self.images_ui_gone();
         let pid = proc.pid();
         self.ui = Ui::Stopping {
             pid,
@@ -190,6 +201,7 @@ impl Supervisor {
             }
         };
         tracing::info!(pid = proc.pid(), reason = %why, "stopping the UI");
+        self.images_ui_gone();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,
@@ -225,7 +237,13 @@ impl Supervisor {
                     }
                 }
                 self.check_pending(Instant::now());
+                self.maybe_render();
             }
+            Event::ImageDone {
+                name,
+                fingerprint,
+                result,
+            } => self.on_image_done(&name, &fingerprint, result),
             Event::QueueChanged(remaining) => {
                 if self.pending.is_some() && matches!(self.ui, Ui::Ready { .. }) {
                     tracing::debug!(remaining, "queue broadcast: probing now");

@@ -9,6 +9,7 @@
 //! Submodules: [`lifecycle`] (start, readiness, crash/backoff, stop) and
 //! [`reconfigure`] (reload, live apply, restart scheduling).
 
+mod images;
 mod lifecycle;
 mod reconfigure;
 
@@ -141,6 +142,8 @@ pub struct Supervisor {
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<String>,
+    /// Declared images: their state and the render in progress.
+    images: images::Images,
 }
 
 /// Unix seconds now.
@@ -212,8 +215,10 @@ impl Supervisor {
             crashes: 0,
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
+            images: crate::images::ImagesStatus::default(),
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
+        let images = images::Images::new(&config);
         let sup = Supervisor {
             path,
             config_hash: config_hash(config_text),
@@ -241,6 +246,7 @@ impl Supervisor {
             ready_since_unix: None,
             last_time_to_ready_ms: None,
             start_reason: None,
+            images,
         };
         (sup, CoreHandle::new(cmd_tx, snap_rx), cmd_rx, events_rx)
     }
@@ -406,6 +412,7 @@ impl Supervisor {
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
+            images: self.images.book.status(),
         }
     }
 
@@ -420,6 +427,11 @@ impl Supervisor {
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());
             }
+            Command::Generate {
+                names,
+                force,
+                reply,
+            } => self.images_generate(names, force, reply),
         }
     }
 

@@ -82,6 +82,7 @@ impl Supervisor {
         self.config = new;
         self.config_hash = hash;
         self.reload_rejected = None;
+        self.images_config_changed();
         if change.is_empty() {
             outcome.result = "unchanged".into();
             return outcome;
@@ -252,8 +253,10 @@ impl Supervisor {
         // A reading taken before the restart was scheduled says nothing about
         // jobs submitted since.
         let current = self.queue_sent.is_some_and(|sent| sent >= p.created);
+        // A declared image being rendered is a job like any other.
+        let ours = self.images.busy();
         match self.queue {
-            Some(q) if q.is_idle() && current => {
+            Some(q) if q.is_idle() && current && !ours => {
                 let since = *p.idle_since.get_or_insert(now);
                 // Act only on a reading taken after the grace ended: a job may
                 // have arrived since the probe that started it.
