@@ -25,8 +25,9 @@ pub(super) struct Images {
     pub(super) book: Book,
     renderer: Option<Renderer>,
     task: Option<AbortHandle>,
-    /// When the last render ended: only queue readings taken later count.
-    last_done: Option<Instant>,
+    /// Only queue readings taken after this count: set when a render ends and
+    /// when images become due (a reading from before may miss a job begun since).
+    not_before: Option<Instant>,
 }
 
 impl Images {
@@ -36,7 +37,7 @@ impl Images {
             book: Book::new(config),
             renderer: None,
             task: None,
-            last_done: None,
+            not_before: None,
         }
     }
 
@@ -51,6 +52,15 @@ impl Supervisor {
     pub(super) fn images_ui_launched(&mut self, auth: Option<ApiAuth>) {
         self.images.renderer = Some(Renderer::new(self.config.ui.port, auth));
         self.images.book.ui_started();
+        self.images_due();
+    }
+
+    /// Images may have become due: wait for a queue reading taken from now, and
+    /// ask for one at once.
+    fn images_due(&mut self) {
+        let now = Instant::now();
+        self.images.not_before = Some(now);
+        self.next_probe = self.next_probe.min(now);
     }
 
     /// The UI is stopping or gone: a render in progress is abandoned and wanted again.
@@ -58,15 +68,15 @@ impl Supervisor {
         if let Some(task) = self.images.task.take() {
             tracing::info!("declared image render abandoned: the UI is stopping");
             task.abort();
-            self.images.last_done = Some(Instant::now());
         }
+        self.images.not_before = Some(Instant::now());
         self.images.book.interrupted();
     }
 
     /// A new config is in force: changed images are wanted again.
     pub(super) fn images_config_changed(&mut self) {
         self.images.book.update(&self.config);
-        self.maybe_render();
+        self.images_due();
     }
 
     /// `generate`: render now (as soon as the UI is ready and idle).
@@ -77,7 +87,7 @@ impl Supervisor {
         reply: oneshot::Sender<GenerateResult>,
     ) {
         self.images.book.generate(names, force, reply);
-        self.maybe_render();
+        self.images_due();
     }
 
     /// Starts the next render when everything allows it.
@@ -96,8 +106,8 @@ impl Supervisor {
         {
             return;
         }
-        let fresh = match (self.queue_sent, self.images.last_done) {
-            (Some(sent), Some(done)) => sent >= done,
+        let fresh = match (self.queue_sent, self.images.not_before) {
+            (Some(sent), Some(after)) => sent >= after,
             (Some(_), None) => true,
             (None, _) => false,
         };
@@ -135,7 +145,7 @@ impl Supervisor {
         result: Result<PathBuf, RenderError>,
     ) {
         self.images.task = None;
-        self.images.last_done = Some(Instant::now());
+        self.images.not_before = Some(Instant::now());
         match &result {
             Ok(path) => {
                 tracing::debug!(image = name, path = %path.display(), "declared image done")
