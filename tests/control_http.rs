@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use sd_webui_supervisor::control::auth::{Token, require_token};
 use sd_webui_supervisor::control::http::router;
 use sd_webui_supervisor::control::protocol::{ErrorBody, RestartReply};
-use sd_webui_supervisor::state::{Queue, ReloadOutcome, Snapshot};
+use sd_webui_supervisor::supervisor::protocol::{Queue, ReloadOutcome, ReloadResult, Snapshot};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -84,7 +84,7 @@ async fn reload_rejected_is_422_with_the_errors() {
     let (status, body, _) = send(router(core.handle.clone()), post("/v1/reload", "")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let got: ReloadOutcome = serde_json::from_slice(&body).unwrap();
-    assert_eq!(got.result, "rejected");
+    assert_eq!(got.result, ReloadResult::Rejected);
     assert_eq!(got.errors.len(), 2);
     assert!(got.errors[0].contains("ui.port"));
 }
@@ -118,7 +118,16 @@ async fn restart_defaults_to_idle_and_accepts_now() {
 #[tokio::test]
 async fn restart_with_a_bad_body_is_400_and_not_forwarded() {
     let core = FakeCore::new(ready_idle());
-    for body in [r#"{"when":"later"}"#, "not json", r#"{"when":"now","x":1}"#] {
+    for body in [
+        r#"{"when":"later"}"#,
+        "not json",
+        r#"{"when":"now","x":1}"#,
+        r#"["now"]"#,
+        "[]",
+        r#""now""#,
+        "null",
+        "1",
+    ] {
         let (status, answer, _) =
             send(router(core.handle.clone()), post("/v1/restart", body)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");

@@ -16,7 +16,7 @@ use toml::de::{DeValue, ValueDeserializer};
 
 use super::diagnostics::{At, Problem, Seg};
 use super::validate::toml_to_json;
-use crate::flavor::{Flavor, ModelKind};
+use crate::ui::flavor::{Flavor, ModelKind};
 
 /// One `[images.<name>]` table as written.
 #[derive(Debug, Default, Deserialize)]

@@ -7,7 +7,9 @@
 //! problems, and [`diagnostics`] maps each problem's key path back to a position.
 
 mod diagnostics;
+pub mod diff;
 mod images;
+mod limits;
 mod raw;
 mod validate;
 
@@ -21,7 +23,7 @@ use serde::Serialize;
 pub use diagnostics::{ConfigError, Problem};
 pub use images::{ImageConfig, Txt2img, Workflow};
 
-use crate::flavor::{Flavor, ModelKind};
+use crate::ui::flavor::{Flavor, ModelKind};
 
 /// The whole, validated configuration of one supervised UI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -81,7 +83,7 @@ pub struct DataConfig {
 }
 
 /// What to do with a change that needs a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Wait until the queue has been empty for `idle_grace` (or the deadline).
@@ -90,6 +92,12 @@ pub enum RestartPolicy {
     Immediately,
     /// Only report that a restart is needed.
     Manual,
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl RestartPolicy {
@@ -144,6 +152,13 @@ pub struct ControlConfig {
     pub token_file: Option<PathBuf>,
 }
 
+/// Every section of the file with its keys (empty for the free-form maps
+/// `models`, `extensions`, `settings`), read from the structs that parse them, so
+/// docs and tests check against the same list the loader enforces.
+pub fn sections() -> impl Iterator<Item = (&'static str, &'static [&'static str])> {
+    raw::SECTIONS.iter().map(|s| (s.name, s.keys))
+}
+
 /// Where client commands look for the daemon when neither `--socket` nor
 /// `--config` says.
 pub const DEFAULT_SOCKET: &str = "/run/sd-webui-forge/control.sock";
@@ -151,8 +166,17 @@ pub const DEFAULT_SOCKET: &str = "/run/sd-webui-forge/control.sock";
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::read(path, e))?;
-        Config::parse(path, &text)
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::read(path, e))?;
+        Config::from_bytes(path, &bytes)
+    }
+
+    /// Validates a config file's bytes, read strictly as UTF-8: `check-config`,
+    /// the daemon's start and every reload go through here, so a file is never
+    /// accepted at one and mangled (read lossily) at another. `path` only names
+    /// the file in messages.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::encoding(path, bytes, e))?;
+        Config::parse(path, text)
     }
 
     /// Validates config text; `path` only names the file in messages.

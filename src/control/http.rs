@@ -12,6 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::Deserialize;
 
 use super::metrics;
 use super::protocol::{
@@ -19,7 +20,7 @@ use super::protocol::{
     parse_timeout,
 };
 use crate::images::GenerateError;
-use crate::state::{CoreHandle, HandleError, ReloadOutcome, Snapshot};
+use crate::supervisor::protocol::{CoreHandle, HandleError, ReloadOutcome, ReloadResult, Snapshot};
 
 /// The control API's routes over one core; serve it or drive it with `oneshot` in tests.
 pub fn router(handle: CoreHandle) -> Router {
@@ -83,7 +84,7 @@ async fn reload(
     State(core): State<CoreHandle>,
 ) -> Result<(StatusCode, Json<ReloadOutcome>), ApiError> {
     let outcome = core.reload().await?;
-    let status = if outcome.result == "rejected" {
+    let status = if outcome.result == ReloadResult::Rejected {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::OK
@@ -99,11 +100,14 @@ async fn restart(
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         RestartRequest::default()
     } else {
-        serde_json::from_slice::<RestartRequest>(&body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "body must be {{\"when\":\"idle\"}} or {{\"when\":\"now\"}}: {e}"
-            ))
-        })?
+        // Only an object: serde's derive would also take `["now"]` as a struct.
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+            .and_then(|object| RestartRequest::deserialize(serde_json::Value::Object(object)))
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "body must be {{\"when\":\"idle\"}} or {{\"when\":\"now\"}}: {e}"
+                ))
+            })?
     };
     let status_line = core.restart(request.when).await?;
     Ok(Json(RestartReply { status_line }))

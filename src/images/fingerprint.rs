@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::config::{Config, ImageConfig};
-use crate::flavor::ModelKind;
+use crate::ui::flavor::ModelKind;
 
 /// The models an image uses: `kind/name` → target. Forge/A1111: its checkpoint.
 /// ComfyUI: every declared model whose file name appears as an input value in

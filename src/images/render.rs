@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::config::{ImageConfig, Txt2img, Workflow};
-use crate::probe::ApiAuth;
+use crate::ui::api::ApiAuth;
 
 /// The longest one render may take (a large model on a slow GPU, behind a queue).
 const RENDER_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -7,7 +7,7 @@ use super::book::Job;
 use super::fingerprint::declaration;
 use super::output::{Outputs, Sidecar};
 use super::render::{RenderError, Renderer};
-use crate::flavor::Flavor;
+use crate::ui::flavor::Flavor;
 
 /// Renders `job` unless its file on disk already matches; returns the PNG path.
 pub async fn run(

@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 use super::{Event, Supervisor, Ui};
 use crate::config::RestartPolicy;
 use crate::images::{Book, GenerateResult, RenderError, Renderer};
-use crate::probe::ApiAuth;
+use crate::ui::api::ApiAuth;
 
 /// The core's image state: the book, the client for the running UI, the task.
 #[derive(Debug)]
