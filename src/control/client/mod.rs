@@ -208,10 +208,10 @@ impl Client {
         let (status, body) = self
             .call(Method::POST, protocol::GENERATE, Some(body), Duration::MAX)
             .await?;
-        if status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST {
-            if let Ok(e) = serde_json::from_slice::<ErrorBody>(&body) {
-                return Ok(Err(e.error));
-            }
+        if (status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST)
+            && let Ok(e) = serde_json::from_slice::<ErrorBody>(&body)
+        {
+            return Ok(Err(e.error));
         }
         self.expect_ok(status, &body)?;
         self.decode::<GenerateReply>(status, &body)
