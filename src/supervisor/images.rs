@@ -56,8 +56,12 @@ impl Supervisor {
     }
 
     /// Images may have become due: wait for a queue reading taken from now, and
-    /// ask for one at once.
+    /// ask for one at once (only when some image waits: otherwise the probe
+    /// schedule stays exactly as the restart logic set it).
     fn images_due(&mut self) {
+        if !self.images.book.has_pending() {
+            return;
+        }
         let now = Instant::now();
         self.images.not_before = Some(now);
         self.next_probe = self.next_probe.min(now);
