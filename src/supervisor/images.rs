@@ -64,7 +64,7 @@ impl Supervisor {
         }
         let now = Instant::now();
         self.images.not_before = Some(now);
-        self.next_probe = self.next_probe.min(now);
+        self.timers.probe_by(now);
     }
 
     /// The UI is stopping or gone: a render in progress is abandoned and wanted again.
@@ -110,12 +110,12 @@ impl Supervisor {
         {
             return;
         }
-        let fresh = match (self.queue_sent, self.images.not_before) {
+        let fresh = match (self.probing.sent, self.images.not_before) {
             (Some(sent), Some(after)) => sent >= after,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if !fresh || !self.queue.is_some_and(|q| q.is_idle()) {
+        if !fresh || !self.probing.queue.is_some_and(|q| q.is_idle()) {
             return;
         }
         let Some(renderer) = self.images.renderer.clone() else {
@@ -126,19 +126,18 @@ impl Supervisor {
         };
         let outputs = self.images.book.outputs().clone();
         let flavor = self.config.ui.flavor;
-        let events = self.events.clone();
         let (name, fingerprint) = (job.name.clone(), job.fingerprint.clone());
-        let task = tokio::spawn(async move {
+        let task = self.tasks.spawn(async move {
             let result = crate::images::task::run(&renderer, outputs, flavor, job).await;
-            let _ = events.send(Event::ImageDone {
+            Event::ImageDone {
                 name,
                 fingerprint,
                 result,
-            });
+            }
         });
-        self.images.task = Some(task.abort_handle());
+        self.images.task = Some(task);
         // Let the queue probe see our job as soon as the UI registers it.
-        self.next_probe = self.next_probe.min(Instant::now());
+        self.timers.probe_by(Instant::now());
     }
 
     /// A render task ended.
@@ -161,6 +160,6 @@ impl Supervisor {
         self.images.book.finished(name, fingerprint, result);
         // Probe at once: the next image waits for an idle reading taken from now,
         // and a pending restart may now go ahead.
-        self.next_probe = Instant::now();
+        self.timers.probe_by(Instant::now());
     }
 }
