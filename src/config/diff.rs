@@ -119,6 +119,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         settings: old_settings,
         restart: old_restart,
         control: old_control,
+        images: old_images,
     } = old;
     let Config {
         ui: new_ui,
@@ -128,6 +129,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         settings: new_settings,
         restart: new_restart,
         control: new_control,
+        images: new_images,
     } = new;
 
     let mut d = ConfigDiff::default();
@@ -140,6 +142,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     );
     restart(&mut d, old_restart, new_restart);
     control(&mut d, old_control, new_control);
+    // Declared images are rendered by the supervisor through the running UI: the
+    // core re-checks their fingerprints after every applied reload.
+    note(&mut d.supervisor_only, "images", old_images != new_images);
 
     let relaid_anyway = old_ui.flavor != new_ui.flavor || old_data.dir != new_data.dir;
     if !relaid_anyway {

@@ -9,6 +9,7 @@
 mod checker;
 mod diagnostics;
 pub mod diff;
+mod images;
 pub mod limits;
 mod raw;
 mod validate;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use diagnostics::{ConfigError, Problem};
+pub use images::{ImageConfig, Txt2img, Workflow};
 
 use crate::ui::flavor::{Flavor, ModelKind};
 
@@ -42,6 +44,8 @@ pub struct Config {
     pub restart: RestartConfig,
     /// The control plane: socket, D-Bus, optional TCP.
     pub control: ControlConfig,
+    /// Declared images (`[images.<name>]`), rendered by the running UI.
+    pub images: BTreeMap<String, ImageConfig>,
 }
 
 /// `[ui]`: the UI process.
@@ -181,7 +185,13 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let (doc, raw) = raw::parse(text, &mut problems);
-        let config = raw.and_then(|raw| validate::validate(raw, &mut problems));
+        let config = raw.and_then(|mut raw| {
+            let images = std::mem::take(&mut raw.images);
+            let mut config = validate::validate(raw, &mut problems)?;
+            config.images =
+                images::validate(images, config.ui.flavor, &config.models, &mut problems);
+            Some(config)
+        });
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError::new(path, text, doc.as_ref(), problems)),

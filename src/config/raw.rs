@@ -93,6 +93,8 @@ pub struct RawConfig {
     pub settings: toml::Table,
     pub restart: RawRestart,
     pub control: RawControl,
+    /// `[images.<name>]`, read image by image.
+    pub images: BTreeMap<String, super::images::RawImage>,
 }
 
 /// Reads one section's value into its place in [`RawConfig`].
@@ -145,6 +147,12 @@ pub const SECTIONS: &[Section] = &[
         keys: RawControl::KEYS,
         read: |de, raw| RawControl::deserialize(de).map(|v| raw.control = v),
     },
+    // Read image by image in `parse` (one bad image must not hide the next).
+    Section {
+        name: "images",
+        keys: &[],
+        read: |_, _| Ok(()),
+    },
 ];
 
 /// Parses the text; syntax, unknown-key and type problems go to `problems`.
@@ -186,6 +194,10 @@ pub fn parse<'a>(
                 At::Value,
                 format!("must be a table, not {article} {ty}"),
             ));
+            continue;
+        }
+        if name == "images" {
+            raw.images = super::images::parse_raw(value.clone(), problems);
             continue;
         }
         let value = without_unknown_keys(name, section.keys, value.clone(), problems);

@@ -75,6 +75,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         settings,
         restart,
         control,
+        images: BTreeMap::new(),
     })
 }
 
@@ -212,7 +213,7 @@ fn settings(raw: toml::Table) -> serde_json::Map<String, serde_json::Value> {
 }
 
 /// TOML values as the JSON the UIs store (datetimes become strings).
-fn toml_to_json(v: toml::Value) -> serde_json::Value {
+pub(super) fn toml_to_json(v: toml::Value) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
         toml::Value::String(s) => J::String(s),

@@ -113,6 +113,24 @@ pub fn render(s: &Snapshot) -> String {
         "1 while the supervisor drains for a stop (/readyz answers 503), else 0.",
         bool_value(s.draining),
     );
+    out.single(
+        "images_declared",
+        "gauge",
+        "Declared images ([images.<name>]).",
+        s.images.declared as f64,
+    );
+    out.family(
+        "images",
+        "gauge",
+        "Declared images by state: rendered (on disk, matching), pending (waiting or rendering), failed.",
+    );
+    for (state, n) in [
+        ("rendered", s.images.rendered),
+        ("pending", s.images.pending),
+        ("failed", s.images.failed.len()),
+    ] {
+        out.sample("images", &[("state", state)], n as f64);
+    }
     out.text
 }
 

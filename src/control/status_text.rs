@@ -113,6 +113,27 @@ where
             line("", format!("  {c}"));
         }
     }
+    let im = &s.images;
+    if im.declared > 0 {
+        let rendering = im
+            .rendering
+            .as_ref()
+            .map(|n| format!(" (rendering {n})"))
+            .unwrap_or_default();
+        line(
+            "Images:",
+            format!(
+                "{} declared: {} rendered, {} pending{rendering}, {} failed",
+                im.declared,
+                im.rendered,
+                im.pending,
+                im.failed.len()
+            ),
+        );
+        for f in &im.failed {
+            line("", format!("  {}: {}", f.name, f.error));
+        }
+    }
     let restarts: Vec<String> = s.restarts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let restarts = if restarts.is_empty() {
         "none".to_owned()

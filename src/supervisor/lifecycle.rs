@@ -166,7 +166,8 @@ impl Supervisor {
                 if let Some(reason) = self.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
                 }
-                let probe = Probe::new(config.ui.flavor, config.ui.port, prepared.auth);
+                let probe = Probe::new(config.ui.flavor, config.ui.port, prepared.auth.clone());
+                self.images_ui_launched(prepared.auth);
                 self.probing = super::Probing::default();
                 let now = Instant::now();
                 self.timers.probe_at(after(now, FIRST_PROBE));
@@ -203,6 +204,7 @@ impl Supervisor {
             Err(e) => format!("wait failed: {e}"),
         };
         tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
+        self.images_ui_gone();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
@@ -229,6 +231,7 @@ impl Supervisor {
             }
         };
         tracing::info!(ui_pid = proc.pid(), reason = %why, "stopping the UI");
+        self.images_ui_gone();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,
@@ -270,7 +273,13 @@ impl Supervisor {
                     }
                 }
                 self.check_pending(Instant::now());
+                self.maybe_render();
             }
+            Event::ImageDone {
+                name,
+                fingerprint,
+                result,
+            } => self.on_image_done(&name, &fingerprint, result),
             Event::QueueChanged(remaining) => {
                 if self.pending.is_some() && matches!(self.ui, Ui::Ready { .. }) {
                     tracing::debug!(remaining, "queue broadcast: probing now");
@@ -458,8 +467,17 @@ impl Supervisor {
         let Some(p) = self.pending.as_mut() else {
             return;
         };
+        // A declared image being rendered is a job like any other.
+        let queue = if self.images.busy() {
+            Some(crate::supervisor::protocol::Queue {
+                running: 1,
+                pending: 0,
+            })
+        } else {
+            self.probing.queue
+        };
         let reading = Reading {
-            queue: self.probing.queue,
+            queue,
             sent: self.probing.sent,
         };
         match p.decide(now, reading, self.config.restart.idle_grace) {

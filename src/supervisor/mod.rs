@@ -13,6 +13,7 @@
 //! [`timers`] the clock, [`status_line`] the one-line truth.
 
 mod crash;
+mod images;
 mod lifecycle;
 mod pending;
 pub mod protocol;
@@ -143,6 +144,8 @@ pub struct Supervisor {
     start_reason: Option<RestartReason>,
     /// Draining for a stop: set once, never cleared.
     draining: bool,
+    /// Declared images: their state and the render in progress.
+    images: images::Images,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -208,8 +211,10 @@ impl Supervisor {
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
             draining: false,
+            images: crate::images::ImagesStatus::default(),
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
+        let images = images::Images::new(&config);
         let sup = Supervisor {
             path,
             config_hash: config_hash(config_text),
@@ -236,6 +241,7 @@ impl Supervisor {
             last_time_to_ready_ms: None,
             start_reason: None,
             draining: false,
+            images,
         };
         (
             sup,
@@ -401,6 +407,7 @@ impl Supervisor {
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
             draining: self.draining,
+            images: self.images.book.status(),
         }
     }
 
@@ -423,6 +430,11 @@ impl Supervisor {
             CoreCommand::Ping { reply } => {
                 let _ = reply.send(());
             }
+            CoreCommand::Generate {
+                names,
+                force,
+                reply,
+            } => self.images_generate(names, force, reply),
         }
     }
 

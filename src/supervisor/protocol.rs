@@ -196,6 +196,8 @@ pub struct Snapshot {
     /// `/readyz` answers 503 until the supervisor exits.
     #[serde(default)]
     pub draining: bool,
+    /// Declared images: declared, rendered, pending, failed (with the UI's error).
+    pub images: crate::images::ImagesStatus,
 }
 
 impl Snapshot {
@@ -250,6 +252,15 @@ pub enum CoreCommand {
     Ping {
         /// Receives `()`.
         reply: oneshot::Sender<()>,
+    },
+    /// Render declared images now (`generate`), once the UI is ready and idle.
+    Generate {
+        /// Image names; empty: all.
+        names: Vec<String>,
+        /// Render those already on disk too.
+        force: bool,
+        /// Receives the PNG paths (or the failure) once all are done.
+        reply: oneshot::Sender<crate::images::GenerateResult>,
     },
 }
 
@@ -312,6 +323,22 @@ impl CoreHandle {
     pub async fn restart(&self, when: RestartWhen) -> Result<String, HandleError> {
         let (reply, rx) = oneshot::channel();
         self.send(CoreCommand::Restart { when, reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)
+    }
+
+    /// Asks the core to render declared images and waits until they are done.
+    pub async fn generate(
+        &self,
+        names: Vec<String>,
+        force: bool,
+    ) -> Result<crate::images::GenerateResult, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreCommand::Generate {
+            names,
+            force,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 

@@ -105,6 +105,7 @@ impl Supervisor {
         self.config = new;
         self.config_hash = hash;
         self.reload_rejected = None;
+        self.images_config_changed();
         if change.is_empty() {
             outcome.result = ReloadResult::Unchanged;
             return self.answer(reply, outcome);

@@ -42,6 +42,15 @@ pub enum Event {
     SettingsSynced(Synced),
     /// Fire-and-forget work (model refreshes) finished; it logged its own result.
     Done,
+    /// A declared image's render task ended.
+    ImageDone {
+        /// The image.
+        name: String,
+        /// The fingerprint it was rendered for.
+        fingerprint: String,
+        /// The PNG written, or why not.
+        result: Result<std::path::PathBuf, crate::images::RenderError>,
+    },
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process.
@@ -70,9 +79,12 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    /// Runs `work` as a tracked task.
-    pub fn spawn(&mut self, work: impl Future<Output = Event> + Send + 'static) {
-        self.set.spawn(work);
+    /// Runs `work` as a tracked task; the handle cancels it alone.
+    pub fn spawn(
+        &mut self,
+        work: impl Future<Output = Event> + Send + 'static,
+    ) -> tokio::task::AbortHandle {
+        self.set.spawn(work)
     }
 
     /// The next finished task's event; pending while none runs.
