@@ -220,6 +220,10 @@ pub struct Scene {
     pub stop_timeout: String,
     /// `restart.policy`.
     pub restart_policy: String,
+    /// More `[ui]` keys, written as given (e.g. `api_auth_file`).
+    pub ui_extra: toml::Table,
+    /// More `[control]` keys, written as given (e.g. `http_listen`).
+    pub control_extra: toml::Table,
 }
 
 impl Scene {
@@ -261,6 +265,8 @@ impl Scene {
             startup_timeout: "60s".into(),
             stop_timeout: "10s".into(),
             restart_policy: "immediately".into(),
+            ui_extra: toml::Table::new(),
+            control_extra: toml::Table::new(),
         }
     }
 
@@ -341,6 +347,7 @@ impl Scene {
             T::String(self.startup_timeout.clone()),
         );
         ui.insert("stop_timeout".into(), T::String(self.stop_timeout.clone()));
+        ui.extend(self.ui_extra.clone());
         let mut data = Table::new();
         data.insert(
             "dir".into(),
@@ -354,6 +361,7 @@ impl Scene {
             T::String(self.dir().join("control.sock").display().to_string()),
         );
         control.insert("dbus".into(), T::String("off".into()));
+        control.extend(self.control_extra.clone());
         let mut root = Table::new();
         root.insert("ui".into(), T::Table(ui));
         root.insert("data".into(), T::Table(data));
