@@ -322,7 +322,7 @@ fn the_api_password_is_in_neither_argv_nor_the_log() {
         "password in /proc/PID/cmdline: {}",
         String::from_utf8_lossy(&cmdline)
     );
-    let log = wait_for("the UI's launch line in the log", START, || {
+    wait_for("the UI's launch line in the log", START, || {
         let log = daemon.log();
         log.contains("Launching Web UI with arguments").then_some(log)
     });

@@ -145,7 +145,15 @@ pub struct ControlConfig {
     pub http_listen: Option<SocketAddr>,
     /// Bearer token file, required with `http_listen`.
     pub token_file: Option<PathBuf>,
+    /// Most connections each control listener serves at once; more are closed at
+    /// once, so a flood of idle connections cannot use up the daemon's fds.
+    pub max_connections: usize,
 }
+
+/// `control.max_connections` when the config does not say.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// Largest accepted `control.max_connections`.
+pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
 /// Where client commands look for the daemon when neither `--socket` nor
 /// `--config` says.

@@ -59,6 +59,7 @@ pub struct RawControl {
     pub dbus: Option<String>,
     pub http_listen: Option<String>,
     pub token_file: Option<String>,
+    pub max_connections: Option<i64>,
 }
 
 /// The whole file as written; `None` fields were absent (or unreadable, with a problem).
@@ -101,7 +102,16 @@ const SECTIONS: &[(&str, &[&str])] = &[
         "restart",
         &["policy", "idle_grace", "deadline", "poll_interval"],
     ),
-    ("control", &["socket", "dbus", "http_listen", "token_file"]),
+    (
+        "control",
+        &[
+            "socket",
+            "dbus",
+            "http_listen",
+            "token_file",
+            "max_connections",
+        ],
+    ),
 ];
 
 /// Parses the text; syntax, unknown-key and type problems go to `problems`.

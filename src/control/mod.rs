@@ -12,6 +12,7 @@ pub mod dbus;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+mod serve;
 mod socket;
 pub mod status_text;
 
@@ -143,14 +144,25 @@ pub async fn start_with_bus(
     let (listener, socket) = socket::bind(&config.socket).await?;
     let (stop, stopped) = watch::channel(false);
     let router = http::router(handle.clone());
-    let mut servers = vec![serve(listener, router.clone(), stopped.clone())];
+    let max = config.max_connections;
+    let mut servers = vec![serve::serve(
+        listener,
+        router.clone(),
+        max,
+        stopped.clone(),
+    )];
     let mut tcp_addr = None;
     if let (Some(addr), Some(token)) = (config.http_listen, token) {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ControlError::Tcp { addr, source })?;
         tcp_addr = tcp.local_addr().ok();
-        servers.push(serve(tcp, auth::require_token(router, token), stopped));
+        servers.push(serve::serve(
+            tcp,
+            auth::require_token(router, token),
+            max,
+            stopped,
+        ));
     }
     let mut control = Control {
         stop,
@@ -217,23 +229,4 @@ impl Control {
         }
         drop(socket);
     }
-}
-
-/// Serves `router` on `listener` until `stopped` turns true.
-fn serve<L>(listener: L, router: axum::Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "control API server stopped");
-        }
-    })
 }

@@ -5,13 +5,38 @@ use std::io;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use super::transient::{io_transient, is_transient};
 use super::{CRASH_WINDOW, MAX_CRASHES, STARTING_PROBE, Supervisor, Ui, unix_now};
 use crate::supervisor::protocol::{Queue, RestartReason};
 use crate::ui::api::{ApiAuth, Probe, ProbeError};
 use crate::ui::comfy_ws::QueueSignal;
 use crate::ui::flavor::Flavor;
 use crate::ui::gpu::{Preflight, preflight};
-use crate::ui::process::{Launch, UiProcess, describe_exit};
+use crate::ui::output::Redactor;
+use crate::ui::port;
+use crate::ui::process::{Launch, StopPlan, UiProcess, describe_exit};
+
+/// How often a port held by another process is checked again.
+const PORT_RECHECK: Duration = Duration::from_secs(2);
+/// Grace after SIGINT for a UI that is not ready yet (it cannot be running a job).
+const NOT_READY_GRACE: Duration = Duration::from_secs(3);
+/// How often SIGINT is sent again during a stop's grace.
+const SIGINT_RESEND: Duration = Duration::from_secs(2);
+/// How long a crash reason waits for the UI's last output to be relayed.
+const LAST_WORDS_WAIT: Duration = Duration::from_secs(1);
+
+/// Why the layout could not be applied, and whether trying again may help.
+#[derive(Debug)]
+pub struct LayoutFailure {
+    message: String,
+    transient: bool,
+}
+
+impl std::fmt::Display for LayoutFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// Results of work the core spawned.
 #[derive(Debug)]
@@ -23,6 +48,15 @@ pub enum Event {
     Queue(Result<Queue, String>, Instant),
     /// ComfyUI broadcast its queue length (`/ws`): probe now if a restart waits.
     QueueChanged(u32),
+    /// The running UI's POST routes (`None`: it has no route list).
+    Routes(Option<std::collections::BTreeSet<String>>),
+    /// A model-list refresh call finished.
+    Refreshed {
+        /// The refresh route.
+        endpoint: &'static str,
+        /// Its outcome.
+        result: Result<(), String>,
+    },
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process.
@@ -62,41 +96,62 @@ impl Supervisor {
             self.ready_once();
             return;
         }
-        if let Err(why) = self.lay_out().await {
-            tracing::error!(reason = %why, "cannot prepare the data directory");
-            self.ui = Ui::Failed { why };
+        if let Some(holders) = port::held_by(config.ui.port) {
+            let why = port::held_message(config.ui.port, &holders);
+            tracing::warn!(reason = %why, recheck = ?PORT_RECHECK, "not starting the UI");
+            self.ui = Ui::Waiting {
+                recheck: Instant::now() + PORT_RECHECK,
+                why,
+            };
             self.ready_once();
+            return;
+        }
+        if let Err(e) = self.lay_out().await {
+            if e.transient {
+                self.retry_later(format!("cannot prepare the data directory: {e}"));
+            } else {
+                tracing::error!(reason = %e, "cannot prepare the data directory");
+                self.ui = Ui::Failed { why: e.message };
+                self.ready_once();
+            }
             return;
         }
         let auth = match &config.ui.api_auth_file {
             None => None,
-            Some(path) => match std::fs::read_to_string(path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| ApiAuth::parse(&t))
-            {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    let why = format!("ui.api_auth_file {}: {e}", path.display());
-                    tracing::error!(reason = %why, "cannot start the UI");
-                    self.ui = Ui::Failed { why };
-                    self.ready_once();
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) if io_transient(&e) => {
+                    self.retry_later(format!("ui.api_auth_file {}: {e}", path.display()));
                     return;
                 }
+                read => match read.map_err(|e| e.to_string()).and_then(|t| ApiAuth::parse(&t)) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        let why = format!("ui.api_auth_file {}: {e}", path.display());
+                        tracing::error!(reason = %why, "cannot start the UI");
+                        self.ui = Ui::Failed { why };
+                        self.ready_once();
+                        return;
+                    }
+                },
             },
         };
-        let mut argv = config.ui_argv();
-        if let Some(a) = &auth {
-            // Before extra_args, so the user's own flags still win.
-            let at = argv.len() - config.ui.extra_args.len();
-            argv.splice(
-                at..at,
-                [
-                    "--api-auth".to_string(),
-                    format!("{}:{}", a.user, a.password),
-                ],
-            );
-        }
+        let argv = config.ui_argv();
         let mut env = config.ui.environment.clone();
+        if let Some(a) = &auth {
+            // In the environment, not argv: /proc/PID/cmdline is world-readable,
+            // /proc/PID/environ is not (ui-apis.md §7.1). After the user's own
+            // COMMANDLINE_ARGS; extra_args on argv come before it either way.
+            if config.ui.flavor.reads_commandline_args_env() {
+                let flag = format!("--api-auth {}:{}", a.user, a.password);
+                let merged = match env.get("COMMANDLINE_ARGS").filter(|v| !v.trim().is_empty()) {
+                    Some(own) => format!("{own} {flag}"),
+                    None => flag,
+                };
+                env.insert("COMMANDLINE_ARGS".into(), merged);
+            }
+        }
+        // The password is the secret; the user name stays readable in the logs.
+        let redactor = Redactor::new(auth.iter().map(|a| a.password.clone()));
         env.entry("PYTHONUNBUFFERED".into())
             .or_insert_with(|| "1".into());
         if let Some(gpus) = &config.ui.gpus {
@@ -104,8 +159,10 @@ impl Supervisor {
             env.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));
         }
         let launch = Launch { argv, env };
-        match UiProcess::spawn(&launch) {
+        match UiProcess::spawn(&launch, &redactor) {
             Ok(proc) => {
+                self.transient.succeeded();
+                self.refresh.forget_routes();
                 tracing::info!(pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui.port, "UI launched");
                 if let Some(reason) = self.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
@@ -123,25 +180,61 @@ impl Supervisor {
             }
             Err(e) => {
                 let program = launch.argv.first().cloned().unwrap_or_default();
-                self.record_crash(format!("cannot run {program}: {e}"));
+                if io_transient(&e) {
+                    self.retry_later(format!("cannot run {program}: {e}"));
+                } else {
+                    self.record_crash(format!("cannot run {program}: {e}"));
+                }
             }
         }
     }
 
+    /// A transient failure before launch: `waiting`, and try again after a backoff
+    /// (not a crash: nothing ran, and nothing here needs the admin).
+    fn retry_later(&mut self, why: String) {
+        let delay = self.transient.failed();
+        tracing::warn!(reason = %why, retry_in = ?delay, "cannot start the UI now; retrying");
+        self.ui = Ui::Waiting {
+            recheck: Instant::now() + delay,
+            why: format!("{why}; retrying in {}s", delay.as_secs()),
+        };
+        self.ready_once();
+    }
+
     /// Runs the layout off the async thread; keeps the conflicts for the status.
-    pub(super) async fn lay_out(&mut self) -> Result<crate::layout::LayoutReport, String> {
+    pub(super) async fn lay_out(&mut self) -> Result<crate::layout::LayoutReport, LayoutFailure> {
         let config = self.config.clone();
         let began = std::time::Instant::now();
         let report = tokio::task::spawn_blocking(move || crate::layout::apply(&config))
             .await
-            .map_err(|e| format!("layout task failed: {e}"))?
-            .map_err(|e| format!("layout failed: {e}"))?;
+            .map_err(|e| LayoutFailure {
+                message: format!("layout task failed: {e}"),
+                transient: false,
+            })?
+            .map_err(|e| LayoutFailure {
+                message: format!("layout failed: {e}"),
+                transient: is_transient(&e),
+            })?;
         tracing::debug!(took = ?began.elapsed(), actions = report.actions_applied, "layout done");
         self.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
         for c in &self.conflicts {
             tracing::warn!(conflict = %c, "layout conflict: kept the user's file");
         }
+        self.note_missing_targets(&report);
         Ok(report)
+    }
+
+    /// Keeps the declared model targets that do not exist for the status, and logs
+    /// each one once when it goes missing (not on every relayout).
+    fn note_missing_targets(&mut self, report: &crate::layout::LayoutReport) {
+        let now: Vec<String> = report.dangling.iter().map(ToString::to_string).collect();
+        for d in now.iter().filter(|d| !self.missing_targets.contains(d)) {
+            tracing::warn!(missing = %d, "model target missing: not linked");
+        }
+        for d in self.missing_targets.iter().filter(|d| !now.contains(d)) {
+            tracing::info!(was = %d, "model target present again");
+        }
+        self.missing_targets = now;
     }
 
     /// The UI's main process exited while we did not ask it to.
@@ -171,34 +264,61 @@ impl Supervisor {
             why: format!("UI exited ({exit}); cleaning up its processes"),
         };
         let events = self.events.clone();
+        let output = proc.output().clone();
         tokio::spawn(async move {
             proc.reap_group().await;
+            // A UI that dies at start mostly says why (no git, a bad flag, no GPU):
+            // its last words go into the reason.
+            let why = if was_ready {
+                format!("UI exited ({exit})")
+            } else {
+                let _ = tokio::time::timeout(LAST_WORDS_WAIT, output.drained()).await;
+                match output.summary() {
+                    Some(last) => format!("UI exited ({exit}; last output: {last:?})"),
+                    None => format!("UI exited ({exit})"),
+                }
+            };
             let _ = events.send(Event::Gone {
                 status,
-                then: AfterStop::Crash(format!("UI exited ({exit})")),
+                then: AfterStop::Crash(why),
             });
         });
     }
 
     /// Stops the running UI in a task; `then` decides what follows.
     pub(super) fn begin_stop(&mut self, why: String, then: AfterStop) {
-        let proc = match std::mem::replace(&mut self.ui, Ui::Down) {
-            Ui::Starting { proc, .. } | Ui::Ready { proc, .. } => proc,
+        let stop_timeout = self.config.ui.stop_timeout;
+        let (proc, plan) = match std::mem::replace(&mut self.ui, Ui::Down) {
+            // Not ready: it cannot be running a job, and a Forge importing torch
+            // would lose the SIGINT anyway.
+            Ui::Starting { proc, .. } => (
+                proc,
+                StopPlan {
+                    grace: stop_timeout.min(NOT_READY_GRACE),
+                    resend: Some(SIGINT_RESEND.min(NOT_READY_GRACE / 2)),
+                },
+            ),
+            Ui::Ready { proc, .. } => (
+                proc,
+                StopPlan {
+                    grace: stop_timeout,
+                    resend: self.config.ui.flavor.may_lose_sigint().then_some(SIGINT_RESEND),
+                },
+            ),
             other => {
                 self.ui = other;
                 return;
             }
         };
-        tracing::info!(pid = proc.pid(), reason = %why, "stopping the UI");
+        tracing::info!(pid = proc.pid(), reason = %why, grace = ?plan.grace, "stopping the UI");
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,
         };
         self.queue = None;
-        let grace = self.config.ui.stop_timeout;
         let events = self.events.clone();
         tokio::spawn(async move {
-            let status = proc.stop(grace).await;
+            let status = proc.stop(plan).await;
             let _ = events.send(Event::Gone { status, then });
         });
     }
@@ -232,6 +352,8 @@ impl Supervisor {
                     self.next_probe = Instant::now();
                 }
             }
+            Event::Routes(routes) => self.on_routes(routes),
+            Event::Refreshed { endpoint, result } => self.on_refreshed(endpoint, result),
             Event::Gone { status, then } => {
                 if let Ok(s) = &status {
                     tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");
@@ -273,6 +395,9 @@ impl Supervisor {
         self.next_probe = Instant::now();
         self.ready_once();
         self.enforce_settings();
+        if let Ui::Ready { probe, .. } = &self.ui {
+            self.learn_routes(probe);
+        }
     }
 
     /// Managed settings are enforced on every start: the UI may have read its
@@ -358,7 +483,7 @@ impl Supervisor {
     /// old phase and the launch outcome is ever published.
     pub(super) async fn on_timers(&mut self, now: Instant) {
         match &self.ui {
-            Ui::Starting { since, probe, .. } => {
+            Ui::Starting { since, probe, proc } => {
                 if now.duration_since(*since) >= self.config.ui.startup_timeout {
                     let why = format!(
                         "UI did not answer within {}",
@@ -367,12 +492,13 @@ impl Supervisor {
                     self.start_reason = Some(RestartReason::StartupTimeout);
                     self.begin_stop(why.clone(), AfterStop::Crash(why));
                 } else if !self.probe_in_flight && now >= self.next_probe {
-                    self.spawn_probe(probe.clone(), true);
+                    let group = i32::try_from(proc.pid()).ok();
+                    self.spawn_probe(probe.clone(), group);
                     self.next_probe = now + STARTING_PROBE;
                 }
             }
             Ui::Ready { probe, .. } if !self.probe_in_flight && now >= self.next_probe => {
-                self.spawn_probe(probe.clone(), false);
+                self.spawn_probe(probe.clone(), None);
                 self.next_probe = now + self.config.restart.poll_interval;
             }
             Ui::Backoff { until, .. } if now >= *until => self.start_ui().await,
@@ -382,13 +508,25 @@ impl Supervisor {
         self.check_pending(now);
     }
 
-    fn spawn_probe(&mut self, probe: Probe, readiness: bool) {
+    /// A readiness probe when `readiness_of` names the UI's process group (the
+    /// answer counts only when that group listens on the port: a foreign listener
+    /// answering never makes the UI ready), else a queue probe.
+    fn spawn_probe(&mut self, probe: Probe, readiness_of: Option<i32>) {
         self.probe_in_flight = true;
         let events = self.events.clone();
         let sent = Instant::now();
+        let port = self.config.ui.port;
         tokio::spawn(async move {
-            let ev = if readiness {
-                Event::Ready(probe.ready().await)
+            let ev = if let Some(group) = readiness_of {
+                let answers = probe.ready().await;
+                let ours = answers
+                    && tokio::task::spawn_blocking(move || port::listened_by_group(port, group))
+                        .await
+                        .unwrap_or(false);
+                if answers && !ours {
+                    tracing::debug!(port, "the port answers, but not from the UI's processes");
+                }
+                Event::Ready(ours)
             } else {
                 Event::Queue(
                     probe.queue().await.map_err(|e: ProbeError| e.to_string()),

@@ -12,7 +12,9 @@
 mod lifecycle;
 pub mod protocol;
 mod reconfigure;
+mod refresh;
 pub mod status_line;
+mod transient;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -145,6 +147,12 @@ pub struct Supervisor {
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<RestartReason>,
+    /// Consecutive transient failures before a launch (full disk, no fds, …).
+    transient: transient::Retry,
+    /// Refresh routes of the running UI and failed refreshes.
+    refresh: refresh::RefreshState,
+    /// Declared model targets that do not exist (one line each).
+    missing_targets: Vec<String>,
 }
 
 /// Unix seconds now.
@@ -216,6 +224,9 @@ impl Supervisor {
             crashes: 0,
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
+            missing_targets: Vec::new(),
+            refresh_failed: None,
+            refresh_failures: 0,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let sup = Supervisor {
@@ -245,6 +256,9 @@ impl Supervisor {
             ready_since_unix: None,
             last_time_to_ready_ms: None,
             start_reason: None,
+            transient: transient::Retry::default(),
+            refresh: refresh::RefreshState::default(),
+            missing_targets: Vec::new(),
         };
         (sup, CoreHandle::new(cmd_tx, snap_rx), cmd_rx, events_rx)
     }
@@ -389,6 +403,7 @@ impl Supervisor {
                 .map(local_hhmm),
             reload_rejected: self.reload_rejected.as_deref(),
             conflicts: self.conflicts.len(),
+            missing_targets: self.missing_targets.len(),
         });
         Snapshot {
             state: phase,
@@ -413,6 +428,9 @@ impl Supervisor {
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
+            missing_targets: self.missing_targets.clone(),
+            refresh_failed: self.refresh.failed(),
+            refresh_failures: self.refresh.failures,
         }
     }
 

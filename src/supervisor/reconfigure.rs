@@ -2,7 +2,6 @@
 //! live (settings, model links), and schedule what needs a UI restart under
 //! `restart.policy` — a running generation is never interrupted by a reload.
 
-use std::collections::BTreeSet;
 use std::time::Instant;
 
 use super::lifecycle::AfterStop;
@@ -119,7 +118,7 @@ impl Supervisor {
         };
         if let Err(e) = self.lay_out().await {
             tracing::error!(error = %e, "relayout during reload failed");
-            outcome.errors.push(e);
+            outcome.errors.push(e.to_string());
         }
         let Ui::Ready { probe, .. } = &self.ui else {
             return;
@@ -132,19 +131,10 @@ impl Supervisor {
             outcome.unknown_settings =
                 send_settings(&probe, &change.settings_changed, &mut outcome.errors).await;
         }
-        let endpoints: BTreeSet<&'static str> =
-            change.refresh_endpoints(flavor).into_iter().collect();
-        if !endpoints.is_empty() {
-            // Refresh calls wait for the UI's queue lock: never block the reload on them.
-            tokio::spawn(async move {
-                for ep in endpoints {
-                    match probe.refresh(ep).await {
-                        Ok(()) => tracing::info!(endpoint = ep, "model list refreshed"),
-                        Err(e) => tracing::warn!(endpoint = ep, error = %e, "model refresh failed"),
-                    }
-                }
-            });
-        }
+        // Only the routes the UI has; the calls wait for the UI's queue lock, so
+        // they run in a task and report back.
+        let endpoints = self.refresh.callable(change.refresh_endpoints(flavor));
+        self.spawn_refresh(probe, endpoints);
     }
 }
 

@@ -1,10 +1,13 @@
 //! The web UI the supervisor drives: which flavor it is ([`flavor`]), how it is
-//! launched ([`process`], [`guard`]), its HTTP API ([`api`]), ComfyUI's queue
-//! broadcasts ([`comfy_ws`]) and the GPUs it needs ([`gpu`]).
+//! launched ([`process`], [`guard`]), its output ([`output`]), its port ([`port`]),
+//! its HTTP API ([`api`]), ComfyUI's queue broadcasts ([`comfy_ws`]) and the GPUs
+//! it needs ([`gpu`]).
 
 pub mod api;
 pub mod comfy_ws;
 pub mod flavor;
 pub mod gpu;
 pub mod guard;
+pub mod output;
+pub mod port;
 pub mod process;
