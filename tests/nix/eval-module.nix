@@ -66,6 +66,7 @@ let
     };
     runCommand = name: env: script: fakeDrv name { inherit env script; };
     sd-webui-supervisor = fakeSupervisor;
+    git = fakeDrv "git-2.51.0" { };
   };
 
   # Minimal declarations of the NixOS options module.nix sets.
@@ -358,6 +359,14 @@ let
     (check "unit: DeviceAllow for every GPU when gpus = null" (builtins.elem "char-nvidia-frontend rw" (sc { })
       .DeviceAllow
     ) (sc { }).DeviceAllow)
+    (eq "unit: Forge and A1111 get git on PATH (GitPython at start), ComfyUI none" (map
+      (flavor: map (p: p.name) (unit { inherit flavor; }).path)
+      [
+        "forge"
+        "a1111"
+        "comfyui"
+      ]
+    ) [ [ "git-2.51.0" ] [ "git-2.51.0" ] [ ] ])
     (eq "unit: LoadCredential for apiAuthFile" (sc realistic).LoadCredential [
       "api-auth:/run/secrets/forge-api-auth"
     ])
