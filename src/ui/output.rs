@@ -53,6 +53,27 @@ impl Redactor {
         out
     }
 
+    /// Like [`Redactor::redact`], on bytes that may not be valid UTF-8 (yet).
+    fn redact_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        for s in &self.secrets {
+            let needle = s.as_bytes();
+            let mut masked = Vec::with_capacity(out.len());
+            let mut i = 0;
+            while i < out.len() {
+                if out[i..].starts_with(needle) {
+                    masked.extend_from_slice(MASK.as_bytes());
+                    i += needle.len();
+                } else {
+                    masked.push(out[i]);
+                    i += 1;
+                }
+            }
+            out = masked;
+        }
+        out
+    }
+
     /// Bytes a split line must hold back so no secret is cut in two.
     fn overlap(&self) -> usize {
         self.secrets.first().map_or(0, |s| s.len().saturating_sub(1))
@@ -195,7 +216,10 @@ pub async fn relay<R, W>(
             emit(&line[..line.len() - 1], &mut out, stream, pid, redactor, tail).await;
         }
         if pending.len() > MAX_LINE + hold {
-            let cut = pending.len() - hold;
+            // Mask the complete secrets first: one that straddles the cut is then
+            // incomplete, so it starts within the `hold` bytes kept back.
+            pending = redactor.redact_bytes(&pending);
+            let cut = pending.len().saturating_sub(hold);
             let piece: Vec<u8> = pending.drain(..cut).collect();
             emit(&piece, &mut out, stream, pid, redactor, tail).await;
         }
@@ -254,7 +278,11 @@ mod tests {
         let mut input = vec![b'x'; MAX_LINE - 2];
         input.extend_from_slice(b"SECRETVALUE and more");
         let (out, _) = run(&input, &["SECRETVALUE"]).await;
-        assert!(!out.contains("SECRETVALUE") && out.contains("***"), "{out}");
+        assert!(
+            !out.contains("SECRETVALUE") && out.contains("***"),
+            "{}",
+            &out[out.len().saturating_sub(80)..]
+        );
     }
 
     #[test]
