@@ -112,7 +112,11 @@ fn raise_fd_limit() {
     };
     match raised {
         (before, true) if before != limit.rlim_max => {
-            tracing::debug!(from = before, to = limit.rlim_max, "raised the soft file descriptor limit")
+            tracing::debug!(
+                from = before,
+                to = limit.rlim_max,
+                "raised the soft file descriptor limit"
+            )
         }
         (_, true) => {}
         (before, false) => {

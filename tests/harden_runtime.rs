@@ -123,7 +123,10 @@ fn a_held_port_is_reported_and_the_ui_launched_once_it_is_free() {
         "{line}"
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert!(record.starts().is_empty(), "no UI launched onto a held port");
+    assert!(
+        record.starts().is_empty(),
+        "no UI launched onto a held port"
+    );
     assert!(
         !notify.statuses().iter().any(|s| s.starts_with("ready")),
         "never ready: {:?}",
@@ -183,7 +186,10 @@ fn open_fds(pid: i32) -> usize {
 #[test]
 fn two_thousand_idle_connections_leave_status_and_relaunch_working() {
     let limit = raise_own_nofile();
-    assert!(limit >= 4096, "the test needs a hard fd limit ≥ 4096, has {limit}");
+    assert!(
+        limit >= 4096,
+        "the test needs a hard fd limit ≥ 4096, has {limit}"
+    );
     let mut scene = Scene::new("flood");
     let token = scene.dir().join("token");
     fs::write(&token, "s3cret-token\n").unwrap();
@@ -324,11 +330,15 @@ fn the_api_password_is_in_neither_argv_nor_the_log() {
     );
     wait_for("the UI's launch line in the log", START, || {
         let log = daemon.log();
-        log.contains("Launching Web UI with arguments").then_some(log)
+        log.contains("Launching Web UI with arguments")
+            .then_some(log)
     });
     std::thread::sleep(Duration::from_millis(500));
     let log = daemon.log();
-    assert!(!log.contains(PASSWORD), "password in the daemon's output:\n{log}");
+    assert!(
+        !log.contains(PASSWORD),
+        "password in the daemon's output:\n{log}"
+    );
     let launch = log
         .lines()
         .find(|l| l.contains("Launching Web UI with arguments"))
@@ -372,7 +382,10 @@ fn a_missing_model_target_is_reported_by_the_daemon() {
     let missing = s["missing_targets"].as_array().expect("missing_targets");
     assert_eq!(missing.len(), 1, "{s:#}");
     assert!(
-        missing[0].as_str().unwrap().contains(&gone.display().to_string()),
+        missing[0]
+            .as_str()
+            .unwrap()
+            .contains(&gone.display().to_string()),
         "{missing:?}"
     );
     let (_, metrics) = control_get(&scene.dir().join("control.sock"), "/metrics").unwrap();
@@ -532,4 +545,63 @@ fn a_ui_that_dies_at_start_for_lack_of_git_says_so_in_the_status() {
         line.contains("exit 1") && line.contains("Bad git executable"),
         "{line}"
     );
+}
+
+#[test]
+fn an_idle_unauthenticated_connection_is_closed_and_the_cap_holds() {
+    let mut scene = Scene::new("idle-conn");
+    let token = scene.dir().join("token");
+    fs::write(&token, "t0ken\n").unwrap();
+    let tcp_port = free_port();
+    scene.control_extra.insert(
+        "http_listen".into(),
+        toml::Value::String(format!("127.0.0.1:{tcp_port}")),
+    );
+    scene.control_extra.insert(
+        "token_file".into(),
+        toml::Value::String(token.display().to_string()),
+    );
+    scene
+        .control_extra
+        .insert("max_connections".into(), toml::Value::Integer(4));
+    let notify = NotifySocket::bind(scene.dir());
+    let _daemon = scene.daemon().notify(&notify).spawn();
+    notify.wait_status("ready; idle", START);
+    let addr = format!("127.0.0.1:{tcp_port}");
+    // Four idle connections fill the cap; a fifth is closed at once.
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = TcpStream::connect(&addr).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        fifth.read(&mut buf).ok(),
+        Some(0),
+        "over the cap: closed at once"
+    );
+    // The idle ones are closed after the header timeout (10 s).
+    let began = Instant::now();
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(
+            c.read(&mut buf).ok(),
+            Some(0),
+            "an idle connection is closed"
+        );
+    }
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(15), "closed after {took:?}");
+    // Slots are free again: an authenticated request is served.
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }

@@ -74,8 +74,9 @@ fn always_crashing_ui_fails_after_five_starts_and_stays_down() {
     // The backoff doubled between crashes.
     let statuses = notify.statuses();
     for (n, delay) in [(1, 1), (2, 2), (3, 4), (4, 8)] {
-        let want =
-            format!("backoff: UI exited (exit 1; last output: {LAST:?}), restarting in {delay}s (crash {n} of 5 in 60s)");
+        let want = format!(
+            "backoff: UI exited (exit 1; last output: {LAST:?}), restarting in {delay}s (crash {n} of 5 in 60s)"
+        );
         assert!(statuses.contains(&want), "no {want:?} in {statuses:#?}");
     }
     // systemctl start must not hang on a UI that cannot start.

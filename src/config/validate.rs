@@ -9,8 +9,8 @@ use super::diagnostics::{At, Problem, Seg};
 use super::limits::{self, DurationLimit};
 use super::raw::{RawConfig, RawControl, RawData, RawRestart, RawUi};
 use super::{
-    Config, ControlConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, DataConfig, MAX_CONNECTIONS_LIMIT, DbusBus, RestartConfig, RestartPolicy,
-    UiConfig,
+    Config, ControlConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, DataConfig, DbusBus,
+    MAX_CONNECTIONS_LIMIT, RestartConfig, RestartPolicy, UiConfig,
 };
 use crate::ui::flavor::{Flavor, ModelKind};
 

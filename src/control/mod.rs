@@ -145,12 +145,7 @@ pub async fn start_with_bus(
     let (stop, stopped) = watch::channel(false);
     let router = http::router(handle.clone());
     let max = config.max_connections;
-    let mut servers = vec![serve::serve(
-        listener,
-        router.clone(),
-        max,
-        stopped.clone(),
-    )];
+    let mut servers = vec![serve::serve(listener, router.clone(), max, stopped.clone())];
     let mut tcp_addr = None;
     if let (Some(addr), Some(token)) = (config.http_listen, token) {
         let tcp = tokio::net::TcpListener::bind(addr)

@@ -84,7 +84,11 @@ pub fn serve<L: Acceptor>(
                 refused += 1;
                 if last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
                     last_warning = Some(Instant::now());
-                    tracing::warn!(max, refused, "control API: connection limit reached; closing new connections (control.max_connections)");
+                    tracing::warn!(
+                        max,
+                        refused,
+                        "control API: connection limit reached; closing new connections (control.max_connections)"
+                    );
                 }
                 continue;
             };

@@ -123,7 +123,10 @@ impl Supervisor {
                     self.retry_later(format!("ui.api_auth_file {}: {e}", path.display()));
                     return;
                 }
-                read => match read.map_err(|e| e.to_string()).and_then(|t| ApiAuth::parse(&t)) {
+                read => match read
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| ApiAuth::parse(&t))
+                {
                     Ok(a) => Some(a),
                     Err(e) => {
                         let why = format!("ui.api_auth_file {}: {e}", path.display());
@@ -302,7 +305,12 @@ impl Supervisor {
                 proc,
                 StopPlan {
                     grace: stop_timeout,
-                    resend: self.config.ui.flavor.may_lose_sigint().then_some(SIGINT_RESEND),
+                    resend: self
+                        .config
+                        .ui
+                        .flavor
+                        .may_lose_sigint()
+                        .then_some(SIGINT_RESEND),
                 },
             ),
             other => {

@@ -95,7 +95,10 @@ impl Supervisor {
             for endpoint in endpoints {
                 let result = probe.refresh(endpoint).await.map_err(|e| match e {
                     crate::ui::api::ProbeError::Status { status, body, .. } => {
-                        format!("HTTP {status}: {}", body.chars().take(120).collect::<String>())
+                        format!(
+                            "HTTP {status}: {}",
+                            body.chars().take(120).collect::<String>()
+                        )
                     }
                     other => other.to_string(),
                 });

@@ -76,7 +76,9 @@ impl Redactor {
 
     /// Bytes a split line must hold back so no secret is cut in two.
     fn overlap(&self) -> usize {
-        self.secrets.first().map_or(0, |s| s.len().saturating_sub(1))
+        self.secrets
+            .first()
+            .map_or(0, |s| s.len().saturating_sub(1))
     }
 }
 
@@ -213,7 +215,15 @@ pub async fn relay<R, W>(
         pending.extend_from_slice(&chunk[..n]);
         while let Some(at) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=at).collect();
-            emit(&line[..line.len() - 1], &mut out, stream, pid, redactor, tail).await;
+            emit(
+                &line[..line.len() - 1],
+                &mut out,
+                stream,
+                pid,
+                redactor,
+                tail,
+            )
+            .await;
         }
         if pending.len() > MAX_LINE + hold {
             // Mask the complete secrets first: one that straddles the cut is then
@@ -303,7 +313,10 @@ mod tests {
         );
         let plain = OutputTail::default();
         plain.push(Stream::Stderr, "stand-in: exiting with code 1".into());
-        plain.push(Stream::Stdout, "Launching Web UI with arguments: --api".into());
+        plain.push(
+            Stream::Stdout,
+            "Launching Web UI with arguments: --api".into(),
+        );
         plain.push(Stream::Stderr, "   ".into());
         assert_eq!(
             plain.summary().as_deref(),

@@ -62,7 +62,11 @@ pub fn holders(inodes: &HashSet<u64>) -> Vec<Holder> {
     };
     let mut out = Vec::new();
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         if holds_any(pid, inodes) {
@@ -166,7 +170,10 @@ mod tests {
         let held = held_by(port).expect("held");
         let me = std::process::id() as i32;
         assert!(held.iter().any(|h| h.pid == me), "{held:?}");
-        assert!(held_message(port, &held).starts_with(&format!("port {port} is held by another process (pid ")));
+        assert!(
+            held_message(port, &held)
+                .starts_with(&format!("port {port} is held by another process (pid "))
+        );
         let my_group = pgid_of(me).unwrap();
         assert!(listened_by_group(port, my_group));
         assert!(!listened_by_group(port, my_group + 1_000_000));

@@ -119,10 +119,22 @@ impl UiProcess {
             .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
         let output = OutputTail::default();
         if let Some(out) = child.stdout.take() {
-            spawn_relay(out, Stream::Stdout, pid as u32, redactor.clone(), output.clone());
+            spawn_relay(
+                out,
+                Stream::Stdout,
+                pid as u32,
+                redactor.clone(),
+                output.clone(),
+            );
         }
         if let Some(err) = child.stderr.take() {
-            spawn_relay(err, Stream::Stderr, pid as u32, redactor.clone(), output.clone());
+            spawn_relay(
+                err,
+                Stream::Stderr,
+                pid as u32,
+                redactor.clone(),
+                output.clone(),
+            );
         }
         let guard = GroupGuard::spawn(pid)
             .inspect_err(|e| {
@@ -170,13 +182,18 @@ impl UiProcess {
         let status = loop {
             let now = tokio::time::Instant::now();
             let next = match plan.resend {
-                Some(every) if !every.is_zero() => now.checked_add(every).unwrap_or(deadline).min(deadline),
+                Some(every) if !every.is_zero() => {
+                    now.checked_add(every).unwrap_or(deadline).min(deadline)
+                }
                 _ => deadline,
             };
             match tokio::time::timeout_at(next, self.child.wait()).await {
                 Ok(status) => break status?,
                 Err(_) if next < deadline => {
-                    tracing::info!(pid = self.pid, "UI still running after SIGINT; sending it again");
+                    tracing::info!(
+                        pid = self.pid,
+                        "UI still running after SIGINT; sending it again"
+                    );
                     self.signal(Signal::SIGINT);
                 }
                 Err(_) => {
