@@ -192,6 +192,7 @@ let
     })
     (eq "default control" (sd { }).control {
       dbus = "system";
+      maxConnections = 128;
       httpListen = null;
       tokenFile = null;
     })
@@ -270,6 +271,7 @@ let
     (eq "toml: control" (toml realistic).control {
       socket = "/run/sd-webui-forge/control.sock";
       dbus = "system";
+      max_connections = 128;
     })
     (eq "toml: optional sections and keys are left out" (
       let
@@ -297,6 +299,7 @@ let
         dbus = "system";
         http_listen = "127.0.0.1:7870";
         token_file = "/run/credentials/sd-webui-forge.service/control-token";
+        max_connections = 128;
       }
     )
     (eq "toml stand-in: the written text reads back as the same value" (builtins.fromTOML
@@ -330,6 +333,7 @@ let
       gpus = [ 0 ];
       startupTimeout = "15m";
       stopTimeout = "30s";
+      path = [ fakePkgs.git ];
     }))
     (eq "unit: Type" (sc { }).Type "notify-reload")
     (eq "unit: ReloadSignal" (sc { }).ReloadSignal "SIGHUP")
