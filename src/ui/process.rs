@@ -178,7 +178,11 @@ impl UiProcess {
     /// of the group remains. Returns the main process's exit status.
     pub async fn stop(mut self, plan: StopPlan) -> io::Result<ExitStatus> {
         self.signal(Signal::SIGINT);
-        let deadline = tokio::time::Instant::now() + plan.grace;
+        let start = tokio::time::Instant::now();
+        // A year stands for "no limit" when the grace would overflow the clock.
+        let deadline = start
+            .checked_add(plan.grace)
+            .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
         let status = loop {
             let now = tokio::time::Instant::now();
             let next = match plan.resend {
