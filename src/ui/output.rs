@@ -74,6 +74,18 @@ impl Redactor {
         out
     }
 
+    /// Length of the longest end of `bytes` that is the beginning of a secret.
+    fn partial_suffix(&self, bytes: &[u8]) -> usize {
+        self.secrets
+            .iter()
+            .filter_map(|s| {
+                let s = s.as_bytes();
+                (1..s.len()).rev().find(|&k| bytes.ends_with(&s[..k]))
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Bytes a split line must hold back so no secret is cut in two.
     fn overlap(&self) -> usize {
         self.secrets
@@ -226,10 +238,10 @@ pub async fn relay<R, W>(
             .await;
         }
         if pending.len() > MAX_LINE + hold {
-            // Mask the complete secrets first: one that straddles the cut is then
-            // incomplete, so it starts within the `hold` bytes kept back.
+            // Mask the complete secrets first; what may still become a secret is
+            // a suffix that begins one, and only that is kept back.
             pending = redactor.redact_bytes(&pending);
-            let cut = pending.len().saturating_sub(hold);
+            let cut = pending.len() - redactor.partial_suffix(&pending);
             let piece: Vec<u8> = pending.drain(..cut).collect();
             emit(&piece, &mut out, stream, pid, redactor, tail).await;
         }
