@@ -135,21 +135,29 @@ async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::S
     }
 }
 
-/// A changed config file → reload through the core, unless the core already runs
-/// this content (a SIGHUP for the same edit got there first: one reload, not two).
+/// A changed config file → reload through the core with the bytes read here,
+/// unless the core already runs this content (a SIGHUP for the same edit got
+/// there first: one reload, not two).
 async fn reload_on_change(
     handle: CoreHandle,
     path: PathBuf,
     mut changes: tokio::sync::mpsc::Receiver<()>,
 ) {
     while changes.recv().await.is_some() {
-        if let Ok(text) = std::fs::read(&path)
-            && crate::supervisor::config_hash(&text) == handle.snapshot().config_generation
-        {
-            continue;
-        }
-        tracing::info!("config file changed: reloading");
-        if handle.reload().await.is_err() {
+        let outcome = match tokio::fs::read(&path).await {
+            Ok(text)
+                if crate::supervisor::config_hash(&text) == handle.snapshot().config_generation =>
+            {
+                continue;
+            }
+            Ok(text) => {
+                tracing::info!("config file changed: reloading");
+                handle.reload_bytes(text).await
+            }
+            // Let the core read it and say why it cannot.
+            Err(_) => handle.reload().await,
+        };
+        if outcome.is_err() {
             return;
         }
     }

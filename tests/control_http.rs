@@ -155,6 +155,13 @@ async fn wait_idle_waits_for_the_queue_to_drain() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished());
     core.publish(|s| s.queue = Some(Queue::default()));
+    // The pending restart (when-idle) comes next: idle means after it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waiter.is_finished(),
+        "answered while a restart was pending"
+    );
+    core.publish(|s| s.restart_pending = None);
     let (status, body, _) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let got: Snapshot = serde_json::from_slice(&body).unwrap();

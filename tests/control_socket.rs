@@ -56,6 +56,15 @@ async fn every_route_answers_on_the_socket() {
         .unwrap();
     assert!(matches!(waited, WaitIdle::TimedOut(_)), "{waited:?}");
     core.publish(|s| s.queue = Some(Queue::default()));
+    let waited = client
+        .wait_idle(Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(waited, WaitIdle::TimedOut(_)),
+        "idle while a restart is pending: {waited:?}"
+    );
+    core.publish(|s| s.restart_pending = None);
     match client
         .wait_idle(Some(Duration::from_secs(5)))
         .await

@@ -242,7 +242,10 @@ fn settings(
     new: &serde_json::Map<String, serde_json::Value>,
 ) {
     for (key, value) in new {
-        if old.get(key) != Some(value) {
+        if !old
+            .get(key)
+            .is_some_and(|o| crate::ui::settings_sync::same(o, value))
+        {
             d.settings_changed.insert(key.clone(), value.clone());
         }
     }

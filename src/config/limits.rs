@@ -71,6 +71,16 @@ pub const POLL_INTERVAL: DurationLimit = DurationLimit {
     text: "1h",
 };
 
+/// Every duration key with its bound: `(section, key, limit)`. The docs and tests
+/// read this list; validation uses the same constants.
+pub const DURATIONS: &[(&str, &str, DurationLimit)] = &[
+    ("ui", "startup_timeout", STARTUP_TIMEOUT),
+    ("ui", "stop_timeout", STOP_TIMEOUT),
+    ("restart", "idle_grace", IDLE_GRACE),
+    ("restart", "deadline", DEADLINE),
+    ("restart", "poll_interval", POLL_INTERVAL),
+];
+
 /// A string that becomes one argv element (or an environment value).
 pub fn arg(s: &str) -> Option<String> {
     if s.contains('\0') {

@@ -6,11 +6,13 @@
 //! [`validate`] turns them into the typed [`Config`] while collecting semantic
 //! problems, and [`diagnostics`] maps each problem's key path back to a position.
 
+mod checker;
 mod diagnostics;
 pub mod diff;
-mod limits;
+pub mod limits;
 mod raw;
 mod validate;
+mod validate_ui;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

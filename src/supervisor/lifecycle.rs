@@ -1,20 +1,26 @@
-//! The UI's life: preflight, layout, launch, readiness, queue probes, crash
-//! accounting with backoff, graceful stop and restart.
+//! The UI's life: preflight and launch preparation, layout, launch, readiness,
+//! queue probes, unexpected exits (counted in [`super::crash`]), graceful stop
+//! and restart. Every slow step runs as a task of [`super::work`].
 
 use std::io;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use super::crash::{CRASH_WINDOW, MAX_CRASHES, Verdict};
+use super::pending::{Decision, Reading};
+use super::timers::{after, unix_now};
 use super::transient::{io_transient, is_transient};
-use super::{CRASH_WINDOW, MAX_CRASHES, STARTING_PROBE, Supervisor, Ui, unix_now};
-use crate::supervisor::protocol::{Queue, RestartReason};
-use crate::ui::api::{ApiAuth, Probe, ProbeError};
+use super::work::{AfterStop, Event};
+use super::{LayoutWaiter, Supervisor, Ui};
+use crate::supervisor::protocol::RestartReason;
+use crate::ui::api::{Probe, ProbeError};
 use crate::ui::comfy_ws::QueueSignal;
 use crate::ui::flavor::Flavor;
 use crate::ui::gpu::{Preflight, preflight};
-use crate::ui::output::Redactor;
+use crate::ui::launch::{self, Prepared};
 use crate::ui::port;
-use crate::ui::process::{Launch, StopPlan, UiProcess, describe_exit};
+use crate::ui::process::{StopPlan, UiProcess, describe_exit};
+use crate::ui::settings_sync;
 
 /// How often a port held by another process is checked again.
 const PORT_RECHECK: Duration = Duration::from_secs(2);
@@ -25,55 +31,10 @@ const SIGINT_RESEND: Duration = Duration::from_secs(2);
 /// How long a crash reason waits for the UI's last output to be relayed.
 const LAST_WORDS_WAIT: Duration = Duration::from_secs(1);
 
-/// Why the layout could not be applied, and whether trying again may help.
-#[derive(Debug)]
-pub struct LayoutFailure {
-    message: String,
-    transient: bool,
-}
-
-impl std::fmt::Display for LayoutFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Results of work the core spawned.
-#[derive(Debug)]
-pub enum Event {
-    /// A readiness probe finished.
-    Ready(bool),
-    /// A queue probe finished; `sent` is when it was sent (a restart may act only
-    /// on a reading taken after the idle grace ended).
-    Queue(Result<Queue, String>, Instant),
-    /// ComfyUI broadcast its queue length (`/ws`): probe now if a restart waits.
-    QueueChanged(u32),
-    /// The running UI's POST routes (`None`: it has no route list).
-    Routes(Option<std::collections::BTreeSet<String>>),
-    /// A model-list refresh call finished.
-    Refreshed {
-        /// The refresh route.
-        endpoint: &'static str,
-        /// Its outcome.
-        result: Result<(), String>,
-    },
-    /// The UI group is gone after a stop or an exit; `then` says what comes next.
-    Gone {
-        /// Exit of the main process.
-        status: io::Result<ExitStatus>,
-        /// What to do now.
-        then: AfterStop,
-    },
-}
-
-/// What follows once the UI's group is gone.
-#[derive(Debug)]
-pub enum AfterStop {
-    /// Start the UI again (a restart).
-    Start,
-    /// Count a crash with this reason, then back off or fail.
-    Crash(String),
-}
+/// Readiness probe period while the UI starts.
+const STARTING_PROBE: Duration = Duration::from_millis(250);
+/// First readiness probe after the launch.
+const FIRST_PROBE: Duration = Duration::from_millis(100);
 
 /// Resolves when the running UI's main process exits; never while none runs.
 pub async fn child_exit(ui: &mut Ui) -> io::Result<ExitStatus> {
@@ -84,85 +45,164 @@ pub async fn child_exit(ui: &mut Ui) -> io::Result<ExitStatus> {
 }
 
 impl Supervisor {
-    /// Preflight, layout, launch. Failures land in `waiting`, `failed` or the crash path.
-    pub(super) async fn start_ui(&mut self) {
-        let config = self.config.clone();
-        if let Preflight::Waiting(why) = preflight(&self.gpu, config.ui.gpus.as_deref()).await {
-            tracing::warn!(reason = %why, recheck = ?self.gpu.recheck, "not starting the UI");
-            self.ui = Ui::Waiting {
-                recheck: Instant::now() + self.gpu.recheck,
-                why,
+    /// Begins a start: preflight and launch preparation in a task, then the
+    /// layout, then the launch (see [`Supervisor::on_event`]). A start already
+    /// under way is superseded (its results are ignored).
+    pub(super) fn start_ui(&mut self) {
+        self.start_seq = self.start_seq.wrapping_add(1);
+        let start = self.start_seq;
+        self.ui = Ui::Preparing {
+            start,
+            prepared: None,
+        };
+        let (gpu, config) = (self.gpu.clone(), self.config.clone());
+        self.tasks.spawn(async move {
+            let preflight = preflight(&gpu, config.ui.gpus.as_deref()).await;
+            let launch = match preflight {
+                Preflight::Ok => launch::prepare(&config),
+                Preflight::Waiting(_) => Err(String::new()),
             };
-            self.ready_once();
+            // Something else listening on the UI's port: our UI could not bind it,
+            // and the probes would talk to that program.
+            let ui_port = config.ui.port;
+            let port_held = tokio::task::spawn_blocking(move || {
+                port::held_by(ui_port).map(|h| port::held_message(ui_port, &h))
+            })
+            .await
+            .unwrap_or(None);
+            Event::Prepared {
+                start,
+                preflight,
+                launch,
+                port_held,
+            }
+        });
+    }
+
+    fn on_prepared(
+        &mut self,
+        start: u64,
+        preflight: Preflight,
+        launch: Result<Prepared, String>,
+        port_held: Option<String>,
+    ) {
+        if !matches!(self.ui, Ui::Preparing { start: s, .. } if s == start) {
             return;
         }
-        if let Some(holders) = port::held_by(config.ui.port) {
-            let why = port::held_message(config.ui.port, &holders);
+        if let (Preflight::Ok, Some(why)) = (&preflight, port_held) {
             tracing::warn!(reason = %why, recheck = ?PORT_RECHECK, "not starting the UI");
             self.ui = Ui::Waiting {
-                recheck: Instant::now() + PORT_RECHECK,
+                recheck: after(Instant::now(), PORT_RECHECK),
                 why,
             };
             self.ready_once();
             return;
         }
-        if let Err(e) = self.lay_out().await {
-            if e.transient {
-                self.retry_later(format!("cannot prepare the data directory: {e}"));
-            } else {
-                tracing::error!(reason = %e, "cannot prepare the data directory");
-                self.ui = Ui::Failed { why: e.message };
-                self.ready_once();
-            }
+        if let Preflight::Waiting(why) = preflight {
+            tracing::warn!(reason = %why, recheck = ?self.gpu.recheck, "not starting the UI");
+            self.ui = Ui::Waiting {
+                recheck: after(Instant::now(), self.gpu.recheck),
+                why,
+            };
+            self.ready_once();
             return;
         }
-        let auth = match &config.ui.api_auth_file {
-            None => None,
-            Some(path) => match std::fs::read_to_string(path) {
-                Err(e) if io_transient(&e) => {
-                    self.retry_later(format!("ui.api_auth_file {}: {e}", path.display()));
-                    return;
-                }
-                read => match read
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| ApiAuth::parse(&t))
-                {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        let why = format!("ui.api_auth_file {}: {e}", path.display());
-                        tracing::error!(reason = %why, "cannot start the UI");
-                        self.ui = Ui::Failed { why };
-                        self.ready_once();
-                        return;
-                    }
-                },
-            },
+        self.ui = Ui::Preparing {
+            start,
+            prepared: Some(launch),
         };
-        let argv = config.ui_argv();
-        let mut env = config.ui.environment.clone();
-        if let Some(a) = &auth {
-            // In the environment, not argv: /proc/PID/cmdline is world-readable,
-            // /proc/PID/environ is not (ui-apis.md §7.1). After the user's own
-            // COMMANDLINE_ARGS; extra_args on argv come before it either way.
-            if config.ui.flavor.reads_commandline_args_env() {
-                let flag = format!("--api-auth {}:{}", a.user, a.password);
-                let merged = match env.get("COMMANDLINE_ARGS").filter(|v| !v.trim().is_empty()) {
-                    Some(own) => format!("{own} {flag}"),
-                    None => flag,
-                };
-                env.insert("COMMANDLINE_ARGS".into(), merged);
+        self.request_layout(Some(LayoutWaiter::Start(start)));
+    }
+
+    /// Lays out the config in force (one layout at a time; see [`super::work::LayoutLane`]).
+    pub(super) fn request_layout(&mut self, waiter: Option<LayoutWaiter>) {
+        if self.layouts.request(waiter) {
+            self.spawn_layout();
+        }
+    }
+
+    fn spawn_layout(&mut self) {
+        let config = self.config.clone();
+        self.tasks.spawn(async move {
+            let began = Instant::now();
+            let mut transient = false;
+            let report = tokio::task::spawn_blocking(move || crate::layout::apply(&config))
+                .await
+                .map_err(|e| format!("layout task failed: {e}"))
+                .and_then(|r| {
+                    r.map_err(|e| {
+                        transient = is_transient(&e);
+                        format!("layout failed: {e}")
+                    })
+                });
+            if let Ok(r) = &report {
+                tracing::debug!(took = ?began.elapsed(), actions = r.actions_applied, "layout done");
+            }
+            Event::LaidOut { report, transient }
+        });
+    }
+
+    fn on_laid_out(
+        &mut self,
+        report: Result<crate::layout::LayoutReport, String>,
+        transient: bool,
+    ) {
+        let error = match report {
+            Ok(report) => {
+                self.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
+                for c in &self.conflicts {
+                    tracing::warn!(conflict = %c, "layout conflict: kept the user's file");
+                }
+                self.note_missing_targets(&report);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        self.layout_transient = transient;
+        let Some(waiters) = self.layouts.finished() else {
+            // The config changed while it ran: lay out the newer one first.
+            self.spawn_layout();
+            return;
+        };
+        for w in waiters {
+            match w {
+                LayoutWaiter::Start(start) => self.launch(start, error.clone()),
+                LayoutWaiter::Reload(applying) => self.finish_reload(applying, error.clone()),
             }
         }
-        // The password is the secret; the user name stays readable in the logs.
-        let redactor = Redactor::new(auth.iter().map(|a| a.password.clone()));
-        env.entry("PYTHONUNBUFFERED".into())
-            .or_insert_with(|| "1".into());
-        if let Some(gpus) = &config.ui.gpus {
-            let ids: Vec<String> = gpus.iter().map(u32::to_string).collect();
-            env.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));
-        }
-        let launch = Launch { argv, env };
-        match UiProcess::spawn(&launch, &redactor) {
+    }
+
+    /// Launches start number `start` once its data dir is laid out.
+    fn launch(&mut self, start: u64, layout_error: Option<String>) {
+        let prepared = match &mut self.ui {
+            Ui::Preparing { start: s, prepared } if *s == start => prepared.take(),
+            _ => return,
+        };
+        let failed = |why: String| {
+            tracing::error!(reason = %why, "cannot start the UI");
+            Ui::Failed { why }
+        };
+        let prepared = match (layout_error, prepared) {
+            (Some(why), _) if self.layout_transient => {
+                self.retry_later(format!("cannot prepare the data directory: {why}"));
+                return;
+            }
+            (Some(why), _) => {
+                tracing::error!(reason = %why, "cannot prepare the data directory");
+                self.ui = Ui::Failed { why };
+                self.ready_once();
+                return;
+            }
+            (None, Some(Ok(p))) => p,
+            (None, Some(Err(why))) => {
+                self.ui = failed(why);
+                self.ready_once();
+                return;
+            }
+            (None, None) => return,
+        };
+        let config = &self.config;
+        match UiProcess::spawn(&prepared.launch, &prepared.redactor) {
             Ok(proc) => {
                 self.transient.succeeded();
                 self.refresh.forget_routes();
@@ -170,24 +210,24 @@ impl Supervisor {
                 if let Some(reason) = self.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
                 }
-                let probe = Probe::new(config.ui.flavor, config.ui.port, auth);
-                self.queue = None;
-                self.queue_sent = None;
-                self.probe_in_flight = false;
-                self.next_probe = Instant::now() + Duration::from_millis(100);
+                let probe = Probe::new(config.ui.flavor, config.ui.port, prepared.auth);
+                self.probing = super::Probing::default();
+                let now = Instant::now();
+                self.timers.probe_at(after(now, FIRST_PROBE));
                 self.ui = Ui::Starting {
                     proc,
                     probe,
-                    since: Instant::now(),
+                    since: now,
                 };
             }
+            Err(e) if io_transient(&e) => {
+                let program = prepared.launch.argv.first().cloned().unwrap_or_default();
+                self.retry_later(format!("cannot run {program}: {e}"));
+            }
             Err(e) => {
-                let program = launch.argv.first().cloned().unwrap_or_default();
-                if io_transient(&e) {
-                    self.retry_later(format!("cannot run {program}: {e}"));
-                } else {
-                    self.record_crash(format!("cannot run {program}: {e}"));
-                }
+                let program = prepared.launch.argv.first().cloned().unwrap_or_default();
+                let counter = self.start_reason.take().unwrap_or(RestartReason::Crash);
+                self.record_crash(format!("cannot run {program}: {e}"), counter);
             }
         }
     }
@@ -198,33 +238,10 @@ impl Supervisor {
         let delay = self.transient.failed();
         tracing::warn!(reason = %why, retry_in = ?delay, "cannot start the UI now; retrying");
         self.ui = Ui::Waiting {
-            recheck: Instant::now() + delay,
+            recheck: after(Instant::now(), delay),
             why: format!("{why}; retrying in {}s", delay.as_secs()),
         };
         self.ready_once();
-    }
-
-    /// Runs the layout off the async thread; keeps the conflicts for the status.
-    pub(super) async fn lay_out(&mut self) -> Result<crate::layout::LayoutReport, LayoutFailure> {
-        let config = self.config.clone();
-        let began = std::time::Instant::now();
-        let report = tokio::task::spawn_blocking(move || crate::layout::apply(&config))
-            .await
-            .map_err(|e| LayoutFailure {
-                message: format!("layout task failed: {e}"),
-                transient: false,
-            })?
-            .map_err(|e| LayoutFailure {
-                message: format!("layout failed: {e}"),
-                transient: is_transient(&e),
-            })?;
-        tracing::debug!(took = ?began.elapsed(), actions = report.actions_applied, "layout done");
-        self.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
-        for c in &self.conflicts {
-            tracing::warn!(conflict = %c, "layout conflict: kept the user's file");
-        }
-        self.note_missing_targets(&report);
-        Ok(report)
     }
 
     /// Keeps the declared model targets that do not exist for the status, and logs
@@ -246,9 +263,7 @@ impl Supervisor {
             Ui::Starting { proc, .. } => (proc, false),
             Ui::Ready { proc, since, .. } => {
                 // A UI that ran well for a while starts its backoff afresh.
-                if since.elapsed() > CRASH_WINDOW {
-                    self.consecutive_crashes = 0;
-                }
+                self.crashes.ran(since.elapsed());
                 (proc, true)
             }
             other => {
@@ -261,14 +276,12 @@ impl Supervisor {
             Err(e) => format!("wait failed: {e}"),
         };
         tracing::warn!(pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
-        let pid = proc.pid();
         self.ui = Ui::Stopping {
-            pid,
+            pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
         };
-        let events = self.events.clone();
         let output = proc.output().clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             proc.reap_group().await;
             // A UI that dies at start mostly says why (no git, a bad flag, no GPU):
             // its last words go into the reason.
@@ -281,10 +294,13 @@ impl Supervisor {
                     None => format!("UI exited ({exit})"),
                 }
             };
-            let _ = events.send(Event::Gone {
+            Event::Gone {
                 status,
-                then: AfterStop::Crash(why),
-            });
+                then: AfterStop::Crash {
+                    why,
+                    counter: RestartReason::Crash,
+                },
+            }
         });
     }
 
@@ -323,33 +339,42 @@ impl Supervisor {
             pid: proc.pid(),
             why,
         };
-        self.queue = None;
-        let events = self.events.clone();
-        tokio::spawn(async move {
+        self.probing.queue = None;
+        self.tasks.spawn(async move {
             let status = proc.stop(plan).await;
-            let _ = events.send(Event::Gone { status, then });
+            Event::Gone { status, then }
         });
     }
 
-    pub(super) async fn on_event(&mut self, ev: Event) {
+    pub(super) fn on_event(&mut self, ev: Event) {
         match ev {
+            Event::Prepared {
+                start,
+                preflight,
+                launch,
+                port_held,
+            } => self.on_prepared(start, preflight, launch, port_held),
+            Event::LaidOut { report, transient } => self.on_laid_out(report, transient),
+            Event::Routes(routes) => self.on_routes(routes),
+            Event::Refreshed(results) => self.on_refreshed(results),
+            Event::ConfigRead { text, reply } => self.reload_bytes(text, reply),
             Event::Ready(ok) => {
-                self.probe_in_flight = false;
+                self.probing.in_flight = false;
                 if let (true, Ui::Starting { .. }) = (ok, &self.ui) {
                     self.became_ready();
                 }
             }
             Event::Queue(result, sent) => {
-                self.probe_in_flight = false;
-                self.queue_sent = Some(sent);
+                self.probing.in_flight = false;
+                self.probing.sent = Some(sent);
                 if !matches!(self.ui, Ui::Ready { .. }) {
                     return;
                 }
                 match result {
-                    Ok(q) => self.queue = Some(q),
+                    Ok(q) => self.probing.queue = Some(q),
                     Err(e) => {
                         tracing::debug!(error = %e, "queue probe failed");
-                        self.queue = None;
+                        self.probing.queue = None;
                     }
                 }
                 self.check_pending(Instant::now());
@@ -357,24 +382,19 @@ impl Supervisor {
             Event::QueueChanged(remaining) => {
                 if self.pending.is_some() && matches!(self.ui, Ui::Ready { .. }) {
                     tracing::debug!(remaining, "queue broadcast: probing now");
-                    self.next_probe = Instant::now();
+                    self.timers.probe_at(Some(Instant::now()));
                 }
             }
-            Event::Routes(routes) => self.on_routes(routes),
-            Event::Refreshed { endpoint, result } => self.on_refreshed(endpoint, result),
+            Event::SettingsSynced(done) => self.on_settings_synced(done),
             Event::Gone { status, then } => {
                 if let Ok(s) = &status {
                     tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");
                 }
+                self.ui = Ui::Down;
                 match then {
-                    AfterStop::Start => {
-                        self.ui = Ui::Down;
-                        self.start_ui().await;
-                    }
-                    AfterStop::Crash(why) => {
-                        self.ui = Ui::Down;
-                        self.record_crash(why);
-                    }
+                    AfterStop::Start => self.start_ui(),
+                    AfterStop::Crash { why, counter } => self.record_crash(why, counter),
+                    AfterStop::Exit => {}
                 }
             }
         }
@@ -386,10 +406,10 @@ impl Supervisor {
         };
         let took = since.elapsed();
         tracing::info!(pid = proc.pid(), took = ?took, "UI is ready");
-        self.last_time_to_ready_ms = Some(took.as_millis() as u64);
+        self.last_time_to_ready_ms = Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
         self.ready_since_unix = Some(unix_now());
         let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
-            let events = self.events.clone();
+            let events = self.signals.clone();
             QueueSignal::start(self.config.ui.port, move |n| {
                 let _ = events.send(Event::QueueChanged(n));
             })
@@ -400,10 +420,11 @@ impl Supervisor {
             since: Instant::now(),
             _signal: signal,
         };
-        self.next_probe = Instant::now();
+        self.timers.probe_at(Some(Instant::now()));
         self.ready_once();
         self.enforce_settings();
         if let Ui::Ready { probe, .. } = &self.ui {
+            let probe = probe.clone();
             self.learn_routes(probe);
         }
     }
@@ -411,106 +432,116 @@ impl Supervisor {
     /// Managed settings are enforced on every start: the UI may have read its
     /// settings file before a reload rewrote it (while it was starting), so the
     /// managed keys that differ from what it reports are sent now.
-    fn enforce_settings(&self) {
+    fn enforce_settings(&mut self) {
+        let wanted = self.config.settings.clone();
+        self.sync_settings(wanted);
+    }
+
+    /// Brings `wanted` settings in line with the running UI, in a task.
+    pub(super) fn sync_settings(&mut self, wanted: serde_json::Map<String, serde_json::Value>) {
         let Ui::Ready { probe, .. } = &self.ui else {
             return;
         };
-        if !self.config.ui.flavor.has_options_api() || self.config.settings.is_empty() {
+        if !self.config.ui.flavor.has_options_api() || wanted.is_empty() {
             return;
         }
-        let (probe, wanted) = (probe.clone(), self.config.settings.clone());
-        tokio::spawn(async move {
-            let Ok(current) = probe.options().await else {
-                return;
-            };
-            // JSON 2 and 2.0 are the same setting.
-            let same = |a: &serde_json::Value, b: &serde_json::Value| {
-                a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
-            };
-            let send: serde_json::Map<_, _> = wanted
-                .into_iter()
-                .filter(|(k, v)| current.get(k).is_some_and(|c| !same(c, v)))
-                .collect();
-            if !send.is_empty() {
-                match probe.set_options(&send).await {
-                    Ok(()) => {
-                        tracing::info!(keys = ?send.keys().collect::<Vec<_>>(), "managed settings enforced at start")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "enforcing settings at start failed"),
-                }
-            }
+        let probe = probe.clone();
+        self.tasks.spawn(async move {
+            Event::SettingsSynced(settings_sync::sync(&probe, &wanted).await)
         });
     }
 
-    /// Counts a crash: back off (1 s doubling to 60 s), or `failed` after
-    /// [`MAX_CRASHES`] within [`CRASH_WINDOW`].
-    pub(super) fn record_crash(&mut self, why: String) {
+    fn on_settings_synced(&mut self, done: settings_sync::Synced) {
+        if !done.sent.is_empty() {
+            tracing::info!(keys = ?done.sent, "managed settings sent to the UI");
+        }
+        for key in &done.unknown {
+            tracing::warn!(key = %key, "setting not known to the UI; not sent (it stays in the settings file)");
+        }
+        if let Some(e) = &done.error {
+            tracing::warn!(error = %e, "settings not applied live; they apply at the next start");
+        }
+        if let Some(r) = self.last_reload.as_mut()
+            && r.result == crate::supervisor::protocol::ReloadResult::Applied
+        {
+            for key in done.unknown {
+                if !r.unknown_settings.contains(&key) {
+                    r.unknown_settings.push(key);
+                }
+            }
+        }
+    }
+
+    /// Counts a crash: back off, or `failed` after [`MAX_CRASHES`] within
+    /// [`CRASH_WINDOW`]. The next start counts under `counter`.
+    pub(super) fn record_crash(&mut self, why: String, counter: RestartReason) {
         let now = Instant::now();
         self.counters.crashes += 1;
-        self.crash_times.push_back(now);
-        while self
-            .crash_times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
-        {
-            self.crash_times.pop_front();
+        match self.crashes.record(now) {
+            Verdict::GiveUp { recent } => {
+                let why = format!(
+                    "UI crashed {recent} times in {}s ({})",
+                    CRASH_WINDOW.as_secs(),
+                    why.trim_start_matches("UI exited ")
+                        .trim_matches(['(', ')'])
+                );
+                tracing::error!(reason = %why, "giving up until `sd-webui-supervisor restart` or a reload");
+                self.ui = Ui::Failed { why };
+                self.ready_once();
+            }
+            Verdict::Backoff { delay, recent } => {
+                tracing::warn!(reason = %why, delay = ?delay, "restarting the UI after a delay");
+                self.start_reason = Some(counter);
+                self.ui = Ui::Backoff {
+                    until: after(now, delay),
+                    why: format!(
+                        "{why}, restarting in {}s (crash {recent} of {MAX_CRASHES} in {}s)",
+                        delay.as_secs(),
+                        CRASH_WINDOW.as_secs()
+                    ),
+                };
+            }
         }
-        self.consecutive_crashes += 1;
-        if self.crash_times.len() >= MAX_CRASHES {
-            let why = format!(
-                "UI crashed {} times in {}s ({})",
-                self.crash_times.len(),
-                CRASH_WINDOW.as_secs(),
-                why.trim_start_matches("UI exited ")
-                    .trim_matches(['(', ')'])
-            );
-            tracing::error!(reason = %why, "giving up until `sd-webui-supervisor restart` or a reload");
-            self.ui = Ui::Failed { why };
-            self.ready_once();
-            return;
-        }
-        let delay = Duration::from_secs(1u64 << (self.consecutive_crashes - 1).min(6))
-            .min(Duration::from_secs(60));
-        tracing::warn!(reason = %why, delay = ?delay, "restarting the UI after a delay");
-        self.start_reason = Some(RestartReason::Crash);
-        self.ui = Ui::Backoff {
-            until: now + delay,
-            why: format!(
-                "{why}, restarting in {}s (crash {} of {} in {}s)",
-                delay.as_secs(),
-                self.crash_times.len(),
-                MAX_CRASHES,
-                CRASH_WINDOW.as_secs()
-            ),
-        };
     }
 
     /// Timers: readiness and queue probes, startup timeout, backoff, GPU re-checks,
     /// pending-restart deadline and idle grace.
-    /// A due launch is awaited here, inside one loop step, so no state between the
-    /// old phase and the launch outcome is ever published.
-    pub(super) async fn on_timers(&mut self, now: Instant) {
+    pub(super) fn on_timers(&mut self, now: Instant) {
+        let probe_due = !self.probing.in_flight && self.timers.probe_due(now);
         match &self.ui {
             Ui::Starting { since, probe, proc } => {
-                if now.duration_since(*since) >= self.config.ui.startup_timeout {
+                let timeout = self.config.ui.startup_timeout;
+                if now.saturating_duration_since(*since) >= timeout {
                     let why = format!(
                         "UI did not answer within {}",
-                        humantime::format_duration(self.config.ui.startup_timeout)
+                        humantime::format_duration(timeout)
                     );
-                    self.start_reason = Some(RestartReason::StartupTimeout);
-                    self.begin_stop(why.clone(), AfterStop::Crash(why));
-                } else if !self.probe_in_flight && now >= self.next_probe {
+                    self.begin_stop(
+                        why.clone(),
+                        AfterStop::Crash {
+                            why,
+                            counter: RestartReason::StartupTimeout,
+                        },
+                    );
+                } else if probe_due {
+                    let probe = probe.clone();
                     let group = i32::try_from(proc.pid()).ok();
-                    self.spawn_probe(probe.clone(), group);
-                    self.next_probe = now + STARTING_PROBE;
+                    self.spawn_probe(probe, group);
+                    self.timers.probe_at(after(now, STARTING_PROBE));
                 }
             }
-            Ui::Ready { probe, .. } if !self.probe_in_flight && now >= self.next_probe => {
-                self.spawn_probe(probe.clone(), None);
-                self.next_probe = now + self.config.restart.poll_interval;
+            Ui::Ready { probe, .. } if probe_due => {
+                let probe = probe.clone();
+                self.spawn_probe(probe, None);
+                self.timers
+                    .probe_at(after(now, self.config.restart.poll_interval));
             }
-            Ui::Backoff { until, .. } if now >= *until => self.start_ui().await,
-            Ui::Waiting { recheck, .. } if now >= *recheck => self.start_ui().await,
+            Ui::Backoff { until: Some(t), .. }
+            | Ui::Waiting {
+                recheck: Some(t), ..
+            } if now >= *t => {
+                self.start_ui();
+            }
             _ => {}
         }
         self.check_pending(now);
@@ -520,19 +551,21 @@ impl Supervisor {
     /// answer counts only when that group listens on the port: a foreign listener
     /// answering never makes the UI ready), else a queue probe.
     fn spawn_probe(&mut self, probe: Probe, readiness_of: Option<i32>) {
-        self.probe_in_flight = true;
-        let events = self.events.clone();
+        self.probing.in_flight = true;
         let sent = Instant::now();
-        let port = self.config.ui.port;
-        tokio::spawn(async move {
-            let ev = if let Some(group) = readiness_of {
+        let ui_port = self.config.ui.port;
+        self.tasks.spawn(async move {
+            if let Some(group) = readiness_of {
                 let answers = probe.ready().await;
                 let ours = answers
-                    && tokio::task::spawn_blocking(move || port::listened_by_group(port, group))
+                    && tokio::task::spawn_blocking(move || port::listened_by_group(ui_port, group))
                         .await
                         .unwrap_or(false);
                 if answers && !ours {
-                    tracing::debug!(port, "the port answers, but not from the UI's processes");
+                    tracing::debug!(
+                        port = ui_port,
+                        "the port answers, but not from the UI's processes"
+                    );
                 }
                 Event::Ready(ours)
             } else {
@@ -540,29 +573,56 @@ impl Supervisor {
                     probe.queue().await.map_err(|e: ProbeError| e.to_string()),
                     sent,
                 )
-            };
-            let _ = events.send(ev);
+            }
         });
     }
 
+    /// Asks [`super::pending::Pending::decide`] whether the pending restart is due.
+    pub(super) fn check_pending(&mut self, now: Instant) {
+        if !matches!(self.ui, Ui::Ready { .. }) {
+            return;
+        }
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
+        let reading = Reading {
+            queue: self.probing.queue,
+            sent: self.probing.sent,
+        };
+        match p.decide(now, reading, self.config.restart.idle_grace) {
+            Decision::Wait {
+                idle_since,
+                probe_at,
+            } => {
+                p.keep(idle_since);
+                if let Some(at) = probe_at {
+                    self.timers.probe_by(at);
+                }
+            }
+            Decision::Restart {
+                reason,
+                deadline_passed,
+            } => {
+                if deadline_passed {
+                    tracing::warn!(reasons = ?p.reasons, "restart deadline passed; restarting although the UI may be busy");
+                }
+                self.restart_now(reason);
+            }
+        }
+    }
+
     /// Graceful shutdown: `STOPPING=1`, stop the UI (waiting for a stop already in
-    /// progress), done.
-    pub(super) async fn shutdown(
-        &mut self,
-        events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
-    ) {
+    /// progress), cancel the rest, done.
+    pub(super) async fn shutdown(&mut self) {
         self.notifier.stopping();
         tracing::info!("shutting down");
         if matches!(self.ui, Ui::Starting { .. } | Ui::Ready { .. }) {
-            self.begin_stop(
-                "supervisor is shutting down".into(),
-                AfterStop::Crash(String::new()),
-            );
+            self.begin_stop("supervisor is shutting down".into(), AfterStop::Exit);
         }
         if matches!(self.ui, Ui::Stopping { .. }) {
             self.publish();
-            while let Some(ev) = events.recv().await {
-                if let Event::Gone { status, .. } = ev {
+            loop {
+                if let Event::Gone { status, .. } = self.tasks.next().await {
                     if let Ok(s) = status {
                         tracing::info!(exit = %describe_exit(&s), "UI stopped");
                     }
@@ -570,6 +630,7 @@ impl Supervisor {
                 }
             }
         }
+        self.tasks.abort_all();
         self.ui = Ui::Down;
         self.publish();
     }

@@ -219,7 +219,10 @@ pub enum RestartWhen {
 pub enum CoreCommand {
     /// Re-read the config file and apply it (same as SIGHUP).
     Reload {
-        /// Receives the outcome once validation, the live part and scheduling are done.
+        /// The file's bytes when the caller already read them (the watcher), so
+        /// one change is read and parsed once; `None`: the core reads the file.
+        text: Option<Vec<u8>>,
+        /// Receives the outcome once validation, the layout and scheduling are done.
         reply: oneshot::Sender<ReloadOutcome>,
     },
     /// Restart the UI.
@@ -271,7 +274,18 @@ impl CoreHandle {
     /// Asks the core to reload its config file and waits for the outcome.
     pub async fn reload(&self) -> Result<ReloadOutcome, HandleError> {
         let (reply, rx) = oneshot::channel();
-        self.send(CoreCommand::Reload { reply }).await?;
+        self.send(CoreCommand::Reload { text: None, reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)
+    }
+
+    /// Like [`CoreHandle::reload`], with the config file's bytes already read.
+    pub async fn reload_bytes(&self, text: Vec<u8>) -> Result<ReloadOutcome, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreCommand::Reload {
+            text: Some(text),
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 
@@ -286,7 +300,13 @@ impl CoreHandle {
     /// that would interrupt, or until `timeout`.
     pub async fn wait_idle(&self, timeout: Duration) -> Result<Snapshot, HandleError> {
         let mut rx = self.snapshots.clone();
-        let idle = |s: &Snapshot| s.state == Phase::Ready && s.queue.is_some_and(|q| q.is_idle());
+        let idle = |s: &Snapshot| {
+            s.state == Phase::Ready
+                && s.queue.is_some_and(|q| q.is_idle())
+                && s.restart_pending
+                    .as_ref()
+                    .is_none_or(|p| p.policy == RestartPolicy::Manual)
+        };
         let wait = rx.wait_for(idle);
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(s)) => Ok(s.clone()),

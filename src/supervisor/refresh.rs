@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Event, Supervisor};
+use super::Supervisor;
+use super::work::Event;
 use crate::ui::api::Probe;
 
 /// What the core knows about the running UI's refresh routes and their failures.
@@ -52,12 +53,11 @@ impl RefreshState {
 impl Supervisor {
     /// Asks the ready UI which routes it has (Forge/A1111 only); the answer comes
     /// back as [`Event::Routes`].
-    pub(super) fn learn_routes(&self, probe: &Probe) {
+    pub(super) fn learn_routes(&mut self, probe: Probe) {
         if !self.config.ui.flavor.has_options_api() {
             return;
         }
-        let (probe, events) = (probe.clone(), self.events.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let routes = match probe.post_routes().await {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -65,7 +65,7 @@ impl Supervisor {
                     None
                 }
             };
-            let _ = events.send(Event::Routes(routes));
+            Event::Routes(routes)
         });
     }
 
@@ -85,30 +85,35 @@ impl Supervisor {
     }
 
     /// Calls `endpoints` one after the other in a task (they wait for the UI's
-    /// queue lock); each result comes back as [`Event::Refreshed`].
-    pub(super) fn spawn_refresh(&self, probe: Probe, endpoints: BTreeSet<&'static str>) {
+    /// queue lock); the results come back as [`Event::Refreshed`].
+    pub(super) fn spawn_refresh(&mut self, probe: Probe, endpoints: BTreeSet<&'static str>) {
         if endpoints.is_empty() {
             return;
         }
-        let events = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
+            let mut results = Vec::new();
             for endpoint in endpoints {
                 let result = probe.refresh(endpoint).await.map_err(|e| match e {
                     crate::ui::api::ProbeError::Status { status, body, .. } => {
-                        format!(
-                            "HTTP {status}: {}",
-                            body.chars().take(120).collect::<String>()
-                        )
+                        let body: String = body.chars().take(120).collect();
+                        format!("HTTP {status}: {body}")
                     }
                     other => other.to_string(),
                 });
-                let _ = events.send(Event::Refreshed { endpoint, result });
+                results.push((endpoint, result));
             }
+            Event::Refreshed(results)
         });
     }
 
-    /// Counts and reports one refresh result; logs only when the condition changes.
-    pub(super) fn on_refreshed(&mut self, endpoint: &'static str, result: Result<(), String>) {
+    /// Counts and reports refresh results; logs only when the condition changes.
+    pub(super) fn on_refreshed(&mut self, results: Vec<(&'static str, Result<(), String>)>) {
+        for (endpoint, result) in results {
+            self.on_refresh_result(endpoint, result);
+        }
+    }
+
+    fn on_refresh_result(&mut self, endpoint: &'static str, result: Result<(), String>) {
         match result {
             Ok(()) => {
                 tracing::info!(endpoint, "model list refreshed");
