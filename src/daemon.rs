@@ -45,7 +45,10 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
     let config = Config::from_bytes(path, &text)?;
     raise_fd_limit();
-    if let Err(e) = become_subreaper() {
+    // Under `init` (PID 1 in a container), orphans go to the init half instead.
+    if !crate::init::under_init()
+        && let Err(e) = become_subreaper()
+    {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned UI processes are left to init");
     }
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;

@@ -7,7 +7,7 @@
 //! at least 8, for reloads); each test prints how many ran. For a longer run:
 //! `CONFIG_FUZZ_CASES=5000 cargo test --test config_fuzz -- --nocapture`.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Daemon, Scene, daemon_bin, wait_for, wait_for_with};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use sd_webui_supervisor::ui::flavor::{Flavor, ModelKind};
 use serde_json::Value;
+use support::{Daemon, Scene, daemon_bin, wait_for, wait_for_with};
 
 /// How many `check-config` cases run (`CONFIG_FUZZ_CASES`, default 160).
 fn cases() -> u32 {
@@ -659,7 +659,7 @@ fn what_check_config_accepts_the_daemon_reloads_cleanly() {
     let mut scene = Scene::new("fuzz-reload");
     scene.startup_timeout = "60s".into();
     scene.stop_timeout = "5s".into();
-    scene.restart_policy = "immediately".into();
+    scene.policy = "immediately".into();
     // Like the real UIs with this variable: unknown positional arguments are ignored.
     let scene = scene.env("IGNORE_CMD_ARGS_ERRORS", "1");
     let targets = Targets::make(scene.dir());

@@ -2,13 +2,13 @@
 //! timeout as such, and takes a reload's bytes as strictly as `check-config`
 //! (issue 10; issue 12 items 5 and 9). Each runs the real daemon and stand-in.
 
-mod common;
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Daemon, NotifySocket, Scene, daemon_bin, wait_for};
 use serde_json::Value;
+use support::{Daemon, NotifySocket, Scene, daemon_bin, wait_for};
 
 const START: Duration = Duration::from_secs(30);
 
@@ -66,9 +66,12 @@ fn a_poll_interval_beyond_the_clock_kills_nothing() {
 }
 
 #[test]
-fn a_deadline_beyond_the_clock_still_restarts_when_idle() {
+fn the_longest_deadline_still_restarts_when_idle() {
+    // Deadlines beyond the clock are rejected by check-config now; the core's
+    // own arithmetic saturates too (unit tests in supervisor/timers.rs and
+    // supervisor/pending.rs use Duration::MAX).
     let mut scene = Scene::new("absurd-deadline");
-    scene.restart_policy = "when-idle".into();
+    scene.policy = "when-idle".into();
     let notify = NotifySocket::bind(scene.dir());
     let mut daemon = ready_daemon(&scene, &notify);
     scene.extra_args = vec!["--cuda-malloc".into()];
@@ -76,7 +79,7 @@ fn a_deadline_beyond_the_clock_still_restarts_when_idle() {
         scene.config_path(),
         with_restart_keys(
             &scene,
-            "idle_grace = \"1s\"\ndeadline = \"500000000000y\"\npoll_interval = \"200ms\"",
+            "idle_grace = \"1s\"\ndeadline = \"30d\"\npoll_interval = \"200ms\"",
         ),
     )
     .expect("write the config");
@@ -133,7 +136,7 @@ fn a_reload_of_invalid_utf8_is_rejected_not_read_lossily() {
 #[test]
 fn wait_idle_waits_for_a_pending_restart_to_finish() {
     let mut scene = Scene::new("wait-idle-pending");
-    scene.restart_policy = "when-idle".into();
+    scene.policy = "when-idle".into();
     let notify = NotifySocket::bind(scene.dir());
     let _daemon = ready_daemon(&scene, &notify);
     scene.extra_args = vec!["--cuda-malloc".into()];
@@ -159,4 +162,58 @@ fn wait_idle_waits_for_a_pending_restart_to_finish() {
         2,
         "wait-idle returned before the pending restart was done"
     );
+}
+
+/// The POSTs of the UI's options the stand-in answered.
+fn option_posts(scene: &Scene) -> usize {
+    scene
+        .record()
+        .of("request")
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["path"] == "/sdapi/v1/options")
+        .count()
+}
+
+#[test]
+fn two_and_two_point_zero_are_one_setting_at_start_reload_and_in_config_json() {
+    let scene = Scene::new("settings-2-2.0");
+    let write = |value: &str| {
+        let text = format!(
+            "{}\n[settings]\njpeg_quality = {value}\n",
+            scene.config_toml()
+        );
+        std::fs::write(scene.config_path(), text).expect("write the config");
+    };
+    write("2");
+    let notify = NotifySocket::bind(scene.dir());
+    let daemon = scene.daemon().notify(&notify);
+    write("2");
+    let mut daemon = daemon.spawn();
+    notify.wait("READY=1", START, |n| n.is_ready());
+    notify.wait_status("ready; idle", START);
+    let settings_file = scene.data_dir().join("config.json");
+    let before = std::fs::read(&settings_file).expect("config.json written at start");
+    // Give the start's settings sync time to run: it must find nothing to send.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(option_posts(&scene), 0, "2 was sent to a UI that holds 2");
+
+    write("2.0");
+    let reload = Command::new(daemon_bin())
+        .args(["reload", "--socket"])
+        .arg(scene.dir().join("control.sock"))
+        .output()
+        .expect("run reload");
+    assert!(reload.status.success(), "reload: {reload:?}");
+    // The watcher may have reloaded first: no reload of either kind may have
+    // found a change.
+    let s = status(&scene).expect("status");
+    assert_eq!(s["reloads"].get("applied"), None, "2 → 2.0 applied: {s}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(option_posts(&scene), 0, "2.0 was sent to a UI that holds 2");
+    assert_eq!(
+        std::fs::read(&settings_file).expect("config.json"),
+        before,
+        "config.json rewritten for 2 → 2.0"
+    );
+    assert_alive(&scene, &mut daemon, 1);
 }

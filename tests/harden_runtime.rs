@@ -5,7 +5,7 @@
 //! (14), stopping a UI that lost a SIGINT (15), and a UI that dies at start because
 //! of its environment (17).
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{NotifySocket, Scene, free_port, pid, wait_for, write_script};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use support::{NotifySocket, Scene, free_port, pid, wait_for, write_script};
 
 const START: Duration = Duration::from_secs(30);
 
@@ -208,7 +208,7 @@ fn two_thousand_idle_connections_leave_status_and_relaunch_working() {
         &wrapper,
         &format!(
             "ulimit -Sn 1024\nexec {} \"$@\"",
-            common::daemon_bin().display()
+            support::daemon_bin().display()
         ),
     );
     let notify = NotifySocket::bind(scene.dir());

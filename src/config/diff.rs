@@ -1,4 +1,4 @@
-//! What a new config changes, and how each change must be applied (DESIGN §3.5).
+//! What a new config changes, and how each change must be applied (docs/design.md#reload-and-restart).
 //!
 //! Pure, so the core can decide a reload's live part and its restart part before
 //! touching anything, and so every row of the table is tested without a UI.

@@ -1,4 +1,4 @@
-//! The config file (DESIGN §3.2): the contract with `module.nix`.
+//! The config file (docs/design.md#the-config-file): the contract with `module.nix`.
 //!
 //! Loading is three steps, so that `check-config` can report *every* problem with its
 //! line and column instead of stopping at the first: [`raw`] parses the TOML into

@@ -119,6 +119,12 @@ pub fn render(s: &Snapshot) -> String {
         "Model-list refresh calls the UI answered with an error or not at all.",
         s.refresh_failures as f64,
     );
+    out.single(
+        "draining",
+        "gauge",
+        "1 while the supervisor drains for a stop (/readyz answers 503), else 0.",
+        bool_value(s.draining),
+    );
     out.text
 }
 

@@ -51,9 +51,15 @@ impl Supervisor {
     pub(super) fn start_ui(&mut self) {
         self.start_seq = self.start_seq.wrapping_add(1);
         let start = self.start_seq;
+        let waiting = match std::mem::replace(&mut self.ui, Ui::Down) {
+            Ui::Waiting { why, .. } => Some(why),
+            Ui::Preparing { waiting, .. } => waiting,
+            _ => None,
+        };
         self.ui = Ui::Preparing {
             start,
             prepared: None,
+            waiting,
         };
         let (gpu, config) = (self.gpu.clone(), self.config.clone());
         self.tasks.spawn(async move {
@@ -110,6 +116,7 @@ impl Supervisor {
         self.ui = Ui::Preparing {
             start,
             prepared: Some(launch),
+            waiting: None,
         };
         self.request_layout(Some(LayoutWaiter::Start(start)));
     }
@@ -175,7 +182,9 @@ impl Supervisor {
     /// Launches start number `start` once its data dir is laid out.
     fn launch(&mut self, start: u64, layout_error: Option<String>) {
         let prepared = match &mut self.ui {
-            Ui::Preparing { start: s, prepared } if *s == start => prepared.take(),
+            Ui::Preparing {
+                start: s, prepared, ..
+            } if *s == start => prepared.take(),
             _ => return,
         };
         let failed = |why: String| {
@@ -206,7 +215,7 @@ impl Supervisor {
             Ok(proc) => {
                 self.transient.succeeded();
                 self.refresh.forget_routes();
-                tracing::info!(pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui.port, "UI launched");
+                tracing::info!(ui_pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui.port, "UI launched");
                 if let Some(reason) = self.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
                 }
@@ -275,7 +284,7 @@ impl Supervisor {
             Ok(s) => describe_exit(s),
             Err(e) => format!("wait failed: {e}"),
         };
-        tracing::warn!(pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
+        tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
@@ -334,7 +343,7 @@ impl Supervisor {
                 return;
             }
         };
-        tracing::info!(pid = proc.pid(), reason = %why, grace = ?plan.grace, "stopping the UI");
+        tracing::info!(ui_pid = proc.pid(), reason = %why, grace = ?plan.grace, "stopping the UI");
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,
@@ -405,7 +414,7 @@ impl Supervisor {
             return;
         };
         let took = since.elapsed();
-        tracing::info!(pid = proc.pid(), took = ?took, "UI is ready");
+        tracing::info!(ui_pid = proc.pid(), took = ?took, "UI is ready");
         self.last_time_to_ready_ms = Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
         self.ready_since_unix = Some(unix_now());
         let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {

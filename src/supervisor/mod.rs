@@ -55,6 +55,9 @@ enum Ui {
     Preparing {
         start: u64,
         prepared: Option<Result<Prepared, String>>,
+        /// A re-check of a waiting supervisor keeps showing why it waits
+        /// until the check says otherwise.
+        waiting: Option<String>,
     },
     /// Launched, not answering yet.
     Starting {
@@ -148,6 +151,8 @@ pub struct Supervisor {
     missing_targets: Vec<String>,
     /// Whether the last layout failure may pass by itself (then retried).
     layout_transient: bool,
+    /// Draining for a stop: set once, never cleared.
+    draining: bool,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -215,6 +220,7 @@ impl Supervisor {
             missing_targets: Vec::new(),
             refresh_failed: None,
             refresh_failures: 0,
+            draining: false,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let sup = Supervisor {
@@ -246,6 +252,7 @@ impl Supervisor {
             refresh: refresh::RefreshState::default(),
             missing_targets: Vec::new(),
             layout_transient: false,
+            draining: false,
         };
         (
             sup,
@@ -343,6 +350,9 @@ impl Supervisor {
                 Some(proc.pid()),
             ),
             Ui::Ready { proc, .. } => (Phase::Ready, None, Some(proc.pid())),
+            Ui::Preparing {
+                waiting: Some(why), ..
+            } => (Phase::Waiting, Some(why.clone()), None),
             Ui::Preparing { .. } => (
                 Phase::Starting,
                 Some(format!(
@@ -411,6 +421,7 @@ impl Supervisor {
             missing_targets: self.missing_targets.clone(),
             refresh_failed: self.refresh.failed(),
             refresh_failures: self.refresh.failures,
+            draining: self.draining,
         }
     }
 
@@ -421,6 +432,17 @@ impl Supervisor {
                 self.request_restart(when);
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());
+            }
+            CoreCommand::Drain { reply } => {
+                if !self.draining {
+                    tracing::info!("draining: /readyz answers 503 until the supervisor stops");
+                }
+                self.draining = true;
+                self.publish();
+                let _ = reply.send(());
+            }
+            CoreCommand::Ping { reply } => {
+                let _ = reply.send(());
             }
         }
     }

@@ -202,6 +202,24 @@ pub struct Snapshot {
     /// Failed model-list refresh calls since the supervisor started.
     #[serde(default)]
     pub refresh_failures: u64,
+    /// Draining for a stop (`wait-idle --drain`): no new work should come, so
+    /// `/readyz` answers 503 until the supervisor exits.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl Snapshot {
+    /// Whether a scheduler may route work here (`/readyz`): the UI answers and
+    /// the supervisor is not draining.
+    pub fn takes_work(&self) -> bool {
+        self.state == Phase::Ready && !self.draining
+    }
+
+    /// Whether a drain is done: draining, and no job runs or waits (a UI that is
+    /// not ready has none; a ready one must have been probed idle).
+    pub fn drained(&self) -> bool {
+        self.draining && (self.state != Phase::Ready || self.queue.is_some_and(|q| q.is_idle()))
+    }
 }
 
 /// When a requested restart should happen.
@@ -231,6 +249,17 @@ pub enum CoreCommand {
         when: RestartWhen,
         /// Receives the status line once the restart is scheduled (or started).
         reply: oneshot::Sender<String>,
+    },
+    /// Stop taking new work for good (the first half of a stop): `draining` in
+    /// every snapshot from now on.
+    Drain {
+        /// Receives `()` once the snapshot says so.
+        reply: oneshot::Sender<()>,
+    },
+    /// Answer at once: proves the loop still runs (`/healthz`).
+    Ping {
+        /// Receives `()`.
+        reply: oneshot::Sender<()>,
     },
 }
 
@@ -309,6 +338,32 @@ impl CoreHandle {
         };
         let wait = rx.wait_for(idle);
         match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) => Ok(s.clone()),
+            Ok(Err(_)) => Err(HandleError::CoreStopped),
+            Err(_) => Err(HandleError::Timeout(timeout)),
+        }
+    }
+
+    /// Whether the core's loop answers a [`CoreCommand::Ping`] within `within`.
+    pub async fn ping(&self, within: Duration) -> Result<(), HandleError> {
+        let (reply, rx) = oneshot::channel();
+        let round_trip = async {
+            self.send(CoreCommand::Ping { reply }).await?;
+            rx.await.map_err(|_| HandleError::CoreStopped)
+        };
+        tokio::time::timeout(within, round_trip)
+            .await
+            .map_err(|_| HandleError::Timeout(within))?
+    }
+
+    /// Marks the supervisor as draining, then waits until no job runs or waits,
+    /// or until `timeout` (draining stays either way).
+    pub async fn drain(&self, timeout: Duration) -> Result<Snapshot, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreCommand::Drain { reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)?;
+        let mut snapshots = self.snapshots.clone();
+        match tokio::time::timeout(timeout, snapshots.wait_for(Snapshot::drained)).await {
             Ok(Ok(s)) => Ok(s.clone()),
             Ok(Err(_)) => Err(HandleError::CoreStopped),
             Err(_) => Err(HandleError::Timeout(timeout)),

@@ -159,7 +159,12 @@ impl Supervisor {
     /// Counts, logs and publishes a reload's outcome, then answers it.
     fn answer(&mut self, reply: Reply, outcome: ReloadOutcome) {
         *self.counters.reloads.entry(outcome.result).or_default() += 1;
-        tracing::info!(result = %outcome.result, live = ?outcome.applied_live, restart = ?outcome.needs_restart, "reload");
+        // A rejected reload is a warning: `journalctl -p warning` shows it.
+        if outcome.result == ReloadResult::Rejected {
+            tracing::warn!(reload_result = %outcome.result, errors = ?outcome.errors, "reload rejected");
+        } else {
+            tracing::info!(reload_result = %outcome.result, live = ?outcome.applied_live, restart = ?outcome.needs_restart, "reload");
+        }
         self.last_reload = Some(outcome.clone());
         self.publish();
         if reply.announced {

@@ -169,7 +169,7 @@ impl UiProcess {
         if let Err(e) = killpg(Pid::from_raw(self.pid), sig)
             && e != Errno::ESRCH
         {
-            tracing::warn!(pid = self.pid, signal = %sig, error = %e, "cannot signal the UI's process group");
+            tracing::warn!(ui_pid = self.pid, signal = %sig, error = %e, "cannot signal the UI's process group");
         }
     }
 
@@ -195,13 +195,13 @@ impl UiProcess {
                 Ok(status) => break status?,
                 Err(_) if next < deadline => {
                     tracing::info!(
-                        pid = self.pid,
+                        ui_pid = self.pid,
                         "UI still running after SIGINT; sending it again"
                     );
                     self.signal(Signal::SIGINT);
                 }
                 Err(_) => {
-                    tracing::warn!(pid = self.pid, grace = ?plan.grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
+                    tracing::warn!(ui_pid = self.pid, grace = ?plan.grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
                     self.signal(Signal::SIGKILL);
                     break self.child.wait().await?;
                 }
