@@ -23,6 +23,10 @@ Environment:
                          HTTP 500 with Forge's/A1111's error body, a ComfyUI prompt ends in
                          history with status "error" and an execution_error message.
                          "@PATH": the error is PATH's content, only while PATH exists
+  STANDIN_LOSE_FIRST_SIGINT  1: the first SIGINT is lost (recorded with "lost": true), like
+                         a Forge/A1111 that gets it while importing torch (ui-apis.md §10)
+  STANDIN_PRINT_ENV      1: print COMMANDLINE_ARGS and the STANDIN_* variables at start (to
+                         check that a supervisor redacts what the UI prints)
   STANDIN_RECORD         file to append one JSON object per line to (O_APPEND, one
                          write per line, so several processes may share it)
 
@@ -34,6 +38,12 @@ Record events, each with "pid" and "t" (time.time()):
   job_start  id, kind ("txt2img" | "prompt");   job_end  id, kind, completed
   signal     signal ("SIGINT" | "SIGTERM" | "SIGHUP")
   exit       code, reason (before a deliberate exit)
+
+Forge and A1111 append shlex.split($COMMANDLINE_ARGS) to sys.argv at import and print
+all of it ("Launching Web UI with arguments: ..."), and exit 1 at start when GitPython finds
+no `git` on PATH ("Bad git executable"), as the real ones do. Forge (dfdcbab) has no lora
+routes (404) and answers refresh-embeddings with 500 (ui-apis.md §10); /openapi.json lists
+the routes that exist.
 
 Like the real programs: a ComfyUI (and any flavor for SIGTERM/SIGHUP) that inherits
 SIG_IGN keeps ignoring the signal, while Forge/A1111 install their own SIGINT handler.
@@ -435,20 +445,26 @@ class ForgeApp:
             "/sdapi/v1/sd-models": {"GET": lambda q, b, h: fastapi_json(self.checkpoints)},
             "/sdapi/v1/refresh-checkpoints": {"POST": self.refresh_checkpoints},
             "/sdapi/v1/refresh-vae": {"POST": self.locked_noop},
-            "/sdapi/v1/refresh-embeddings": {"POST": self.locked_noop},
+            "/sdapi/v1/refresh-embeddings": {"POST": self.refresh_embeddings},
             "/sdapi/v1/txt2img": {"POST": self.txt2img},
             "/sdapi/v1/interrupt": {"POST": self.interrupt},
         }
-        # the Lora extension registers its routes on the app itself, with or without --api
-        lora = {"/sdapi/v1/refresh-loras": {"POST": lambda q, b, h: fastapi_json(None)}}
+        # A1111's Lora extension registers its routes on the app itself, with or without
+        # --api; Forge dfdcbab registers none (ui-apis.md §10: 404, not in /openapi.json)
+        lora = {} if FLAVOR == "forge" else {
+            "/sdapi/v1/loras": {"GET": lambda q, b, h: fastapi_json([])},
+            "/sdapi/v1/refresh-loras": {"POST": lambda q, b, h: fastapi_json(None)},
+        }
         self.routes = {"/": {"GET": lambda q, b, h: Reply(200, INDEX_HTML.encode(), "text/html")},
+                       "/openapi.json": {"GET": self.openapi},
                        **internal, **sdapi, **lora}
 
     def route(self, method, path, query, body, handler):
         fn = route_table(self, self.routes, method, path)
         if fn is None:
             return fastapi_json({"detail": "Not Found"}, 404)
-        if self.api_auth and path.startswith("/sdapi/") and path != "/sdapi/v1/refresh-loras":
+        if self.api_auth and path.startswith("/sdapi/") and path not in ("/sdapi/v1/refresh-loras",
+                                                                          "/sdapi/v1/loras"):
             denied = self.check_auth(handler.headers.get("Authorization", ""))
             if denied:
                 reply = fastapi_json({"detail": denied}, 401)
@@ -547,6 +563,18 @@ class ForgeApp:
         with self.queue_lock:
             self.checkpoints = self.scan_checkpoints()
         return fastapi_json(None)
+
+    def refresh_embeddings(self, query, body, handler):
+        if FLAVOR == "forge":  # Forge dfdcbab: AttributeError inside the route -> 500
+            raise AttributeError("'Api' object has no attribute 'embedding_db'")
+        return self.locked_noop(query, body, handler)
+
+    def openapi(self, query, body, handler):
+        """FastAPI's schema: every route with its methods (the schema route itself is not listed)."""
+        paths = {path: {method.lower(): {"summary": path} for method in methods}
+                 for path, methods in self.routes.items() if path != "/openapi.json"}
+        return fastapi_json({"openapi": "3.1.0", "info": {"title": "FastAPI", "version": "0.1.0"},
+                             "paths": paths})
 
     def locked_noop(self, query, body, handler):
         with self.queue_lock:
@@ -671,7 +699,14 @@ class ForgeApp:
             say(f"Startup time: {time.time() - T0:.1f}s (stand-in UI).")
 
 
+LOST_SIGINTS = [int(os.environ.get("STANDIN_LOSE_FIRST_SIGINT", "0") == "1")]
+
+
 def forge_sigint(signum, frame):
+    if LOST_SIGINTS[0] > 0:  # lands inside `from torch._C import *`: nothing happens
+        LOST_SIGINTS[0] -= 1
+        record("signal", signal="SIGINT", lost=True)
+        return
     record("signal", signal="SIGINT")
     os.write(1, f"Interrupted with signal {signum} in {frame}\n".encode())
     deliberate_exit(0, "SIGINT")
@@ -1036,6 +1071,10 @@ class ComfyApp:
 
 
 def comfy_sigint(signum, frame):
+    if LOST_SIGINTS[0] > 0:
+        LOST_SIGINTS[0] -= 1
+        record("signal", signal="SIGINT", lost=True)
+        return
     record("signal", signal="SIGINT")
     raise KeyboardInterrupt
 
@@ -1083,10 +1122,47 @@ def start_timers():
             timer.start()
 
 
+GIT_MESSAGE = """Traceback (most recent call last):
+  File "launch.py", line 54, in <module>
+    main()
+  File "modules/launch_utils.py", line 543, in start
+    import webui
+  File "git/__init__.py", line 296, in <module>
+    refresh()
+  File "git/cmd.py", line 448, in refresh
+    raise ImportError(err)
+ImportError: Bad git executable.
+The git executable must be specified in one of the following ways:
+    - be included in your $PATH
+    - be set via $GIT_PYTHON_GIT_EXECUTABLE
+    - explicitly set via git.refresh(<full-path-to-git-executable>)
+
+All git commands will error until this is rectified.
+
+This initial message can be silenced or aggravated in the future by setting the
+$GIT_PYTHON_REFRESH environment variable. Use one of the following values:
+    - quiet|q|silence|s|silent|none|n|0: for no message or exception
+    - warn|w|warning|log|l|1: for a warning message (logging level CRITICAL, displayed by default)
+    - error|e|exception|raise|r|2: for a raised exception
+
+Example:
+    export GIT_PYTHON_REFRESH=quiet
+"""
+
+
+def check_git():
+    """Forge/A1111 import GitPython at start, which raises ImportError without a git."""
+    if COMFY or os.environ.get("GIT_PYTHON_GIT_EXECUTABLE") or shutil.which("git"):
+        return
+    if os.environ.get("GIT_PYTHON_REFRESH", "").lower() in ("quiet", "q", "silence", "s", "silent", "none",
+                                                           "n", "0"):
+        return
+    print(GIT_MESSAGE, file=sys.stderr, end="", flush=True)
+    deliberate_exit(1, "git")
+
+
 def parse_args():
     argv = sys.argv[1:]
-    if not COMFY:
-        argv += shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
     parser = build_parser()
     try:
         if not COMFY and os.environ.get("IGNORE_CMD_ARGS_ERRORS"):
@@ -1106,11 +1182,18 @@ def main():
         print(f"stand-in: unknown STANDIN_FLAVOR {FLAVOR!r} (forge, a1111 or comfyui)", file=sys.stderr)
         deliberate_exit(2, "STANDIN_FLAVOR")
     install_signal_handlers()
+    if not COMFY:  # modules/paths_internal.py, at import
+        sys.argv += shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
+    if os.environ.get("STANDIN_PRINT_ENV") == "1":
+        for key, value in sorted(os.environ.items()):
+            if key.startswith(RECORD_ENV_PREFIXES):
+                print(f"{key}={value}", flush=True)
     ARGS = parse_args()
     start_timers()
     try:
         if not COMFY:
             say(f"Launching Web UI with arguments: {shlex.join(sys.argv[1:])}")
+            check_git()
         try:
             APP = ComfyApp(ARGS) if COMFY else ForgeApp(ARGS)
             time.sleep(env_float("STANDIN_START_DELAY", 0.0))

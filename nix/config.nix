@@ -113,6 +113,7 @@ in
       control = {
         socket = controlSocket;
         inherit dbus;
+        max_connections = cfg.control.maxConnections;
       }
       // optionalAttrs (cfg.control.httpListen != null) {
         http_listen = cfg.control.httpListen;

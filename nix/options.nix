@@ -455,6 +455,15 @@ in
         default = "system";
         description = "Whether the supervisor offers its D-Bus interface on the system bus (the policy is installed for you).";
       };
+      maxConnections = mkOption {
+        type = types.ints.between 1 65536;
+        default = 128;
+        description = ''
+          Most connections each control listener serves at once; more are
+          closed at once, and idle ones after 10 s, so a local user without the
+          token cannot use up the supervisor's file descriptors.
+        '';
+      };
       httpListen = mkOption {
         type = types.nullOr types.str;
         default = null;

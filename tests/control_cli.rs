@@ -28,6 +28,7 @@ impl Daemon {
             dbus: DbusBus::Off,
             http_listen: None,
             token_file: None,
+            max_connections: 128,
         };
         let control = control::start(core.handle.clone(), &config).await.unwrap();
         Daemon {

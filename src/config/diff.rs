@@ -227,12 +227,18 @@ fn control(d: &mut ConfigDiff, old: &ControlConfig, new: &ControlConfig) {
         dbus,
         http_listen,
         token_file,
+        max_connections,
     } = new;
     let s = &mut d.supervisor_only;
     note(s, "control.socket", old.socket != *socket);
     note(s, "control.dbus", old.dbus != *dbus);
     note(s, "control.http_listen", old.http_listen != *http_listen);
     note(s, "control.token_file", old.token_file != *token_file);
+    note(
+        s,
+        "control.max_connections",
+        old.max_connections != *max_connections,
+    );
 }
 
 fn settings(

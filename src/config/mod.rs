@@ -152,7 +152,15 @@ pub struct ControlConfig {
     pub http_listen: Option<SocketAddr>,
     /// Bearer token file, required with `http_listen`.
     pub token_file: Option<PathBuf>,
+    /// Most connections each control listener serves at once; more are closed at
+    /// once, so a flood of idle connections cannot use up the daemon's fds.
+    pub max_connections: usize,
 }
+
+/// `control.max_connections` when the config does not say.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// Largest accepted `control.max_connections`.
+pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
 /// Every section of the file with its keys (empty for the free-form maps
 /// `models`, `extensions`, `settings`), read from the structs that parse them, so

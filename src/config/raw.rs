@@ -77,6 +77,7 @@ section! {
         dbus: String,
         http_listen: String,
         token_file: String,
+        max_connections: i64,
     }
 }
 

@@ -11,8 +11,8 @@ use super::limits;
 use super::raw::{RawConfig, RawControl, RawData, RawRestart};
 use super::validate_ui::ui_config;
 use super::{
-    Config, ControlConfig, DEFAULT_SOCKET, DataConfig, DbusBus, RestartConfig, RestartPolicy,
-    UiConfig,
+    Config, ControlConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, DataConfig, DbusBus,
+    MAX_CONNECTIONS_LIMIT, RestartConfig, RestartPolicy, UiConfig,
 };
 use crate::ui::flavor::{Flavor, ModelKind};
 
@@ -321,10 +321,24 @@ fn control_config(c: &mut Checker<'_>, raw: RawControl) -> ControlConfig {
             "needs control.token_file: the TCP listener requires a bearer token",
         );
     }
+    let max_connections = match raw.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(n) => match usize::try_from(n) {
+            Ok(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => n,
+            _ => {
+                c.value(
+                    ["control", "max_connections"],
+                    format!("{n} is out of range (1 to {MAX_CONNECTIONS_LIMIT})"),
+                );
+                DEFAULT_MAX_CONNECTIONS
+            }
+        },
+    };
     ControlConfig {
         socket,
         dbus,
         http_listen,
         token_file,
+        max_connections,
     }
 }

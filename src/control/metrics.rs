@@ -108,6 +108,18 @@ pub fn render(s: &Snapshot) -> String {
         s.layout_conflicts.len() as f64,
     );
     out.single(
+        "missing_model_targets",
+        "gauge",
+        "Declared model files whose target does not exist (not linked).",
+        s.missing_targets.len() as f64,
+    );
+    out.single(
+        "refresh_failures_total",
+        "counter",
+        "Model-list refresh calls the UI answered with an error or not at all.",
+        s.refresh_failures as f64,
+    );
+    out.single(
         "draining",
         "gauge",
         "1 while the supervisor drains for a stop (/readyz answers 503), else 0.",

@@ -18,8 +18,10 @@ mod lifecycle;
 mod pending;
 pub mod protocol;
 mod reconfigure;
+mod refresh;
 pub mod status_line;
 mod timers;
+mod transient;
 mod work;
 
 use std::collections::BTreeMap;
@@ -142,6 +144,14 @@ pub struct Supervisor {
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<RestartReason>,
+    /// Consecutive transient failures before a launch (full disk, no fds, …).
+    transient: transient::Retry,
+    /// Refresh routes of the running UI and failed refreshes.
+    refresh: refresh::RefreshState,
+    /// Declared model targets that do not exist (one line each).
+    missing_targets: Vec<String>,
+    /// Whether the last layout failure may pass by itself (then retried).
+    layout_transient: bool,
     /// Draining for a stop: set once, never cleared.
     draining: bool,
     /// Declared images: their state and the render in progress.
@@ -210,6 +220,9 @@ impl Supervisor {
             crashes: 0,
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
+            missing_targets: Vec::new(),
+            refresh_failed: None,
+            refresh_failures: 0,
             draining: false,
             images: crate::images::ImagesStatus::default(),
         };
@@ -240,6 +253,10 @@ impl Supervisor {
             ready_since_unix: None,
             last_time_to_ready_ms: None,
             start_reason: None,
+            transient: transient::Retry::default(),
+            refresh: refresh::RefreshState::default(),
+            missing_targets: Vec::new(),
+            layout_transient: false,
             draining: false,
             images,
         };
@@ -382,6 +399,7 @@ impl Supervisor {
                 .map(local_hhmm),
             reload_rejected: self.reload_rejected.as_deref(),
             conflicts: self.conflicts.len(),
+            missing_targets: self.missing_targets.len(),
         });
         Snapshot {
             state: phase,
@@ -406,6 +424,9 @@ impl Supervisor {
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
+            missing_targets: self.missing_targets.clone(),
+            refresh_failed: self.refresh.failed(),
+            refresh_failures: self.refresh.failures,
             draining: self.draining,
             images: self.images.book.status(),
         }

@@ -192,6 +192,16 @@ pub struct Snapshot {
     pub reloads: BTreeMap<ReloadResult, u64>,
     /// Milliseconds from exec to ready for the last UI start.
     pub last_time_to_ready_ms: Option<u64>,
+    /// Declared model files whose target does not exist (not linked), one line each.
+    #[serde(default)]
+    pub missing_targets: Vec<String>,
+    /// Refresh routes whose last call failed, with why (a soft condition: the UI
+    /// rescans its folders at its next start).
+    #[serde(default)]
+    pub refresh_failed: Option<String>,
+    /// Failed model-list refresh calls since the supervisor started.
+    #[serde(default)]
+    pub refresh_failures: u64,
     /// Draining for a stop (`wait-idle --drain`): no new work should come, so
     /// `/readyz` answers 503 until the supervisor exits.
     #[serde(default)]

@@ -67,6 +67,7 @@ let
     runCommand = name: env: script: fakeDrv name { inherit env script; };
     writeText = name: text: fakeDrv name { inherit text; };
     sd-webui-supervisor = fakeSupervisor;
+    git = fakeDrv "git-2.51.0" { };
   };
 
   # Minimal declarations of the NixOS options module.nix sets.
@@ -235,6 +236,7 @@ let
     })
     (eq "default control" (sd { }).control {
       dbus = "system";
+      maxConnections = 128;
       httpListen = null;
       tokenFile = null;
     })
@@ -313,6 +315,7 @@ let
     (eq "toml: control" (toml realistic).control {
       socket = "/run/sd-webui-forge/control.sock";
       dbus = "system";
+      max_connections = 128;
     })
     (eq "toml: optional sections and keys are left out" (
       let
@@ -340,6 +343,7 @@ let
         dbus = "system";
         http_listen = "127.0.0.1:7870";
         token_file = "/run/credentials/sd-webui-forge.service/control-token";
+        max_connections = 128;
       }
     )
     (eq "toml stand-in: the written text reads back as the same value" (builtins.fromTOML
@@ -417,6 +421,7 @@ let
       gpus = [ 0 ];
       startupTimeout = "15m";
       stopTimeout = "30s";
+      path = [ fakePkgs.git ];
     }))
     (eq "unit: Type" (sc { }).Type "notify-reload")
     (eq "unit: ReloadSignal" (sc { }).ReloadSignal "SIGHUP")
@@ -446,6 +451,14 @@ let
     (check "unit: DeviceAllow for every GPU when gpus = null" (builtins.elem "char-nvidia-frontend rw" (sc { })
       .DeviceAllow
     ) (sc { }).DeviceAllow)
+    (eq "unit: Forge and A1111 get git on PATH (GitPython at start), ComfyUI none" (map
+      (flavor: map (p: p.name) (unit { inherit flavor; }).path)
+      [
+        "forge"
+        "a1111"
+        "comfyui"
+      ]
+    ) [ [ "git-2.51.0" ] [ "git-2.51.0" ] [ ] ])
     (eq "unit: LoadCredential for apiAuthFile" (sc realistic).LoadCredential [
       "api-auth:/run/secrets/forge-api-auth"
     ])

@@ -235,7 +235,7 @@ class ForgeTests(StandInCase):
         self.assertEqual(ui.get("/sdapi/v1/sd-models"), (200, []))
         self.assertEqual(ui.get("/no/such/route"), (404, {"detail": "Not Found"}))
         self.assertEqual(ui.get("/sdapi/v1/txt2img")[0], 405)
-        for route in ("refresh-checkpoints", "refresh-vae", "refresh-embeddings", "refresh-loras"):
+        for route in ("refresh-checkpoints", "refresh-vae"):
             self.assertEqual(ui.post(f"/sdapi/v1/{route}"), (200, None), route)
         self.assertIn("Running on local URL:  http://127.0.0.1:%d" % ui.port, ui.stdout())
         self.assertIn("Startup time:", ui.stdout())
@@ -369,7 +369,7 @@ class ForgeTests(StandInCase):
     def test_api_routes_need_api_flag_and_nowebui_has_no_internal(self):
         ui = self.start(args=["--data-dir", self.tmp + "/d", "--port", "{port}"])
         self.assertEqual(ui.get("/sdapi/v1/progress")[0], 404)
-        self.assertEqual(ui.post("/sdapi/v1/refresh-loras"), (200, None))
+        self.assertEqual(ui.post("/sdapi/v1/refresh-loras")[0], 404)  # Forge dfdcbab has no lora routes
         api = self.start(args=["--nowebui", "--server-name", "127.0.0.1", "--data-dir", self.tmp + "/e",
                                "--port", "{port}"], ready=False)
         wait_until(lambda: api.get("/sdapi/v1/progress", timeout=1)[0] == 200 if api.events("listening") else False)
@@ -389,7 +389,6 @@ class ForgeTests(StandInCase):
                 self.assertEqual((err.code, err.headers["WWW-Authenticate"]), (status, "Basic"))
                 self.assertEqual(json.loads(err.read()), {"detail": "Incorrect username or password"})
         self.assertEqual(ui.get("/internal/pending-tasks")[0], 200)  # /internal/* has no auth
-        self.assertEqual(ui.post("/sdapi/v1/refresh-loras"), (200, None))  # nor the Lora extension's routes
         code, bad = self.run_to_exit("forge", ["--api", "--api-auth", "sup:pa:ss", "--data-dir", self.tmp + "/e"])
         self.assertEqual(code, 1)
         self.assertIn("ValueError", bad.stderr())
@@ -410,6 +409,56 @@ class ForgeTests(StandInCase):
         self.assertEqual((status, body), (500, {"error": "KeyError", "detail": "", "body": "",
                                                 "errors": "'no_such_key_xyz'"}))
         self.assertFalse(os.path.exists(os.path.join(self.data, "models", "ControlNet")))
+
+
+class RealForgeQuirkTests(StandInCase):
+    """What the real Forge dfdcbab and A1111 do that a supervisor must cope with (ui-apis.md §7.1, §10)."""
+
+    def test_forge_has_no_lora_routes_and_refresh_embeddings_fails(self):
+        ui = self.start()
+        self.assertEqual(ui.post("/sdapi/v1/refresh-loras"), (404, {"detail": "Not Found"}))
+        self.assertEqual(ui.get("/sdapi/v1/loras")[0], 404)
+        status, body = ui.post("/sdapi/v1/refresh-embeddings")
+        self.assertEqual((status, body["error"]), (500, "AttributeError"))
+        self.assertIn("embedding_db", body["message"])
+        status, schema = ui.get("/openapi.json")
+        self.assertEqual(status, 200)
+        self.assertIn("/sdapi/v1/refresh-checkpoints", schema["paths"])
+        self.assertIn("post", schema["paths"]["/sdapi/v1/refresh-checkpoints"])
+        self.assertNotIn("/sdapi/v1/refresh-loras", schema["paths"])
+
+    def test_a1111_keeps_its_lora_routes(self):
+        ui = self.start("a1111")
+        self.assertEqual(ui.post("/sdapi/v1/refresh-loras"), (200, None))
+        self.assertEqual(ui.post("/sdapi/v1/refresh-embeddings"), (200, None))
+        self.assertIn("/sdapi/v1/refresh-loras", ui.get("/openapi.json")[1]["paths"])
+
+    def test_commandline_args_are_appended_to_argv_and_printed(self):
+        ui = self.start(env={"COMMANDLINE_ARGS": "--api-auth sup:pw", "STANDIN_PRINT_ENV": "1"})
+        self.assertIn("--api-auth sup:pw", ui.stdout())
+        self.assertIn("COMMANDLINE_ARGS=--api-auth sup:pw", ui.stdout())
+        self.assertEqual(ui.get("/sdapi/v1/progress")[0], 401, "the credentials from the environment apply")
+
+    def test_no_git_on_path_exits_1_like_gitpython(self):
+        for flavor in ("forge", "a1111"):
+            code, proc = self.run_to_exit(flavor, ["--api", "--data-dir", self.tmp + "/g" + flavor],
+                                          env={"PATH": "/nonexistent"})
+            self.assertEqual(code, 1, flavor)
+            self.assertIn("ImportError: Bad git executable.", proc.stderr())
+            self.assertEqual(proc.events("exit")[0]["reason"], "git")
+        ui = self.start("comfyui", env={"PATH": "/nonexistent"})  # ComfyUI needs no git
+        self.assertEqual(ui.get("/system_stats")[0], 200)
+
+    def test_first_sigint_lost_second_exits(self):
+        ui = self.start(env={"STANDIN_LOSE_FIRST_SIGINT": "1"})
+        ui.proc.send_signal(signal.SIGINT)
+        wait_until(lambda: ui.events("signal"))
+        time.sleep(0.3)
+        self.assertIsNone(ui.proc.poll(), "the first SIGINT is lost")
+        self.assertEqual(ui.events("signal")[0]["lost"], True)
+        ui.proc.send_signal(signal.SIGINT)
+        self.assertEqual(ui.wait_exit(3), 0)
+        self.assertEqual(ui.events("exit")[0]["reason"], "SIGINT")
 
 
 class FlagTests(StandInCase):

@@ -168,6 +168,9 @@ pub fn ready_idle() -> Snapshot {
         crashes: 0,
         reloads: BTreeMap::new(),
         last_time_to_ready_ms: Some(12_345),
+        missing_targets: vec![],
+        refresh_failed: None,
+        refresh_failures: 0,
         draining: false,
         images: ImagesStatus::default(),
     }
@@ -208,6 +211,11 @@ pub fn busy_pending() -> Snapshot {
                 error: "/sdapi/v1/txt2img: HTTP 500: RuntimeError: CUDA out of memory".into(),
             }],
         },
+        missing_targets: vec![
+            "models/Stable-diffusion/gone.safetensors: target /nix/store/x-gone.safetensors of models.checkpoints.\"gone.safetensors\" does not exist; not linked".into(),
+        ],
+        refresh_failed: Some("/sdapi/v1/refresh-embeddings: HTTP 500: AttributeError".into()),
+        refresh_failures: 2,
         ..ready_idle()
     }
 }
