@@ -117,6 +117,9 @@ in
       inherit supervisorBin;
       configFile = checkedConfig;
       inherit configPath credentials;
+      # Forge and A1111 import GitPython at start and exit 1 ("Bad git
+      # executable") when no git is on PATH; a NixOS service's PATH has none.
+      path = optional (cfg.flavor != "comfyui") pkgs.git;
       inherit (cfg)
         user
         group

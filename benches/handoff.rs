@@ -14,8 +14,8 @@
 //! Run: `cargo bench --bench handoff`. `HANDOFF_BENCH_RUNS` (default 20) and
 //! `HANDOFF_BENCH_RESTARTS` (default 5) change the counts.
 
-#[path = "../tests/reload_common/mod.rs"]
-mod reload_common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -25,7 +25,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use reload_common::{BIN, Scenario, http, percentile, poll_until, write_atomic};
+use support::config::write_atomic;
+use support::env::BIN;
+use support::http::http;
+use support::scene::Scenario;
+use support::stats::percentile;
+use support::wait::poll_until;
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -113,11 +118,11 @@ fn main() {
     let restarts = env_count("HANDOFF_BENCH_RESTARTS", 5);
     let mut s = Scenario::new("bench-handoff", "forge");
     let bins = [
-        copy_of(s.dir.path(), "supervisor-a"),
-        copy_of(s.dir.path(), "supervisor-b"),
+        copy_of(s.dir(), "supervisor-a"),
+        copy_of(s.dir(), "supervisor-b"),
     ];
     s.conf.executable = Some(bins[0].clone());
-    s.start_bin(&bins[0]);
+    s.start_with(|d| d.binary(&bins[0]));
     s.wait_listening(1, Duration::from_secs(30));
     let socket = s.conf.socket.clone();
     let pid = s.daemon().pid();
@@ -181,7 +186,7 @@ fn main() {
             .executable
             .clone()
             .unwrap_or_else(|| PathBuf::from(BIN));
-        s.start_bin(&bin);
+        s.start_with(|d| d.binary(&bin));
         while !status_answers(&socket) {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -5,15 +5,18 @@
 //! over (missing, not executable, failing its check, reading an older state
 //! version) is a rejected reload and changes nothing.
 
-mod reload_common;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use reload_common::{BIN, Scenario, events, txt2img};
 use serde_json::Value;
+use support::env::BIN;
+use support::http::txt2img;
+use support::record::events;
+use support::scene::Scenario;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -66,10 +69,10 @@ fn reload_cli(s: &Scenario) -> (i32, String) {
 /// Starts a forge stand-in under copy A with `executable = A`.
 fn start_on_a(name: &str) -> (Scenario, PathBuf, PathBuf) {
     let mut s = Scenario::new(name, "forge");
-    let a = binary_copy(s.dir.path(), "sd-webui-supervisor-a");
-    let b = binary_copy(s.dir.path(), "sd-webui-supervisor-b");
+    let a = binary_copy(s.dir(), "sd-webui-supervisor-a");
+    let b = binary_copy(s.dir(), "sd-webui-supervisor-b");
     s.conf.executable = Some(a.clone());
-    s.start_bin(&a);
+    s.start_with(|d| d.binary(&a));
     (s, a, b)
 }
 
@@ -123,6 +126,62 @@ fn a_new_binary_takes_over_while_a_job_runs() {
     assert_eq!(status(&s)["restart_pending"], Value::Null);
 }
 
+/// The UI's output pipes are handed over too: after the handoff the UI keeps
+/// printing, its lines still reach the daemon's output (tagged, redacted) and
+/// no print of the UI fails (with the read ends closed on exec, they would meet
+/// EPIPE, or kill a UI that does not ignore SIGPIPE).
+#[test]
+fn the_ui_keeps_its_output_relayed_and_redacted_after_the_handoff() {
+    const PASSWORD: &str = "Pw-4b1d93aa";
+    let mut s = Scenario::new("handoff-output", "forge");
+    let a = binary_copy(s.dir(), "sd-webui-supervisor-a");
+    let b = binary_copy(s.dir(), "sd-webui-supervisor-b");
+    let auth = s.path("api-auth");
+    std::fs::write(&auth, format!("sup:{PASSWORD}\n")).expect("write the auth file");
+    s.conf.ui_extra.insert(
+        "api_auth_file".into(),
+        toml::Value::String(auth.display().to_string()),
+    );
+    s.conf
+        .env
+        .insert("STANDIN_PRINT_REQUESTS".into(), "1".into());
+    s.conf.executable = Some(a.clone());
+    s.start_with(|d| d.binary(&a));
+    let first = s.wait_listening(1, SECS(20));
+    s.conf.executable = Some(b.clone());
+    s.reload();
+    assert_eq!(exe_of(s.daemon().pid()), b);
+
+    // A request only this test makes, after the handoff.
+    let marker = "/after-the-handoff";
+    let _ = support::http::http(s.conf.port, "GET", marker, None, SECS(5));
+    let line = format!("request GET {marker} COMMANDLINE_ARGS=--api-auth sup:***");
+    s.wait(SECS(10), "the UI's lines from after the handoff", || {
+        let log = s.daemon().log();
+        let ours: Vec<&str> = log.lines().filter(|l| l.contains(&line)).collect();
+        (ours.len() >= 2).then_some(())
+    });
+    let log = s.daemon().log();
+    assert!(
+        !log.contains(PASSWORD),
+        "password in the daemon's output:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains(&line))
+            .all(|l| l.starts_with(&format!("ui[{}]: ", first.pid))),
+        "the UI's lines are tagged with its pid:\n{log}"
+    );
+    let recs = s.records();
+    assert!(
+        events(&recs, "print_failed").is_empty(),
+        "the UI could not print after the handoff: {:?}",
+        events(&recs, "print_failed")
+    );
+    assert_eq!(status(&s)["ui_pid"], first.pid, "the UI was not replaced");
+    assert_eq!(events(&recs, "start").len(), 1, "one UI start only");
+}
+
 #[test]
 fn a_pending_restart_survives_the_handoff() {
     let (mut s, _a, b) = start_on_a("handoff-pending");
@@ -161,7 +220,7 @@ fn binaries_that_cannot_take_over_are_rejected() {
     let (s, a, _b) = start_on_a("handoff-bad");
     let first = s.wait_listening(1, SECS(20));
     let pid = s.daemon().pid();
-    let dir = s.dir.path();
+    let dir = s.dir();
     let missing = dir.join("no-such-binary");
     let not_exec = dir.join("not-executable");
     std::fs::write(&not_exec, "#!/bin/sh\nexit 0\n").expect("write");
@@ -186,7 +245,7 @@ fn binaries_that_cannot_take_over_are_rejected() {
     let mut conf = s.conf.clone();
     for (exe, why) in cases {
         conf.executable = Some(exe.clone());
-        reload_common::write_atomic(&s.config, &conf.render());
+        support::config::write_atomic(&s.config, &conf.render());
         let (code, text) = reload_cli(&s);
         assert_eq!(code, 1, "reload to {} must fail: {text}", exe.display());
         assert!(text.contains(why), "{why:?} not in {text:?}");
@@ -227,7 +286,7 @@ fn a_sighup_during_the_handoff_is_answered_by_the_new_binary() {
     let reloads = reloading(&s);
     let mut conf = s.conf.clone();
     conf.executable = Some(b.clone());
-    reload_common::write_atomic(&s.config, &conf.render());
+    support::config::write_atomic(&s.config, &conf.render());
     s.daemon().signal(nix::sys::signal::Signal::SIGHUP);
     // The old binary has read the first SIGHUP; the second lands while it
     // checks B, hands over or execs, and must neither kill nor be lost.
@@ -310,13 +369,14 @@ impl Drop for SessionBus {
 fn the_dbus_name_moves_to_the_new_binary() {
     let bus = SessionBus::start();
     let mut s = Scenario::new("handoff-dbus", "forge");
-    let a = binary_copy(s.dir.path(), "sd-webui-supervisor-a");
-    let b = binary_copy(s.dir.path(), "sd-webui-supervisor-b");
+    let a = binary_copy(s.dir(), "sd-webui-supervisor-a");
+    let b = binary_copy(s.dir(), "sd-webui-supervisor-b");
     s.conf.executable = Some(a.clone());
     s.conf.dbus = "session".into();
-    s.daemon_env
-        .push(("DBUS_SESSION_BUS_ADDRESS".into(), bus.address.clone()));
-    s.start_bin(&a);
+    s.start_with(|d| {
+        d.binary(&a)
+            .env("DBUS_SESSION_BUS_ADDRESS", bus.address.clone())
+    });
     let first = s.wait_listening(1, SECS(20));
     s.wait(SECS(5), "UiPid on the bus", || {
         (bus.ui_pid() == Some(u64::from(first.pid))).then_some(())

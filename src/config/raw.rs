@@ -77,6 +77,7 @@ section! {
         dbus: String,
         http_listen: String,
         token_file: String,
+        max_connections: i64,
     }
 }
 
@@ -94,6 +95,8 @@ pub struct RawConfig {
     pub restart: RawRestart,
     pub control: RawControl,
     pub supervisor: super::supervisor::RawSupervisor,
+    /// `[images.<name>]`, read image by image.
+    pub images: BTreeMap<String, super::images::RawImage>,
 }
 
 /// Reads one section's value into its place in [`RawConfig`].
@@ -153,6 +156,12 @@ pub const SECTIONS: &[Section] = &[
             super::supervisor::RawSupervisor::deserialize(de).map(|v| raw.supervisor = v)
         },
     },
+    // Read image by image in `parse` (one bad image must not hide the next).
+    Section {
+        name: "images",
+        keys: &[],
+        read: |_, _| Ok(()),
+    },
 ];
 
 /// Parses the text; syntax, unknown-key and type problems go to `problems`.
@@ -194,6 +203,10 @@ pub fn parse<'a>(
                 At::Value,
                 format!("must be a table, not {article} {ty}"),
             ));
+            continue;
+        }
+        if name == "images" {
+            raw.images = super::images::parse_raw(value.clone(), problems);
             continue;
         }
         let value = without_unknown_keys(name, section.keys, value.clone(), problems);

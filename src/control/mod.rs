@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+mod serve;
 mod socket;
 pub mod status_text;
 
@@ -188,10 +189,12 @@ async fn start_inner(
     let kept_unix = dup(listener.as_fd());
     let (stop, stopped) = watch::channel(false);
     let router = http::router(handle.clone());
+    let max = config.max_connections;
     let health = health::router(handle.clone());
-    let mut servers = vec![serve(
+    let mut servers = vec![serve::serve(
         listener,
         health.clone().merge(router.clone()),
+        max,
         stopped.clone(),
     )];
     let mut tcp_addr = None;
@@ -211,7 +214,7 @@ async fn start_inner(
         kept_tcp = dup(tcp.as_fd());
         // The health routes need no token: a kubelet's probe has none.
         let guarded = health.merge(auth::require_token(router, token));
-        servers.push(serve(tcp, guarded, stopped));
+        servers.push(serve::serve(tcp, guarded, max, stopped));
     }
     let mut control = Control {
         stop,
@@ -294,23 +297,4 @@ impl Control {
             }
         }
     }
-}
-
-/// Serves `router` on `listener` until `stopped` turns true.
-fn serve<L>(listener: L, router: axum::Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "control API server stopped");
-        }
-    })
 }

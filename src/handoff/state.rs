@@ -42,6 +42,13 @@ pub struct UiHandle {
     pub pid: i32,
     /// The group guard's pid and the write end of its pipe.
     pub guard: Option<GuardFd>,
+    /// Read end of the UI's stdout pipe: the next binary relays it (closed,
+    /// the UI's next line would meet EPIPE/SIGPIPE).
+    #[serde(default)]
+    pub stdout_fd: Option<RawFd>,
+    /// Read end of the UI's stderr pipe, likewise.
+    #[serde(default)]
+    pub stderr_fd: Option<RawFd>,
 }
 
 /// The group guard (see `ui::guard`): a child of the supervisor that kills the
@@ -253,6 +260,8 @@ mod tests {
             Some(UiHandle {
                 pid: 42,
                 guard: None,
+                stdout_fd: Some(7),
+                stderr_fd: None,
             }),
             ControlFds::default(),
             Some("x".into()),
@@ -271,6 +280,8 @@ mod tests {
             Some(UiHandle {
                 pid: 42,
                 guard: None,
+                stdout_fd: Some(7),
+                stderr_fd: None,
             }),
             ControlFds::default(),
             None,

@@ -8,7 +8,7 @@
 //! [`EXIT_SERVICE_RESTART`](crate::handoff::EXIT_SERVICE_RESTART), so systemd
 //! starts the service again under the new unit.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use crate::ui::api::Probe;
 use crate::ui::comfy_ws::QueueSignal;
 use crate::ui::flavor::Flavor;
 use crate::ui::guard::GroupGuard;
-use crate::ui::process::UiProcess;
+use crate::ui::process::{HandedOver, UiProcess};
 
 /// The pending-restart reason when the new binary could not read the state and
 /// cannot tell which config the running UI has.
@@ -50,8 +50,8 @@ pub enum Ended {
 pub struct Handover {
     /// The new binary.
     pub exe: PathBuf,
-    /// The UI's pid and group guard, if a UI runs.
-    pub ui: Option<(i32, Option<GroupGuard>)>,
+    /// The UI's pid, group guard and output pipes, if a UI runs.
+    pub ui: Option<HandedOver>,
     /// The config text the running UI has.
     pub config_text: String,
     /// The rest of the core's state.
@@ -306,13 +306,22 @@ impl Supervisor {
     }
 
     fn adopt_ui(&mut self, handle: UiHandle, ready: bool, since: Instant) {
-        let guard = handle.guard.and_then(|g| {
-            // SAFETY: F_GETFD only checks that the handed-over number is open.
-            let open = unsafe { libc::fcntl(g.fd, libc::F_GETFD) } >= 0;
-            // SAFETY: an open descriptor handed to this binary to own.
-            open.then(|| GroupGuard::adopt(g.pid, unsafe { OwnedFd::from_raw_fd(g.fd) }))
-        });
-        let proc = match UiProcess::adopt(handle.pid, guard) {
+        let guard = handle
+            .guard
+            .and_then(|g| own_if_open(g.fd).map(|fd| GroupGuard::adopt(g.pid, fd)));
+        let handed = HandedOver {
+            pid: handle.pid,
+            guard,
+            stdout: handle.stdout_fd.and_then(own_if_open),
+            stderr: handle.stderr_fd.and_then(own_if_open),
+        };
+        // The credentials file is small; this runs once, before the loop.
+        let prepared = crate::ui::launch::prepare(&self.config).ok();
+        let redactor = prepared
+            .as_ref()
+            .map(|p| p.redactor.clone())
+            .unwrap_or_default();
+        let proc = match UiProcess::adopt(handed, &redactor) {
             Ok(proc) => proc,
             Err(e) => {
                 tracing::error!(pid = handle.pid, error = %e, "cannot adopt the UI");
@@ -323,10 +332,7 @@ impl Supervisor {
                 return;
             }
         };
-        // The credentials file is small; this runs once, before the loop.
-        let auth = crate::ui::launch::prepare(&self.config)
-            .ok()
-            .and_then(|p| p.auth);
+        let auth = prepared.and_then(|p| p.auth);
         let probe = Probe::new(self.config.ui.flavor, self.config.ui.port, auth);
         tracing::info!(pid = handle.pid, ready, "adopted the running UI");
         self.timers.probe_at(Some(Instant::now()));
@@ -346,6 +352,11 @@ impl Supervisor {
         } else {
             Ui::Starting { proc, probe, since }
         };
+        // The refresh routes are this binary's to learn (the old one's died with it).
+        if let Ui::Ready { probe, .. } = &self.ui {
+            let probe = probe.clone();
+            self.learn_routes(probe);
+        }
     }
 
     /// A reload changed the unit's fingerprint: a service restart is owed.
@@ -368,4 +379,12 @@ impl Supervisor {
         self.exit_service = true;
         self.pending = None;
     }
+}
+
+/// A descriptor number handed over by the previous binary, owned again if open.
+fn own_if_open(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only checks that the handed-over number is open.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    // SAFETY: an open descriptor handed to this binary to own.
+    open.then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }

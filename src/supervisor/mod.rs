@@ -14,12 +14,15 @@
 
 mod crash;
 mod handoff;
+mod images;
 mod lifecycle;
 mod pending;
 pub mod protocol;
 mod reconfigure;
+mod refresh;
 pub mod status_line;
 mod timers;
+mod transient;
 mod work;
 
 use std::collections::BTreeMap;
@@ -155,8 +158,18 @@ pub struct Supervisor {
     exit_service: bool,
     /// State handed over by the previous binary, taken over when `run` starts.
     adopting: Option<handoff::Adopting>,
+    /// Consecutive transient failures before a launch (full disk, no fds, …).
+    transient: transient::Retry,
+    /// Refresh routes of the running UI and failed refreshes.
+    refresh: refresh::RefreshState,
+    /// Declared model targets that do not exist (one line each).
+    missing_targets: Vec<String>,
+    /// Whether the last layout failure may pass by itself (then retried).
+    layout_transient: bool,
     /// Draining for a stop: set once, never cleared.
     draining: bool,
+    /// Declared images: their state and the render in progress.
+    images: images::Images,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -221,9 +234,14 @@ impl Supervisor {
             crashes: 0,
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
+            missing_targets: Vec::new(),
+            refresh_failed: None,
+            refresh_failures: 0,
             draining: false,
+            images: crate::images::ImagesStatus::default(),
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
+        let images = images::Images::new(&config);
         let sup = Supervisor {
             path,
             config_hash: config_hash(config_text),
@@ -254,7 +272,12 @@ impl Supervisor {
             reloads_in_flight: 0,
             exit_service: false,
             adopting: None,
+            transient: transient::Retry::default(),
+            refresh: refresh::RefreshState::default(),
+            missing_targets: Vec::new(),
+            layout_transient: false,
             draining: false,
+            images,
         };
         (
             sup,
@@ -408,6 +431,7 @@ impl Supervisor {
                 .map(local_hhmm),
             reload_rejected: self.reload_rejected.as_deref(),
             conflicts: self.conflicts.len(),
+            missing_targets: self.missing_targets.len(),
         });
         Snapshot {
             state: phase,
@@ -432,7 +456,11 @@ impl Supervisor {
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
+            missing_targets: self.missing_targets.clone(),
+            refresh_failed: self.refresh.failed(),
+            refresh_failures: self.refresh.failures,
             draining: self.draining,
+            images: self.images.book.status(),
         }
     }
 
@@ -455,6 +483,11 @@ impl Supervisor {
             CoreCommand::Ping { reply } => {
                 let _ = reply.send(());
             }
+            CoreCommand::Generate {
+                names,
+                force,
+                reply,
+            } => self.images_generate(names, force, reply),
         }
     }
 

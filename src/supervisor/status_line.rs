@@ -29,6 +29,8 @@ pub struct StatusInput<'a> {
     pub reload_rejected: Option<&'a str>,
     /// Number of layout conflicts.
     pub conflicts: usize,
+    /// Number of declared model files whose target does not exist.
+    pub missing_targets: usize,
 }
 
 /// Renders the status line.
@@ -82,6 +84,13 @@ pub fn render(s: &StatusInput<'_>) -> String {
             "{} layout conflict{}",
             s.conflicts,
             if s.conflicts == 1 { "" } else { "s" }
+        ));
+    }
+    if s.missing_targets > 0 {
+        parts.push(format!(
+            "{} missing model target{}",
+            s.missing_targets,
+            if s.missing_targets == 1 { "" } else { "s" }
         ));
     }
     parts.join("; ")

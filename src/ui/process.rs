@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::guard::GroupGuard;
+use super::output::{OutputTail, Redactor, Stream, spawn_relay};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +44,42 @@ pub struct UiProcess {
     pid: i32,
     /// Kills the group if the supervisor dies; none if it could not be forked.
     guard: Option<GroupGuard>,
+    /// The last lines of the UI's output (relayed, redacted).
+    output: OutputTail,
+    /// Copies of the read ends of the UI's output pipes, handed to the next
+    /// binary on a handoff (the relays own the originals).
+    pipes: Pipes,
+}
+
+/// Read ends of the UI's stdout and stderr pipes (close-on-exec).
+#[derive(Debug, Default)]
+struct Pipes {
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+/// A UI given up for a handoff (see [`UiProcess::into_handoff`]): what the next
+/// binary needs to wait for it, guard it, and keep relaying its output.
+#[derive(Debug)]
+pub struct HandedOver {
+    /// PID of the main process, also the group id.
+    pub pid: i32,
+    /// The group's guard, if one runs.
+    pub guard: Option<GroupGuard>,
+    /// Read end of the UI's stdout pipe.
+    pub stdout: Option<OwnedFd>,
+    /// Read end of the UI's stderr pipe.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// How to stop the UI (see [`UiProcess::stop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopPlan {
+    /// Longest wait for the main process after the first SIGINT before SIGKILL.
+    pub grace: Duration,
+    /// Send SIGINT again this often during the grace: a Forge or A1111 still
+    /// importing torch loses the first one (ui-apis.md §10).
+    pub resend: Option<Duration>,
 }
 
 /// Makes the supervisor the reaper of orphaned descendants, so that processes the UI
@@ -61,7 +99,9 @@ impl UiProcess {
     /// Spawns the UI. Must be called from a thread that lives as long as the
     /// supervisor (the daemon's current-thread runtime): `PR_SET_PDEATHSIG` fires
     /// when the forking *thread* exits.
-    pub fn spawn(launch: &Launch) -> io::Result<UiProcess> {
+    /// Its stdout and stderr are relayed by tasks (see [`super::output`]), with
+    /// every secret of `redactor` masked.
+    pub fn spawn(launch: &Launch, redactor: &Redactor) -> io::Result<UiProcess> {
         let (program, args) = launch
             .argv
             .split_first()
@@ -74,8 +114,8 @@ impl UiProcess {
         cmd.args(args)
             .envs(&launch.env)
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
         let parent = std::process::id() as libc::pid_t;
@@ -106,11 +146,33 @@ impl UiProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
         let pid = child
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
+        let output = OutputTail::default();
+        let mut pipes = Pipes::default();
+        if let Some(out) = child.stdout.take() {
+            pipes.stdout = out.as_fd().try_clone_to_owned().ok();
+            spawn_relay(
+                out,
+                Stream::Stdout,
+                pid as u32,
+                redactor.clone(),
+                output.clone(),
+            );
+        }
+        if let Some(err) = child.stderr.take() {
+            pipes.stderr = err.as_fd().try_clone_to_owned().ok();
+            spawn_relay(
+                err,
+                Stream::Stderr,
+                pid as u32,
+                redactor.clone(),
+                output.clone(),
+            );
+        }
         let guard = GroupGuard::spawn(pid)
             .inspect_err(|e| {
                 tracing::warn!(pid, error = %e, "cannot fork the UI group's guard; if the supervisor is killed, the UI's child processes may outlive it");
@@ -120,33 +182,77 @@ impl UiProcess {
             child: Waiter::Spawned(child),
             pid,
             guard,
+            output,
+            pipes,
         })
     }
 
     /// Takes over a UI that the binary this one replaced spawned (a handoff):
-    /// it is still this process's child, with its guard.
-    pub fn adopt(pid: i32, guard: Option<GroupGuard>) -> io::Result<UiProcess> {
-        let child = crate::handoff::adopt::PidChild::adopt(pid)?;
+    /// it is still this process's child, with its guard and the read ends of
+    /// its output pipes, whose relay runs again here (with `redactor`), so the
+    /// UI's next line neither hits a closed pipe nor reaches a log unredacted.
+    pub fn adopt(handed: HandedOver, redactor: &Redactor) -> io::Result<UiProcess> {
+        let child = crate::handoff::adopt::PidChild::adopt(handed.pid)?;
+        let output = OutputTail::default();
+        let mut pipes = Pipes::default();
+        for (fd, stream) in [
+            (handed.stdout, Stream::Stdout),
+            (handed.stderr, Stream::Stderr),
+        ] {
+            let Some(fd) = fd else { continue };
+            let kept = fd.try_clone().ok();
+            let reader = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(ui_pid = handed.pid, ?stream, error = %e, "cannot relay the adopted UI's output");
+                    continue;
+                }
+            };
+            spawn_relay(
+                reader,
+                stream,
+                handed.pid as u32,
+                redactor.clone(),
+                output.clone(),
+            );
+            match stream {
+                Stream::Stdout => pipes.stdout = kept,
+                Stream::Stderr => pipes.stderr = kept,
+            }
+        }
         Ok(UiProcess {
             child: Waiter::Adopted(child),
-            pid,
-            guard,
+            pid: handed.pid,
+            guard: handed.guard,
+            output,
+            pipes,
         })
     }
 
-    /// Gives the UI up for a handoff: its pid and its guard. Nothing is stopped
-    /// and nothing waits for it any more until the next binary adopts it.
-    pub fn into_handoff(self) -> (i32, Option<GroupGuard>) {
+    /// Gives the UI up for a handoff: its pid, its guard and its output pipes.
+    /// Nothing is stopped and nothing waits for it any more until the next
+    /// binary adopts it.
+    pub fn into_handoff(self) -> HandedOver {
         if let Waiter::Spawned(child) = self.child {
             // Dropped, tokio would queue it to be reaped behind our back.
             std::mem::forget(child);
         }
-        (self.pid, self.guard)
+        HandedOver {
+            pid: self.pid,
+            guard: self.guard,
+            stdout: self.pipes.stdout,
+            stderr: self.pipes.stderr,
+        }
     }
 
     /// PID of the UI (also its process group id).
     pub fn pid(&self) -> u32 {
         self.pid as u32
+    }
+
+    /// The last lines the UI printed.
+    pub fn output(&self) -> &OutputTail {
+        &self.output
     }
 
     /// Waits for the UI's main process to exit.
@@ -166,17 +272,38 @@ impl UiProcess {
         }
     }
 
-    /// Stops the group: SIGINT, up to `grace` for the main process to exit, SIGKILL
-    /// to the group, then waits until no process of the group remains.
-    /// Returns the main process's exit status.
-    pub async fn stop(mut self, grace: Duration) -> io::Result<ExitStatus> {
+    /// Stops the group: SIGINT (again every `plan.resend`), up to `plan.grace` for
+    /// the main process to exit, SIGKILL to the group, then waits until no process
+    /// of the group remains. Returns the main process's exit status.
+    pub async fn stop(mut self, plan: StopPlan) -> io::Result<ExitStatus> {
         self.signal(Signal::SIGINT);
-        let status = match tokio::time::timeout(grace, self.wait()).await {
-            Ok(status) => status?,
-            Err(_) => {
-                tracing::warn!(ui_pid = self.pid, grace = ?grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
-                self.signal(Signal::SIGKILL);
-                self.wait().await?
+        let start = tokio::time::Instant::now();
+        // A year stands for "no limit" when the grace would overflow the clock.
+        let deadline = start
+            .checked_add(plan.grace)
+            .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
+        let status = loop {
+            let now = tokio::time::Instant::now();
+            let next = match plan.resend {
+                Some(every) if !every.is_zero() => {
+                    now.checked_add(every).unwrap_or(deadline).min(deadline)
+                }
+                _ => deadline,
+            };
+            match tokio::time::timeout_at(next, self.wait()).await {
+                Ok(status) => break status?,
+                Err(_) if next < deadline => {
+                    tracing::info!(
+                        ui_pid = self.pid,
+                        "UI still running after SIGINT; sending it again"
+                    );
+                    self.signal(Signal::SIGINT);
+                }
+                Err(_) => {
+                    tracing::warn!(ui_pid = self.pid, grace = ?plan.grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
+                    self.signal(Signal::SIGKILL);
+                    break self.wait().await?;
+                }
             }
         };
         self.signal(Signal::SIGKILL);

@@ -53,6 +53,14 @@ pub struct Conf {
     pub deadline: Option<String>,
     /// `restart.poll_interval`.
     pub poll_interval: Option<String>,
+    /// More `[ui]` keys, written as given (e.g. `api_auth_file`).
+    pub ui_extra: toml::Table,
+    /// More `[control]` keys, written as given (e.g. `http_listen`).
+    pub control_extra: toml::Table,
+    /// `[supervisor] executable` (self-upgrade), if set.
+    pub executable: Option<PathBuf>,
+    /// `[supervisor] unit_fingerprint`, if set.
+    pub unit_fingerprint: Option<String>,
 }
 
 impl Conf {
@@ -83,6 +91,10 @@ impl Conf {
             idle_grace: None,
             deadline: None,
             poll_interval: None,
+            ui_extra: toml::Table::new(),
+            control_extra: toml::Table::new(),
+            executable: None,
+            unit_fingerprint: None,
         }
     }
 
@@ -101,6 +113,8 @@ impl Conf {
             idle_grace: Some("1s".into()),
             deadline: Some("1h".into()),
             poll_interval: Some("100ms".into()),
+            ui_extra: toml::Table::new(),
+            control_extra: toml::Table::new(),
             ..Conf::plain(dir)
         }
     }
@@ -141,6 +155,7 @@ impl Conf {
             T::String(self.startup_timeout.clone()),
         );
         ui.insert("stop_timeout".into(), T::String(self.stop_timeout.clone()));
+        ui.extend(self.ui_extra.clone());
         let mut data = Table::new();
         data.insert("dir".into(), T::String(self.data_dir.display().to_string()));
         if let Some(p) = &self.permissions {
@@ -163,6 +178,7 @@ impl Conf {
             T::String(self.socket.display().to_string()),
         );
         control.insert("dbus".into(), T::String(self.dbus.clone()));
+        control.extend(self.control_extra.clone());
         let mut doc = Table::new();
         doc.insert("ui".into(), T::Table(ui));
         doc.insert("data".into(), T::Table(data));
@@ -182,6 +198,16 @@ impl Conf {
         }
         doc.insert("restart".into(), T::Table(restart));
         doc.insert("control".into(), T::Table(control));
+        let mut supervisor = Table::new();
+        if let Some(exe) = &self.executable {
+            supervisor.insert("executable".into(), T::String(exe.display().to_string()));
+        }
+        if let Some(fp) = &self.unit_fingerprint {
+            supervisor.insert("unit_fingerprint".into(), T::String(fp.clone()));
+        }
+        if !supervisor.is_empty() {
+            doc.insert("supervisor".into(), T::Table(supervisor));
+        }
         toml::to_string(&doc).expect("the config renders as TOML")
     }
 

@@ -189,13 +189,26 @@ impl Scenario {
 
     /// Starts the daemon on the config file as it is, without waiting.
     pub fn spawn(&mut self) {
-        self.daemon = Some(self.scene.daemon_as_is().notify(&self.notify).spawn());
+        self.spawn_with(|b| b);
+    }
+
+    /// Like [`Scenario::spawn`], with the daemon adjusted first (another binary,
+    /// more environment).
+    pub fn spawn_with(&mut self, adjust: impl FnOnce(DaemonBuilder) -> DaemonBuilder) {
+        let builder = adjust(self.scene.daemon_as_is().notify(&self.notify));
+        self.daemon = Some(builder.spawn());
     }
 
     /// Writes the config, starts the daemon, waits for `READY=1` (the UI answers).
     pub fn start(&mut self) {
+        self.start_with(|b| b);
+    }
+
+    /// Like [`Scenario::start`], with the daemon adjusted first (see
+    /// [`Scenario::spawn_with`]), e.g. a copy of the binary for a self-upgrade.
+    pub fn start_with(&mut self, adjust: impl FnOnce(DaemonBuilder) -> DaemonBuilder) {
         self.write_config();
-        self.spawn();
+        self.spawn_with(adjust);
         self.wait(Duration::from_secs(30), "READY=1 at start", || {
             (self.notify.ready_count() >= 1).then_some(())
         });
