@@ -524,7 +524,10 @@ fn a_failing_link_stops_nothing_else_is_named_and_a_later_layout_completes_it() 
     ] {
         assert!(stderr.contains(key), "{key} not named: {stderr}");
     }
-    assert_eq!(f.link("models/Stable-diffusion/pony.safetensors"), decls[0].target);
+    assert_eq!(
+        f.link("models/Stable-diffusion/pony.safetensors"),
+        decls[0].target
+    );
     assert_eq!(f.link("embeddings/neg.pt"), decls[3].target);
     assert!(
         f.data.join("config.json").exists(),
