@@ -420,3 +420,42 @@ fn a_failing_link_is_reported_by_reload_and_status_and_stops_no_other() {
     });
     assert_untouched(&s);
 }
+
+/// `control.*` is set up once, at start: a reload that changes
+/// `control.socket` says the change takes effect at the next start (not
+/// "applied live"), and the daemon keeps answering on the socket it has.
+#[test]
+fn a_control_socket_change_is_reported_for_the_next_start() {
+    let mut s = Scenario::new("socket-change", "a1111");
+    s.start();
+    s.wait_listening(1, SECS(20));
+    let old = s.conf.socket.clone();
+    let new = s.path("other.sock");
+    s.conf.socket = new.clone();
+    s.write_config();
+    let cli = |socket: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sd-webui-supervisor"))
+            .args(args)
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .expect("run the client")
+    };
+    // The watcher reloads the written file: read the outcome from status.
+    let last = s.wait(SECS(10), "the reload's outcome", || {
+        let out = cli(&old, &["status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let last = st["last_reload"].clone();
+        (last["result"] == "applied").then_some(last)
+    });
+    assert_eq!(last["next_start"], json!(["control.socket"]), "{last}");
+    assert_eq!(last["applied_live"], json!([]), "{last}");
+    let text = cli(&old, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("takes effect at the next start: control.socket"),
+        "{text}"
+    );
+    assert!(!new.exists(), "a socket appeared at {}", new.display());
+    assert_untouched(&s);
+}

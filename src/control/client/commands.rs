@@ -115,6 +115,7 @@ fn report_reload(o: &ReloadOutcome) -> ExitCode {
     let lists = [
         ("applied live", &o.applied_live),
         ("restart scheduled for", &o.needs_restart),
+        ("takes effect at the next start", &o.next_start),
         (
             "settings the UI does not know (not sent)",
             &o.unknown_settings,
