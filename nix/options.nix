@@ -51,7 +51,8 @@ let
         Write a list instead, e.g. extraArgs = [ "--flag" "value with spaces" ];''
     else
       builtins.filter (a: builtins.isString a && a != "") (builtins.split "[[:space:]]+" s);
-  imageOptions = {
+  # The options of one image; `name` names an inline workflow's store file.
+  imageOptions = name: {
     prompt = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -121,7 +122,7 @@ let
         if wf == null then
           null
         else if builtins.isAttrs wf && !(wf ? outPath) then
-          "${pkgs.writeText "sd-webui-image-workflow.json" (builtins.toJSON wf)}"
+          "${pkgs.writeText "sd-webui-image-${name}-workflow.json" (builtins.toJSON wf)}"
         else
           "${wf}";
       description = ''
@@ -343,7 +344,7 @@ in
     };
 
     images = mkOption {
-      type = types.attrsOf (types.submodule { options = imageOptions; });
+      type = types.attrsOf (types.submodule ({ name, ... }: { options = imageOptions name; }));
       default = { };
       example = lib.literalExpression ''
         {
