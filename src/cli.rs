@@ -73,6 +73,13 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// Download every declared `{ url, sha256 }` model into the cache, lay out
+    /// the data dir, and exit: 0 when all are in, 1 when one failed.
+    FetchModels {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Lay out the data dir once (links, folders, settings) and exit; 3 on conflicts.
     Layout {
         /// The config file.
@@ -95,6 +102,10 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         },
         Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
+        Command::FetchModels { config } => {
+            init_tracing();
+            crate::download::command::fetch_models(&config)
+        }
         Command::Run { config } => run_daemon(&config),
         Command::Status { target, json } => client::run(&target, Action::Status { json }),
         Command::Reload { target } => client::run(&target, Action::Reload),

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod download;
 pub mod flavor;
 pub mod gpu;
 pub mod layout;

@@ -7,6 +7,7 @@
 //! problems, and [`diagnostics`] maps each problem's key path back to a position.
 
 mod diagnostics;
+pub mod download;
 mod raw;
 mod validate;
 
@@ -38,6 +39,27 @@ pub struct Config {
     pub restart: RestartConfig,
     /// The control plane: socket, D-Bus, optional TCP.
     pub control: ControlConfig,
+    /// Models fetched at run time (their `models` entry targets the cache file).
+    pub downloads: DownloadsConfig,
+}
+
+/// `[downloads]` and the download form of model entries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DownloadsConfig {
+    /// At most this many downloads run at once.
+    pub max_concurrent: usize,
+    /// kind → file name → what to fetch; each also has a `models` entry whose
+    /// target is its cache file, so the layout links it like a store model.
+    pub models: BTreeMap<ModelKind, BTreeMap<String, download::Download>>,
+}
+
+impl Default for DownloadsConfig {
+    fn default() -> Self {
+        DownloadsConfig {
+            max_concurrent: download::DEFAULT_MAX_CONCURRENT,
+            models: BTreeMap::new(),
+        }
+    }
 }
 
 /// `[ui]`: the UI process.

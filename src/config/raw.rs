@@ -13,6 +13,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diagnostics::{At, Problem};
+use super::download::{DOWNLOADS_KEYS, RawDownloads, RawModel};
 
 /// The parsed document, kept to locate problems by key path.
 pub type Doc<'a> = Spanned<DeTable<'a>>;
@@ -69,11 +70,12 @@ pub struct RawConfig {
     pub present: Vec<String>,
     pub ui: Option<RawUi>,
     pub data: Option<RawData>,
-    pub models: BTreeMap<String, BTreeMap<String, String>>,
+    pub models: BTreeMap<String, BTreeMap<String, RawModel>>,
     pub extensions: BTreeMap<String, String>,
     pub settings: toml::Table,
     pub restart: RawRestart,
     pub control: RawControl,
+    pub downloads: RawDownloads,
 }
 
 /// Keys allowed in each fixed-shape section (the others are free-form maps).
@@ -102,6 +104,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &["policy", "idle_grace", "deadline", "poll_interval"],
     ),
     ("control", &["socket", "dbus", "http_listen", "token_file"]),
+    ("downloads", DOWNLOADS_KEYS),
 ];
 
 /// Parses the text; syntax, unknown-key and type problems go to `problems`.
@@ -155,6 +158,7 @@ pub fn parse<'a>(
             "extensions" => Deserialize::deserialize(de).map(|v| raw.extensions = v),
             "settings" => Deserialize::deserialize(de).map(|v| raw.settings = v),
             "restart" => RawRestart::deserialize(de).map(|v| raw.restart = v),
+            "downloads" => RawDownloads::deserialize(de).map(|v| raw.downloads = v),
             _ => RawControl::deserialize(de).map(|v| raw.control = v),
         };
         if let Err(e) = parsed {

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::diagnostics::{At, Problem, Seg};
+use super::download::{self, Download, RawModel};
 use super::raw::{RawConfig, RawControl, RawData, RawRestart, RawUi};
 use super::{
-    Config, ControlConfig, DEFAULT_SOCKET, DataConfig, DbusBus, RestartConfig, RestartPolicy,
-    UiConfig,
+    Config, ControlConfig, DEFAULT_SOCKET, DataConfig, DbusBus, DownloadsConfig, RestartConfig,
+    RestartPolicy, UiConfig,
 };
 use crate::flavor::{Flavor, ModelKind};
 
@@ -124,7 +125,18 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         }
     };
     let flavor = ui.as_ref().map(|u: &UiConfig| u.flavor);
-    let models = models(&mut c, flavor, raw.models);
+    let (mut models, downloads) = models(&mut c, flavor, raw.models);
+    let max_concurrent = download::downloads_section(&raw.downloads)
+        .map_err(|m| c.value(["downloads", "max_concurrent"], m))
+        .unwrap_or(download::DEFAULT_MAX_CONCURRENT);
+    if let Some(data) = &data {
+        for (kind, files) in &downloads {
+            let table = models.entry(*kind).or_default();
+            for (name, d) in files {
+                table.insert(name.clone(), download::cache_path(&data.dir, &d.sha256));
+            }
+        }
+    }
     let extensions = named_paths(&mut c, "extensions", raw.extensions);
     let settings = settings(raw.settings);
     let restart = restart_config(&mut c, raw.restart);
@@ -137,6 +149,10 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         settings,
         restart,
         control,
+        downloads: DownloadsConfig {
+            max_concurrent,
+            models: downloads,
+        },
     })
 }
 
@@ -294,12 +310,20 @@ fn data_config(c: &mut Checker<'_>, raw: RawData) -> Option<DataConfig> {
     })
 }
 
+/// Kind → name → target, and kind → name → download for the download form
+/// (whose targets are filled in once the data dir is known).
+type Models = (
+    BTreeMap<ModelKind, BTreeMap<String, PathBuf>>,
+    BTreeMap<ModelKind, BTreeMap<String, Download>>,
+);
+
 fn models(
     c: &mut Checker<'_>,
     flavor: Option<Flavor>,
-    raw: BTreeMap<String, BTreeMap<String, String>>,
-) -> BTreeMap<ModelKind, BTreeMap<String, PathBuf>> {
+    raw: BTreeMap<String, BTreeMap<String, RawModel>>,
+) -> Models {
     let mut out = BTreeMap::new();
+    let mut downloads: BTreeMap<ModelKind, BTreeMap<String, Download>> = BTreeMap::new();
     for (kind_name, files) in raw {
         let Some(kind) = ModelKind::parse(&kind_name) else {
             let known: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
@@ -331,11 +355,27 @@ fn models(
         for (name, target) in files {
             let path: Vec<Seg> = vec!["models".into(), (&kind_name).into(), (&name).into()];
             c.plain_name(&path, &name);
-            table.insert(name, c.absolute(&path, &target));
+            match target {
+                RawModel::Path(target) => {
+                    table.insert(name, c.absolute(&path, &target));
+                }
+                RawModel::Download(raw) => match download::download(raw) {
+                    Ok(d) => {
+                        downloads.entry(kind).or_default().insert(name, d);
+                    }
+                    Err(problems) => {
+                        for (key, msg) in problems {
+                            let mut at = path.clone();
+                            at.push(key.into());
+                            c.value(at, msg);
+                        }
+                    }
+                },
+            }
         }
         out.insert(kind, table);
     }
-    out
+    (out, downloads)
 }
 
 fn named_paths(

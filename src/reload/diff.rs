@@ -119,6 +119,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         settings: old_settings,
         restart: old_restart,
         control: old_control,
+        downloads: old_downloads,
     } = old;
     let Config {
         ui: new_ui,
@@ -128,6 +129,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         settings: new_settings,
         restart: new_restart,
         control: new_control,
+        downloads: new_downloads,
     } = new;
 
     let mut d = ConfigDiff::default();
@@ -140,6 +142,13 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     );
     restart(&mut d, old_restart, new_restart);
     control(&mut d, old_control, new_control);
+    // A new hash also changes the model's target (its cache file), which the
+    // models diff sees; URLs, tokens and the limit are the download manager's.
+    note(
+        &mut d.supervisor_only,
+        "downloads",
+        old_downloads != new_downloads,
+    );
 
     let relaid_anyway = old_ui.flavor != new_ui.flavor || old_data.dir != new_data.dir;
     if !relaid_anyway {

@@ -408,6 +408,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     http_listen: control.2,
                     token_file: control.3,
                 },
+                downloads: Default::default(),
             }
         },
     )
