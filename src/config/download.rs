@@ -13,13 +13,33 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// One `[models.<kind>]` value as written: a target path, or a download table.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum RawModel {
     /// `"name" = "/nix/store/…"`.
     Path(String),
     /// `"name" = { url = "…", sha256 = "…" }`.
     Download(RawDownload),
+    /// Neither: the message, reported at the entry by validation (so one bad
+    /// entry does not hide the problems of the others).
+    Invalid(String),
+}
+
+/// By hand rather than `untagged`, so a wrong key in a download table is
+/// named instead of "did not match any variant".
+impl<'de> Deserialize<'de> for RawModel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => RawModel::Path(s),
+            table @ toml::Value::Table(_) => match RawDownload::deserialize(table) {
+                Ok(raw) => RawModel::Download(raw),
+                Err(e) => RawModel::Invalid(e.message().to_string()),
+            },
+            other => RawModel::Invalid(format!(
+                "a model is a path string or a {{ url, sha256 }} table, not {}",
+                other.type_str()
+            )),
+        })
+    }
 }
 
 /// A download table as written.

@@ -359,6 +359,7 @@ fn models(
                 RawModel::Path(target) => {
                     table.insert(name, c.absolute(&path, &target));
                 }
+                RawModel::Invalid(msg) => c.value(path, msg),
                 RawModel::Download(raw) => match download::download(raw) {
                     Ok(d) => {
                         downloads.entry(kind).or_default().insert(name, d);
