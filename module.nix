@@ -75,6 +75,61 @@ let
       description = "package, store path or absolute path";
     };
 
+  # A model fetched by the supervisor at run time (gated models that need a
+  # token, or files too big to keep twice in the store). The token file is
+  # never read by Nix: it is handed to the unit with LoadCredential=.
+  downloadType = types.submodule {
+    options = {
+      url = mkOption {
+        type = types.str;
+        description = "Where to download the model (https; http only to a loopback host).";
+      };
+      sha256 = mkOption {
+        type = types.str;
+        description = ''The file's SHA-256: SRI ("sha256-..."), hex, or Nix base32 as in fetchurl.'';
+      };
+      tokenFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        description = ''
+          Absolute path (a string, never a Nix path, which would copy the
+          secret into the store) of a file holding the token, e.g. a
+          Civitai or Hugging Face token. Passed to the service with
+          `LoadCredential=` and sent only to the URL's own host.
+        '';
+      };
+      tokenHeader = mkOption {
+        type = types.str;
+        default = "Authorization";
+        description = ''Header carrying the token; "Authorization" sends "Bearer <token>".'';
+      };
+    };
+  };
+  modelType = types.either fileType downloadType // {
+    description = "package, store path, absolute path, or { url; sha256; tokenFile; }";
+  };
+  # Paths and packages are strings once merged (fileType coerces them).
+  isDownload = builtins.isAttrs;
+  # One credential per distinct token file, named by its path's hash so the
+  # id is a valid file name whatever the model is called.
+  tokenId = file: "download-token-${builtins.substring 0 16 (builtins.hashString "sha256" file)}";
+  downloads = lib.concatMap (
+    kind: builtins.filter isDownload (builtins.attrValues cfg.models.${kind})
+  ) (builtins.attrNames cfg.models);
+  tokenFiles = lib.unique (
+    builtins.filter (f: f != null) (map (d: d.tokenFile) downloads)
+  );
+  renderModel =
+    v:
+    if isDownload v then
+      {
+        inherit (v) url sha256;
+        token_header = v.tokenHeader;
+      }
+      // optionalAttrs (v.tokenFile != null) { token_file = credentialPath (tokenId v.tokenFile); }
+    else
+      v;
+
   # A single string, as in existing configs (`extraArgs = "--cuda-malloc";`),
   # is split on whitespace. It cannot quote, so a quote is an error instead
   # of an argument with a stray quote character in it.
@@ -126,7 +181,10 @@ let
       dir = cfg.dataDir;
       permissions = cfg.dataPermissions;
     };
-    models = nonEmpty cfg.models;
+    models = nonEmpty (builtins.mapAttrs (_: builtins.mapAttrs (_: renderModel)) cfg.models);
+    downloads = optionalAttrs (downloads != [ ] || cfg.downloads.maxConcurrent != 2) {
+      max_concurrent = cfg.downloads.maxConcurrent;
+    };
     inherit (cfg) extensions settings;
     restart = {
       inherit (cfg.restart) policy deadline;
@@ -162,10 +220,12 @@ let
     else
       renderedConfig;
 
-  credentials = lib.filterAttrs (_: v: v != null) {
-    api-auth = cfg.apiAuthFile;
-    control-token = cfg.control.tokenFile;
-  };
+  credentials =
+    lib.filterAttrs (_: v: v != null) {
+      api-auth = cfg.apiAuthFile;
+      control-token = cfg.control.tokenFile;
+    }
+    // lib.listToAttrs (map (f: lib.nameValuePair (tokenId f) f) tokenFiles);
 
   # The supervisor package ships the bus policy for the default user and
   # group. For others, a copy with the names replaced (at build time, so the
@@ -342,7 +402,7 @@ in
     };
 
     models = mkOption {
-      type = types.attrsOf (types.attrsOf fileType);
+      type = types.attrsOf (types.attrsOf modelType);
       default = { };
       example = lib.literalExpression ''
         {
@@ -351,6 +411,11 @@ in
             hash = "sha256-...";
           };
           loras."add-detail.safetensors" = "/srv/models/add-detail.safetensors";
+          checkpoints."illustrious-xl.safetensors" = {
+            url = "https://civitai.com/api/download/models/889818?type=Model&format=SafeTensor";
+            sha256 = "sha256-...";
+            tokenFile = "/run/secrets/civitai-token";
+          };
         }
       '';
       description = ''
@@ -361,7 +426,18 @@ in
         ComfyUI), `diffusion_models` and `clip_vision` (ComfyUI). Changes
         apply without restarting the UI. Files you put there yourself are
         never touched.
+
+        A model may also be `{ url; sha256; tokenFile ? null; tokenHeader ?
+        "Authorization"; }`: the supervisor downloads it at run time into
+        its cache in the data directory, checks the hash, and links it once
+        it is complete; the UI starts meanwhile with what is present.
       '';
+    };
+
+    downloads.maxConcurrent = mkOption {
+      type = types.ints.between 1 64;
+      default = 2;
+      description = "At most this many models are downloaded at once.";
     };
 
     extensions = mkOption {

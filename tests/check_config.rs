@@ -242,6 +242,7 @@ const EVERY_KEY: &[(&str, &[&str])] = &[
         &["policy", "idle_grace", "deadline", "poll_interval"],
     ),
     ("control", &["socket", "dbus", "http_listen", "token_file"]),
+    ("downloads", &["max_concurrent"]),
 ];
 
 #[test]
