@@ -48,7 +48,12 @@ fn run(dir: &Path, size: u64) {
     // curl, the baseline.
     let curl_out = dir.join("curl.bin");
     let start = Instant::now();
-    let (ok, curl_rss) = run_measured(Command::new("curl").args(["-sSf", "-o"]).arg(&curl_out).arg(&url));
+    let (ok, curl_rss) = run_measured(
+        Command::new("curl")
+            .args(["-sSf", "-o"])
+            .arg(&curl_out)
+            .arg(&url),
+    );
     let curl_secs = start.elapsed().as_secs_f64();
     assert!(ok, "curl failed");
     std::fs::remove_file(&curl_out).ok();
@@ -91,7 +96,8 @@ fn run(dir: &Path, size: u64) {
 
 /// Writes `size` pseudo-random bytes; returns their SHA-256, hex.
 fn write_source(path: &Path, size: u64) -> String {
-    let mut file = std::io::BufWriter::with_capacity(MIB as usize, std::fs::File::create(path).unwrap());
+    let mut file =
+        std::io::BufWriter::with_capacity(MIB as usize, std::fs::File::create(path).unwrap());
     let mut hasher = sha2::Sha256::new();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut block = vec![0u8; MIB as usize];

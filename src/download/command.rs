@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::manager::Phase;
 use super::{Event, Manager, ModelProgress};
 use crate::config::Config;
 
@@ -42,7 +43,10 @@ pub fn fetch_models(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let failed: Vec<&ModelProgress> = progress.iter().filter(|m| m.state == "failed").collect();
+    let failed: Vec<&ModelProgress> = progress
+        .iter()
+        .filter(|m| m.state == Phase::Failed)
+        .collect();
     for m in &failed {
         eprintln!(
             "download of {}/{} failed: {}",
@@ -69,7 +73,7 @@ async fn fetch_all(config: &Config) -> Result<Vec<ModelProgress>, super::Failure
         let snapshot = manager.snapshot();
         if snapshot
             .iter()
-            .all(|m| m.state == "done" || m.state == "failed")
+            .all(|m| matches!(m.state, Phase::Done | Phase::Failed))
         {
             return Ok(snapshot);
         }
@@ -82,7 +86,7 @@ async fn fetch_all(config: &Config) -> Result<Vec<ModelProgress>, super::Failure
                 }
             }
             _ = tick.tick() => {
-                for m in snapshot.iter().filter(|m| m.state != "done") {
+                for m in snapshot.iter().filter(|m| m.state != Phase::Done) {
                     eprintln!("{}", line(m));
                 }
             }
@@ -97,7 +101,7 @@ fn line(m: &ModelProgress) -> String {
         Some(t) => format!("{:.1}/{:.1} GB", gb(m.bytes_done), gb(t)),
         None => format!("{:.1} GB", gb(m.bytes_done)),
     };
-    let mut text = format!("{}/{}: {} {size}", m.kind, m.name, m.state);
+    let mut text = format!("{}/{}: {} {size}", m.kind, m.name, m.state.name());
     if m.rate > 0.0 {
         text.push_str(&format!(", {:.0} MB/s", m.rate / 1e6));
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
@@ -42,8 +42,64 @@ pub enum Event {
     },
 }
 
+/// A download's state without its reason, for status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Waiting for a slot.
+    Queued,
+    /// Bytes arriving.
+    Downloading,
+    /// Waiting before another attempt.
+    Retrying,
+    /// Comparing the digest, renaming.
+    Verifying,
+    /// In the cache.
+    Done,
+    /// Given up; see the reason.
+    Failed,
+}
+
+impl Phase {
+    /// All phases, for metrics that list each.
+    pub const ALL: [Phase; 6] = [
+        Phase::Queued,
+        Phase::Downloading,
+        Phase::Retrying,
+        Phase::Verifying,
+        Phase::Done,
+        Phase::Failed,
+    ];
+
+    /// The lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Queued => "queued",
+            Phase::Downloading => "downloading",
+            Phase::Retrying => "retrying",
+            Phase::Verifying => "verifying",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+impl State {
+    /// The phase of this state.
+    pub fn phase(&self) -> Phase {
+        match self {
+            State::Queued => Phase::Queued,
+            State::Downloading => Phase::Downloading,
+            State::Retrying(_) => Phase::Retrying,
+            State::Verifying => Phase::Verifying,
+            State::Done => Phase::Done,
+            State::Failed(_) => Phase::Failed,
+        }
+    }
+}
+
 /// One model's download as status shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelProgress {
     /// Model kind.
     pub kind: ModelKind,
@@ -51,8 +107,8 @@ pub struct ModelProgress {
     pub name: String,
     /// Expected digest, hex.
     pub sha256: String,
-    /// `queued`, `downloading`, `retrying`, `verifying`, `done`, `failed`.
-    pub state: &'static str,
+    /// Where it stands.
+    pub state: Phase,
     /// Why it is retrying or failed.
     pub reason: Option<String>,
     /// Bytes on disk.
@@ -206,7 +262,7 @@ impl Manager {
                     kind: *kind,
                     name: name.clone(),
                     sha256: sha.hex(),
-                    state: cell.state.name(),
+                    state: cell.state.phase(),
                     reason: cell.state.reason().map(|r| r.to_string()),
                     bytes_done: done,
                     bytes_total: total,

@@ -17,10 +17,11 @@ pub mod command;
 mod fetch;
 mod http;
 pub mod manager;
+pub mod summary;
 
 use std::fmt;
 
-pub use manager::{Event, Manager, ModelProgress};
+pub use manager::{Event, Manager, ModelProgress, Phase};
 
 /// Where a download stands, as status, D-Bus and metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
