@@ -10,8 +10,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::control::client::{self, Action, Target};
-use crate::state::RestartWhen;
+use crate::control::client::{self, ClientAction, Target};
+use crate::supervisor::protocol::RestartWhen;
 
 /// Runs a Stable Diffusion web UI (Forge, A1111, ComfyUI) as a supervised service.
 #[derive(Debug, Parser)]
@@ -107,17 +107,19 @@ pub fn main(cli: Cli) -> ExitCode {
             crate::download::command::fetch_models(&config)
         }
         Command::Run { config } => run_daemon(&config),
-        Command::Status { target, json } => client::run(&target, Action::Status { json }),
-        Command::Reload { target } => client::run(&target, Action::Reload),
+        Command::Status { target, json } => client::run(&target, ClientAction::Status { json }),
+        Command::Reload { target } => client::run(&target, ClientAction::Reload),
         Command::Restart { target, now, .. } => {
             let when = if now {
                 RestartWhen::Now
             } else {
                 RestartWhen::Idle
             };
-            client::run(&target, Action::Restart(when))
+            client::run(&target, ClientAction::Restart(when))
         }
-        Command::WaitIdle { target, timeout } => client::run(&target, Action::WaitIdle(timeout)),
+        Command::WaitIdle { target, timeout } => {
+            client::run(&target, ClientAction::WaitIdle(timeout))
+        }
     }
 }
 

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, ConfigError};
-use crate::gpu::GpuEnv;
 use crate::notify::Notifier;
-use crate::process::become_subreaper;
-use crate::reload::watch::{ConfigWatcher, Debounce};
-use crate::state::CoreHandle;
 use crate::supervisor::Supervisor;
+use crate::supervisor::protocol::CoreHandle;
+use crate::ui::gpu::GpuEnv;
+use crate::ui::process::become_subreaper;
+use crate::watch::{ConfigWatcher, Debounce};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,18 +1,16 @@
 //! sd-webui-supervisor: runs a Stable Diffusion web UI as a well-behaved systemd service.
+//!
+//! `docs/architecture.md` maps the parts: [`supervisor`] is the core, [`ui`] is
+//! everything about the web UI it drives, [`control`] the adapters that talk to
+//! the core, [`config`], [`layout`] and [`watch`] the config and what it lays out.
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod download;
-pub mod flavor;
-pub mod gpu;
 pub mod layout;
 pub mod notify;
-pub mod probe;
-pub mod process;
-pub mod queue_signal;
-pub mod reload;
-pub mod state;
-pub mod status_line;
 pub mod supervisor;
+pub mod ui;
+pub mod watch;

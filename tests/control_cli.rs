@@ -20,7 +20,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn start(snapshot: sd_webui_supervisor::state::Snapshot) -> Daemon {
+    async fn start(snapshot: sd_webui_supervisor::supervisor::protocol::Snapshot) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let core = FakeCore::new(snapshot);
         let config = ControlConfig {

@@ -17,7 +17,7 @@ use sd_webui_supervisor::control::dbus::{
     BUS_NAME, Bus, ERROR_RELOAD_REJECTED, INTERFACE, OBJECT_PATH, serve,
 };
 use sd_webui_supervisor::control::{self, ControlError};
-use sd_webui_supervisor::state::{PendingRestart, Queue, Snapshot};
+use sd_webui_supervisor::supervisor::protocol::{PendingRestart, Queue, Snapshot};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, connection};
 
@@ -285,7 +285,7 @@ async fn snapshot_changes_emit_one_properties_changed_each() {
     core.publish(|s| {
         s.restart_pending = Some(PendingRestart {
             reasons: vec!["requested".into()],
-            policy: "when-idle".into(),
+            policy: sd_webui_supervisor::supervisor::protocol::RestartPolicy::WhenIdle,
             since_unix: 1,
             deadline_unix: None,
         });

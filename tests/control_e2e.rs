@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sd_webui_supervisor::control::client::Client;
 use sd_webui_supervisor::control::dbus::{BUS_NAME, INTERFACE, OBJECT_PATH};
-use sd_webui_supervisor::state::{Phase, Snapshot};
+use sd_webui_supervisor::supervisor::protocol::{Phase, Snapshot};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sd-webui-supervisor");

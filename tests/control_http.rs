@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use sd_webui_supervisor::control::auth::{Token, require_token};
 use sd_webui_supervisor::control::http::router;
 use sd_webui_supervisor::control::protocol::{ErrorBody, RestartReply};
-use sd_webui_supervisor::state::{Queue, ReloadOutcome, Snapshot};
+use sd_webui_supervisor::supervisor::protocol::{Queue, ReloadOutcome, ReloadResult, Snapshot};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -84,7 +84,7 @@ async fn reload_rejected_is_422_with_the_errors() {
     let (status, body, _) = send(router(core.handle.clone()), post("/v1/reload", "")).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let got: ReloadOutcome = serde_json::from_slice(&body).unwrap();
-    assert_eq!(got.result, "rejected");
+    assert_eq!(got.result, ReloadResult::Rejected);
     assert_eq!(got.errors.len(), 2);
     assert!(got.errors[0].contains("ui.port"));
 }

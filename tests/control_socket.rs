@@ -12,7 +12,7 @@ use control_support::{FakeCore, busy_pending, outcome, ready_idle};
 use sd_webui_supervisor::config::{ControlConfig, DbusBus};
 use sd_webui_supervisor::control::client::{Client, ClientError, EXIT_NO_DAEMON, WaitIdle};
 use sd_webui_supervisor::control::{self, ControlError};
-use sd_webui_supervisor::state::{Queue, RestartWhen};
+use sd_webui_supervisor::supervisor::protocol::{Queue, RestartWhen};
 
 fn config(socket: &Path) -> ControlConfig {
     ControlConfig {

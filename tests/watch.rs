@@ -6,7 +6,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use sd_webui_supervisor::reload::watch::{ConfigWatcher, Debounce, WatchError};
+use sd_webui_supervisor::watch::{ConfigWatcher, Debounce, WatchError};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::timeout;
 

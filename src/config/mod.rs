@@ -7,6 +7,7 @@
 //! problems, and [`diagnostics`] maps each problem's key path back to a position.
 
 mod diagnostics;
+pub mod diff;
 pub mod download;
 mod raw;
 mod validate;
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 pub use diagnostics::{ConfigError, Problem};
 
-use crate::flavor::{Flavor, ModelKind};
+use crate::ui::flavor::{Flavor, ModelKind};
 
 /// The whole, validated configuration of one supervised UI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,7 +100,7 @@ pub struct DataConfig {
 }
 
 /// What to do with a change that needs a restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Wait until the queue has been empty for `idle_grace` (or the deadline).
@@ -108,6 +109,12 @@ pub enum RestartPolicy {
     Immediately,
     /// Only report that a restart is needed.
     Manual,
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl RestartPolicy {

@@ -12,7 +12,7 @@ use super::{
     Config, ControlConfig, DEFAULT_SOCKET, DataConfig, DbusBus, DownloadsConfig, RestartConfig,
     RestartPolicy, UiConfig,
 };
-use crate::flavor::{Flavor, ModelKind};
+use crate::ui::flavor::{Flavor, ModelKind};
 
 /// Collects problems while converting.
 struct Checker<'p> {

@@ -18,7 +18,7 @@ use zbus::names::{ErrorName, InterfaceName};
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, DBusError, Variant, fdo};
 
-use crate::state::{CoreHandle, HandleError, RestartWhen, Snapshot};
+use crate::supervisor::protocol::{CoreHandle, HandleError, ReloadResult, RestartWhen, Snapshot};
 
 /// The well-known bus name the supervisor owns.
 pub const BUS_NAME: &str = "io.github.sd_webui_supervisor.Supervisor1";
@@ -154,7 +154,7 @@ impl Supervisor1 {
     /// `…Supervisor1.Error.ReloadRejected` (listing the errors) when the file is invalid.
     async fn reload(&self) -> Result<(), MethodError> {
         let outcome = self.core.reload().await?;
-        if outcome.result == "rejected" {
+        if outcome.result == ReloadResult::Rejected {
             return Err(MethodError::ReloadRejected(outcome.errors.join("\n")));
         }
         Ok(())

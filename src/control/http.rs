@@ -17,7 +17,7 @@ use super::metrics;
 use super::protocol::{
     self, ErrorBody, RestartReply, RestartRequest, WaitIdleQuery, parse_timeout,
 };
-use crate::state::{CoreHandle, HandleError, ReloadOutcome, Snapshot};
+use crate::supervisor::protocol::{CoreHandle, HandleError, ReloadOutcome, ReloadResult, Snapshot};
 
 /// The control API's routes over one core; serve it or drive it with `oneshot` in tests.
 pub fn router(handle: CoreHandle) -> Router {
@@ -80,7 +80,7 @@ async fn reload(
     State(core): State<CoreHandle>,
 ) -> Result<(StatusCode, Json<ReloadOutcome>), ApiError> {
     let outcome = core.reload().await?;
-    let status = if outcome.result == "rejected" {
+    let status = if outcome.result == ReloadResult::Rejected {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::OK

@@ -5,10 +5,9 @@
 //! label (`restarts_total`, `reloads_total`) always list their well-known label values,
 //! at 0 until they happen, so `rate()` and alerts work from the first scrape.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::state::{Phase, Snapshot};
+use crate::supervisor::protocol::{Phase, ReloadResult, RestartReason, Snapshot};
 
 /// The `Content-Type` of the exposition format this module writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -25,12 +24,6 @@ pub const PHASES: [Phase; 6] = [
     Phase::Failed,
     Phase::Stopping,
 ];
-
-/// Restart reasons that are always exported, even at 0.
-pub const RESTART_REASONS: [&str; 4] = ["config", "requested", "crash", "startup-timeout"];
-
-/// Reload results that are always exported, even at 0.
-pub const RELOAD_RESULTS: [&str; 3] = ["applied", "unchanged", "rejected"];
 
 /// Renders the whole exposition for one snapshot.
 pub fn render(s: &Snapshot) -> String {
@@ -74,8 +67,7 @@ pub fn render(s: &Snapshot) -> String {
         "restarts_total",
         "UI restarts by reason.",
         "reason",
-        &RESTART_REASONS,
-        &s.restarts,
+        RestartReason::ALL.map(|r| (r.name(), s.restarts.get(&r).copied().unwrap_or(0))),
     );
     out.single(
         "crashes_total",
@@ -87,8 +79,7 @@ pub fn render(s: &Snapshot) -> String {
         "reloads_total",
         "Config reloads by result.",
         "result",
-        &RELOAD_RESULTS,
-        &s.reloads,
+        ReloadResult::ALL.map(|r| (r.name(), s.reloads.get(&r).copied().unwrap_or(0))),
     );
     out.single(
         "restart_pending",
@@ -161,16 +152,11 @@ impl Exposition {
         name: &str,
         help: &str,
         label: &str,
-        known: &[&str],
-        counts: &BTreeMap<String, u64>,
+        counts: impl IntoIterator<Item = (&'static str, u64)>,
     ) {
         self.family(name, "counter", help);
-        for key in known {
-            let n = counts.get(*key).copied().unwrap_or(0);
+        for (key, n) in counts {
             self.sample(name, &[(label, key)], n as f64);
-        }
-        for (key, n) in counts.iter().filter(|(k, _)| !known.contains(&k.as_str())) {
-            self.sample(name, &[(label, key)], *n as f64);
         }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Every part here only translates between a wire format and the core's
 //! [`CoreHandle`]: requests become [`CoreHandle`] calls, answers and properties come
-//! from the one [`Snapshot`](crate::state::Snapshot) the core publishes. The daemon
+//! from the one [`Snapshot`](crate::supervisor::protocol::Snapshot) the core publishes. The daemon
 //! calls [`start`] once everything else is up and [`Control::shutdown`] on the way out.
 
 pub mod auth;
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{ControlConfig, DbusBus};
-use crate::state::CoreHandle;
+use crate::supervisor::protocol::CoreHandle;
 
 pub use socket::SOCKET_MODE;
 

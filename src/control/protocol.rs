@@ -1,15 +1,15 @@
 //! The wire types of the HTTP control API, shared by the server ([`super::http`]) and
 //! the CLI client ([`super::client`]) so the two cannot drift apart.
 //!
-//! `GET /v1/status` and `GET /v1/wait-idle` answer with a [`Snapshot`](crate::state::Snapshot)
-//! as-is and `POST /v1/reload` with a [`ReloadOutcome`](crate::state::ReloadOutcome) as-is;
+//! `GET /v1/status` and `GET /v1/wait-idle` answer with a [`Snapshot`](crate::supervisor::protocol::Snapshot)
+//! as-is and `POST /v1/reload` with a [`ReloadOutcome`](crate::supervisor::protocol::ReloadOutcome) as-is;
 //! only the shapes below are the API's own. `docs/control-api.md` documents all of them.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::RestartWhen;
+use crate::supervisor::protocol::RestartWhen;
 
 /// Path of the status route.
 pub const STATUS: &str = "/v1/status";

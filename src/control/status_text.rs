@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Local, TimeZone};
 
-use crate::state::Snapshot;
+use crate::supervisor::protocol::Snapshot;
 
 /// Renders `s` for a terminal, with times in the local time zone.
 pub fn render(s: &Snapshot, now_unix: u64) -> String {

@@ -16,7 +16,7 @@ use super::fetch::{self, Partial, Place, Progress, UNKNOWN};
 use super::{Failure, State, http};
 use crate::config::Config;
 use crate::config::download::{Download, Sha256};
-use crate::flavor::ModelKind;
+use crate::ui::flavor::ModelKind;
 
 /// First wait after a failed attempt; doubled after each attempt that made no
 /// progress, up to [`MAX_BACKOFF`].

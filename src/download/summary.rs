@@ -76,7 +76,7 @@ pub fn lines(models: &[ModelProgress], bar: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flavor::ModelKind;
+    use crate::ui::flavor::ModelKind;
 
     fn m(name: &str, state: Phase, done: u64, total: Option<u64>) -> ModelProgress {
         ModelProgress {

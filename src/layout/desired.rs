@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::manifest::STATE_DIR;
 use super::report::Wanted;
 use crate::config::Config;
-use crate::flavor::ModelKind;
+use crate::ui::flavor::ModelKind;
 
 /// One declared link.
 #[derive(Debug, Clone, PartialEq, Eq)]

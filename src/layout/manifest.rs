@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::LayoutError;
 use super::desired::Rel;
 use super::fsio;
-use crate::flavor::ModelKind;
+use crate::ui::flavor::ModelKind;
 
 /// The supervisor's own folder under the data dir (manifest and lock).
 pub(crate) const STATE_DIR: &str = ".sd-webui-supervisor";

@@ -17,7 +17,7 @@ use super::manifest::{self, Links, Manifest, Owned};
 use super::report::{Conflict, Dangling, Wanted};
 use super::rows::{FolderOf, Row, rows};
 use super::settings::{self, Merge};
-use super::snapshot::{DirState, Entry, SettingsState, Snapshot};
+use super::snapshot::{DirState, DiskState, Entry, SettingsState};
 
 /// A layout decided but not yet carried out (what `layout --dry-run` prints).
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +111,7 @@ fn same(stored: &Path, target: &Path) -> bool {
 }
 
 /// Decides the layout.
-pub(crate) fn plan(desired: &Desired<'_>, mut snap: Snapshot) -> Plan {
+pub(crate) fn plan(desired: &Desired<'_>, mut snap: DiskState) -> Plan {
     let root = &desired.data_dir;
     let mut actions = Vec::new();
     match snap.root {
@@ -316,7 +316,7 @@ fn dangling(root: &Path, rel: &str, want: &Want<'_>) -> Action {
     })
 }
 
-fn settings_actions(desired: &Desired<'_>, snap: &Snapshot, actions: &mut Vec<Action>) {
+fn settings_actions(desired: &Desired<'_>, snap: &DiskState, actions: &mut Vec<Action>) {
     let Some((_, managed)) = &desired.settings else {
         return;
     };

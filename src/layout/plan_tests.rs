@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use super::*;
-use crate::flavor::ModelKind;
 use crate::layout::desired::Want;
 use crate::layout::report::Found;
+use crate::ui::flavor::ModelKind;
 
 const MODE: u32 = 0o750;
 
@@ -66,8 +66,8 @@ fn desired<'a>(links: &[(&str, &'a str)]) -> Desired<'a> {
 }
 
 /// Every folder and every declared target present, nothing else.
-fn snapshot(d: &Desired) -> Snapshot {
-    Snapshot {
+fn snapshot(d: &Desired) -> DiskState {
+    DiskState {
         root: DirState::Present { mode: MODE },
         dirs: d
             .dirs
@@ -83,7 +83,7 @@ fn snapshot(d: &Desired) -> Snapshot {
 }
 
 /// The snapshot after a completed layout of `d`: links made and recorded.
-fn laid_out(d: &Desired) -> Snapshot {
+fn laid_out(d: &Desired) -> DiskState {
     let mut s = snapshot(d);
     let mut m = Manifest::default();
     for (rel, want) in &d.links {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::flavor::ModelKind;
+use crate::ui::flavor::ModelKind;
 
 /// The declaration (or built-in need) that wanted a path.
 ///

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::desired::{Rel, Want, parent};
 use super::manifest::{Manifest, Owned};
-use super::snapshot::{DirState, Snapshot};
+use super::snapshot::{DirState, DiskState};
 
 /// One path as the config and the manifest see it.
 pub(crate) struct Row<'a> {
@@ -64,13 +64,13 @@ pub(crate) fn rows<'a>(
 /// The state of each path's folder; paths come sorted, so a folder's paths come
 /// in a run and its state is looked up once per run.
 pub(crate) struct FolderOf<'s> {
-    snap: &'s Snapshot,
+    snap: &'s DiskState,
     last: Option<(&'s str, &'s DirState)>,
 }
 
 impl<'s> FolderOf<'s> {
     /// For the folders of `snap`.
-    pub(crate) fn new(snap: &'s Snapshot) -> Self {
+    pub(crate) fn new(snap: &'s DiskState) -> Self {
         FolderOf { snap, last: None }
     }
 

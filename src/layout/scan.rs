@@ -1,4 +1,4 @@
-//! Reading the disk into a [`Snapshot`].
+//! Reading the disk into a [`DiskState`].
 //!
 //! Reading is cheap on purpose: one `readdir` per managed folder (which also gives
 //! each entry's type), one `readlink` per symbolic link in them, one `stat` per
@@ -19,7 +19,7 @@ use super::desired::{Desired, Rel, join, name, parent};
 use super::dirscan::{self, Kind, OpenDir};
 use super::manifest::{self, Manifest, Reading};
 use super::report::Found;
-use super::snapshot::{DirState, Entry, SettingsState, Snapshot};
+use super::snapshot::{DirState, DiskState, Entry, SettingsState};
 use super::{LayoutError, fsio, settings};
 
 /// How often, and how far apart, a settings file that is not a JSON object is
@@ -30,12 +30,12 @@ const CORRUPT_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_mil
 
 /// Reads the disk for `desired`; `manifest` gives the manifest as read, waited
 /// for only once the managed folders are read.
-pub(crate) fn scan(desired: &Desired<'_>, manifest: Reading<'_>) -> Result<Snapshot, LayoutError> {
+pub(crate) fn scan(desired: &Desired<'_>, manifest: Reading<'_>) -> Result<DiskState, LayoutError> {
     let root = match dir_state(&desired.data_dir)? {
         DirState::Blocked(_) => return Err(LayoutError::NotADirectory(desired.data_dir.clone())),
         state => state,
     };
-    let mut snap = Snapshot {
+    let mut snap = DiskState {
         root,
         dirs: FxHashMap::default(),
         entries: FxHashMap::default(),
@@ -57,7 +57,7 @@ pub(crate) fn scan(desired: &Desired<'_>, manifest: Reading<'_>) -> Result<Snaps
 /// elsewhere, the settings file.
 fn read_data_dir(
     desired: &Desired<'_>,
-    snap: &mut Snapshot,
+    snap: &mut DiskState,
     manifest: Reading<'_>,
 ) -> Result<(), LayoutError> {
     add_folders(desired, desired.dirs.iter().cloned(), snap)?;
@@ -103,7 +103,7 @@ fn read_data_dir(
 fn add_folders(
     desired: &Desired<'_>,
     folders: impl IntoIterator<Item = Rel>,
-    snap: &mut Snapshot,
+    snap: &mut DiskState,
 ) -> Result<(), LayoutError> {
     for rel in folders {
         let state = match snap.dir(parent(&rel)) {
@@ -122,7 +122,7 @@ fn add_folders(
 /// links read side by side (listing a folder of thousands takes milliseconds).
 fn managed_entries(
     desired: &Desired<'_>,
-    snap: &mut Snapshot,
+    snap: &mut DiskState,
 ) -> Result<BTreeSet<PathBuf>, LayoutError> {
     let folders: Vec<&Rel> = (desired.link_dirs.iter())
         .filter(|rel| matches!(snap.dir(rel), DirState::Present { .. }))
@@ -197,7 +197,7 @@ fn list(desired: &Desired<'_>, rel: &Rel) -> Result<Listed, LayoutError> {
 fn recorded_elsewhere(
     desired: &Desired<'_>,
     m: &Manifest,
-    snap: &mut Snapshot,
+    snap: &mut DiskState,
 ) -> Result<(), LayoutError> {
     let records = || m.links.keys().chain(m.pending.keys());
     let mut folders = BTreeSet::new();
@@ -302,7 +302,7 @@ fn note_temp(
     Ok(())
 }
 
-fn settings_state(desired: &Desired<'_>, snap: &Snapshot) -> Result<SettingsState, LayoutError> {
+fn settings_state(desired: &Desired<'_>, snap: &DiskState) -> Result<SettingsState, LayoutError> {
     let Some((rel, _)) = &desired.settings else {
         return Ok(SettingsState::NotManaged);
     };

@@ -72,7 +72,7 @@ pub(crate) enum SettingsState {
 
 /// Everything the planner needs to know about the disk.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Snapshot {
+pub(crate) struct DiskState {
     /// The data dir itself (never `Blocked`: that is an error).
     pub root: DirState,
     /// Folders: the desired ones and the parents of recorded links.
@@ -92,7 +92,7 @@ pub(crate) struct Snapshot {
     pub settings: SettingsState,
 }
 
-impl Snapshot {
+impl DiskState {
     /// The state of a folder (`""` is the data dir); folders the scan did not
     /// look at count as unreachable, so nothing is decided about them.
     pub(crate) fn dir(&self, rel: &str) -> &DirState {

@@ -6,12 +6,12 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use super::{CRASH_WINDOW, MAX_CRASHES, STARTING_PROBE, Supervisor, Ui, unix_now};
-use crate::flavor::Flavor;
-use crate::gpu::{Preflight, preflight};
-use crate::probe::{ApiAuth, Probe, ProbeError};
-use crate::process::{Launch, UiProcess, describe_exit};
-use crate::queue_signal::QueueSignal;
-use crate::state::Queue;
+use crate::supervisor::protocol::{Queue, RestartReason};
+use crate::ui::api::{ApiAuth, Probe, ProbeError};
+use crate::ui::comfy_ws::QueueSignal;
+use crate::ui::flavor::Flavor;
+use crate::ui::gpu::{Preflight, preflight};
+use crate::ui::process::{Launch, UiProcess, describe_exit};
 
 /// Results of work the core spawned.
 #[derive(Debug)]
@@ -339,7 +339,7 @@ impl Supervisor {
         let delay = Duration::from_secs(1u64 << (self.consecutive_crashes - 1).min(6))
             .min(Duration::from_secs(60));
         tracing::warn!(reason = %why, delay = ?delay, "restarting the UI after a delay");
-        self.start_reason = Some("crash".into());
+        self.start_reason = Some(RestartReason::Crash);
         self.ui = Ui::Backoff {
             until: now + delay,
             why: format!(
@@ -364,7 +364,7 @@ impl Supervisor {
                         "UI did not answer within {}",
                         humantime::format_duration(self.config.ui.startup_timeout)
                     );
-                    self.start_reason = Some("startup-timeout".into());
+                    self.start_reason = Some(RestartReason::StartupTimeout);
                     self.begin_stop(why.clone(), AfterStop::Crash(why));
                 } else if !self.probe_in_flight && now >= self.next_probe {
                     self.spawn_probe(probe.clone(), true);

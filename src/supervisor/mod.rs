@@ -1,7 +1,7 @@
 //! The supervisor core: one task that owns the UI process, the config in force, the
 //! pending restart and the counters, and publishes a [`Snapshot`] after every step.
 //!
-//! Everything else drives it by [`Command`]s (control API, D-Bus, SIGHUP, the config
+//! Everything else drives it by [`CoreCommand`]s (control API, D-Bus, SIGHUP, the config
 //! watcher) and reads it through snapshots. Slow work — probes, stopping the UI,
 //! refresh calls — runs in spawned tasks that report back as [`Event`]s, so the loop
 //! always answers a reload within milliseconds, even while the UI hangs.
@@ -10,7 +10,9 @@
 //! [`reconfigure`] (reload, live apply, restart scheduling).
 
 mod lifecycle;
+pub mod protocol;
 mod reconfigure;
+pub mod status_line;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -20,13 +22,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::gpu::GpuEnv;
 use crate::notify::Notifier;
-use crate::probe::Probe;
-use crate::process::UiProcess;
-use crate::queue_signal::QueueSignal;
-use crate::state::{Command, CoreHandle, Phase, Queue, ReloadOutcome, Snapshot};
-use crate::status_line::{StatusInput, render};
+use crate::supervisor::protocol::{
+    CoreCommand, CoreHandle, Phase, Queue, ReloadOutcome, ReloadResult, RestartReason, Snapshot,
+};
+use crate::supervisor::status_line::{StatusInput, render};
+use crate::ui::api::Probe;
+use crate::ui::comfy_ws::QueueSignal;
+use crate::ui::gpu::GpuEnv;
+use crate::ui::process::UiProcess;
 
 pub use lifecycle::Event;
 
@@ -106,9 +110,9 @@ impl Pending {
 /// Counters published in snapshots and metrics.
 #[derive(Debug, Default)]
 struct Counters {
-    restarts: BTreeMap<String, u64>,
+    restarts: BTreeMap<RestartReason, u64>,
     crashes: u64,
-    reloads: BTreeMap<String, u64>,
+    reloads: BTreeMap<ReloadResult, u64>,
 }
 
 /// The core's state. Built by [`Supervisor::new`], consumed by [`Supervisor::run`].
@@ -140,7 +144,7 @@ pub struct Supervisor {
     ready_since_unix: Option<u64>,
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
-    start_reason: Option<String>,
+    start_reason: Option<RestartReason>,
 }
 
 /// Unix seconds now.
@@ -186,7 +190,7 @@ impl Supervisor {
     ) -> (
         Supervisor,
         CoreHandle,
-        mpsc::Receiver<Command>,
+        mpsc::Receiver<CoreCommand>,
         mpsc::UnboundedReceiver<Event>,
     ) {
         let (events, events_rx) = mpsc::unbounded_channel();
@@ -248,7 +252,7 @@ impl Supervisor {
     /// Runs until `shutdown` resolves, then stops the UI gracefully.
     pub async fn run(
         mut self,
-        mut commands: mpsc::Receiver<Command>,
+        mut commands: mpsc::Receiver<CoreCommand>,
         mut events: mpsc::UnboundedReceiver<Event>,
         shutdown: impl Future<Output = ()>,
     ) {
@@ -355,12 +359,15 @@ impl Supervisor {
                 None,
             ),
         };
-        let pending = self.pending.as_ref().map(|p| crate::state::PendingRestart {
-            reasons: p.reasons.clone(),
-            policy: p.policy.name().into(),
-            since_unix: p.since_unix,
-            deadline_unix: p.deadline_unix,
-        });
+        let pending = self
+            .pending
+            .as_ref()
+            .map(|p| crate::supervisor::protocol::PendingRestart {
+                reasons: p.reasons.clone(),
+                policy: p.policy,
+                since_unix: p.since_unix,
+                deadline_unix: p.deadline_unix,
+            });
         let models = self.config.models.values().map(|m| m.len()).sum();
         let queue = if phase == Phase::Ready {
             self.queue
@@ -409,13 +416,13 @@ impl Supervisor {
         }
     }
 
-    async fn on_command(&mut self, cmd: Command) {
+    async fn on_command(&mut self, cmd: CoreCommand) {
         match cmd {
-            Command::Reload { reply } => {
+            CoreCommand::Reload { reply } => {
                 let outcome = self.reload().await;
                 let _ = reply.send(outcome);
             }
-            Command::Restart { when, reply } => {
+            CoreCommand::Restart { when, reply } => {
                 self.request_restart(when).await;
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());

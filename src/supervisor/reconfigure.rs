@@ -7,9 +7,12 @@ use std::time::Instant;
 
 use super::lifecycle::AfterStop;
 use super::{Pending, Supervisor, Ui, config_hash, unix_now};
+use crate::config::diff::{ConfigDiff, diff};
 use crate::config::{Config, RestartPolicy};
-use crate::reload::diff::{ConfigDiff, diff};
-use crate::state::{ReloadOutcome, RestartWhen};
+use crate::supervisor::protocol::{ReloadOutcome, ReloadResult, RestartReason, RestartWhen};
+
+/// The pending-restart reason a `restart` request adds (the others are config keys).
+const REQUESTED: &str = "requested";
 
 impl Supervisor {
     /// Reloads the config file: `RELOADING=1`+`MONOTONIC_USEC`, then `READY=1` once
@@ -27,11 +30,7 @@ impl Supervisor {
             self.notifier.reloading();
         }
         let outcome = self.reload_inner().await;
-        *self
-            .counters
-            .reloads
-            .entry(outcome.result.clone())
-            .or_default() += 1;
+        *self.counters.reloads.entry(outcome.result).or_default() += 1;
         tracing::info!(result = %outcome.result, live = ?outcome.applied_live, restart = ?outcome.needs_restart, "reload");
         self.last_reload = Some(outcome.clone());
         self.publish();
@@ -43,7 +42,7 @@ impl Supervisor {
 
     async fn reload_inner(&mut self) -> ReloadOutcome {
         let mut outcome = ReloadOutcome {
-            result: "applied".into(),
+            result: ReloadResult::Applied,
             at_unix: unix_now(),
             errors: Vec::new(),
             applied_live: Vec::new(),
@@ -63,7 +62,7 @@ impl Supervisor {
         let hash = config_hash(&text);
         if hash == self.config_hash {
             self.reload_rejected = None;
-            outcome.result = "unchanged".into();
+            outcome.result = ReloadResult::Unchanged;
             return outcome;
         }
         let new = match Config::parse(&self.path, &String::from_utf8_lossy(&text)) {
@@ -83,7 +82,7 @@ impl Supervisor {
         self.config_hash = hash;
         self.reload_rejected = None;
         if change.is_empty() {
-            outcome.result = "unchanged".into();
+            outcome.result = ReloadResult::Unchanged;
             return outcome;
         }
         outcome.applied_live = change.live_changes();
@@ -107,7 +106,7 @@ impl Supervisor {
     ) -> ReloadOutcome {
         self.reload_rejected =
             Some(summary.unwrap_or_else(|| errors.first().cloned().unwrap_or_default()));
-        outcome.result = "rejected".into();
+        outcome.result = ReloadResult::Rejected;
         outcome.errors = errors;
         outcome
     }
@@ -152,7 +151,7 @@ impl Supervisor {
 /// Sends changed settings the UI knows in one background POST; returns the keys it
 /// does not know (never sent: A1111 answers 500 after applying the keys before it).
 pub(super) async fn send_settings(
-    probe: &crate::probe::Probe,
+    probe: &crate::ui::api::Probe,
     changed: &serde_json::Map<String, serde_json::Value>,
     errors: &mut Vec<String>,
 ) -> Vec<String> {
@@ -218,15 +217,15 @@ impl Supervisor {
         // A UI still counted as starting may already have accepted a job (it
         // answers before our next readiness probe): it waits like a ready one.
         if p.policy == RestartPolicy::Immediately {
-            self.restart_now("config");
+            self.restart_now(RestartReason::Config);
         }
     }
 
     /// Carries out the pending restart now.
-    fn restart_now(&mut self, counter: &str) {
+    fn restart_now(&mut self, counter: RestartReason) {
         let Some(p) = self.pending.take() else { return };
         let why = format!("restarting for {}", p.reasons.join(", "));
-        self.start_reason = Some(counter.into());
+        self.start_reason = Some(counter);
         if matches!(self.ui, Ui::Stopping { .. }) {
             // A stop is under way; its follow-up start uses the newest config.
             return;
@@ -246,7 +245,7 @@ impl Supervisor {
         }
         if p.deadline.is_some_and(|d| now >= d) {
             tracing::warn!(reasons = ?p.reasons, "restart deadline passed; restarting although the UI may be busy");
-            self.restart_now("config");
+            self.restart_now(RestartReason::Config);
             return;
         }
         // A reading taken before the restart was scheduled says nothing about
@@ -259,10 +258,10 @@ impl Supervisor {
                 // have arrived since the probe that started it.
                 let fresh = self.queue_sent.is_some_and(|sent| sent >= since + grace);
                 if now.duration_since(since) >= grace && fresh {
-                    let counter = if p.reasons.iter().all(|r| r == "requested") {
-                        "requested"
+                    let counter = if p.reasons.iter().all(|r| r == REQUESTED) {
+                        RestartReason::Requested
                     } else {
-                        "config"
+                        RestartReason::Config
                     };
                     self.restart_now(counter);
                 } else {
@@ -279,18 +278,18 @@ impl Supervisor {
         match (&self.ui, when) {
             (Ui::Ready { .. } | Ui::Starting { .. }, RestartWhen::Now) => {
                 self.pending.get_or_insert_with(|| {
-                    Pending::new(vec!["requested".into()], RestartPolicy::Immediately, None)
+                    Pending::new(vec![REQUESTED.into()], RestartPolicy::Immediately, None)
                 });
-                self.restart_now("requested");
+                self.restart_now(RestartReason::Requested);
             }
             (Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. }, RestartWhen::Idle) => {
-                self.schedule(vec!["requested".into()], RestartPolicy::WhenIdle)
+                self.schedule(vec![REQUESTED.into()], RestartPolicy::WhenIdle)
                     .await;
             }
             (Ui::Stopping { .. }, RestartWhen::Now) => {}
             _ => {
                 // Failed, waiting or backing off: start now with a clean crash record.
-                self.start_reason = Some("requested".into());
+                self.start_reason = Some(RestartReason::Requested);
                 self.crash_times.clear();
                 self.consecutive_crashes = 0;
                 self.ui = Ui::Down;

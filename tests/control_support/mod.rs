@@ -8,8 +8,9 @@ pub mod schema;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use sd_webui_supervisor::state::{
-    Command, CoreHandle, PendingRestart, Phase, Queue, ReloadOutcome, RestartWhen, Snapshot,
+use sd_webui_supervisor::supervisor::protocol::{
+    CoreCommand, CoreHandle, PendingRestart, Phase, Queue, ReloadOutcome, ReloadResult,
+    RestartPolicy, RestartReason, RestartWhen, Snapshot,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -27,7 +28,7 @@ pub struct FakeCore {
 impl FakeCore {
     /// A fake core publishing `initial`.
     pub fn new(initial: Snapshot) -> FakeCore {
-        let (commands, mut rx) = mpsc::channel::<Command>(8);
+        let (commands, mut rx) = mpsc::channel::<CoreCommand>(8);
         let (snapshots, snapshot_rx) = watch::channel(initial);
         let reload = Arc::new(Mutex::new(outcome("applied")));
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -35,11 +36,11 @@ impl FakeCore {
         let task = tokio::spawn(async move {
             while let Some(cmd) = rx.recv().await {
                 match cmd {
-                    Command::Reload { reply, .. } => {
+                    CoreCommand::Reload { reply, .. } => {
                         seen2.lock().unwrap().push("reload".into());
                         let _ = reply.send(reload2.lock().unwrap().clone());
                     }
-                    Command::Restart { when, reply } => {
+                    CoreCommand::Restart { when, reply } => {
                         let when = match when {
                             RestartWhen::Idle => "idle",
                             RestartWhen::Now => "now",
@@ -85,7 +86,8 @@ impl FakeCore {
 pub fn outcome(result: &str) -> ReloadOutcome {
     let rejected = result == "rejected";
     ReloadOutcome {
-        result: result.into(),
+        result: serde_json::from_value::<ReloadResult>(result.into())
+            .expect("a reload result name"),
         at_unix: 1_767_225_600,
         errors: if rejected {
             vec![
@@ -143,7 +145,7 @@ pub fn busy_pending() -> Snapshot {
         queue: Some(Queue { running: 1, pending: 3 }),
         restart_pending: Some(PendingRestart {
             reasons: vec!["ui.extra_args".into(), "extensions".into()],
-            policy: "when-idle".into(),
+            policy: RestartPolicy::WhenIdle,
             since_unix: 1_767_225_600,
             deadline_unix: Some(1_767_247_200),
         }),
@@ -155,9 +157,9 @@ pub fn busy_pending() -> Snapshot {
         layout_conflicts: vec![
             "models/Lora/add-detail.safetensors: a user file is where the managed link goes".into(),
         ],
-        restarts: BTreeMap::from([("config".into(), 2), ("crash".into(), 1)]),
+        restarts: BTreeMap::from([(RestartReason::Config, 2), (RestartReason::Crash, 1)]),
         crashes: 1,
-        reloads: BTreeMap::from([("applied".into(), 3), ("rejected".into(), 1)]),
+        reloads: BTreeMap::from([(ReloadResult::Applied, 3), (ReloadResult::Rejected, 1)]),
         ..ready_idle()
     }
 }

@@ -6,11 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Client, ClientError, EXIT_FAILED, EXIT_TIMEOUT, Target, WaitIdle};
 use crate::control::status_text;
-use crate::state::{ReloadOutcome, RestartWhen};
+use crate::supervisor::protocol::{ReloadOutcome, ReloadResult, RestartWhen};
 
 /// What a CLI client command does, once its target is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub enum ClientAction {
     /// `status [--json]`.
     Status {
         /// Print the snapshot JSON instead of the text for people.
@@ -26,7 +26,7 @@ pub enum Action {
 
 /// Runs one client command and returns the exit code; prints results to stdout
 /// and problems to stderr.
-pub fn run(target: &Target, action: Action) -> ExitCode {
+pub fn run(target: &Target, action: ClientAction) -> ExitCode {
     let client = match target.socket_path() {
         Ok(socket) => Client::new(socket),
         Err(e) => return fail(&e),
@@ -44,22 +44,22 @@ pub fn run(target: &Target, action: Action) -> ExitCode {
     runtime.block_on(act(&client, action))
 }
 
-async fn act(client: &Client, action: Action) -> ExitCode {
+async fn act(client: &Client, action: ClientAction) -> ExitCode {
     let result = match action {
-        Action::Status { json: true } => client.status_json().await.map(|v| {
+        ClientAction::Status { json: true } => client.status_json().await.map(|v| {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             ExitCode::SUCCESS
         }),
-        Action::Status { json: false } => client.status().await.map(|s| {
+        ClientAction::Status { json: false } => client.status().await.map(|s| {
             print!("{}", status_text::render(&s, now_unix()));
             ExitCode::SUCCESS
         }),
-        Action::Reload => client.reload().await.map(|outcome| report_reload(&outcome)),
-        Action::Restart(when) => client.restart(when).await.map(|line| {
+        ClientAction::Reload => client.reload().await.map(|outcome| report_reload(&outcome)),
+        ClientAction::Restart(when) => client.restart(when).await.map(|line| {
             println!("{line}");
             ExitCode::SUCCESS
         }),
-        Action::WaitIdle(timeout) => client.wait_idle(timeout).await.map(|w| match w {
+        ClientAction::WaitIdle(timeout) => client.wait_idle(timeout).await.map(|w| match w {
             WaitIdle::Idle(s) => {
                 println!("{}", s.status_line);
                 ExitCode::SUCCESS
@@ -75,7 +75,7 @@ async fn act(client: &Client, action: Action) -> ExitCode {
 
 /// Prints a reload outcome; exit 1 when it was rejected.
 fn report_reload(o: &ReloadOutcome) -> ExitCode {
-    if o.result == "rejected" {
+    if o.result == ReloadResult::Rejected {
         eprintln!("reload rejected; the running config stays in force:");
         for e in &o.errors {
             eprintln!("{e}");

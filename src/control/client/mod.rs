@@ -18,11 +18,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
-pub use commands::{Action, run};
+pub use commands::{ClientAction, run};
 
 use super::protocol::{self, ErrorBody, RestartReply, RestartRequest};
 use crate::config::{Config, DEFAULT_SOCKET};
-use crate::state::{ReloadOutcome, RestartWhen, Snapshot};
+use crate::supervisor::protocol::{ReloadOutcome, RestartWhen, Snapshot};
 
 /// Exit code: the operation failed (rejected reload, unexpected answer, bad config).
 pub const EXIT_FAILED: u8 = 1;

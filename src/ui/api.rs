@@ -6,10 +6,26 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::flavor::Flavor;
-use crate::state::Queue;
+use crate::ui::flavor::Flavor;
+
+/// The UI's generation queue as last probed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queue {
+    /// Jobs running now (0 or 1 for Forge/A1111).
+    pub running: u32,
+    /// Jobs waiting.
+    pub pending: u32,
+}
+
+impl Queue {
+    /// No job running or waiting.
+    pub fn is_idle(&self) -> bool {
+        self.running == 0 && self.pending == 0
+    }
+}
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! `sd-webui-supervisor status` (DESIGN §2), e.g.
 //! `ready; busy: 1 running, 2 queued; restart pending (ui.extra_args changed), waits for idle, deadline 14:05`.
 
-use crate::state::{PendingRestart, Phase, Queue};
+use crate::supervisor::protocol::{PendingRestart, Phase, Queue, RestartPolicy};
 
 /// What the status line is made of.
 #[derive(Debug, Clone, Default)]
@@ -63,8 +63,8 @@ pub fn render(s: &StatusInput<'_>) -> String {
     }
     if let Some(p) = s.pending {
         let mut line = format!("restart pending ({} changed)", p.reasons.join(", "));
-        match p.policy.as_str() {
-            "manual" => line.push_str(", manual: run 'sd-webui-supervisor restart'"),
+        match p.policy {
+            RestartPolicy::Manual => line.push_str(", manual: run 'sd-webui-supervisor restart'"),
             _ => {
                 line.push_str(", waits for idle");
                 if let Some(d) = &s.deadline_local {
@@ -131,7 +131,7 @@ mod tests {
     fn busy_with_pending_restart() {
         let p = PendingRestart {
             reasons: vec!["ui.extra_args".into(), "extensions".into()],
-            policy: "when-idle".into(),
+            policy: RestartPolicy::WhenIdle,
             since_unix: 0,
             deadline_unix: Some(1),
         };

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::config::{Config, ControlConfig, DataConfig, RestartConfig, UiConfig};
-use crate::flavor::{Flavor, ModelKind};
+use crate::ui::flavor::{Flavor, ModelKind};
 
 /// The classified difference between the running config and a new one.
 #[derive(Debug, Clone, Default, PartialEq)]

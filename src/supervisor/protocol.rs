@@ -2,7 +2,7 @@
 //!
 //! The core owns all state; every other part (systemd notify, HTTP API, D-Bus,
 //! metrics, the CLI) sees it only through [`Snapshot`]s on a watch channel and
-//! talks to the core only by sending a [`Command`] through a [`CoreHandle`].
+//! talks to the core only by sending a [`CoreCommand`] through a [`CoreHandle`].
 //! These types are the protocol between the core and its adapters.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+
+pub use crate::config::RestartPolicy;
+pub use crate::ui::api::Queue;
 
 /// Coarse state of the supervised UI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,40 +46,101 @@ impl Phase {
     }
 }
 
-/// The UI's generation queue as last probed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Queue {
-    /// Jobs running now (0 or 1 for Forge/A1111).
-    pub running: u32,
-    /// Jobs waiting.
-    pub pending: u32,
-}
-
-impl Queue {
-    /// No job running or waiting.
-    pub fn is_idle(&self) -> bool {
-        self.running == 0 && self.pending == 0
-    }
-}
-
 /// A restart the supervisor owes the UI because of config changes or a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingRestart {
     /// Why, one entry per change (`ui.extra_args`, `extensions`, `requested`, …).
     pub reasons: Vec<String>,
-    /// `when-idle`, `immediately` or `manual`.
-    pub policy: String,
+    /// The policy it waits under (an explicit `restart --when-idle` waits even
+    /// under `manual`).
+    pub policy: RestartPolicy,
     /// Unix seconds when the first of these changes arrived.
     pub since_unix: u64,
     /// Unix seconds after which the restart happens even if busy; `None` = never.
     pub deadline_unix: Option<u64>,
 }
 
+/// What a reload did with the file, as counted in `reloads_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadResult {
+    /// The new config is in force (live changes made, restarts scheduled).
+    Applied,
+    /// Nothing changed (same content, or only formatting).
+    Unchanged,
+    /// The file is invalid; the running config stays.
+    Rejected,
+}
+
+impl ReloadResult {
+    /// Every result, in the order metrics list them.
+    pub const ALL: [ReloadResult; 3] = [
+        ReloadResult::Applied,
+        ReloadResult::Unchanged,
+        ReloadResult::Rejected,
+    ];
+
+    /// The name used in JSON, metrics and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReloadResult::Applied => "applied",
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for ReloadResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why the UI was (re)started, as counted in `restarts_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartReason {
+    /// A config change that needs a restart.
+    Config,
+    /// `sd-webui-supervisor restart` (or the D-Bus/HTTP equivalent).
+    Requested,
+    /// The UI exited on its own.
+    Crash,
+    /// The UI did not answer within `ui.startup_timeout`.
+    StartupTimeout,
+}
+
+impl RestartReason {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [RestartReason; 4] = [
+        RestartReason::Config,
+        RestartReason::Requested,
+        RestartReason::Crash,
+        RestartReason::StartupTimeout,
+    ];
+
+    /// The name used in JSON, metrics and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartReason::Config => "config",
+            RestartReason::Requested => "requested",
+            RestartReason::Crash => "crash",
+            RestartReason::StartupTimeout => "startup-timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for RestartReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadOutcome {
-    /// `applied`, `unchanged` or `rejected`.
-    pub result: String,
+    /// Applied, unchanged or rejected.
+    pub result: ReloadResult,
     /// Unix seconds.
     pub at_unix: u64,
     /// Validation errors (`FILE:LINE:COL: key: message`) when rejected.
@@ -121,11 +185,11 @@ pub struct Snapshot {
     /// Unix seconds when the current UI became ready.
     pub ready_since_unix: Option<u64>,
     /// UI restarts by reason (`config`, `requested`, `crash`, `startup-timeout`).
-    pub restarts: BTreeMap<String, u64>,
+    pub restarts: BTreeMap<RestartReason, u64>,
     /// UI crashes (unexpected exits and startup timeouts).
     pub crashes: u64,
     /// Reloads by result (`applied`, `unchanged`, `rejected`).
-    pub reloads: BTreeMap<String, u64>,
+    pub reloads: BTreeMap<ReloadResult, u64>,
     /// Milliseconds from exec to ready for the last UI start.
     pub last_time_to_ready_ms: Option<u64>,
 }
@@ -142,7 +206,7 @@ pub enum RestartWhen {
 
 /// A request to the core. Replies come back on the oneshot.
 #[derive(Debug)]
-pub enum Command {
+pub enum CoreCommand {
     /// Re-read the config file and apply it (same as SIGHUP).
     Reload {
         /// Receives the outcome once validation, the live part and scheduling are done.
@@ -171,13 +235,13 @@ pub enum HandleError {
 /// Cloneable access to the core for adapters (HTTP, D-Bus, signals, watcher).
 #[derive(Debug, Clone)]
 pub struct CoreHandle {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<CoreCommand>,
     snapshots: watch::Receiver<Snapshot>,
 }
 
 impl CoreHandle {
     /// Wraps the core's channels.
-    pub fn new(commands: mpsc::Sender<Command>, snapshots: watch::Receiver<Snapshot>) -> Self {
+    pub fn new(commands: mpsc::Sender<CoreCommand>, snapshots: watch::Receiver<Snapshot>) -> Self {
         CoreHandle {
             commands,
             snapshots,
@@ -197,14 +261,14 @@ impl CoreHandle {
     /// Asks the core to reload its config file and waits for the outcome.
     pub async fn reload(&self) -> Result<ReloadOutcome, HandleError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Reload { reply }).await?;
+        self.send(CoreCommand::Reload { reply }).await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 
     /// Asks the core to restart the UI; returns the status line after scheduling.
     pub async fn restart(&self, when: RestartWhen) -> Result<String, HandleError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Restart { when, reply }).await?;
+        self.send(CoreCommand::Restart { when, reply }).await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 
@@ -221,7 +285,7 @@ impl CoreHandle {
         }
     }
 
-    async fn send(&self, cmd: Command) -> Result<(), HandleError> {
+    async fn send(&self, cmd: CoreCommand) -> Result<(), HandleError> {
         self.commands
             .send(cmd)
             .await

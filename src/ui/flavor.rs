@@ -2,7 +2,7 @@
 //! supervisor must pass, and how to read their readiness and queue endpoints.
 //!
 //! Everything here is pure data and parsing, so it is tested without a UI; the HTTP
-//! calls themselves live in [`crate::probe`].
+//! calls themselves live in [`crate::ui::api`].
 
 use std::fmt;
 use std::path::Path;

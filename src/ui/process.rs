@@ -3,8 +3,6 @@
 //! stopped as a group, and not considered gone until every process of the group is
 //! gone (so GPU memory is free before the next start).
 
-pub mod guard;
-
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -17,7 +15,7 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use guard::GroupGuard;
+use super::guard::GroupGuard;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
