@@ -73,6 +73,14 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// Start the running daemon's failed downloads again (a wrong hash, an
+    /// HTTP 401/403/404, a missing token file or a full disk are not retried
+    /// by themselves).
+    RetryDownloads {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+    },
     /// Download every declared `{ url, sha256 }` model into the cache, lay out
     /// the data dir, and exit: 0 when all are in, 1 when one failed.
     FetchModels {
@@ -109,6 +117,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run { config } => run_daemon(&config),
         Command::Status { target, json } => client::run(&target, ClientAction::Status { json }),
         Command::Reload { target } => client::run(&target, ClientAction::Reload),
+        Command::RetryDownloads { target } => client::run(&target, ClientAction::RetryDownloads),
         Command::Restart { target, now, .. } => {
             let when = if now {
                 RestartWhen::Now

@@ -26,6 +26,7 @@ pub fn router(handle: CoreHandle) -> Router {
         .route(protocol::RELOAD, post(reload))
         .route(protocol::RESTART, post(restart))
         .route(protocol::WAIT_IDLE, get(wait_idle))
+        .route(protocol::RETRY_DOWNLOADS, post(retry_downloads))
         .route(protocol::METRICS, get(prometheus))
         .fallback(not_found)
         .with_state(handle)
@@ -104,6 +105,15 @@ async fn restart(
     };
     let status_line = core.restart(request.when).await?;
     Ok(Json(RestartReply { status_line }))
+}
+
+/// `POST /v1/retry-downloads`: failed downloads start again (a wrong hash, a
+/// 401 or a full disk is not retried by itself).
+async fn retry_downloads(
+    State(core): State<CoreHandle>,
+) -> Result<Json<protocol::RetryReply>, ApiError> {
+    let retried = core.retry_downloads().await?;
+    Ok(Json(protocol::RetryReply { retried }))
 }
 
 /// `GET /v1/wait-idle?timeout=30s`: 200 with the snapshot once idle, 504 on timeout.

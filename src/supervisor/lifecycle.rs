@@ -23,6 +23,8 @@ pub enum Event {
     Queue(Result<Queue, String>, Instant),
     /// ComfyUI broadcast its queue length (`/ws`): probe now if a restart waits.
     QueueChanged(u32),
+    /// A download finished or gave up.
+    Download(crate::download::Event),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process.
@@ -232,6 +234,7 @@ impl Supervisor {
                     self.next_probe = Instant::now();
                 }
             }
+            Event::Download(ev) => self.on_download(ev).await,
             Event::Gone { status, then } => {
                 if let Ok(s) = &status {
                     tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");

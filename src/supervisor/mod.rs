@@ -9,6 +9,7 @@
 //! Submodules: [`lifecycle`] (start, readiness, crash/backoff, stop) and
 //! [`reconfigure`] (reload, live apply, restart scheduling).
 
+mod downloads;
 mod lifecycle;
 pub mod protocol;
 mod reconfigure;
@@ -145,6 +146,8 @@ pub struct Supervisor {
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<RestartReason>,
+    /// Models fetched at run time; created when the config first declares one.
+    downloads: Option<crate::download::Manager>,
 }
 
 /// Unix seconds now.
@@ -216,6 +219,7 @@ impl Supervisor {
             crashes: 0,
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
+            downloads: Vec::new(),
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let sup = Supervisor {
@@ -245,6 +249,7 @@ impl Supervisor {
             ready_since_unix: None,
             last_time_to_ready_ms: None,
             start_reason: None,
+            downloads: None,
         };
         (sup, CoreHandle::new(cmd_tx, snap_rx), cmd_rx, events_rx)
     }
@@ -257,6 +262,8 @@ impl Supervisor {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        // Downloads run beside the UI, which starts with what is present.
+        self.apply_downloads();
         self.start_ui().await;
         loop {
             self.publish();
@@ -282,6 +289,9 @@ impl Supervisor {
         }
         if !self.sent_ready {
             at(self.next_extend);
+        }
+        if let Some(t) = self.next_progress(now) {
+            at(t);
         }
         match &self.ui {
             Ui::Starting { since, .. } => {
@@ -374,6 +384,8 @@ impl Supervisor {
         } else {
             None
         };
+        let downloads = self.download_progress();
+        let download_part = crate::download::summary::status_part(&downloads);
         let status_line = render(&StatusInput {
             phase: Some(phase),
             reason: reason.as_deref(),
@@ -389,6 +401,7 @@ impl Supervisor {
                 .map(local_hhmm),
             reload_rejected: self.reload_rejected.as_deref(),
             conflicts: self.conflicts.len(),
+            downloads: download_part.as_deref(),
         });
         Snapshot {
             state: phase,
@@ -413,6 +426,7 @@ impl Supervisor {
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
+            downloads,
         }
     }
 
@@ -426,6 +440,9 @@ impl Supervisor {
                 self.request_restart(when).await;
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());
+            }
+            CoreCommand::RetryDownloads { reply } => {
+                let _ = reply.send(self.retry_downloads());
             }
         }
     }

@@ -80,6 +80,8 @@ impl Supervisor {
         let change = diff(&self.config, &new);
         self.config = new;
         self.config_hash = hash;
+        // Before the relayout, whose sweep removes the files of dropped downloads.
+        self.apply_downloads();
         self.reload_rejected = None;
         if change.is_empty() {
             outcome.result = ReloadResult::Unchanged;

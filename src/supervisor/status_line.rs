@@ -29,6 +29,8 @@ pub struct StatusInput<'a> {
     pub reload_rejected: Option<&'a str>,
     /// Number of layout conflicts.
     pub conflicts: usize,
+    /// Downloads in words (`downloading 2 (3.1/13.0 GB)`), while there is news.
+    pub downloads: Option<&'a str>,
 }
 
 /// Renders the status line.
@@ -60,6 +62,9 @@ pub fn render(s: &StatusInput<'_>) -> String {
                 None => head.to_string(),
             });
         }
+    }
+    if let Some(d) = s.downloads {
+        parts.push(d.to_string());
     }
     if let Some(p) = s.pending {
         let mut line = format!("restart pending ({} changed)", p.reasons.join(", "));

@@ -48,6 +48,10 @@ impl FakeCore {
                         seen2.lock().unwrap().push(format!("restart {when}"));
                         let _ = reply.send(format!("ready; idle; restart scheduled ({when})"));
                     }
+                    CoreCommand::RetryDownloads { reply } => {
+                        seen2.lock().unwrap().push("retry-downloads".into());
+                        let _ = reply.send(1);
+                    }
                 }
             }
         });
@@ -132,6 +136,7 @@ pub fn ready_idle() -> Snapshot {
         crashes: 0,
         reloads: BTreeMap::new(),
         last_time_to_ready_ms: Some(12_345),
+        downloads: vec![],
     }
 }
 

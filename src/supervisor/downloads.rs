@@ -1,0 +1,100 @@
+//! The core's side of models fetched at run time: it owns the download
+//! [`Manager`], re-aims it on every applied reload, and when a file arrives
+//! relays out (linking it like a store model) and asks the UI to rescan. The
+//! UI never waits for downloads: the layout links only what is present.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{Event, Supervisor, Ui};
+use crate::config::diff::ConfigDiff;
+use crate::download::{self, Manager, ModelProgress, Phase};
+
+/// How often the snapshot is refreshed while downloads run (progress, rate).
+pub(super) const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+impl Supervisor {
+    /// Starts (or re-aims) the downloads for the config in force. The manager
+    /// is created on first use; its events reach the core as [`Event::Download`].
+    pub(super) fn apply_downloads(&mut self) {
+        if self.downloads.is_none() {
+            if self.config.downloads.models.is_empty() {
+                return;
+            }
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            match Manager::new(tx) {
+                Ok(manager) => self.downloads = Some(manager),
+                Err(e) => {
+                    tracing::error!("downloads disabled: {e}");
+                    return;
+                }
+            }
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    if events.send(Event::Download(ev)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        if let Some(manager) = &self.downloads {
+            manager.apply(&self.config);
+        }
+    }
+
+    /// A download finished or gave up. A finished file is linked now, and
+    /// Forge/A1111 are asked to rescan its kinds (ComfyUI rescans by itself).
+    pub(super) async fn on_download(&mut self, ev: download::Event) {
+        let download::Event::Done { models } = ev else {
+            return; // failures are in the snapshot, and logged by the manager
+        };
+        if let Err(e) = self.lay_out().await {
+            tracing::error!(error = %e, "relayout after a download failed");
+            return;
+        }
+        let Ui::Ready { probe, .. } = &self.ui else {
+            return; // the next start lays out and loads everything
+        };
+        let change = ConfigDiff {
+            models_changed: models.iter().map(|(kind, _)| *kind).collect(),
+            ..ConfigDiff::default()
+        };
+        let endpoints: BTreeSet<&'static str> = change
+            .refresh_endpoints(self.config.ui.flavor)
+            .into_iter()
+            .collect();
+        let probe = probe.clone();
+        tokio::spawn(async move {
+            for ep in endpoints {
+                match probe.refresh(ep).await {
+                    Ok(()) => tracing::info!(endpoint = ep, "model list refreshed after a download"),
+                    Err(e) => tracing::warn!(endpoint = ep, error = %e, "model refresh failed"),
+                }
+            }
+        });
+    }
+
+    /// `retry-downloads`: failed downloads start again; returns how many.
+    pub(super) fn retry_downloads(&mut self) -> usize {
+        self.downloads.as_ref().map_or(0, Manager::retry)
+    }
+
+    /// Every declared download with its progress.
+    pub(super) fn download_progress(&self) -> Vec<ModelProgress> {
+        self.downloads
+            .as_ref()
+            .map_or_else(Vec::new, Manager::snapshot)
+    }
+
+    /// When the snapshot should next be refreshed for progress, if anything runs.
+    pub(super) fn next_progress(&self, now: Instant) -> Option<Instant> {
+        let active = self
+            .download_progress()
+            .iter()
+            .any(|m| !matches!(m.state, Phase::Done | Phase::Failed));
+        active.then(|| now + PROGRESS_EVERY)
+    }
+}
