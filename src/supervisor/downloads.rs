@@ -70,7 +70,9 @@ impl Supervisor {
         tokio::spawn(async move {
             for ep in endpoints {
                 match probe.refresh(ep).await {
-                    Ok(()) => tracing::info!(endpoint = ep, "model list refreshed after a download"),
+                    Ok(()) => {
+                        tracing::info!(endpoint = ep, "model list refreshed after a download")
+                    }
                     Err(e) => tracing::warn!(endpoint = ep, error = %e, "model refresh failed"),
                 }
             }

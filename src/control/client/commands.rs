@@ -56,14 +56,21 @@ async fn act(client: &Client, action: ClientAction) -> ExitCode {
         ClientAction::Status { json: false } => client.status().await.map(|s| {
             print!("{}", status_text::render(&s, now_unix()));
             // A bar per download on a terminal; plain figures in a pipe.
-            let bar = if std::io::stdout().is_terminal() { 30 } else { 0 };
+            let bar = if std::io::stdout().is_terminal() {
+                30
+            } else {
+                0
+            };
             for line in crate::download::summary::lines(&s.downloads, bar) {
                 println!("{:<10} {line}", "Download:");
             }
             ExitCode::SUCCESS
         }),
         ClientAction::RetryDownloads => client.retry_downloads().await.map(|n| {
-            println!("{n} failed download{} started again", if n == 1 { "" } else { "s" });
+            println!(
+                "{n} failed download{} started again",
+                if n == 1 { "" } else { "s" }
+            );
             ExitCode::SUCCESS
         }),
         ClientAction::Reload => client.reload().await.map(|outcome| report_reload(&outcome)),
