@@ -43,7 +43,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError 
 /// spawned with `PR_SET_PDEATHSIG`, which follows the forking thread).
 pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
-    let config = Config::parse(path, &String::from_utf8_lossy(&text))?;
+    let config = Config::from_bytes(path, &text)?;
     if let Err(e) = become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned UI processes are left to init");
     }

@@ -118,7 +118,16 @@ async fn restart_defaults_to_idle_and_accepts_now() {
 #[tokio::test]
 async fn restart_with_a_bad_body_is_400_and_not_forwarded() {
     let core = FakeCore::new(ready_idle());
-    for body in [r#"{"when":"later"}"#, "not json", r#"{"when":"now","x":1}"#] {
+    for body in [
+        r#"{"when":"later"}"#,
+        "not json",
+        r#"{"when":"now","x":1}"#,
+        r#"["now"]"#,
+        "[]",
+        r#""now""#,
+        "null",
+        "1",
+    ] {
         let (status, answer, _) =
             send(router(core.handle.clone()), post("/v1/restart", body)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");

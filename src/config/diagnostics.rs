@@ -134,13 +134,47 @@ impl ConfigError {
         doc: Option<&Doc<'_>>,
         problems: Vec<Problem>,
     ) -> Self {
-        let mut diagnostics: Vec<Diagnostic> =
-            problems.into_iter().map(|p| locate(text, doc, p)).collect();
-        diagnostics.sort_by_key(|d| (d.line, d.column));
+        let mut found: Vec<(usize, String, String)> =
+            problems.into_iter().map(|p| resolve(doc, p)).collect();
+        // One pass over the text for all positions: a file with 100,000 problems
+        // is located in linear time, not 100,000 scans from its start.
+        found.sort_by_key(|(offset, _, _)| *offset);
+        let mut cursor = Cursor::new(text);
+        let diagnostics = found
+            .into_iter()
+            .map(|(offset, key, message)| {
+                let (line, column) = cursor.advance_to(offset);
+                Diagnostic {
+                    line,
+                    column,
+                    key,
+                    message,
+                }
+            })
+            .collect();
         ConfigError {
             file: path.to_path_buf(),
             read_error: None,
             diagnostics,
+        }
+    }
+
+    /// Bytes that are not UTF-8: one diagnostic at the first bad byte, so the
+    /// file is rejected as a whole, with where to look, instead of read lossily.
+    pub(super) fn encoding(path: &Path, bytes: &[u8], err: std::str::Utf8Error) -> Self {
+        let valid = err.valid_up_to();
+        let text = std::str::from_utf8(bytes.get(..valid).unwrap_or_default()).unwrap_or_default();
+        let (line, column) = Cursor::new(text).advance_to(valid);
+        let byte = bytes.get(valid).copied().unwrap_or_default();
+        ConfigError {
+            file: path.to_path_buf(),
+            read_error: None,
+            diagnostics: vec![Diagnostic {
+                line,
+                column,
+                key: "(encoding)".to_string(),
+                message: format!("invalid UTF-8 (byte {byte:#04x}); the config file must be UTF-8"),
+            }],
         }
     }
 
@@ -185,8 +219,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Finds the position of a problem and renders its key path.
-fn locate(text: &str, doc: Option<&Doc<'_>>, problem: Problem) -> Diagnostic {
+/// Finds the byte offset of a problem and renders its key path.
+fn resolve(doc: Option<&Doc<'_>>, problem: Problem) -> (usize, String, String) {
     let Problem {
         mut path,
         at,
@@ -203,18 +237,12 @@ fn locate(text: &str, doc: Option<&Doc<'_>>, problem: Problem) -> Diagnostic {
         (_, Some(doc)) => offset_of(doc, &path, &at),
         (_, None) => 0,
     };
-    let (line, column) = line_col(text, offset);
     let key = if path.is_empty() {
         "(syntax)".to_string()
     } else {
         render_path(&path)
     };
-    Diagnostic {
-        line,
-        column,
-        key,
-        message,
-    }
+    (offset, key, message)
 }
 
 /// Byte offset of a path's key or value; a missing key points at the deepest
@@ -231,8 +259,7 @@ fn offset_of(doc: &Doc<'_>, path: &[Seg], at: &At) -> usize {
                     table = t;
                 }
                 table
-                    .iter()
-                    .find(|(k, _)| k.get_ref().as_ref() == name.as_str())
+                    .get_key_value(name.as_str())
                     .map(|(k, v)| (k.span().start, v))
             }
             (Seg::Index(idx), Some(DeValue::Array(a))) => a.get(*idx).map(|v| (v.span().start, v)),
@@ -319,14 +346,41 @@ pub fn render_path(path: &[Seg]) -> String {
     out
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
+/// Walks the text forward, turning ascending byte offsets into 1-based lines and
+/// columns (in characters); each byte is looked at once.
+struct Cursor<'t> {
+    text: &'t str,
+    offset: usize,
+    line: usize,
+    column: usize,
+}
+
+impl<'t> Cursor<'t> {
+    fn new(text: &'t str) -> Self {
+        Cursor {
+            text,
+            offset: 0,
+            line: 1,
+            column: 1,
+        }
+    }
+
+    /// The position of `offset` (clamped to the text); offsets must not decrease.
+    fn advance_to(&mut self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        if let Some(skipped) = self.text.get(self.offset..offset) {
+            for c in skipped.chars() {
+                if c == '\n' {
+                    self.line += 1;
+                    self.column = 1;
+                } else {
+                    self.column += 1;
+                }
+            }
+            self.offset = offset;
+        }
+        (self.line, self.column)
+    }
 }
 
 #[cfg(test)]
@@ -348,8 +402,10 @@ mod tests {
     }
 
     #[test]
-    fn line_col_counts_characters() {
-        assert_eq!(line_col("ab\ncé d", 7), (2, 4));
-        assert_eq!(line_col("x", 0), (1, 1));
+    fn the_cursor_counts_characters_and_lines() {
+        let mut c = Cursor::new("ab\ncé d");
+        assert_eq!(c.advance_to(0), (1, 1));
+        assert_eq!(c.advance_to(7), (2, 4));
+        assert_eq!(c.advance_to(99), (2, 5));
     }
 }

@@ -9,6 +9,7 @@
 mod diagnostics;
 pub mod diff;
 pub mod download;
+mod limits;
 mod raw;
 mod validate;
 
@@ -169,6 +170,13 @@ pub struct ControlConfig {
     pub token_file: Option<PathBuf>,
 }
 
+/// Every section of the file with its keys (empty for the free-form maps
+/// `models`, `extensions`, `settings`), read from the structs that parse them, so
+/// docs and tests check against the same list the loader enforces.
+pub fn sections() -> impl Iterator<Item = (&'static str, &'static [&'static str])> {
+    raw::SECTIONS.iter().map(|s| (s.name, s.keys))
+}
+
 /// Where client commands look for the daemon when neither `--socket` nor
 /// `--config` says.
 pub const DEFAULT_SOCKET: &str = "/run/sd-webui-forge/control.sock";
@@ -176,8 +184,17 @@ pub const DEFAULT_SOCKET: &str = "/run/sd-webui-forge/control.sock";
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::read(path, e))?;
-        Config::parse(path, &text)
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::read(path, e))?;
+        Config::from_bytes(path, &bytes)
+    }
+
+    /// Validates a config file's bytes, read strictly as UTF-8: `check-config`,
+    /// the daemon's start and every reload go through here, so a file is never
+    /// accepted at one and mangled (read lossily) at another. `path` only names
+    /// the file in messages.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::encoding(path, bytes, e))?;
+        Config::parse(path, text)
     }
 
     /// Validates config text; `path` only names the file in messages.

@@ -18,48 +18,67 @@ use super::download::{DOWNLOADS_KEYS, RawDownloads, RawModel};
 /// The parsed document, kept to locate problems by key path.
 pub type Doc<'a> = Spanned<DeTable<'a>>;
 
-/// `[ui]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUi {
-    pub flavor: Option<String>,
-    pub command: Option<Vec<String>>,
-    pub listen: Option<bool>,
-    pub port: Option<i64>,
-    pub extra_args: Option<Vec<String>>,
-    pub environment: Option<BTreeMap<String, String>>,
-    pub gpus: Option<Vec<i64>>,
-    pub api_auth_file: Option<String>,
-    pub startup_timeout: Option<String>,
-    pub stop_timeout: Option<String>,
+/// Declares a fixed-shape section struct and, from the same field list, its
+/// `KEYS`: the one place a key is declared (the unknown-key check, its message,
+/// [`super::sections`] and the tests all read `KEYS`).
+macro_rules! section {
+    ($(#[$meta:meta])* $name:ident { $($field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $(pub $field: Option<$ty>,)*
+        }
+
+        impl $name {
+            /// The section's keys, in declaration order.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+        }
+    };
 }
 
-/// `[data]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawData {
-    pub dir: Option<String>,
-    pub permissions: Option<String>,
+section! {
+    /// `[ui]` as written.
+    RawUi {
+        flavor: String,
+        command: Vec<String>,
+        listen: bool,
+        port: i64,
+        extra_args: Vec<String>,
+        environment: BTreeMap<String, String>,
+        gpus: Vec<i64>,
+        api_auth_file: String,
+        startup_timeout: String,
+        stop_timeout: String,
+    }
 }
 
-/// `[restart]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRestart {
-    pub policy: Option<String>,
-    pub idle_grace: Option<String>,
-    pub deadline: Option<String>,
-    pub poll_interval: Option<String>,
+section! {
+    /// `[data]` as written.
+    RawData {
+        dir: String,
+        permissions: String,
+    }
 }
 
-/// `[control]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawControl {
-    pub socket: Option<String>,
-    pub dbus: Option<String>,
-    pub http_listen: Option<String>,
-    pub token_file: Option<String>,
+section! {
+    /// `[restart]` as written.
+    RawRestart {
+        policy: String,
+        idle_grace: String,
+        deadline: String,
+        poll_interval: String,
+    }
+}
+
+section! {
+    /// `[control]` as written.
+    RawControl {
+        socket: String,
+        dbus: String,
+        http_listen: String,
+        token_file: String,
+    }
 }
 
 /// The whole file as written; `None` fields were absent (or unreadable, with a problem).
@@ -78,33 +97,61 @@ pub struct RawConfig {
     pub downloads: RawDownloads,
 }
 
-/// Keys allowed in each fixed-shape section (the others are free-form maps).
-const SECTIONS: &[(&str, &[&str])] = &[
-    (
-        "ui",
-        &[
-            "flavor",
-            "command",
-            "listen",
-            "port",
-            "extra_args",
-            "environment",
-            "gpus",
-            "api_auth_file",
-            "startup_timeout",
-            "stop_timeout",
-        ],
-    ),
-    ("data", &["dir", "permissions"]),
-    ("models", &[]),
-    ("extensions", &[]),
-    ("settings", &[]),
-    (
-        "restart",
-        &["policy", "idle_grace", "deadline", "poll_interval"],
-    ),
-    ("control", &["socket", "dbus", "http_listen", "token_file"]),
-    ("downloads", DOWNLOADS_KEYS),
+/// Reads one section's value into its place in [`RawConfig`].
+type Reader = fn(ValueDeserializer<'_>, &mut RawConfig) -> Result<(), toml::de::Error>;
+
+/// One top-level section: its name, its keys (empty: a free-form map) and how it
+/// is read. The only list of sections.
+pub struct Section {
+    /// The section's name in the file.
+    pub name: &'static str,
+    /// The keys a fixed-shape section allows; empty for free-form maps.
+    pub keys: &'static [&'static str],
+    read: Reader,
+}
+
+/// Every section, in the order the file documents them.
+pub const SECTIONS: &[Section] = &[
+    Section {
+        name: "ui",
+        keys: RawUi::KEYS,
+        read: |de, raw| RawUi::deserialize(de).map(|v| raw.ui = Some(v)),
+    },
+    Section {
+        name: "data",
+        keys: RawData::KEYS,
+        read: |de, raw| RawData::deserialize(de).map(|v| raw.data = Some(v)),
+    },
+    Section {
+        name: "models",
+        keys: &[],
+        read: |de, raw| Deserialize::deserialize(de).map(|v| raw.models = v),
+    },
+    Section {
+        name: "extensions",
+        keys: &[],
+        read: |de, raw| Deserialize::deserialize(de).map(|v| raw.extensions = v),
+    },
+    Section {
+        name: "settings",
+        keys: &[],
+        read: |de, raw| Deserialize::deserialize(de).map(|v| raw.settings = v),
+    },
+    Section {
+        name: "restart",
+        keys: RawRestart::KEYS,
+        read: |de, raw| RawRestart::deserialize(de).map(|v| raw.restart = v),
+    },
+    Section {
+        name: "control",
+        keys: RawControl::KEYS,
+        read: |de, raw| RawControl::deserialize(de).map(|v| raw.control = v),
+    },
+    Section {
+        name: "downloads",
+        keys: DOWNLOADS_KEYS,
+        read: |de, raw| RawDownloads::deserialize(de).map(|v| raw.downloads = v),
+    },
 ];
 
 /// Parses the text; syntax, unknown-key and type problems go to `problems`.
@@ -124,8 +171,8 @@ pub fn parse<'a>(
     let mut raw = RawConfig::default();
     for (key, value) in doc.get_ref().iter() {
         let name = key.get_ref().as_ref();
-        let Some((_, fields)) = SECTIONS.iter().find(|(s, _)| *s == name) else {
-            let known: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
+        let Some(section) = SECTIONS.iter().find(|s| s.name == name) else {
+            let known: Vec<&str> = SECTIONS.iter().map(|s| s.name).collect();
             problems.push(Problem::new(
                 [name],
                 At::Key,
@@ -148,20 +195,9 @@ pub fn parse<'a>(
             ));
             continue;
         }
-        let value = without_unknown_keys(name, fields, value.clone(), problems);
+        let value = without_unknown_keys(name, section.keys, value.clone(), problems);
         let span = value.span();
-        let de = ValueDeserializer::from(value);
-        let parsed: Result<(), toml::de::Error> = match name {
-            "ui" => RawUi::deserialize(de).map(|v| raw.ui = Some(v)),
-            "data" => RawData::deserialize(de).map(|v| raw.data = Some(v)),
-            "models" => Deserialize::deserialize(de).map(|v| raw.models = v),
-            "extensions" => Deserialize::deserialize(de).map(|v| raw.extensions = v),
-            "settings" => Deserialize::deserialize(de).map(|v| raw.settings = v),
-            "restart" => RawRestart::deserialize(de).map(|v| raw.restart = v),
-            "downloads" => RawDownloads::deserialize(de).map(|v| raw.downloads = v),
-            _ => RawControl::deserialize(de).map(|v| raw.control = v),
-        };
-        if let Err(e) = parsed {
+        if let Err(e) = (section.read)(ValueDeserializer::from(value), &mut raw) {
             problems.push(Problem::serde(name, e.message(), e.span().or(Some(span))));
         }
     }

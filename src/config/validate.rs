@@ -1,12 +1,13 @@
 //! Second step of loading: raw sections → typed [`Config`], collecting every
 //! semantic problem (names, paths, ranges, durations, cross-key rules).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::diagnostics::{At, Problem, Seg};
 use super::download::{self, Download, RawModel};
+use super::limits::{self, DurationLimit};
 use super::raw::{RawConfig, RawControl, RawData, RawRestart, RawUi};
 use super::{
     Config, ControlConfig, DEFAULT_SOCKET, DataConfig, DbusBus, DownloadsConfig, RestartConfig,
@@ -37,8 +38,15 @@ impl Checker<'_> {
         self.value([section, key], "required key is missing");
     }
 
-    fn duration(&mut self, section: &str, key: &str, raw: Option<&str>, default: &str) -> Duration {
-        self.checked_duration(section, key, raw, default)
+    fn duration(
+        &mut self,
+        section: &str,
+        key: &str,
+        raw: Option<&str>,
+        default: &str,
+        limit: DurationLimit,
+    ) -> Duration {
+        self.checked_duration(section, key, raw, default, limit)
             .unwrap_or(Duration::from_secs(1))
     }
 
@@ -50,11 +58,24 @@ impl Checker<'_> {
         key: &str,
         raw: Option<&str>,
         default: &str,
+        limit: DurationLimit,
     ) -> Option<Duration> {
         let text = raw.unwrap_or(default);
         match humantime::parse_duration(text) {
             Ok(d) if d.is_zero() => {
                 self.value([section, key], "must be longer than zero");
+                None
+            }
+            Ok(d) if d > limit.max => {
+                let never = if key == "deadline" {
+                    "; write \"never\" for no deadline"
+                } else {
+                    ""
+                };
+                self.value(
+                    [section, key],
+                    format!("{text:?} is too long (at most {}){never}", limit.text),
+                );
                 None
             }
             Ok(d) => Some(d),
@@ -78,12 +99,22 @@ impl Checker<'_> {
             self.value(path.to_vec(), "must not contain a NUL byte");
         } else if !p.is_absolute() {
             self.value(path.to_vec(), format!("{raw:?} is not an absolute path"));
+        } else if let Some(why) = limits::path(raw) {
+            self.value(path.to_vec(), why);
         }
         p
     }
 
+    /// A string that reaches the UI's argv.
+    fn arg(&mut self, path: Vec<Seg>, s: &str) {
+        if let Some(why) = limits::arg(s) {
+            self.value(path, why);
+        }
+    }
+
     /// File and extension names become single path components under the data dir.
-    fn plain_name(&mut self, path: &[Seg], name: &str) {
+    /// False when the name was reported.
+    fn plain_name(&mut self, path: &[Seg], name: &str) -> bool {
         let why = if name.is_empty() {
             Some("name is empty")
         } else if name.contains('\0') {
@@ -97,8 +128,29 @@ impl Checker<'_> {
         } else {
             None
         };
-        if let Some(why) = why {
-            self.at(path.to_vec(), At::Key, why);
+        match why.map(String::from).or_else(|| limits::name(name)) {
+            Some(why) => {
+                self.at(path.to_vec(), At::Key, why);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// The link `<data.dir>/<folder>/<name>` the layout will make must fit in a
+    /// path; `folder` is how the message names the data dir's part.
+    fn link_fits(&mut self, path: &[Seg], data_dir: Option<&str>, folder: &str, name: &str) {
+        let Some(dir) = data_dir else { return };
+        let len = dir.len() + 1 + folder.len() + 1 + name.len();
+        if len > limits::PATH_MAX {
+            self.at(
+                path.to_vec(),
+                At::Key,
+                format!(
+                    "its link (data.dir/{folder}/NAME) would be {len} bytes long; a path holds at most {}",
+                    limits::PATH_MAX
+                ),
+            );
         }
     }
 }
@@ -115,8 +167,9 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             None
         }
     };
+    let flavor = ui.as_ref().map(|u: &UiConfig| u.flavor);
     let data = match raw.data {
-        Some(data) => data_config(&mut c, data),
+        Some(data) => data_config(&mut c, flavor, data),
         None => {
             if !raw.present.iter().any(|s| s == "data") {
                 c.at(["data"], At::Value, "required section [data] is missing");
@@ -124,8 +177,12 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             None
         }
     };
-    let flavor = ui.as_ref().map(|u: &UiConfig| u.flavor);
-    let (mut models, downloads) = models(&mut c, flavor, raw.models);
+    // Links are checked only against a data dir that is itself valid.
+    let data_dir = data
+        .as_ref()
+        .and_then(|d| d.dir.to_str())
+        .filter(|d| d.starts_with('/') && !d.contains('\0') && limits::path(d).is_none());
+    let (mut models, downloads) = models(&mut c, flavor, data_dir, raw.models);
     let max_concurrent = download::downloads_section(&raw.downloads)
         .map_err(|m| c.value(["downloads", "max_concurrent"], m))
         .unwrap_or(download::DEFAULT_MAX_CONCURRENT);
@@ -137,7 +194,13 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             }
         }
     }
-    let extensions = named_paths(&mut c, "extensions", raw.extensions);
+    let extensions_dir = flavor.map(Flavor::extensions_dir);
+    let extensions = named_paths(
+        &mut c,
+        "extensions",
+        data_dir.zip(extensions_dir),
+        raw.extensions,
+    );
     let settings = settings(raw.settings);
     let restart = restart_config(&mut c, raw.restart);
     let control = control_config(&mut c, raw.control);
@@ -186,9 +249,20 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
             ["ui", "command"],
             format!("the program {p:?} must be an absolute path or a bare name found on PATH"),
         ),
+        Some(Some(p)) if p.starts_with('/') && !p.contains('\0') => {
+            if let Some(why) = limits::path(p) {
+                c.value([Seg::from("ui"), "command".into(), 0.into()], why);
+            }
+        }
         Some(Some(_)) => {}
     }
     let command = raw.command.unwrap_or_default();
+    let extra_args = raw.extra_args.unwrap_or_default();
+    for (key, list) in [("command", &command), ("extra_args", &extra_args)] {
+        for (i, arg) in list.iter().enumerate() {
+            c.arg(vec!["ui".into(), key.into(), i.into()], arg);
+        }
+    }
     let port = match raw.port {
         None => flavor.map_or(7860, Flavor::default_port),
         Some(p) if (1..=65535).contains(&p) => p as u16,
@@ -199,19 +273,36 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
     };
     let environment = raw.environment.unwrap_or_default();
     for (k, v) in &environment {
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            c.at(
-                ["ui", "environment", k.as_str()],
-                At::Key,
-                "not a valid environment variable name",
-            );
+        if let Some(why) = limits::env_name(k) {
+            c.at(["ui", "environment", k.as_str()], At::Key, why);
         }
         if v.contains('\0') {
             c.value(
                 ["ui", "environment", k.as_str()],
                 "value contains a NUL byte",
             );
+        } else if let Some(why) = limits::arg(&format!("{k}={v}")) {
+            c.value(
+                ["ui", "environment", k.as_str()],
+                format!("NAME=value {why}"),
+            );
         }
+    }
+    let exec_bytes: usize = command
+        .iter()
+        .chain(&extra_args)
+        .map(|a| a.len() + 1)
+        .chain(environment.iter().map(|(k, v)| k.len() + v.len() + 2))
+        .sum();
+    if exec_bytes > limits::EXEC_BYTES_MAX {
+        c.value(
+            ["ui", "extra_args"],
+            format!(
+                "ui.command, ui.extra_args and ui.environment add up to {exec_bytes} bytes; \
+                 the UI's exec allows the config at most {}",
+                limits::EXEC_BYTES_MAX
+            ),
+        );
     }
     if raw.gpus.as_ref().is_some_and(Vec::is_empty) {
         c.value(
@@ -219,26 +310,7 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
             "is empty; omit it to inherit CUDA_VISIBLE_DEVICES",
         );
     }
-    let gpus = raw.gpus.map(|ids| {
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
-        for (i, id) in ids.into_iter().enumerate() {
-            if !(0..=u32::MAX as i64).contains(&id) {
-                c.value(
-                    [Seg::from("ui"), "gpus".into(), i.into()],
-                    format!("{id} is not a GPU index"),
-                );
-            } else if !seen.insert(id) {
-                c.value(
-                    [Seg::from("ui"), "gpus".into(), i.into()],
-                    format!("GPU {id} is listed twice"),
-                );
-            } else {
-                out.push(id as u32);
-            }
-        }
-        out
-    });
+    let gpus = raw.gpus.map(|ids| gpu_list(c, ids));
     if gpus.is_some() && environment.contains_key("CUDA_VISIBLE_DEVICES") {
         c.at(
             ["ui", "environment", "CUDA_VISIBLE_DEVICES"],
@@ -261,14 +333,21 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
         "startup_timeout",
         raw.startup_timeout.as_deref(),
         "15m",
+        limits::STARTUP_TIMEOUT,
     );
-    let stop_timeout = c.duration("ui", "stop_timeout", raw.stop_timeout.as_deref(), "30s");
+    let stop_timeout = c.duration(
+        "ui",
+        "stop_timeout",
+        raw.stop_timeout.as_deref(),
+        "30s",
+        limits::STOP_TIMEOUT,
+    );
     Some(UiConfig {
         flavor: flavor?,
         command,
         listen: raw.listen.unwrap_or(false),
         port,
-        extra_args: raw.extra_args.unwrap_or_default(),
+        extra_args,
         environment,
         gpus,
         api_auth_file,
@@ -277,17 +356,87 @@ fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
     })
 }
 
-fn data_config(c: &mut Checker<'_>, raw: RawData) -> Option<DataConfig> {
+/// GPU indices: each duplicate reported once (with how often it appears), however
+/// long the list.
+fn gpu_list(c: &mut Checker<'_>, ids: Vec<i64>) -> Vec<u32> {
+    // id → (how often, index of its second appearance)
+    let mut seen: BTreeMap<i64, (usize, Option<usize>)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, id) in ids.into_iter().enumerate() {
+        if !(0..=i64::from(u32::MAX)).contains(&id) {
+            c.value(
+                [Seg::from("ui"), "gpus".into(), i.into()],
+                format!("{id} is not a GPU index"),
+            );
+            continue;
+        }
+        let entry = seen.entry(id).or_insert((0, None));
+        entry.0 += 1;
+        match entry.0 {
+            1 => out.push(id as u32),
+            2 => entry.1 = Some(i),
+            _ => {}
+        }
+    }
+    for (id, (count, second)) in seen {
+        if let Some(i) = second {
+            let times = if count == 2 {
+                "twice".to_string()
+            } else {
+                format!("{count} times")
+            };
+            c.value(
+                [Seg::from("ui"), "gpus".into(), i.into()],
+                format!("GPU {id} is listed {times}"),
+            );
+        }
+    }
+    if out.len() > limits::GPUS_MAX {
+        c.value(
+            ["ui", "gpus"],
+            format!("lists {} GPUs; at most {}", out.len(), limits::GPUS_MAX),
+        );
+    }
+    out
+}
+
+fn data_config(c: &mut Checker<'_>, flavor: Option<Flavor>, raw: RawData) -> Option<DataConfig> {
     let dir = match raw.dir {
-        Some(d) => Some(c.absolute(&["data".into(), "dir".into()], &d)),
+        Some(d) => {
+            let before = c.problems.len();
+            let dir = c.absolute(&["data".into(), "dir".into()], &d);
+            // The deepest thing the layout writes: a temporary name in the deepest folder.
+            let deepest = flavor.map_or(0, |f| {
+                f.required_dirs()
+                    .into_iter()
+                    .chain([f.settings_file()])
+                    .map(str::len)
+                    .max()
+                    .unwrap_or(0)
+            }) + 1
+                + limits::TEMP_NAME_ROOM;
+            if c.problems.len() == before && d.len() + 1 + deepest > limits::PATH_MAX {
+                c.value(
+                    ["data", "dir"],
+                    format!(
+                        "is {} bytes long; with the folders the UI needs under it, paths would exceed {} bytes",
+                        d.len(),
+                        limits::PATH_MAX
+                    ),
+                );
+            }
+            Some(dir)
+        }
         None => {
             c.missing("data", "dir");
             None
         }
     };
     let text = raw.permissions.unwrap_or_else(|| "0700".into());
+    // from_str_radix alone would also take a sign ("+700").
+    let octal = text.bytes().all(|b| (b'0'..=b'7').contains(&b));
     let permissions = match u32::from_str_radix(&text, 8) {
-        Ok(mode) if text.len() >= 3 && mode <= 0o7777 => {
+        Ok(mode) if octal && text.len() >= 3 && mode <= 0o7777 => {
             if mode & 0o700 != 0o700 {
                 c.value(
                     ["data", "permissions"],
@@ -320,6 +469,7 @@ type Models = (
 fn models(
     c: &mut Checker<'_>,
     flavor: Option<Flavor>,
+    data_dir: Option<&str>,
     raw: BTreeMap<String, BTreeMap<String, RawModel>>,
 ) -> Models {
     let mut out = BTreeMap::new();
@@ -354,7 +504,11 @@ fn models(
         let mut table = BTreeMap::new();
         for (name, target) in files {
             let path: Vec<Seg> = vec!["models".into(), (&kind_name).into(), (&name).into()];
-            c.plain_name(&path, &name);
+            if c.plain_name(&path, &name)
+                && let Some(folder) = flavor.and_then(|f| f.model_dir(kind))
+            {
+                c.link_fits(&path, data_dir, folder, &name);
+            }
             match target {
                 RawModel::Path(target) => {
                     table.insert(name, c.absolute(&path, &target));
@@ -379,15 +533,21 @@ fn models(
     (out, downloads)
 }
 
+/// `(data dir, folder)`: where the links of a named-paths section go.
 fn named_paths(
     c: &mut Checker<'_>,
     section: &str,
+    links: Option<(&str, &str)>,
     raw: BTreeMap<String, String>,
 ) -> BTreeMap<String, PathBuf> {
     raw.into_iter()
         .map(|(name, target)| {
             let path: Vec<Seg> = vec![section.into(), (&name).into()];
-            c.plain_name(&path, &name);
+            if c.plain_name(&path, &name)
+                && let Some((dir, folder)) = links
+            {
+                c.link_fits(&path, Some(dir), folder, &name);
+            }
             let target = c.absolute(&path, &target);
             (name, target)
         })
@@ -429,12 +589,18 @@ fn restart_config(c: &mut Checker<'_>, raw: RawRestart) -> RestartConfig {
             RestartPolicy::WhenIdle
         }
     };
-    let idle_grace = c.checked_duration("restart", "idle_grace", raw.idle_grace.as_deref(), "10s");
+    let idle_grace = c.checked_duration(
+        "restart",
+        "idle_grace",
+        raw.idle_grace.as_deref(),
+        "10s",
+        limits::IDLE_GRACE,
+    );
     // `None` inside: "never"; `None` outside: invalid, already reported.
     let deadline = match raw.deadline.as_deref() {
         Some("never") => Some(None),
         other => c
-            .checked_duration("restart", "deadline", other, "6h")
+            .checked_duration("restart", "deadline", other, "6h", limits::DEADLINE)
             .map(Some),
     };
     if let (Some(Some(deadline)), Some(idle_grace)) = (deadline, idle_grace)
@@ -454,6 +620,7 @@ fn restart_config(c: &mut Checker<'_>, raw: RawRestart) -> RestartConfig {
         "poll_interval",
         raw.poll_interval.as_deref(),
         "2s",
+        limits::POLL_INTERVAL,
     );
     RestartConfig {
         policy,
@@ -464,10 +631,11 @@ fn restart_config(c: &mut Checker<'_>, raw: RawRestart) -> RestartConfig {
 }
 
 fn control_config(c: &mut Checker<'_>, raw: RawControl) -> ControlConfig {
-    let socket = c.absolute(
-        &["control".into(), "socket".into()],
-        raw.socket.as_deref().unwrap_or(DEFAULT_SOCKET),
-    );
+    let socket_text = raw.socket.as_deref().unwrap_or(DEFAULT_SOCKET);
+    let socket = c.absolute(&["control".into(), "socket".into()], socket_text);
+    if let Some(why) = limits::socket_path(socket_text) {
+        c.value(["control", "socket"], why);
+    }
     let dbus = match raw.dbus.as_deref().unwrap_or("off") {
         "system" => DbusBus::System,
         "session" => DbusBus::Session,

@@ -12,6 +12,7 @@ use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::Deserialize;
 
 use super::metrics;
 use super::protocol::{
@@ -97,11 +98,14 @@ async fn restart(
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         RestartRequest::default()
     } else {
-        serde_json::from_slice::<RestartRequest>(&body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "body must be {{\"when\":\"idle\"}} or {{\"when\":\"now\"}}: {e}"
-            ))
-        })?
+        // Only an object: serde's derive would also take `["now"]` as a struct.
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+            .and_then(|object| RestartRequest::deserialize(serde_json::Value::Object(object)))
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "body must be {{\"when\":\"idle\"}} or {{\"when\":\"now\"}}: {e}"
+                ))
+            })?
     };
     let status_line = core.restart(request.when).await?;
     Ok(Json(RestartReply { status_line }))

@@ -65,7 +65,7 @@ impl Supervisor {
             outcome.result = ReloadResult::Unchanged;
             return outcome;
         }
-        let new = match Config::parse(&self.path, &String::from_utf8_lossy(&text)) {
+        let new = match Config::from_bytes(&self.path, &text) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload rejected, keeping the running config:\n{e}");

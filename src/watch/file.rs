@@ -61,9 +61,7 @@ impl Default for Debounce {
         Debounce {
             quiet: Duration::from_millis(20),
             incomplete: Duration::from_millis(500),
-            is_complete: |path, bytes| {
-                crate::config::Config::parse(path, &String::from_utf8_lossy(bytes)).is_ok()
-            },
+            is_complete: |path, bytes| crate::config::Config::from_bytes(path, bytes).is_ok(),
         }
     }
 }
