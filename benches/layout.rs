@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[path = "../tests/layout_common/mod.rs"]
-mod layout_common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use layout_common::{TreeState, tree_state};
 use sd_webui_supervisor::config::Config;
 use sd_webui_supervisor::layout;
+use support::layout::{Decl, TreeState, conf, tree_state};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sd-webui-supervisor");
 /// Relayouts timed through the library call (a shared VM's timings swing by a
@@ -74,17 +74,17 @@ fn store(root: &Path, n: usize) -> Vec<(usize, String, PathBuf)> {
 }
 
 fn config_text(data: &Path, models: &[(usize, String, PathBuf)]) -> String {
-    let mut text = format!(
-        "[ui]\nflavor = \"forge\"\ncommand = [\"/bin/true\"]\n[data]\ndir = \"{}\"\n",
-        data.display()
-    );
-    for (k, (kind, _)) in KINDS.iter().enumerate() {
-        let _ = writeln!(text, "[models.{kind}]");
-        for (_, name, target) in models.iter().filter(|m| m.0 == k) {
-            let _ = writeln!(text, "\"{name}\" = \"{}\"", target.display());
-        }
-    }
-    text
+    let decls: Vec<Decl> = models
+        .iter()
+        .map(|(k, name, target)| Decl {
+            kind: Some(KINDS[*k].0),
+            name: name.clone(),
+            target: target.clone(),
+        })
+        .collect();
+    let mut conf = conf("forge", data, &decls, "");
+    conf.permissions = None;
+    conf.render()
 }
 
 fn sync() {

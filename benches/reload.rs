@@ -12,15 +12,13 @@
 //! Run: `cargo bench --bench reload` (release build). `RELOAD_BENCH_CHANGES` and
 //! `RELOAD_BENCH_RUNS` change the counts.
 
-#[path = "../tests/reload_common/mod.rs"]
-mod reload_common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use reload_common::{
-    RecordTail, Scenario, comfy_prompt, now_unix, percentile, txt2img, write_atomic,
-};
+use support::{RecordTail, Scenario, comfy_prompt, now_unix, percentile, txt2img, write_atomic};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -113,7 +111,7 @@ fn report_write_to_post(trigger: &str, seen: &[(f64, f64)]) {
 
 fn bench_write_to_post(changes: usize) {
     let mut s = Scenario::new("bench-post", "forge");
-    s.conf.poll_interval = "2s".into(); // the design's default
+    s.conf.poll_interval = Some("2s".into()); // the design's default
     s.start();
     s.wait_listening(1, SECS(30));
     let mut tail = RecordTail::new(&s.conf.record);
@@ -155,8 +153,8 @@ fn bench_idle_to_stop(flavor: &str, grace: &str, poll: &str, runs: usize) {
         .expect("a duration")
         .as_secs_f64();
     let mut s = Scenario::new("bench-stop", flavor);
-    s.conf.idle_grace = grace.into();
-    s.conf.poll_interval = poll.into();
+    s.conf.idle_grace = Some(grace.into());
+    s.conf.poll_interval = Some(poll.into());
     s.start();
     let mut excess = Vec::new();
     for n in 1..=runs {

@@ -17,15 +17,15 @@
 //!    stand-in's `start` record, which adds Python's own interpreter start-up
 //!    (printed separately as the baseline).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{NotifySocket, Scene, pid, t};
 use nix::sys::signal::Signal;
+use support::{NotifySocket, Scene, pid, t};
 
 const MB: f64 = 1024.0 * 1024.0;
 
@@ -138,7 +138,7 @@ fn verdict(ok: bool, goal: &str) -> String {
 }
 
 /// A daemon of `bin` supervising an idle stand-in; returns it with its notify socket.
-fn idle_daemon(scene: &Scene, bin: &Path) -> (common::Daemon, NotifySocket) {
+fn idle_daemon(scene: &Scene, bin: &Path) -> (support::Daemon, NotifySocket) {
     let notify = NotifySocket::bind(scene.dir());
     let daemon = scene
         .daemon()
@@ -170,7 +170,7 @@ fn bench_idle(release: &Path, debug: Option<&Path>) {
             Watched::new(format!("supervisor ({label} build)"), daemon.pid()),
             true,
         ));
-        for guard in common::guards_of(daemon.pid()) {
+        for guard in support::guards_of(daemon.pid()) {
             watched.push((
                 Watched::new(format!("its UI group's guard ({label})"), guard),
                 false,
@@ -194,7 +194,7 @@ fn bench_idle(release: &Path, debug: Option<&Path>) {
         w.report(wall, *goal);
     }
     for (_, daemon, _) in &running {
-        let guards = common::guards_of(daemon.pid());
+        let guards = support::guards_of(daemon.pid());
         let guard_pss: f64 = guards.iter().map(|&g| pss_bytes(g)).sum();
         println!(
             "  supervisor {} + guard: PSS {:.2} MB + {:.2} MB (shared pages counted once)",
@@ -229,7 +229,7 @@ fn bench_restart(bin: &Path) {
         "\n== restart downtime: {rounds} restarts by ui.extra_args change + SIGHUP, restart.policy = \"immediately\" =="
     );
     let mut scene = Scene::new("bench-restart");
-    scene.restart_policy = "immediately".into();
+    scene.policy = "immediately".into();
     let exec_log = scene.dir().join("exec.log");
     scene.command = vec![
         "/bin/sh".into(),
@@ -237,8 +237,8 @@ fn bench_restart(bin: &Path) {
         format!(
             "date +%s.%N >> '{}'; exec '{}' '{}' \"$@\"",
             exec_log.display(),
-            common::python3().display(),
-            common::stand_in().display()
+            support::python3().display(),
+            support::stand_in().display()
         ),
         "sh".into(),
     ];
@@ -272,7 +272,7 @@ fn bench_restart(bin: &Path) {
         to_exec.push((exec_t - t(&exit)) * 1000.0);
         to_start.push((t(&new) - t(&exit)) * 1000.0);
         python.push((t(&new) - exec_t) * 1000.0);
-        to_ready.push((common::unix_secs(ready.at) - t(&exit)) * 1000.0);
+        to_ready.push((support::unix_secs(ready.at) - t(&exit)) * 1000.0);
     }
     stats(
         "old UI exit → new UI exec'd (supervisor-added)",

@@ -7,7 +7,7 @@ for a supervisor, without a GPU: it accepts exactly the real UIs' command-line f
 answers the endpoints a supervisor uses with the real JSON shapes (readiness, queue and
 busy state, options, refresh-*, txt2img / prompt jobs, ComfyUI's /ws status messages),
 keeps its data where they keep it, and reacts to signals the way they do
-(docs: reference/ui-apis.md and reference/captures/ of the project's design notes).
+(taken from the real UIs' sources and from responses captured from running ones).
 Python 3.11, standard library only.
 
 Environment:

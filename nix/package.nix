@@ -28,7 +28,7 @@ rustPlatform.buildRustPackage {
   cargoLock.lockFile = root + "/Cargo.lock";
 
   # The unit tests only: the integration tests need a real systemd
-  # (../shared/tools/systemd-sandbox, as root) and run in the project's CI.
+  # (scripts/systemd-sandbox, as root) and run in the project's CI.
   cargoTestFlags = [ "--lib" ];
 
   # The D-Bus policy that lets the service user own the bus name; module.nix

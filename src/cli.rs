@@ -1,4 +1,4 @@
-//! Command-line interface: the subcommands of DESIGN §3.1 and their exit codes.
+//! Command-line interface: the subcommands of docs/design.md#commands and their exit codes.
 //!
 //! Exit codes: 0 success; 1 invalid config or failed operation; 2 usage error
 //! (clap); 3 layout finished with conflicts; 4 no daemon answered; 5 timed out.
@@ -30,6 +30,9 @@ pub enum Command {
         /// The config file.
         #[arg(long)]
         config: PathBuf,
+        /// Also act as init (reap orphans, forward signals); automatic as PID 1.
+        #[arg(long)]
+        init: bool,
     },
     /// Parse and validate a config file; print every problem.
     CheckConfig {
@@ -69,6 +72,10 @@ pub enum Command {
         /// Where the daemon is.
         #[command(flatten)]
         target: Target,
+        /// Drain first: `/readyz` answers 503 from now on (a Kubernetes preStop
+        /// hook), then wait until no job runs or waits.
+        #[arg(long)]
+        drain: bool,
         /// Give up after this long (`30s`, `10m`); default: wait without limit.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
@@ -111,10 +118,19 @@ pub fn main(cli: Cli) -> ExitCode {
         },
         Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
         Command::FetchModels { config } => {
-            init_tracing();
+            crate::logging::init();
             crate::download::command::fetch_models(&config)
         }
-        Command::Run { config } => run_daemon(&config),
+        Command::Run { config, init } => {
+            // Before the runtime starts: the split needs a single-threaded process.
+            if crate::init::wanted(init)
+                && let Err(e) = crate::init::split()
+            {
+                eprintln!("cannot start as init: {e}");
+                return ExitCode::from(1);
+            }
+            run_daemon(&config)
+        }
         Command::Status { target, json } => client::run(&target, ClientAction::Status { json }),
         Command::Reload { target } => client::run(&target, ClientAction::Reload),
         Command::RetryDownloads { target } => client::run(&target, ClientAction::RetryDownloads),
@@ -126,34 +142,37 @@ pub fn main(cli: Cli) -> ExitCode {
             };
             client::run(&target, ClientAction::Restart(when))
         }
-        Command::WaitIdle { target, timeout } => {
-            client::run(&target, ClientAction::WaitIdle(timeout))
+        Command::WaitIdle {
+            target,
+            timeout,
+            drain,
+        } => {
+            let action = if drain {
+                ClientAction::Drain(timeout)
+            } else {
+                ClientAction::WaitIdle(timeout)
+            };
+            client::run(&target, action)
         }
     }
 }
 
-/// Logs go to stderr (the journal under systemd, which adds its own timestamps).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if under_journal {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
-}
+/// Threads of the daemon's blocking pool (one runs a layout, the rest read files
+/// and resolve names).
+const BLOCKING_THREADS: usize = 4;
 
 /// The daemon runs on a current-thread runtime: the UI is spawned with
 /// `PR_SET_PDEATHSIG`, which fires when the *forking thread* exits, so all spawning
 /// happens on the main thread, which lives as long as the process.
+///
+/// Memory: the daemon idles for months, so it keeps few threads (the blocking
+/// pool serves layouts, file reads and name lookups, at most [`BLOCKING_THREADS`]
+/// at once; idle, the daemon runs 2 threads: this one and the file watcher's).
 fn run_daemon(config: &std::path::Path) -> ExitCode {
-    init_tracing();
+    crate::logging::init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => rt,

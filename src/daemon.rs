@@ -44,7 +44,10 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError 
 pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
     let config = Config::from_bytes(path, &text)?;
-    if let Err(e) = become_subreaper() {
+    // Under `init` (PID 1 in a container), orphans go to the init half instead.
+    if !crate::init::under_init()
+        && let Err(e) = become_subreaper()
+    {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned UI processes are left to init");
     }
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("cannot handle SIGTERM"))?;
@@ -102,21 +105,29 @@ async fn reload_on_sighup(handle: CoreHandle, mut sighup: tokio::signal::unix::S
     }
 }
 
-/// A changed config file → reload through the core, unless the core already runs
-/// this content (a SIGHUP for the same edit got there first: one reload, not two).
+/// A changed config file → reload through the core with the bytes read here,
+/// unless the core already runs this content (a SIGHUP for the same edit got
+/// there first: one reload, not two).
 async fn reload_on_change(
     handle: CoreHandle,
     path: PathBuf,
     mut changes: tokio::sync::mpsc::Receiver<()>,
 ) {
     while changes.recv().await.is_some() {
-        if let Ok(text) = std::fs::read(&path)
-            && crate::supervisor::config_hash(&text) == handle.snapshot().config_generation
-        {
-            continue;
-        }
-        tracing::info!("config file changed: reloading");
-        if handle.reload().await.is_err() {
+        let outcome = match tokio::fs::read(&path).await {
+            Ok(text)
+                if crate::supervisor::config_hash(&text) == handle.snapshot().config_generation =>
+            {
+                continue;
+            }
+            Ok(text) => {
+                tracing::info!("config file changed: reloading");
+                handle.reload_bytes(text).await
+            }
+            // Let the core read it and say why it cannot.
+            Err(_) => handle.reload().await,
+        };
+        if outcome.is_err() {
             return;
         }
     }

@@ -243,6 +243,65 @@ fn the_example_config_writes_out_every_key() {
     );
 }
 
+/// Each duration's upper bound is written in `config.example.toml` next to its
+/// key, and `check-config` accepts exactly up to it.
+#[test]
+fn every_duration_bound_is_documented_and_enforced() {
+    use sd_webui_supervisor::config::limits::DURATIONS;
+    let example = fs::read_to_string(root().join("config.example.toml")).expect("example");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut failures = Vec::new();
+    for (section, key, limit) in DURATIONS {
+        // The comment block right above `key = …`.
+        let at = example
+            .find(&format!("\n{key} = "))
+            .unwrap_or_else(|| panic!("config.example.toml has no {key}"));
+        let mut comment: Vec<&str> = example[..at]
+            .lines()
+            .rev()
+            .map_while(|l| l.strip_prefix('#'))
+            .map(str::trim)
+            .collect();
+        comment.reverse();
+        let comment = comment.join(" ");
+        let stated = format!("at most \"{}\"", limit.text).to_lowercase();
+        if !comment.to_lowercase().contains(&stated) {
+            failures.push(format!(
+                "{section}.{key}: the example does not say {stated}"
+            ));
+        }
+        for (value, ok) in [
+            (limit.text.to_string(), true),
+            (format!("{} 1s", limit.text), false),
+        ] {
+            let file = dir.path().join(format!("{key}.toml"));
+            let line = format!("{key} = \"{value}\"\n");
+            let (ui, restart) = match *section {
+                "ui" => (line, "deadline = \"never\"\n".to_string()),
+                _ if *key == "deadline" => (String::new(), line),
+                _ => (String::new(), format!("deadline = \"never\"\n{line}")),
+            };
+            fs::write(
+                &file,
+                format!(
+                    "[ui]\nflavor = \"forge\"\ncommand = [\"/bin/webui\"]\n{ui}\
+                     [data]\ndir = \"/var/lib/x\"\n[restart]\n{restart}"
+                ),
+            )
+            .expect("write");
+            let out = check_config(&file);
+            if out.status.success() != ok {
+                failures.push(format!(
+                    "{section}.{key} = {value:?}: expected {}, got {}",
+                    if ok { "accepted" } else { "rejected" },
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn the_diff_marks_missing_and_extra_lines() {
     let d = diff("a\nb\nc\n", "a\nx\nc\n");

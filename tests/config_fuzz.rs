@@ -7,7 +7,7 @@
 //! at least 8, for reloads); each test prints how many ran. For a longer run:
 //! `CONFIG_FUZZ_CASES=5000 cargo test --test config_fuzz -- --nocapture`.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Daemon, Scene, daemon_bin, wait_for, wait_for_with};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use sd_webui_supervisor::ui::flavor::{Flavor, ModelKind};
 use serde_json::Value;
+use support::{Daemon, Scene, daemon_bin, wait_for, wait_for_with};
 
 /// How many `check-config` cases run (`CONFIG_FUZZ_CASES`, default 160).
 fn cases() -> u32 {
@@ -29,10 +29,12 @@ fn cases() -> u32 {
         .unwrap_or(160)
 }
 
-fn runner(cases: u32) -> TestRunner {
+/// `shrink`: how many simpler cases to try after a failure (a reload case costs
+/// seconds, a `check-config` case milliseconds).
+fn runner(cases: u32, shrink: u32) -> TestRunner {
     TestRunner::new(RunnerConfig {
         cases,
-        max_shrink_iters: 64,
+        max_shrink_iters: shrink,
         failure_persistence: None,
         ..RunnerConfig::default()
     })
@@ -41,26 +43,41 @@ fn runner(cases: u32) -> TestRunner {
 // ---------------------------------------------------------------------------------
 // What is generated
 
-/// A string for an argv element, an environment value or a setting: mostly
-/// ordinary, sometimes hostile (NUL, very long, non-ASCII, control characters).
-fn text() -> BoxedStrategy<String> {
-    prop_oneof![
+/// A string for an argv element, an environment value or a setting: ordinary,
+/// non-ASCII, control characters, long; when `hostile`, sometimes with a NUL or
+/// longer than one argument may be.
+fn text(hostile: bool) -> BoxedStrategy<String> {
+    let valid = prop_oneof![
         6 => "[a-z][a-z0-9_.:=]{0,12}",
         2 => "[a-zé日本 ]{1,16}",
-        1 => Just("with\u{0}nul".to_string()),
         1 => Just("\u{7}\u{1b}[31m\t".to_string()),
-        1 => (1usize..3).prop_map(|k| "x".repeat(k * 70_000)),
+        1 => Just("x".repeat(70_000)),
+    ];
+    if !hostile {
+        return valid.boxed();
+    }
+    prop_oneof![
+        3 => valid,
+        1 => Just("with\u{0}nul".to_string()),
+        1 => Just("x".repeat(140_000)),
     ]
     .boxed()
 }
 
-/// A file or extension name: mostly plain, sometimes not a single path component
-/// or longer than a file name may be.
-fn name() -> BoxedStrategy<String> {
-    prop_oneof![
+/// A file or extension name: plain, non-ASCII or long; when `hostile`, sometimes
+/// not a single path component or longer than a file name may be.
+fn name(hostile: bool) -> BoxedStrategy<String> {
+    let valid = prop_oneof![
         6 => "[a-z][a-z0-9_-]{0,10}\\.safetensors",
         1 => "[é日本]{1,6}\\.safetensors",
-        1 => (240usize..270).prop_map(|n| format!("{}.pt", "n".repeat(n))),
+        1 => (200usize..=252).prop_map(|n| format!("{}.pt", "n".repeat(n))),
+    ];
+    if !hostile {
+        return valid.boxed();
+    }
+    prop_oneof![
+        3 => valid,
+        1 => (253usize..270).prop_map(|n| format!("{}.pt", "n".repeat(n))),
         1 => prop_oneof![
             Just(String::new()),
             Just("..".to_string()),
@@ -83,10 +100,16 @@ enum Target {
     Raw(String),
 }
 
-fn target() -> BoxedStrategy<Target> {
-    prop_oneof![
+fn target(hostile: bool) -> BoxedStrategy<Target> {
+    let valid = prop_oneof![
         6 => (0usize..3).prop_map(Target::Existing),
         1 => Just(Target::Missing),
+    ];
+    if !hostile {
+        return valid.boxed();
+    }
+    prop_oneof![
+        3 => valid,
         1 => prop_oneof![
             Just("relative/file.pt".to_string()),
             Just(format!("/{}/x.pt", "c".repeat(256))),
@@ -98,20 +121,31 @@ fn target() -> BoxedStrategy<Target> {
     .boxed()
 }
 
-/// A duration: sane, zero, absurd or not a duration at all.
-fn duration(sane: &'static [&'static str]) -> BoxedStrategy<Option<String>> {
+/// A duration: absent or sane; when `hostile`, sometimes zero, absurd or not a
+/// duration at all.
+fn duration(hostile: bool, sane: &'static [&'static str]) -> BoxedStrategy<Option<String>> {
+    let valid = prop_oneof![
+        Just(None),
+        proptest::sample::select(sane).prop_map(|s| Some(s.to_string())),
+    ];
+    if !hostile {
+        return valid.boxed();
+    }
     prop_oneof![
-        4 => Just(None),
-        4 => proptest::sample::select(sane).prop_map(|s| Some(s.to_string())),
+        3 => valid,
         1 => proptest::sample::select(&["0s", "500000000000y", "100000d", "25h", "soon", ""][..])
             .prop_map(|s| Some(s.to_string())),
     ]
     .boxed()
 }
 
-fn env_name() -> BoxedStrategy<String> {
+/// Valid names start with `FZ_`, so that none changes how Python itself runs.
+fn env_name(hostile: bool) -> BoxedStrategy<String> {
+    if !hostile {
+        return "FZ_[A-Z0-9_]{0,8}".boxed();
+    }
     prop_oneof![
-        8 => "FZ_[A-Z0-9_]{0,8}",
+        3 => "FZ_[A-Z0-9_]{0,8}",
         1 => proptest::sample::select(&["", "A B", "X=Y", "1A", "é", "N\u{0}"][..])
             .prop_map(String::from),
     ]
@@ -137,48 +171,70 @@ struct Variation {
     socket: Option<String>,
 }
 
+/// Half the cases are valid throughout; the other half may be hostile anywhere.
 fn variation() -> impl Strategy<Value = Variation> {
-    let kinds = &[
-        "checkpoints",
-        "loras",
-        "vae",
-        "embeddings",
-        "hypernetworks",
-        "bogus",
-    ][..];
+    any::<bool>().prop_flat_map(variation_of)
+}
+
+fn variation_of(hostile: bool) -> impl Strategy<Value = Variation> {
+    let kinds: &'static [&'static str] = if hostile {
+        &[
+            "checkpoints",
+            "loras",
+            "vae",
+            "embeddings",
+            "hypernetworks",
+            "bogus",
+            "clip_vision",
+        ]
+    } else {
+        &["checkpoints", "loras", "vae", "embeddings", "hypernetworks"]
+    };
+    let bad_permissions: &'static [&'static str] = if hostile {
+        &["+700", "-700", "0o700", "7", "0600", "99999", " 0700"]
+    } else {
+        &["0700"]
+    };
+    let long_socket = if hostile { 1 } else { 0 };
     (
         (
             // Arguments that do not start with '-': the stand-in, like the real UIs
             // with IGNORE_CMD_ARGS_ERRORS, ignores them (argparse would take a
             // `--p…` for an abbreviation of `--port`).
-            proptest::collection::vec(text().prop_filter("not a flag", |s| !s.starts_with('-')), 0..3),
-            proptest::collection::btree_map(env_name(), text(), 0..3),
             proptest::collection::vec(
-                (proptest::sample::select(kinds).prop_map(String::from), name(), target()),
+                text(hostile).prop_filter("not a flag", |s| !s.starts_with('-')),
+                0..3,
+            ),
+            proptest::collection::btree_map(env_name(hostile), text(hostile), 0..3),
+            proptest::collection::vec(
+                (
+                    proptest::sample::select(kinds).prop_map(String::from),
+                    name(hostile),
+                    target(hostile),
+                ),
                 0..5,
             ),
-            proptest::collection::vec((name(), target()), 0..2),
-            proptest::collection::btree_map("[a-z_]{1,10}", text(), 0..2),
+            proptest::collection::vec((name(hostile), target(hostile)), 0..2),
+            proptest::collection::btree_map("[a-z_]{1,10}", text(hostile), 0..2),
         ),
         (
             prop_oneof![
                 4 => Just(None),
                 2 => proptest::sample::select(&["0700", "0750", "0755", "01777"][..])
                     .prop_map(|s| Some(s.to_string())),
-                1 => proptest::sample::select(&["+700", "-700", "0o700", "7", "0600", "99999", " 0700"][..])
-                    .prop_map(|s| Some(s.to_string())),
+                1 => proptest::sample::select(bad_permissions).prop_map(|s| Some(s.to_string())),
             ],
-            duration(&["30s", "15m", "24h"]),
-            duration(&["1s", "30s", "1h"]),
-            duration(&["1ms", "10s", "24h"]),
+            duration(hostile, &["30s", "15m", "24h"]),
+            duration(hostile, &["1s", "30s", "1h"]),
+            duration(hostile, &["1ms", "10s", "24h"]),
             prop_oneof![
-                3 => duration(&["1h", "6h", "30d"]),
+                3 => duration(hostile, &["1h", "6h", "30d"]),
                 1 => Just(Some("never".to_string())),
             ],
-            duration(&["10ms", "2s", "1h"]),
+            duration(hostile, &["10ms", "2s", "1h"]),
             prop_oneof![
                 8 => Just(None),
-                1 => (90usize..130).prop_map(|n| Some(format!("/{}", "s".repeat(n)))),
+                long_socket => (90usize..130).prop_map(|n| Some(format!("/{}", "s".repeat(n)))),
             ],
         ),
     )
@@ -209,6 +265,90 @@ fn variation() -> impl Strategy<Value = Variation> {
                 socket,
             },
         )
+}
+
+/// One hostile value in an otherwise valid config: what an unlucky admin writes.
+/// Each is something the daemon could trip over at reload if `check-config` let
+/// it through, so a reload case either is rejected by both or runs cleanly.
+#[derive(Debug, Clone)]
+enum Hostile {
+    ExtraArg(String),
+    Environment(String, String),
+    Model(String, String, Target),
+    Extension(String, Target),
+    Duration(&'static str, String),
+    Permissions(String),
+    Socket(String),
+}
+
+fn one_hostile() -> impl Strategy<Value = Hostile> {
+    let durations = &[
+        "startup_timeout",
+        "stop_timeout",
+        "idle_grace",
+        "deadline",
+        "poll_interval",
+    ][..];
+    let bad_durations = &["0s", "500000000000y", "100000d", "25h", "31d", "soon", ""][..];
+    prop_oneof![
+        prop_oneof![
+            Just("with\u{0}nul".to_string()),
+            Just("x".repeat(140_000)),
+            Just("y".repeat(600_000)),
+        ]
+        .prop_map(Hostile::ExtraArg),
+        (env_name(true), text(true)).prop_map(|(k, v)| Hostile::Environment(k, v)),
+        (
+            proptest::sample::select(&["loras", "checkpoints", "bogus", "clip_vision"][..]),
+            name(true),
+            target(true)
+        )
+            .prop_map(|(k, n, t)| Hostile::Model(k.to_string(), n, t)),
+        (name(true), target(true)).prop_map(|(n, t)| Hostile::Extension(n, t)),
+        (
+            proptest::sample::select(durations),
+            proptest::sample::select(bad_durations)
+        )
+            .prop_map(|(k, v)| Hostile::Duration(k, v.to_string())),
+        proptest::sample::select(&["+700", "-700", "0o700", "7", "0600", "99999", " 0700"][..])
+            .prop_map(|p| Hostile::Permissions(p.to_string())),
+        (100usize..140).prop_map(|n| Hostile::Socket(format!("/tmp/{}", "s".repeat(n)))),
+    ]
+}
+
+impl Hostile {
+    fn apply(self, v: &mut Variation) {
+        match self {
+            Hostile::ExtraArg(a) => v.extra_args.push(a),
+            Hostile::Environment(k, x) => {
+                v.environment.insert(k, x);
+            }
+            Hostile::Model(k, n, t) => v.models.push((k, n, t)),
+            Hostile::Extension(n, t) => v.extensions.push((n, t)),
+            Hostile::Duration(key, d) => {
+                let d = Some(d);
+                match key {
+                    "startup_timeout" => v.startup_timeout = d,
+                    "stop_timeout" => v.stop_timeout = d,
+                    "idle_grace" => v.idle_grace = d,
+                    "deadline" => v.deadline = d,
+                    _ => v.poll_interval = d,
+                }
+            }
+            Hostile::Permissions(p) => v.permissions = Some(p),
+            Hostile::Socket(s) => v.socket = Some(s),
+        }
+    }
+}
+
+/// A valid variation, and for half the cases one hostile value in it.
+fn reload_case() -> impl Strategy<Value = Variation> {
+    (variation_of(false), proptest::option::of(one_hostile())).prop_map(|(mut v, h)| {
+        if let Some(h) = h {
+            h.apply(&mut v);
+        }
+        v
+    })
 }
 
 /// Files and directories the generated targets point at.
@@ -330,6 +470,7 @@ enum Mutation {
     DuplicateLine(usize),
 }
 
+/// None for half the cases.
 fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
     let bytes = proptest::collection::vec(
         prop_oneof![
@@ -346,14 +487,15 @@ fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
         ],
         1..4,
     );
-    proptest::collection::vec(
+    let edits = proptest::collection::vec(
         prop_oneof![
             (any::<usize>(), bytes).prop_map(|(at, b)| Mutation::Insert(at, b)),
             (any::<usize>(), 1usize..40).prop_map(|(at, n)| Mutation::Delete(at, n)),
             any::<usize>().prop_map(Mutation::DuplicateLine),
         ],
-        0..4,
-    )
+        1..4,
+    );
+    prop_oneof![Just(Vec::new()), edits]
 }
 
 fn mutate(text: &str, mutations: &[Mutation]) -> Vec<u8> {
@@ -452,10 +594,8 @@ fn check_config_never_panics_and_locates_every_rejection() {
     let targets = Targets::make(scene.dir());
     let file = scene.dir().join("case.toml");
     let n = cases();
-    let mut accepted = 0u32;
-    let mut ran = 0u32;
     let counts = std::cell::Cell::new((0u32, 0u32));
-    runner(n)
+    runner(n, 256)
         .run(&(variation(), mutations()), |(v, m)| {
             let bytes = mutate(&config_text(&scene, &targets, &v), &m);
             fs::write(&file, &bytes).expect("write the case");
@@ -465,9 +605,7 @@ fn check_config_never_panics_and_locates_every_rejection() {
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{e}"));
-    let (r, a) = counts.get();
-    ran += r;
-    accepted += a;
+    let (ran, accepted) = counts.get();
     println!(
         "check-config: {ran} cases ran, {accepted} accepted, {} rejected",
         ran - accepted
@@ -521,7 +659,7 @@ fn what_check_config_accepts_the_daemon_reloads_cleanly() {
     let mut scene = Scene::new("fuzz-reload");
     scene.startup_timeout = "60s".into();
     scene.stop_timeout = "5s".into();
-    scene.restart_policy = "immediately".into();
+    scene.policy = "immediately".into();
     // Like the real UIs with this variable: unknown positional arguments are ignored.
     let scene = scene.env("IGNORE_CMD_ARGS_ERRORS", "1");
     let targets = Targets::make(scene.dir());
@@ -531,7 +669,7 @@ fn what_check_config_accepts_the_daemon_reloads_cleanly() {
     let ready = |daemon: &Daemon| {
         wait_for_with(
             || format!("the UI to be ready; log:\n{}", tail(&daemon.log())),
-            Duration::from_secs(60),
+            Duration::from_secs(30),
             || status(&socket).filter(|s| s["state"] == "ready"),
         )
     };
@@ -541,8 +679,8 @@ fn what_check_config_accepts_the_daemon_reloads_cleanly() {
     let counts = std::cell::Cell::new((0u32, 0u32));
     let config = scene.config_path();
     let daemon_cell = std::cell::RefCell::new(&mut daemon);
-    runner(n)
-        .run(&variation(), |v| {
+    runner(n, 8)
+        .run(&reload_case(), |v| {
             let daemon = &mut **daemon_cell.borrow_mut();
             let text = config_text(&scene, &targets, &v);
             let case = scene.dir().join("case.toml");
@@ -622,7 +760,6 @@ fn what_check_config_accepts_the_daemon_reloads_cleanly() {
         "reload: {ran} cases ran, {accepted} accepted by check-config and applied, {} rejected by both",
         ran - accepted
     );
-    drop(daemon_cell);
     assert!(daemon.try_exit().is_none(), "the daemon exited");
     let _ = wait_for("a final status", Duration::from_secs(5), || status(&socket));
 }

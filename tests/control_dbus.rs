@@ -2,7 +2,7 @@
 //! checked-in XML, properties, PropertiesChanged, methods and their errors, name
 //! ownership, and the shipped system-bus policy.
 
-mod control_support;
+mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -10,7 +10,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use control_support::{FakeCore, busy_pending, outcome, ready_idle, starting};
 use futures_util::StreamExt;
 use sd_webui_supervisor::config::{ControlConfig, DbusBus};
 use sd_webui_supervisor::control::dbus::{
@@ -18,6 +17,7 @@ use sd_webui_supervisor::control::dbus::{
 };
 use sd_webui_supervisor::control::{self, ControlError};
 use sd_webui_supervisor::supervisor::protocol::{PendingRestart, Queue, Snapshot};
+use support::control::{FakeCore, busy_pending, outcome, ready_idle, starting};
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, connection};
 
@@ -461,7 +461,7 @@ mod policy {
     #[tokio::test]
     async fn the_shipped_policy_lets_root_call_and_denies_others() {
         if !is_root() {
-            eprintln!("skipped: needs root to act as the owner and as another user");
+            crate::support::skip("needs root to act as the owner and as another user");
             return;
         }
         // The same policy with root as the owning user, so this test can own the name.
@@ -476,7 +476,7 @@ mod policy {
     #[tokio::test]
     async fn the_shipped_policy_lets_the_service_group_call() {
         if !is_root() {
-            eprintln!("skipped: needs root to act as the owner and as another user");
+            crate::support::skip("needs root to act as the owner and as another user");
             return;
         }
         // Root owns the name, and nobody's group stands in for the service group.

@@ -1,19 +1,18 @@
 //! Handler tests of the HTTP control API: the `Router` driven with `oneshot`,
 //! no socket, against a fake core.
 
-mod control_support;
+mod support;
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use control_support::{FakeCore, busy_pending, outcome, ready_idle, starting};
 use http_body_util::BodyExt;
 use sd_webui_supervisor::control::auth::{Token, require_token};
 use sd_webui_supervisor::control::http::router;
 use sd_webui_supervisor::control::protocol::{ErrorBody, RestartReply};
 use sd_webui_supervisor::supervisor::protocol::{Queue, ReloadOutcome, ReloadResult, Snapshot};
-use serde_json::Value;
+use support::control::{FakeCore, busy_pending, outcome, ready_idle, starting};
 use tower::ServiceExt;
 
 async fn send(app: axum::Router, req: Request<Body>) -> (StatusCode, Vec<u8>, Option<String>) {
@@ -155,6 +154,13 @@ async fn wait_idle_waits_for_the_queue_to_drain() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished());
     core.publish(|s| s.queue = Some(Queue::default()));
+    // The pending restart (when-idle) comes next: idle means after it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waiter.is_finished(),
+        "answered while a restart was pending"
+    );
+    core.publish(|s| s.restart_pending = None);
     let (status, body, _) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let got: Snapshot = serde_json::from_slice(&body).unwrap();
@@ -197,8 +203,7 @@ async fn metrics_are_prometheus_text_from_the_snapshot() {
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     let text = String::from_utf8(body).unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
+    let scrape = support::control::scrape(&text);
     let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
         let sample = scrape
             .samples
@@ -249,6 +254,7 @@ async fn metrics_are_prometheus_text_from_the_snapshot() {
         "time_to_ready_seconds",
         "uptime_seconds",
         "layout_conflicts",
+        "draining",
     ] {
         let full = format!("sd_webui_supervisor_{name}");
         assert!(scrape.docs.contains_key(&full), "no HELP for {full}");
@@ -264,7 +270,7 @@ async fn metrics_leave_out_what_is_unknown() {
     let core = FakeCore::new(starting());
     let (_, body, _) = send(router(core.handle.clone()), get("/metrics")).await;
     let text = String::from_utf8(body).unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let scrape = support::control::scrape(&text);
     let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
     assert!(!names.contains(&"sd_webui_supervisor_queue_running"));
     assert!(!names.contains(&"sd_webui_supervisor_time_to_ready_seconds"));
@@ -326,24 +332,21 @@ async fn the_token_guard_lets_only_the_right_bearer_through() {
 
 #[tokio::test]
 async fn json_fields_match_the_schema_file() {
-    let schema: Value = serde_json::from_str(include_str!("../docs/status.schema.json")).unwrap();
     for snapshot in [ready_idle(), busy_pending(), starting()] {
-        let doc = serde_json::to_value(&snapshot).unwrap();
-        let problems = control_support::schema::violations(&schema, &doc);
-        assert!(problems.is_empty(), "{problems:#?}");
+        support::control::assert_fits_schema(&serde_json::to_value(&snapshot).unwrap());
     }
 }
 
 #[test]
 fn the_schema_check_is_not_vacuous() {
-    let schema: Value = serde_json::from_str(include_str!("../docs/status.schema.json")).unwrap();
+    let schema = support::control::status_schema();
     let mut doc = serde_json::to_value(busy_pending()).unwrap();
     doc["state"] = "sleeping".into();
     doc["surprise"] = 1.into();
     doc["queue"]["running"] = (-1).into();
     doc["restarts"]["crash"] = "many".into();
     doc.as_object_mut().unwrap().remove("crashes");
-    let problems = control_support::schema::violations(&schema, &doc).join("\n");
+    let problems = support::schema::violations(&schema, &doc).join("\n");
     for expected in [
         "$.state",
         "$.surprise",

@@ -2,17 +2,17 @@
 //! `control::start` against a fake core: every route, the socket's mode, and the
 //! rules for an existing socket path.
 
-mod control_support;
+mod support;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use control_support::{FakeCore, busy_pending, outcome, ready_idle};
 use sd_webui_supervisor::config::{ControlConfig, DbusBus};
 use sd_webui_supervisor::control::client::{Client, ClientError, EXIT_NO_DAEMON, WaitIdle};
 use sd_webui_supervisor::control::{self, ControlError};
 use sd_webui_supervisor::supervisor::protocol::{Queue, RestartWhen};
+use support::control::{FakeCore, busy_pending, outcome, ready_idle};
 
 fn config(socket: &Path) -> ControlConfig {
     ControlConfig {
@@ -55,6 +55,15 @@ async fn every_route_answers_on_the_socket() {
         .unwrap();
     assert!(matches!(waited, WaitIdle::TimedOut(_)), "{waited:?}");
     core.publish(|s| s.queue = Some(Queue::default()));
+    let waited = client
+        .wait_idle(Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(waited, WaitIdle::TimedOut(_)),
+        "idle while a restart is pending: {waited:?}"
+    );
+    core.publish(|s| s.restart_pending = None);
     match client
         .wait_idle(Some(Duration::from_secs(5)))
         .await
@@ -65,13 +74,9 @@ async fn every_route_answers_on_the_socket() {
     }
 
     let metrics = client.metrics().await.unwrap();
-    let scrape =
-        prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned()))).unwrap();
     assert!(
-        scrape
-            .samples
-            .iter()
-            .any(|s| s.metric == "sd_webui_supervisor_restart_pending")
+        support::control::has_metric(&metrics, "sd_webui_supervisor_restart_pending"),
+        "{metrics}"
     );
     control.shutdown().await;
 }
@@ -295,7 +300,7 @@ async fn curl_over_the_socket_gets_parsable_metrics() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: curl is not installed");
+        support::skip("curl is not installed");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -316,7 +321,7 @@ async fn curl_over_the_socket_gets_parsable_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let scrape = support::control::scrape(&text);
     let queue_pending = scrape
         .samples
         .iter()

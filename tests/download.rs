@@ -3,17 +3,15 @@
 //! connection and after `kill -9`, hash mismatch, 401 without a retry storm,
 //! the token kept from a redirect's second host and from the output, disk full.
 
-mod download_server;
+mod support;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use download_server::Server;
 use sha2::Digest;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sd-webui-supervisor");
+use support::BIN;
+use support::download_server::Server;
 
 /// Bytes a kill may lose: the writer's chunk plus what is in flight
 /// (src/download/fetch.rs: 256 KiB and 8 network chunks), plus one server piece.
@@ -340,8 +338,8 @@ fn a_server_ignoring_range_restarts_cleanly() {
 
 #[test]
 fn a_full_disk_keeps_the_part_and_says_so() {
-    if !nix_is_root() {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    if !nix::unistd::geteuid().is_root() {
+        support::skip("mounting a tmpfs needs root");
         return;
     }
     let body = data(3_000_000, 10);
@@ -379,10 +377,4 @@ fn a_full_disk_keeps_the_part_and_says_so() {
         1,
         "a full disk is not retried by itself"
     );
-}
-
-fn nix_is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
 }

@@ -1,9 +1,11 @@
 //! `check-config` on the download form of model entries and `[downloads]`:
 //! every problem reported with its position, the good forms accepted.
 
+mod support;
+
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sd-webui-supervisor");
+use support::BIN;
 
 fn check(models: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();

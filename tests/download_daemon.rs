@@ -4,52 +4,21 @@
 //! `retry-downloads` starts it again; the token never shows in the daemon's
 //! output, `status --json`, `/metrics` or the UI's `/proc/PID/{cmdline,environ}`.
 
-mod control_support;
-mod download_server;
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use download_server::Server;
 use sd_webui_supervisor::control::client::Client;
 use sd_webui_supervisor::download::Phase as Dl;
 use sd_webui_supervisor::supervisor::protocol::{Phase, Snapshot};
 use sha2::Digest;
+use support::download_server::Server;
+use support::{BIN, DaemonBuilder, free_port, read_record, stand_in};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sd-webui-supervisor");
 const SCHEMA: &str = include_str!("../docs/status.schema.json");
 const TOKEN: &str = "hf_Zq9-SECRET-TOKEN-41";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn wait_status(client: &Client, what: &str, want: impl Fn(&Snapshot) -> bool) -> Snapshot {
     let start = Instant::now();
@@ -71,11 +40,10 @@ fn model<'s>(s: &'s Snapshot, name: &str) -> &'s sd_webui_supervisor::download::
 }
 
 fn recorded_paths(record: &Path) -> Vec<String> {
-    std::fs::read_to_string(record)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["path"].as_str().map(String::from))
+    read_record(record)
+        .iter()
+        .filter(|r| r.event == "request")
+        .map(|r| r.path().to_string())
         .collect()
 }
 
@@ -123,7 +91,7 @@ dbus = "off"
 [models.loras]
 "wrong.safetensors" = {{ url = "{url}?X-Sig=SIGNED", sha256 = "{wrong}", token_file = "{token}" }}
 "#,
-            stand_in = repo().join("examples/stand_in_ui.py").display(),
+            stand_in = stand_in().display(),
             record = record.display(),
             data = data.display(),
             socket = socket.display(),
@@ -133,16 +101,13 @@ dbus = "off"
     )
     .unwrap();
     let log = d.join("daemon.log");
-    let daemon = Daemon(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "debug")
-            .stdout(std::fs::File::create(d.join("daemon.out")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let daemon = DaemonBuilder::new(
+        config.clone(),
+        log.clone(),
+        format!("STANDIN_RECORD={}", record.display()),
+    )
+    .env("RUST_LOG", "debug")
+    .spawn();
     let client = Client::new(&socket);
 
     // The UI does not wait for the slow download.
@@ -226,7 +191,7 @@ dbus = "off"
     assert!(json.status.success());
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
-    let problems = control_support::schema::violations(&schema, &doc);
+    let problems = support::schema::violations(&schema, &doc);
     assert!(problems.is_empty(), "{problems:#?}");
     let metrics = client.metrics().await.unwrap();
     assert!(
@@ -235,9 +200,8 @@ dbus = "off"
     );
     let cmdline = std::fs::read(format!("/proc/{ui_pid}/cmdline")).unwrap();
     let environ = std::fs::read(format!("/proc/{ui_pid}/environ")).unwrap();
-    drop(daemon);
-    let output = std::fs::read_to_string(&log).unwrap()
-        + &std::fs::read_to_string(d.join("daemon.out")).unwrap();
+    daemon.terminate(Duration::from_secs(20));
+    let output = std::fs::read_to_string(&log).unwrap();
     for (what, text) in [
         ("daemon output", output.as_str()),
         ("status --json", &String::from_utf8_lossy(&json.stdout)),
@@ -251,5 +215,86 @@ dbus = "off"
     assert!(
         output.contains("wrong.safetensors"),
         "failures are logged by name"
+    );
+}
+
+/// Models already in the cache at start report done together: they share one
+/// relayout (not one per model), and the UI starts with them linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_models_at_start_share_one_relayout() {
+    let dir = tempfile::Builder::new()
+        .prefix("download-cached-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let cache = data.join(".sd-webui-supervisor/downloads");
+    std::fs::create_dir_all(&cache).unwrap();
+    let mut models = String::new();
+    for i in 0..6 {
+        let body = format!("cached model {i}");
+        let hex = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+        std::fs::write(cache.join(&hex), body).unwrap();
+        // Port 9 (discard): nothing may be fetched for a cached file.
+        models.push_str(&format!(
+            "\"m{i}.safetensors\" = {{ url = \"http://127.0.0.1:9/m{i}\", sha256 = \"{hex}\" }}\n"
+        ));
+    }
+    let socket = d.join("control.sock");
+    let record = data.join("record.jsonl");
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[ui]
+flavor = "forge"
+command = ["python3", "{stand_in}"]
+port = {port}
+environment = {{ STANDIN_RECORD = "{record}" }}
+startup_timeout = "1m"
+stop_timeout = "10s"
+[data]
+dir = "{data}"
+[control]
+socket = "{socket}"
+dbus = "off"
+[models.checkpoints]
+{models}"#,
+            stand_in = stand_in().display(),
+            port = free_port(),
+            record = record.display(),
+            data = data.display(),
+            socket = socket.display(),
+        ),
+    )
+    .unwrap();
+    let log = d.join("daemon.log");
+    let daemon = DaemonBuilder::new(
+        config.clone(),
+        log.clone(),
+        format!("STANDIN_RECORD={}", record.display()),
+    )
+    .env("RUST_LOG", "sd_webui_supervisor=debug")
+    .spawn();
+    let client = Client::new(&socket);
+    wait_status(&client, "ready with every download done", |s| {
+        s.state == Phase::Ready
+            && s.downloads.len() == 6
+            && s.downloads.iter().all(|m| m.state == Dl::Done)
+    })
+    .await;
+    for i in 0..6 {
+        let link = data.join(format!("models/Stable-diffusion/m{i}.safetensors"));
+        assert!(link.exists(), "{} not linked", link.display());
+    }
+    // Give a late relayout the time to show up before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    daemon.terminate(Duration::from_secs(20));
+    let output = std::fs::read_to_string(&log).unwrap();
+    let layouts = output.lines().filter(|l| l.contains("layout done")).count();
+    // The start's own layout, and one for every cached model together.
+    assert!(
+        layouts <= 2,
+        "{layouts} layouts for 6 cached models:\n{output}"
     );
 }

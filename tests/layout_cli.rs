@@ -1,14 +1,14 @@
 //! `sd-webui-supervisor layout` through the real binary: each behaviour of issue 3
 //! that a user sees.
 
-mod layout_common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use layout_common::*;
+use support::layout::*;
 use tempfile::TempDir;
 
 /// A temp dir with a fake store of model files and extension dirs.

@@ -8,7 +8,7 @@
 //! time a full run takes); every fourth lands anywhere from process start.
 //! Set `LAYOUT_CRASH_SEED` to replay a sequence of kill points.
 
-mod layout_common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use layout_common::*;
 use proptest::prelude::Rng;
 use proptest::test_runner::{RngAlgorithm, TestRng};
+use support::layout::*;
 
 const MODELS: usize = 10_000;
 const TRIALS: usize = 20;

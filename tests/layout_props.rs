@@ -4,16 +4,16 @@
 //! exactly the declared ones that can be made, the manifest equals the disk, and
 //! a second layout writes nothing.
 
-mod layout_common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use layout_common::*;
 use proptest::prelude::*;
 use sd_webui_supervisor::layout::{self, Wanted};
+use support::layout::*;
 
 /// Managed folders (Forge) the test uses; the last one holds extensions.
 const FOLDERS: [&str; 4] = [

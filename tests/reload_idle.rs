@@ -7,11 +7,11 @@
 //! `manual` (never), `immediately` (at once). Several reloads while a restart is
 //! pending merge into one restart with the newest config.
 
-mod reload_common;
+mod support;
 
 use std::time::Duration;
 
-use reload_common::{Rec, Scenario, comfy_prompt, events, now_unix, txt2img};
+use support::{Rec, Scenario, comfy_prompt, events, now_unix, txt2img};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// The tests' `restart.idle_grace`, in seconds.
@@ -143,7 +143,7 @@ fn comfyui_restart_waits_for_the_running_and_the_queued_prompt() {
 #[test]
 fn comfyui_queue_broadcast_ends_the_wait_without_waiting_for_a_poll() {
     let mut s = Scenario::new("comfy-ws", "comfyui");
-    s.conf.poll_interval = "30s".into();
+    s.conf.poll_interval = Some("30s".into());
     s.start();
     let first = s.wait_listening(1, SECS(20));
     let _job = comfy_prompt(s.conf.port, 1.5);
@@ -212,7 +212,7 @@ fn reloads_while_pending_merge_into_one_restart_with_the_newest_config() {
 #[test]
 fn deadline_restarts_a_busy_ui() {
     let mut s = Scenario::new("deadline", "forge");
-    s.conf.deadline = "2s".into();
+    s.conf.deadline = Some("2s".into());
     s.start();
     let first = s.wait_listening(1, SECS(20));
     let job = txt2img(s.conf.port, 8.0);
@@ -353,7 +353,7 @@ fn next_queue_probe(s: &Scenario, after: f64) -> Rec {
 
 fn a_job_submitted_during_the_idle_grace_is_not_killed() {
     let mut s = Scenario::new("grace-job", "forge");
-    s.conf.poll_interval = "2s".into();
+    s.conf.poll_interval = Some("2s".into());
     s.start();
     s.wait_listening(1, SECS(20));
     // Reload right after a queue probe was answered, so that none is in flight
@@ -391,12 +391,7 @@ fn a_job_accepted_by_a_starting_ui_is_not_killed_by_a_reload() {
     for attempt in 1..=5 {
         let mut s = Scenario::new("starting-job", "forge");
         s.write_config();
-        s.daemon = Some(reload_common::Daemon::spawn(
-            &s.config,
-            s.path("daemon.log"),
-            s.conf.record.clone(),
-            Some(&s.notify.path),
-        ));
+        s.spawn();
         let l = s.wait_event("listening", 1, SECS(20));
         let job = txt2img(s.conf.port, 2.0);
         s.wait_event("job_start", 1, SECS(5));
@@ -409,7 +404,7 @@ fn a_job_accepted_by_a_starting_ui_is_not_killed_by_a_reload() {
                 .contains("sd_webui_supervisor::supervisor::reconfigure")
                 .then_some(())
         });
-        let log = std::fs::read_to_string(&s.daemon().log).unwrap_or_default();
+        let log = s.daemon().log();
         let reload_at = log.find("sd_webui_supervisor::supervisor::reconfigure");
         let ready_at = log.find("UI is ready");
         let decisive = match (reload_at, ready_at) {

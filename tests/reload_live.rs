@@ -3,12 +3,12 @@
 //! relaid and refreshed, an invalid file changes nothing — and none of it restarts
 //! the UI. Read from the stand-in's record and the fake notify socket's `STATUS=`.
 
-mod reload_common;
+mod support;
 
 use std::time::Duration;
 
-use reload_common::{Rec, Scenario, events, get_json, write_atomic};
 use serde_json::json;
+use support::{Rec, Scenario, events, get_json, write_atomic};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// How long to keep watching for a request that must not come (a second POST, a
@@ -294,12 +294,7 @@ fn a_settings_change_while_the_ui_starts_reaches_the_ui() {
     let mut s = Scenario::new("settings-starting", "forge");
     s.conf.env.insert("STANDIN_START_DELAY".into(), "2".into());
     s.write_config();
-    s.daemon = Some(reload_common::Daemon::spawn(
-        &s.config,
-        s.path("daemon.log"),
-        s.conf.record.clone(),
-        Some(&s.notify.path),
-    ));
+    s.spawn();
     // The stand-in has read its config.json and is "loading"; the supervisor is
     // still waiting for it to answer.
     s.wait_event("start", 1, SECS(10));

@@ -17,7 +17,7 @@
 //!
 //! `SOAK_SEED=<n>` replays a run; the seed is printed on every run.
 
-mod reload_common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reload_common::{Rec, Rng, Scenario, events, get_json, http_on};
 use serde_json::json;
+use support::{Rec, Rng, Scenario, events, get_json, http_on};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const CHANGES: usize = 100;
@@ -225,9 +225,9 @@ fn soak_100_changes_under_load_interrupt_no_job() {
     let mut rng = Rng::new(seed);
 
     let mut s = Scenario::new("soak", "forge");
-    s.conf.idle_grace = "300ms".into();
-    s.conf.poll_interval = "100ms".into();
-    s.conf.deadline = "never".into();
+    s.conf.idle_grace = Some("300ms".into());
+    s.conf.poll_interval = Some("100ms".into());
+    s.conf.deadline = Some("never".into());
     let store = s.path("store");
     std::fs::create_dir_all(&store).expect("create the model store");
     for name in CHECKPOINTS.iter().chain(&LORAS) {
@@ -327,10 +327,11 @@ fn soak_100_changes_under_load_interrupt_no_job() {
     let uis = s.daemon().launches();
     // The watcher and the SIGHUP both see each change; whichever comes second
     // finds the content unchanged. Count the reloads that applied something.
-    let reloads = std::fs::read_to_string(&s.daemon().log)
-        .expect("the daemon log")
+    let reloads = s
+        .daemon()
+        .log()
         .lines()
-        .filter(|l| l.contains("reload result=applied"))
+        .filter(|l| l.contains("reload reload_result=applied"))
         .count();
     let (unavoidable, real): (Vec<&Killed>, Vec<&Killed>) =
         killed.iter().partition(|k| k.unavoidable());

@@ -5,14 +5,14 @@
 //! no reload). Reloads are counted by the `RELOADING=1` datagrams on the fake
 //! notify socket; what they did, by the stand-in's record.
 
-mod reload_common;
+mod support;
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reload_common::{Daemon, Scenario, write_atomic, write_in_place};
 use serde_json::json;
+use support::{Scenario, write_atomic, write_in_place};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// Long enough after a reload for a second, unwanted one to show (the watcher
@@ -145,12 +145,7 @@ fn swapping_etc_static_reloads_exactly_once() {
     let mut s = Scenario::new("watch-etc", "forge");
     let mut etc = FakeEtc::new(&s.path("root"), &s.conf.render());
     s.config = etc.config();
-    s.daemon = Some(Daemon::spawn(
-        &s.config,
-        s.path("daemon.log"),
-        s.conf.record.clone(),
-        Some(&s.notify.path),
-    ));
+    s.spawn();
     s.wait(SECS(30), "READY=1 at start", || {
         (s.notify.ready_count() >= 1).then_some(())
     });

@@ -1,168 +1,54 @@
-//! Under a real systemd (PID 1 in `../shared/tools/systemd-sandbox`, issue 2, "Must
-//! show"): a `Type=notify` unit running `sd-webui-supervisor run` with a stand-in
-//! that takes 3 s to start — `systemctl start` returns only once it is ready,
+//! Under a real systemd (PID 1 in the project's sandbox, `scripts/systemd-sandbox`):
+//! a `Type=notify` unit running `sd-webui-supervisor run` with a stand-in that
+//! takes 3 s to start — `systemctl start` returns only once it is ready,
 //! `systemctl status` shows the `Status:` line, `systemctl stop` leaves no process
 //! in the unit's cgroup; and a `Type=notify-reload` unit reloads at once.
 //!
-//! Needs root. Skipped (with a message) when not root or when the sandbox tool is
-//! missing — except under `CI=true`, where a missing tool fails the test.
+//! Needs what the sandbox needs (root, `unshare`, systemd >= 254): skipped with the
+//! reason otherwise — except under `CI=true`, where that fails the test.
 //! The unit cannot see the host's /tmp, so everything it needs lives under
 //! cargo's target dir (`CARGO_TARGET_TMPDIR`).
 
-mod common;
+mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Scene, pid, t, unix_secs, wait_for, wait_for_with};
+use support::systemd::Sandbox;
+use support::{Scene, pid, t, unix_secs, wait_for, wait_for_with};
 
-/// One sandbox at a time: each boots its own systemd on the shared cgroup tree.
-static SANDBOX: Mutex<()> = Mutex::new(());
-
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// The sandbox tool, or `None` (with the reason printed) when this machine cannot
-/// run the test.
-fn sandbox_tool() -> Option<PathBuf> {
-    let tool = common::repo_root().join("../shared/tools/systemd-sandbox");
-    if !tool.exists() {
-        assert!(
-            !under_ci(),
-            "CI=true but {} is missing: the systemd tests cannot run",
-            tool.display()
-        );
-        eprintln!("SKIPPED: {} is missing", tool.display());
-        return None;
-    }
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: systemd-sandbox needs root");
-        return None;
-    }
-    Some(tool)
-}
-
-/// A booted sandbox; stopped (and everything in it killed) on drop.
-struct Sandbox {
-    tool: PathBuf,
-    state: PathBuf,
-}
-
-impl Sandbox {
-    fn start(tool: PathBuf, state: &Path) -> Sandbox {
-        let out = Command::new(&tool)
-            .arg("start")
-            .arg(state)
-            .output()
-            .expect("run systemd-sandbox start");
-        let sandbox = Sandbox {
-            tool,
-            state: state.to_path_buf(),
-        };
-        assert!(
-            out.status.success(),
-            "systemd-sandbox start failed: {}{}\nconsole:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(state.join("console.log")).unwrap_or_default()
-        );
-        sandbox
-    }
-
-    /// Runs a command inside.
-    fn exec(&self, args: &[&str]) -> Output {
-        Command::new(&self.tool)
-            .arg("exec")
-            .arg(&self.state)
-            .args(args)
-            .output()
-            .expect("run systemd-sandbox exec")
-    }
-
-    /// Runs a command inside; panics unless it succeeds; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.exec(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `systemctl show -P <prop> <unit>`.
-    fn prop(&self, unit: &str, prop: &str) -> String {
-        self.ok(&["systemctl", "show", "-P", prop, unit])
-            .trim()
-            .to_string()
-    }
-
-    fn install(&self, unit_file: &Path) {
-        let out = Command::new(&self.tool)
-            .arg("install")
-            .arg(&self.state)
-            .arg(unit_file)
-            .output()
-            .expect("run systemd-sandbox install");
-        assert!(
-            out.status.success(),
-            "systemd-sandbox install failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn journal(&self, unit: &str) -> String {
-        String::from_utf8_lossy(&self.exec(&["journalctl", "--no-pager", "-u", unit]).stdout)
-            .into_owned()
-    }
-
-    /// The cgroup.procs file of `unit`'s cgroup, found by where its main process
-    /// is (cgroup v2, or the v1 `name=systemd` / hybrid `unified` hierarchy).
-    fn cgroup_procs_file(&self, unit: &str) -> String {
-        let cg = self.prop(unit, "ControlGroup");
-        assert!(!cg.is_empty(), "{unit} has no ControlGroup");
-        let main = self.prop(unit, "MainPID");
-        for root in [
-            "/sys/fs/cgroup",
-            "/sys/fs/cgroup/unified",
-            "/sys/fs/cgroup/systemd",
-        ] {
-            let file = format!("{root}{cg}/cgroup.procs");
-            let out = self.exec(&["cat", &file]);
-            if out.status.success()
-                && String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .any(|l| l.trim() == main)
-            {
-                return file;
-            }
+/// The cgroup.procs file of `unit`'s cgroup, found by where its main process
+/// is (cgroup v2, or the v1 `name=systemd` / hybrid `unified` hierarchy).
+fn cgroup_procs_file(sandbox: &Sandbox, unit: &str) -> String {
+    let cg = sandbox.property(unit, "ControlGroup");
+    assert!(!cg.is_empty(), "{unit} has no ControlGroup");
+    let main = sandbox.property(unit, "MainPID");
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+    ] {
+        let file = format!("{root}{cg}/cgroup.procs");
+        let out = sandbox.exec(&["cat", &file]);
+        if out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == main)
+        {
+            return file;
         }
-        panic!("no cgroup.procs of {cg} lists the main pid {main}");
     }
-
-    /// Processes in a cgroup.procs file; none when the cgroup is gone.
-    fn procs(&self, file: &str) -> Vec<String> {
-        let out = self.exec(&["cat", file]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect()
-    }
+    panic!("no cgroup.procs of {cg} lists the main pid {main}");
 }
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.tool)
-            .arg("stop")
-            .arg(&self.state)
-            .output();
-    }
+/// Processes in a cgroup.procs file; none when the cgroup is gone.
+fn cgroup_procs(sandbox: &Sandbox, file: &str) -> Vec<String> {
+    let out = sandbox.exec(&["cat", file]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Writes `<name>.service` for the daemon and the scene's config into the scene.
@@ -182,7 +68,7 @@ fn write_unit(scene: &Scene, name: &str, kind: &str) -> PathBuf {
          TimeoutStartSec=60\n\
          TimeoutStopSec=30\n\
          WatchdogSec=10\n",
-        bin = common::daemon_bin().display(),
+        bin = support::daemon_bin().display(),
         config = config.display(),
     );
     std::fs::write(&unit, text).expect("write the unit");
@@ -195,19 +81,19 @@ fn unit_name(what: &str) -> String {
 
 #[test]
 fn notify_unit_start_waits_for_ready_status_shows_and_stop_leaves_nothing() {
-    let Some(tool) = sandbox_tool() else { return };
-    let _one = SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
     let scene = Scene::in_target_dir("systemd-notify").env("STANDIN_START_DELAY", 3);
     let name = unit_name("notify");
     let unit = format!("{name}.service");
     let file = write_unit(&scene, &name, "notify");
-    let sandbox = Sandbox::start(tool, &scene.dir().join("sandbox"));
-    sandbox.install(&file);
+    let Some(sandbox) = Sandbox::boot(&scene.path("sandbox"), &[scene.dir()], &[]) else {
+        return;
+    };
+    sandbox.install(&[&file]);
     let record = scene.record();
 
     // systemctl start blocks until READY=1, i.e. until the stand-in answered.
     let began = Instant::now();
-    sandbox.ok(&["systemctl", "start", &unit]);
+    sandbox.run(&["systemctl", "start", &unit]);
     let returned = SystemTime::now();
     let took = began.elapsed();
     eprintln!("systemctl start took {took:?} (stand-in start delay 3s)");
@@ -215,8 +101,8 @@ fn notify_unit_start_waits_for_ready_status_shows_and_stop_leaves_nothing() {
         took >= Duration::from_secs(3),
         "systemctl start took {took:?}"
     );
-    assert_eq!(sandbox.prop(&unit, "ActiveState"), "active");
-    let status_text = sandbox.prop(&unit, "StatusText");
+    assert_eq!(sandbox.property(&unit, "ActiveState"), "active");
+    let status_text = sandbox.property(&unit, "StatusText");
     assert!(
         status_text.starts_with("ready"),
         "StatusText={status_text:?}"
@@ -233,7 +119,7 @@ fn notify_unit_start_waits_for_ready_status_shows_and_stop_leaves_nothing() {
         || {
             format!(
                 "`Status: \"ready; idle; forge…` in systemctl status ({})",
-                sandbox.prop(&unit, "StatusText")
+                sandbox.property(&unit, "StatusText")
             )
         },
         Duration::from_secs(10),
@@ -247,8 +133,8 @@ fn notify_unit_start_waits_for_ready_status_shows_and_stop_leaves_nothing() {
     assert!(status.contains("Active: active (running)"), "{status}");
 
     // The stand-in is in the unit's cgroup, next to the daemon.
-    let procs_file = sandbox.cgroup_procs_file(&unit);
-    let procs = sandbox.procs(&procs_file);
+    let procs_file = cgroup_procs_file(&sandbox, &unit);
+    let procs = cgroup_procs(&sandbox, &procs_file);
     eprintln!("{procs_file}: {procs:?}");
     assert!(
         procs.len() >= 2,
@@ -262,11 +148,11 @@ fn notify_unit_start_waits_for_ready_status_shows_and_stop_leaves_nothing() {
     );
 
     // systemctl stop: the daemon stops the UI itself (SIGINT), exits 0, nothing left.
-    sandbox.ok(&["systemctl", "stop", &unit]);
-    assert_eq!(sandbox.prop(&unit, "ActiveState"), "inactive");
-    assert_eq!(sandbox.prop(&unit, "ExecMainStatus"), "0");
-    assert_eq!(sandbox.prop(&unit, "Result"), "success");
-    let left = sandbox.procs(&procs_file);
+    sandbox.run(&["systemctl", "stop", &unit]);
+    assert_eq!(sandbox.property(&unit, "ActiveState"), "inactive");
+    assert_eq!(sandbox.property(&unit, "ExecMainStatus"), "0");
+    assert_eq!(sandbox.property(&unit, "Result"), "success");
+    let left = cgroup_procs(&sandbox, &procs_file);
     assert!(left.is_empty(), "left in {procs_file}: {left:?}");
     let signals = record.of("signal");
     assert_eq!(signals.len(), 1, "{signals:#?}");
@@ -286,43 +172,43 @@ fn notify_unit_start_waits_for_ready_status_shows_and_stop_leaves_nothing() {
 
 #[test]
 fn notify_reload_unit_reloads_at_once_and_stays_active() {
-    let Some(tool) = sandbox_tool() else { return };
-    let _one = SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
     let scene = Scene::in_target_dir("systemd-reload");
     let name = unit_name("reload");
     let unit = format!("{name}.service");
     let file = write_unit(&scene, &name, "notify-reload");
-    let sandbox = Sandbox::start(tool, &scene.dir().join("sandbox"));
-    sandbox.install(&file);
+    let Some(sandbox) = Sandbox::boot(&scene.path("sandbox"), &[scene.dir()], &[]) else {
+        return;
+    };
+    sandbox.install(&[&file]);
 
-    sandbox.ok(&["systemctl", "start", &unit]);
-    let main = sandbox.prop(&unit, "MainPID");
+    sandbox.run(&["systemctl", "start", &unit]);
+    let main = sandbox.property(&unit, "MainPID");
     wait_for("ready; idle", Duration::from_secs(10), || {
         sandbox
-            .prop(&unit, "StatusText")
+            .property(&unit, "StatusText")
             .starts_with("ready; idle")
             .then_some(())
     });
 
     for _ in 0..2 {
         let began = Instant::now();
-        sandbox.ok(&["systemctl", "reload", &unit]);
+        sandbox.run(&["systemctl", "reload", &unit]);
         let took = began.elapsed();
         eprintln!("systemctl reload took {took:?}");
         assert!(
             took < Duration::from_secs(2),
             "systemctl reload took {took:?}"
         );
-        assert_eq!(sandbox.prop(&unit, "ActiveState"), "active");
-        assert_eq!(sandbox.prop(&unit, "SubState"), "running");
+        assert_eq!(sandbox.property(&unit, "ActiveState"), "active");
+        assert_eq!(sandbox.property(&unit, "SubState"), "running");
     }
-    assert_eq!(sandbox.prop(&unit, "MainPID"), main, "same daemon");
-    assert_eq!(sandbox.prop(&unit, "NRestarts"), "0");
+    assert_eq!(sandbox.property(&unit, "MainPID"), main, "same daemon");
+    assert_eq!(sandbox.property(&unit, "NRestarts"), "0");
     assert_eq!(scene.record().starts().len(), 1, "the UI was not restarted");
     let journal = sandbox.journal(&unit);
     assert!(!journal.contains("Reload operation timed out"), "{journal}");
 
-    sandbox.ok(&["systemctl", "stop", &unit]);
-    assert_eq!(sandbox.prop(&unit, "ExecMainStatus"), "0");
-    assert_eq!(sandbox.prop(&unit, "Result"), "success");
+    sandbox.run(&["systemctl", "stop", &unit]);
+    assert_eq!(sandbox.property(&unit, "ExecMainStatus"), "0");
+    assert_eq!(sandbox.property(&unit, "Result"), "success");
 }

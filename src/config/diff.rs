@@ -1,4 +1,4 @@
-//! What a new config changes, and how each change must be applied (DESIGN §3.5).
+//! What a new config changes, and how each change must be applied (docs/design.md#reload-and-restart).
 //!
 //! Pure, so the core can decide a reload's live part and its restart part before
 //! touching anything, and so every row of the table is tested without a UI.
@@ -245,7 +245,10 @@ fn settings(
     new: &serde_json::Map<String, serde_json::Value>,
 ) {
     for (key, value) in new {
-        if old.get(key) != Some(value) {
+        if !old
+            .get(key)
+            .is_some_and(|o| crate::ui::settings_sync::same(o, value))
+        {
             d.settings_changed.insert(key.clone(), value.clone());
         }
     }

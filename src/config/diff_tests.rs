@@ -1,4 +1,4 @@
-//! Tests of [`super::diff`]: one per row of the DESIGN §3.5 table, then properties
+//! Tests of [`super::diff`]: one per row of the docs/design.md#reload-and-restart table, then properties
 //! over configs drawn from small pools (so that equal fields are common).
 
 use std::collections::{BTreeMap, BTreeSet};

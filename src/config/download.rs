@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
+
 /// One `[models.<kind>]` value as written: a target path, or a download table.
 #[derive(Debug)]
 pub enum RawModel {
@@ -199,15 +201,12 @@ pub fn download(raw: RawDownload) -> Result<Download, Vec<(&'static str, String)
             .map_err(|m| problems.push(("sha256", m)))
             .ok(),
     };
-    let token_file = raw.token_file.map(PathBuf::from);
-    if let Some(p) = &token_file
-        && !p.is_absolute()
-    {
-        problems.push((
-            "token_file",
-            format!("{:?} is not an absolute path", p.display().to_string()),
-        ));
-    }
+    let token_file = raw.token_file.map(|text| {
+        if let Some(why) = check_token_file(&text) {
+            problems.push(("token_file", why));
+        }
+        PathBuf::from(text)
+    });
     let token_header = raw
         .token_header
         .unwrap_or_else(|| DEFAULT_TOKEN_HEADER.to_string());
@@ -228,9 +227,32 @@ pub fn download(raw: RawDownload) -> Result<Download, Vec<(&'static str, String)
     }
 }
 
+/// The same rules as every other path the config hands to the kernel.
+fn check_token_file(text: &str) -> Option<String> {
+    if text.is_empty() {
+        Some("must not be empty".into())
+    } else if text.contains('\0') {
+        Some("must not contain a NUL byte".into())
+    } else if !text.starts_with('/') {
+        Some(format!("{text:?} is not an absolute path"))
+    } else {
+        limits::path(text)
+    }
+}
+
 /// https anywhere; http only to a loopback host (a token or a model must not
 /// cross a network in clear); no credentials in the URL itself.
 fn check_url(text: &str) -> Result<String, String> {
+    if text.contains('\0') {
+        return Err("must not contain a NUL byte".into());
+    }
+    if text.len() > limits::URL_MAX {
+        return Err(format!(
+            "is {} bytes long; at most {} (servers refuse longer request lines)",
+            text.len(),
+            limits::URL_MAX
+        ));
+    }
     let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials; use token_file".into());
@@ -269,6 +291,16 @@ pub fn downloads_section(raw: &RawDownloads) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_files() {
+        assert_eq!(check_token_file("/run/credentials/x/civitai"), None);
+        assert!(check_token_file("").is_some());
+        assert!(check_token_file("relative/token").is_some());
+        assert!(check_token_file("/run/t\0k").is_some());
+        assert!(check_token_file(&format!("/{}", "a".repeat(256))).is_some());
+        assert!(check_token_file(&format!("/a{}", "/a".repeat(2048))).is_some());
+    }
 
     /// (sha256 hex, `nix-hash --type sha256 --to-base32` of it), for "",
     /// "abc" and "hello world\n".
@@ -326,5 +358,10 @@ mod tests {
         assert!(check_url("ftp://example.com/m").is_err());
         assert!(check_url("https://user:pw@example.com/m").is_err());
         assert!(check_url("not a url").is_err());
+        assert!(check_url("https://example.com/m\0").is_err());
+        let long = format!("https://example.com/{}", "a".repeat(limits::URL_MAX));
+        assert!(check_url(&long).is_err());
+        let fits = format!("https://example.com/{}", "a".repeat(limits::URL_MAX - 21));
+        assert!(check_url(&fits).is_ok());
     }
 }

@@ -31,6 +31,10 @@ pub const EXEC_BYTES_MAX: usize = 1 << 20;
 /// in the deepest folder under the data dir.
 pub const TEMP_NAME_ROOM: usize = 64;
 
+/// Longest download URL, in bytes: common servers and proxies refuse request
+/// lines much past 8 KiB, so a longer URL could never be fetched.
+pub const URL_MAX: usize = 8 * 1024;
+
 /// Most GPUs `ui.gpus` may list.
 pub const GPUS_MAX: usize = 256;
 
@@ -70,6 +74,16 @@ pub const POLL_INTERVAL: DurationLimit = DurationLimit {
     max: Duration::from_secs(HOUR),
     text: "1h",
 };
+
+/// Every duration key with its bound: `(section, key, limit)`. The docs and tests
+/// read this list; validation uses the same constants.
+pub const DURATIONS: &[(&str, &str, DurationLimit)] = &[
+    ("ui", "startup_timeout", STARTUP_TIMEOUT),
+    ("ui", "stop_timeout", STOP_TIMEOUT),
+    ("restart", "idle_grace", IDLE_GRACE),
+    ("restart", "deadline", DEADLINE),
+    ("restart", "poll_interval", POLL_INTERVAL),
+];
 
 /// A string that becomes one argv element (or an environment value).
 pub fn arg(s: &str) -> Option<String> {

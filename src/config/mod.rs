@@ -1,4 +1,4 @@
-//! The config file (DESIGN §3.2): the contract with `module.nix`.
+//! The config file (docs/design.md#the-config-file): the contract with `module.nix`.
 //!
 //! Loading is three steps, so that `check-config` can report *every* problem with its
 //! line and column instead of stopping at the first: [`raw`] parses the TOML into
@@ -6,12 +6,14 @@
 //! [`validate`] turns them into the typed [`Config`] while collecting semantic
 //! problems, and [`diagnostics`] maps each problem's key path back to a position.
 
+mod checker;
 mod diagnostics;
 pub mod diff;
 pub mod download;
-mod limits;
+pub mod limits;
 mod raw;
 mod validate;
+mod validate_ui;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -5,155 +5,17 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::checker::Checker;
 use super::diagnostics::{At, Problem, Seg};
 use super::download::{self, Download, RawModel};
-use super::limits::{self, DurationLimit};
-use super::raw::{RawConfig, RawControl, RawData, RawRestart, RawUi};
+use super::limits;
+use super::raw::{RawConfig, RawControl, RawData, RawRestart};
+use super::validate_ui::ui_config;
 use super::{
     Config, ControlConfig, DEFAULT_SOCKET, DataConfig, DbusBus, DownloadsConfig, RestartConfig,
     RestartPolicy, UiConfig,
 };
 use crate::ui::flavor::{Flavor, ModelKind};
-
-/// Collects problems while converting.
-struct Checker<'p> {
-    problems: &'p mut Vec<Problem>,
-}
-
-impl Checker<'_> {
-    fn at<S: Into<Seg>>(
-        &mut self,
-        path: impl IntoIterator<Item = S>,
-        at: At,
-        msg: impl Into<String>,
-    ) {
-        self.problems.push(Problem::new(path, at, msg.into()));
-    }
-
-    fn value<S: Into<Seg>>(&mut self, path: impl IntoIterator<Item = S>, msg: impl Into<String>) {
-        self.at(path, At::Value, msg);
-    }
-
-    fn missing(&mut self, section: &str, key: &str) {
-        self.value([section, key], "required key is missing");
-    }
-
-    fn duration(
-        &mut self,
-        section: &str,
-        key: &str,
-        raw: Option<&str>,
-        default: &str,
-        limit: DurationLimit,
-    ) -> Duration {
-        self.checked_duration(section, key, raw, default, limit)
-            .unwrap_or(Duration::from_secs(1))
-    }
-
-    /// Like [`Checker::duration`], but `None` when the value was reported as invalid,
-    /// so that cross-key rules do not compare against a stand-in value.
-    fn checked_duration(
-        &mut self,
-        section: &str,
-        key: &str,
-        raw: Option<&str>,
-        default: &str,
-        limit: DurationLimit,
-    ) -> Option<Duration> {
-        let text = raw.unwrap_or(default);
-        match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() => {
-                self.value([section, key], "must be longer than zero");
-                None
-            }
-            Ok(d) if d > limit.max => {
-                let never = if key == "deadline" {
-                    "; write \"never\" for no deadline"
-                } else {
-                    ""
-                };
-                self.value(
-                    [section, key],
-                    format!("{text:?} is too long (at most {}){never}", limit.text),
-                );
-                None
-            }
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.value(
-                    [section, key],
-                    format!(
-                        "{text:?} is not a duration ({e}); write e.g. \"30s\", \"10m\", \"6h\""
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn absolute(&mut self, path: &[Seg], raw: &str) -> PathBuf {
-        let p = PathBuf::from(raw);
-        if raw.is_empty() {
-            self.value(path.to_vec(), "must not be empty");
-        } else if raw.contains('\0') {
-            self.value(path.to_vec(), "must not contain a NUL byte");
-        } else if !p.is_absolute() {
-            self.value(path.to_vec(), format!("{raw:?} is not an absolute path"));
-        } else if let Some(why) = limits::path(raw) {
-            self.value(path.to_vec(), why);
-        }
-        p
-    }
-
-    /// A string that reaches the UI's argv.
-    fn arg(&mut self, path: Vec<Seg>, s: &str) {
-        if let Some(why) = limits::arg(s) {
-            self.value(path, why);
-        }
-    }
-
-    /// File and extension names become single path components under the data dir.
-    /// False when the name was reported.
-    fn plain_name(&mut self, path: &[Seg], name: &str) -> bool {
-        let why = if name.is_empty() {
-            Some("name is empty")
-        } else if name.contains('\0') {
-            Some("name contains a NUL byte")
-        } else if name.contains('/') {
-            Some("name contains '/'; it must be a plain file name")
-        } else if name == ".." || name.contains("..") {
-            Some("name contains '..'; it must be a plain file name")
-        } else if name.starts_with('.') {
-            Some("name starts with '.'; hidden names are not allowed")
-        } else {
-            None
-        };
-        match why.map(String::from).or_else(|| limits::name(name)) {
-            Some(why) => {
-                self.at(path.to_vec(), At::Key, why);
-                false
-            }
-            None => true,
-        }
-    }
-
-    /// The link `<data.dir>/<folder>/<name>` the layout will make must fit in a
-    /// path; `folder` is how the message names the data dir's part.
-    fn link_fits(&mut self, path: &[Seg], data_dir: Option<&str>, folder: &str, name: &str) {
-        let Some(dir) = data_dir else { return };
-        let len = dir.len() + 1 + folder.len() + 1 + name.len();
-        if len > limits::PATH_MAX {
-            self.at(
-                path.to_vec(),
-                At::Key,
-                format!(
-                    "its link (data.dir/{folder}/NAME) would be {len} bytes long; a path holds at most {}",
-                    limits::PATH_MAX
-                ),
-            );
-        }
-    }
-}
 
 /// Validates the raw config; `None` when a required part is missing or unusable.
 pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
@@ -204,6 +66,19 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
     let settings = settings(raw.settings);
     let restart = restart_config(&mut c, raw.restart);
     let control = control_config(&mut c, raw.control);
+    if let (Some(ui), Some(addr)) = (&ui, control.http_listen) {
+        // The UI binds loopback, or every address with `listen`.
+        let overlaps = ui.listen || addr.ip().is_unspecified() || addr.ip().is_loopback();
+        if addr.port() == ui.port && overlaps {
+            c.value(
+                ["control", "http_listen"],
+                format!(
+                    "port {} is ui.port: the UI and the control API cannot both listen there",
+                    ui.port
+                ),
+            );
+        }
+    }
     Some(Config {
         ui: ui?,
         data: data?,
@@ -217,187 +92,6 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             models: downloads,
         },
     })
-}
-
-fn ui_config(c: &mut Checker<'_>, raw: RawUi) -> Option<UiConfig> {
-    let flavor = match raw.flavor.as_deref() {
-        None => {
-            c.missing("ui", "flavor");
-            None
-        }
-        Some(name) => {
-            let f = Flavor::parse(name);
-            if f.is_none() {
-                c.value(
-                    ["ui", "flavor"],
-                    format!("unknown flavor {name:?} (expected one of: forge, a1111, comfyui)"),
-                );
-            }
-            f
-        }
-    };
-    match raw.command.as_deref().map(<[String]>::first) {
-        None => c.missing("ui", "command"),
-        Some(None) => c.value(
-            ["ui", "command"],
-            "must name the program to run (a non-empty list)",
-        ),
-        Some(Some(p)) if p.is_empty() => {
-            c.value(["ui", "command"], "the program (first element) is empty")
-        }
-        Some(Some(p)) if p.contains('/') && !p.starts_with('/') => c.value(
-            ["ui", "command"],
-            format!("the program {p:?} must be an absolute path or a bare name found on PATH"),
-        ),
-        Some(Some(p)) if p.starts_with('/') && !p.contains('\0') => {
-            if let Some(why) = limits::path(p) {
-                c.value([Seg::from("ui"), "command".into(), 0.into()], why);
-            }
-        }
-        Some(Some(_)) => {}
-    }
-    let command = raw.command.unwrap_or_default();
-    let extra_args = raw.extra_args.unwrap_or_default();
-    for (key, list) in [("command", &command), ("extra_args", &extra_args)] {
-        for (i, arg) in list.iter().enumerate() {
-            c.arg(vec!["ui".into(), key.into(), i.into()], arg);
-        }
-    }
-    let port = match raw.port {
-        None => flavor.map_or(7860, Flavor::default_port),
-        Some(p) if (1..=65535).contains(&p) => p as u16,
-        Some(p) => {
-            c.value(["ui", "port"], format!("{p} is out of range (1–65535)"));
-            1
-        }
-    };
-    let environment = raw.environment.unwrap_or_default();
-    for (k, v) in &environment {
-        if let Some(why) = limits::env_name(k) {
-            c.at(["ui", "environment", k.as_str()], At::Key, why);
-        }
-        if v.contains('\0') {
-            c.value(
-                ["ui", "environment", k.as_str()],
-                "value contains a NUL byte",
-            );
-        } else if let Some(why) = limits::arg(&format!("{k}={v}")) {
-            c.value(
-                ["ui", "environment", k.as_str()],
-                format!("NAME=value {why}"),
-            );
-        }
-    }
-    let exec_bytes: usize = command
-        .iter()
-        .chain(&extra_args)
-        .map(|a| a.len() + 1)
-        .chain(environment.iter().map(|(k, v)| k.len() + v.len() + 2))
-        .sum();
-    if exec_bytes > limits::EXEC_BYTES_MAX {
-        c.value(
-            ["ui", "extra_args"],
-            format!(
-                "ui.command, ui.extra_args and ui.environment add up to {exec_bytes} bytes; \
-                 the UI's exec allows the config at most {}",
-                limits::EXEC_BYTES_MAX
-            ),
-        );
-    }
-    if raw.gpus.as_ref().is_some_and(Vec::is_empty) {
-        c.value(
-            ["ui", "gpus"],
-            "is empty; omit it to inherit CUDA_VISIBLE_DEVICES",
-        );
-    }
-    let gpus = raw.gpus.map(|ids| gpu_list(c, ids));
-    if gpus.is_some() && environment.contains_key("CUDA_VISIBLE_DEVICES") {
-        c.at(
-            ["ui", "environment", "CUDA_VISIBLE_DEVICES"],
-            At::Key,
-            "conflicts with ui.gpus, which sets CUDA_VISIBLE_DEVICES; remove one of them",
-        );
-    }
-    let api_auth_file = raw.api_auth_file.map(|p| {
-        let path = c.absolute(&["ui".into(), "api_auth_file".into()], &p);
-        if flavor == Some(Flavor::Comfyui) {
-            c.value(
-                ["ui", "api_auth_file"],
-                "ComfyUI has no API authentication (--api-auth is Forge/A1111 only)",
-            );
-        }
-        path
-    });
-    let startup_timeout = c.duration(
-        "ui",
-        "startup_timeout",
-        raw.startup_timeout.as_deref(),
-        "15m",
-        limits::STARTUP_TIMEOUT,
-    );
-    let stop_timeout = c.duration(
-        "ui",
-        "stop_timeout",
-        raw.stop_timeout.as_deref(),
-        "30s",
-        limits::STOP_TIMEOUT,
-    );
-    Some(UiConfig {
-        flavor: flavor?,
-        command,
-        listen: raw.listen.unwrap_or(false),
-        port,
-        extra_args,
-        environment,
-        gpus,
-        api_auth_file,
-        startup_timeout,
-        stop_timeout,
-    })
-}
-
-/// GPU indices: each duplicate reported once (with how often it appears), however
-/// long the list.
-fn gpu_list(c: &mut Checker<'_>, ids: Vec<i64>) -> Vec<u32> {
-    // id → (how often, index of its second appearance)
-    let mut seen: BTreeMap<i64, (usize, Option<usize>)> = BTreeMap::new();
-    let mut out = Vec::new();
-    for (i, id) in ids.into_iter().enumerate() {
-        if !(0..=i64::from(u32::MAX)).contains(&id) {
-            c.value(
-                [Seg::from("ui"), "gpus".into(), i.into()],
-                format!("{id} is not a GPU index"),
-            );
-            continue;
-        }
-        let entry = seen.entry(id).or_insert((0, None));
-        entry.0 += 1;
-        match entry.0 {
-            1 => out.push(id as u32),
-            2 => entry.1 = Some(i),
-            _ => {}
-        }
-    }
-    for (id, (count, second)) in seen {
-        if let Some(i) = second {
-            let times = if count == 2 {
-                "twice".to_string()
-            } else {
-                format!("{count} times")
-            };
-            c.value(
-                [Seg::from("ui"), "gpus".into(), i.into()],
-                format!("GPU {id} is listed {times}"),
-            );
-        }
-    }
-    if out.len() > limits::GPUS_MAX {
-        c.value(
-            ["ui", "gpus"],
-            format!("lists {} GPUs; at most {}", out.len(), limits::GPUS_MAX),
-        );
-    }
-    out
 }
 
 fn data_config(c: &mut Checker<'_>, flavor: Option<Flavor>, raw: RawData) -> Option<DataConfig> {

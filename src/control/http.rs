@@ -28,6 +28,7 @@ pub fn router(handle: CoreHandle) -> Router {
         .route(protocol::RESTART, post(restart))
         .route(protocol::WAIT_IDLE, get(wait_idle))
         .route(protocol::RETRY_DOWNLOADS, post(retry_downloads))
+        .route(protocol::DRAIN, post(drain))
         .route(protocol::METRICS, get(prometheus))
         .fallback(not_found)
         .with_state(handle)
@@ -125,12 +126,29 @@ async fn wait_idle(
     State(core): State<CoreHandle>,
     query: Result<Query<WaitIdleQuery>, QueryRejection>,
 ) -> Result<Json<Snapshot>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let timeout = match query.timeout.as_deref() {
-        Some(text) => parse_timeout(text).map_err(ApiError::bad_request)?,
-        None => std::time::Duration::MAX,
-    };
+    let timeout = timeout_of(query)?;
     Ok(Json(core.wait_idle(timeout).await?))
+}
+
+/// `POST /v1/drain?timeout=30s`: draining from now on; 200 with the snapshot
+/// once no job runs or waits, 504 on timeout (still draining).
+async fn drain(
+    State(core): State<CoreHandle>,
+    query: Result<Query<WaitIdleQuery>, QueryRejection>,
+) -> Result<Json<Snapshot>, ApiError> {
+    let timeout = timeout_of(query)?;
+    Ok(Json(core.drain(timeout).await?))
+}
+
+/// The `timeout` of a waiting route; none means without limit.
+fn timeout_of(
+    query: Result<Query<WaitIdleQuery>, QueryRejection>,
+) -> Result<std::time::Duration, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    match query.timeout.as_deref() {
+        Some(text) => parse_timeout(text).map_err(ApiError::bad_request),
+        None => Ok(std::time::Duration::MAX),
+    }
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -107,6 +107,12 @@ pub fn render(s: &Snapshot) -> String {
         "User files sitting where managed links should go.",
         s.layout_conflicts.len() as f64,
     );
+    out.single(
+        "draining",
+        "gauge",
+        "1 while the supervisor drains for a stop (/readyz answers 503), else 0.",
+        bool_value(s.draining),
+    );
     downloads(&mut out, s);
     out.text
 }

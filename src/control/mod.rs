@@ -1,4 +1,4 @@
-//! The control plane (DESIGN §3.6): the HTTP/JSON API on the unix socket and the
+//! The control plane (docs/design.md#control-plane): the HTTP/JSON API on the unix socket and the
 //! optional TCP port, the D-Bus interface, Prometheus metrics, and the CLI client.
 //!
 //! Every part here only translates between a wire format and the core's
@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod client;
 pub mod dbus;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
@@ -143,14 +144,21 @@ pub async fn start_with_bus(
     let (listener, socket) = socket::bind(&config.socket).await?;
     let (stop, stopped) = watch::channel(false);
     let router = http::router(handle.clone());
-    let mut servers = vec![serve(listener, router.clone(), stopped.clone())];
+    let health = health::router(handle.clone());
+    let mut servers = vec![serve(
+        listener,
+        health.clone().merge(router.clone()),
+        stopped.clone(),
+    )];
     let mut tcp_addr = None;
     if let (Some(addr), Some(token)) = (config.http_listen, token) {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ControlError::Tcp { addr, source })?;
         tcp_addr = tcp.local_addr().ok();
-        servers.push(serve(tcp, auth::require_token(router, token), stopped));
+        // The health routes need no token: a kubelet's probe has none.
+        let guarded = health.merge(auth::require_token(router, token));
+        servers.push(serve(tcp, guarded, stopped));
     }
     let mut control = Control {
         stop,

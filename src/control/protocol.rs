@@ -23,6 +23,30 @@ pub const WAIT_IDLE: &str = "/v1/wait-idle";
 pub const RETRY_DOWNLOADS: &str = "/v1/retry-downloads";
 /// Path of the Prometheus route.
 pub const METRICS: &str = "/metrics";
+/// Path of the drain route (`wait-idle --drain`).
+pub const DRAIN: &str = "/v1/drain";
+/// Path of the liveness route (unauthenticated).
+pub const HEALTHZ: &str = "/healthz";
+/// Path of the readiness route (unauthenticated).
+pub const READYZ: &str = "/readyz";
+
+/// Body of `GET /healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alive {
+    /// Whether the core's loop answered in time.
+    pub alive: bool,
+}
+
+/// Body of `GET /readyz`: enough for a scheduler and a person, nothing secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// Whether work may be routed here (the status code says the same).
+    pub ready: bool,
+    /// The supervisor's state.
+    pub state: crate::supervisor::protocol::Phase,
+    /// Whether it is draining for a stop.
+    pub draining: bool,
+}
 
 /// Body of `POST /v1/restart`; an empty body means `{"when":"idle"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

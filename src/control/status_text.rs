@@ -55,6 +55,12 @@ where
         None => "unknown (UI not ready)".to_owned(),
     };
     line("Queue:", queue);
+    if s.draining {
+        line(
+            "Draining:",
+            "yes: takes no new work (/readyz 503) until it stops".to_owned(),
+        );
+    }
     match &s.restart_pending {
         Some(r) => {
             let deadline = match r.deadline_unix {

@@ -238,6 +238,15 @@ impl Manager {
         failed.len()
     }
 
+    /// Whether any download still has work to do (the core then refreshes its
+    /// snapshot periodically, for progress and rate).
+    pub fn busy(&self) -> bool {
+        lock(&self.inner)
+            .entries
+            .values()
+            .any(|e| !lock(&e.cell).state.is_final())
+    }
+
     /// Every declared download model with its progress, by kind and name.
     pub fn snapshot(&self) -> Vec<ModelProgress> {
         let inner = lock(&self.inner);

@@ -1,6 +1,6 @@
 //! `sd-webui-supervisor layout --config FILE [--dry-run]`.
 //!
-//! Exit codes (DESIGN §3.1): 0 laid out; 1 invalid config or failed layout;
+//! Exit codes (docs/design.md#commands): 0 laid out; 1 invalid config or failed layout;
 //! 3 laid out, but with conflicts (one line each on stderr).
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Laying out the data directory (DESIGN §3.3): model and extension links from the
+//! Laying out the data directory (docs/design.md#the-data-directory): model and extension links from the
 //! config, the folders the UI needs, and the managed settings keys.
 //!
 //! The layout is [`scan`] (read the disk into a [`snapshot`]), `plan` (a pure

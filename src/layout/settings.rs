@@ -75,8 +75,10 @@ pub(crate) fn merge(
     let mut keys = Vec::new();
     for (key, value) in managed {
         let slot = members.iter().position(|(k, _)| k == key);
-        let same =
-            |raw: &RawValue| serde_json::from_str::<Value>(raw.get()).ok().as_ref() == Some(value);
+        let same = |raw: &RawValue| {
+            serde_json::from_str::<Value>(raw.get())
+                .is_ok_and(|v| crate::ui::settings_sync::same(&v, value))
+        };
         if slot.is_some_and(|i| same(&members[i].1)) {
             continue;
         }

@@ -1,16 +1,22 @@
 //! The core's side of models fetched at run time: it owns the download
-//! [`Manager`], re-aims it on every applied reload, and when a file arrives
-//! relays out (linking it like a store model) and asks the UI to rescan. The
+//! [`Manager`], re-aims it on every applied reload, and when files arrive
+//! relays out (linking them like store models) and asks the UI to rescan. The
 //! UI never waits for downloads: the layout links only what is present.
+//!
+//! Nothing here awaits: the manager's events come in through a tracked task,
+//! finished downloads that arrive close together (all the cached ones at start)
+//! share one layout ([`super::timers::RELINK_AFTER`]), and the refresh calls
+//! run as tracked work once that layout is done.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{Event, Supervisor, Ui};
+use super::work::Event;
+use super::{Supervisor, Ui};
 use crate::config::diff::ConfigDiff;
-use crate::download::{self, Manager, ModelProgress, Phase};
+use crate::download::{self, Manager, ModelProgress};
 
 /// How often the snapshot is refreshed while downloads run (progress, rate).
 pub(super) const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -31,13 +37,14 @@ impl Supervisor {
                     return;
                 }
             }
-            let events = self.events.clone();
-            tokio::spawn(async move {
+            let events = self.signals.clone();
+            self.tasks.spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     if events.send(Event::Download(ev)).is_err() {
                         break;
                     }
                 }
+                Event::Done
             });
         }
         if let Some(manager) = &self.downloads {
@@ -45,13 +52,25 @@ impl Supervisor {
         }
     }
 
-    /// A download finished or gave up. A finished file is linked now, and
-    /// Forge/A1111 are asked to rescan its kinds (ComfyUI rescans by itself).
-    pub(super) async fn on_download(&mut self, ev: download::Event) {
+    /// A download finished or gave up. A finished file is linked by the next
+    /// relink, shortly (failures are in the snapshot, and logged by the manager).
+    pub(super) fn on_download(&mut self, ev: download::Event) {
         let download::Event::Done { models } = ev else {
-            return; // failures are in the snapshot, and logged by the manager
+            return;
         };
-        if let Err(e) = self.lay_out().await {
+        if matches!(self.ui, Ui::Preparing { prepared: None, .. }) {
+            // The start's own layout is still to come and links it with the rest.
+            return;
+        }
+        self.downloaded.extend(models.iter().map(|(kind, _)| *kind));
+        self.timers.relink_soon(Instant::now());
+    }
+
+    /// The relink's layout is done: Forge/A1111 are asked to rescan the kinds
+    /// that arrived (ComfyUI rescans by itself), as tracked work.
+    pub(super) fn downloads_linked(&mut self, layout_error: Option<&str>) {
+        let kinds = std::mem::take(&mut self.downloaded);
+        if let Some(e) = layout_error {
             tracing::error!(error = %e, "relayout after a download failed");
             return;
         }
@@ -59,15 +78,18 @@ impl Supervisor {
             return; // the next start lays out and loads everything
         };
         let change = ConfigDiff {
-            models_changed: models.iter().map(|(kind, _)| *kind).collect(),
+            models_changed: kinds.into_iter().collect(),
             ..ConfigDiff::default()
         };
         let endpoints: BTreeSet<&'static str> = change
             .refresh_endpoints(self.config.ui.flavor)
             .into_iter()
             .collect();
+        if endpoints.is_empty() {
+            return;
+        }
         let probe = probe.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             for ep in endpoints {
                 match probe.refresh(ep).await {
                     Ok(()) => {
@@ -76,6 +98,7 @@ impl Supervisor {
                     Err(e) => tracing::warn!(endpoint = ep, error = %e, "model refresh failed"),
                 }
             }
+            Event::Done
         });
     }
 
@@ -93,10 +116,7 @@ impl Supervisor {
 
     /// When the snapshot should next be refreshed for progress, if anything runs.
     pub(super) fn next_progress(&self, now: Instant) -> Option<Instant> {
-        let active = self
-            .download_progress()
-            .iter()
-            .any(|m| !matches!(m.state, Phase::Done | Phase::Failed));
-        active.then(|| now + PROGRESS_EVERY)
+        let active = self.downloads.as_ref().is_some_and(Manager::busy);
+        active.then(|| super::timers::after(now, PROGRESS_EVERY))?
     }
 }

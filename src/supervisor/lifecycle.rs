@@ -1,47 +1,29 @@
-//! The UI's life: preflight, layout, launch, readiness, queue probes, crash
-//! accounting with backoff, graceful stop and restart.
+//! The UI's life: preflight and launch preparation, layout, launch, readiness,
+//! queue probes, unexpected exits (counted in [`super::crash`]), graceful stop
+//! and restart. Every slow step runs as a task of [`super::work`].
 
 use std::io;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use super::{CRASH_WINDOW, MAX_CRASHES, STARTING_PROBE, Supervisor, Ui, unix_now};
-use crate::supervisor::protocol::{Queue, RestartReason};
-use crate::ui::api::{ApiAuth, Probe, ProbeError};
+use super::crash::{CRASH_WINDOW, MAX_CRASHES, Verdict};
+use super::pending::{Decision, Reading};
+use super::timers::{after, unix_now};
+use super::work::{AfterStop, Event};
+use super::{LayoutWaiter, Supervisor, Ui};
+use crate::supervisor::protocol::RestartReason;
+use crate::ui::api::{Probe, ProbeError};
 use crate::ui::comfy_ws::QueueSignal;
 use crate::ui::flavor::Flavor;
 use crate::ui::gpu::{Preflight, preflight};
-use crate::ui::process::{Launch, UiProcess, describe_exit};
+use crate::ui::launch::{self, Prepared};
+use crate::ui::process::{UiProcess, describe_exit};
+use crate::ui::settings_sync;
 
-/// Results of work the core spawned.
-#[derive(Debug)]
-pub enum Event {
-    /// A readiness probe finished.
-    Ready(bool),
-    /// A queue probe finished; `sent` is when it was sent (a restart may act only
-    /// on a reading taken after the idle grace ended).
-    Queue(Result<Queue, String>, Instant),
-    /// ComfyUI broadcast its queue length (`/ws`): probe now if a restart waits.
-    QueueChanged(u32),
-    /// A download finished or gave up.
-    Download(crate::download::Event),
-    /// The UI group is gone after a stop or an exit; `then` says what comes next.
-    Gone {
-        /// Exit of the main process.
-        status: io::Result<ExitStatus>,
-        /// What to do now.
-        then: AfterStop,
-    },
-}
-
-/// What follows once the UI's group is gone.
-#[derive(Debug)]
-pub enum AfterStop {
-    /// Start the UI again (a restart).
-    Start,
-    /// Count a crash with this reason, then back off or fail.
-    Crash(String),
-}
+/// Readiness probe period while the UI starts.
+const STARTING_PROBE: Duration = Duration::from_millis(250);
+/// First readiness probe after the launch.
+const FIRST_PROBE: Duration = Duration::from_millis(100);
 
 /// Resolves when the running UI's main process exits; never while none runs.
 pub async fn child_exit(ui: &mut Ui) -> io::Result<ExitStatus> {
@@ -52,98 +34,155 @@ pub async fn child_exit(ui: &mut Ui) -> io::Result<ExitStatus> {
 }
 
 impl Supervisor {
-    /// Preflight, layout, launch. Failures land in `waiting`, `failed` or the crash path.
-    pub(super) async fn start_ui(&mut self) {
-        let config = self.config.clone();
-        if let Preflight::Waiting(why) = preflight(&self.gpu, config.ui.gpus.as_deref()).await {
+    /// Begins a start: preflight and launch preparation in a task, then the
+    /// layout, then the launch (see [`Supervisor::on_event`]). A start already
+    /// under way is superseded (its results are ignored).
+    pub(super) fn start_ui(&mut self) {
+        self.start_seq = self.start_seq.wrapping_add(1);
+        let start = self.start_seq;
+        let waiting = match std::mem::replace(&mut self.ui, Ui::Down) {
+            Ui::Waiting { why, .. } => Some(why),
+            Ui::Preparing { waiting, .. } => waiting,
+            _ => None,
+        };
+        self.ui = Ui::Preparing {
+            start,
+            prepared: None,
+            waiting,
+        };
+        let (gpu, config) = (self.gpu.clone(), self.config.clone());
+        self.tasks.spawn(async move {
+            let preflight = preflight(&gpu, config.ui.gpus.as_deref()).await;
+            let launch = match preflight {
+                Preflight::Ok => launch::prepare(&config),
+                Preflight::Waiting(_) => Err(String::new()),
+            };
+            Event::Prepared {
+                start,
+                preflight,
+                launch,
+            }
+        });
+    }
+
+    fn on_prepared(&mut self, start: u64, preflight: Preflight, launch: Result<Prepared, String>) {
+        if !matches!(self.ui, Ui::Preparing { start: s, .. } if s == start) {
+            return;
+        }
+        if let Preflight::Waiting(why) = preflight {
             tracing::warn!(reason = %why, recheck = ?self.gpu.recheck, "not starting the UI");
             self.ui = Ui::Waiting {
-                recheck: Instant::now() + self.gpu.recheck,
+                recheck: after(Instant::now(), self.gpu.recheck),
                 why,
             };
             self.ready_once();
             return;
         }
-        if let Err(why) = self.lay_out().await {
-            tracing::error!(reason = %why, "cannot prepare the data directory");
-            self.ui = Ui::Failed { why };
-            self.ready_once();
-            return;
-        }
-        let auth = match &config.ui.api_auth_file {
-            None => None,
-            Some(path) => match std::fs::read_to_string(path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| ApiAuth::parse(&t))
-            {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    let why = format!("ui.api_auth_file {}: {e}", path.display());
-                    tracing::error!(reason = %why, "cannot start the UI");
-                    self.ui = Ui::Failed { why };
-                    self.ready_once();
-                    return;
-                }
-            },
+        self.ui = Ui::Preparing {
+            start,
+            prepared: Some(launch),
+            waiting: None,
         };
-        let mut argv = config.ui_argv();
-        if let Some(a) = &auth {
-            // Before extra_args, so the user's own flags still win.
-            let at = argv.len() - config.ui.extra_args.len();
-            argv.splice(
-                at..at,
-                [
-                    "--api-auth".to_string(),
-                    format!("{}:{}", a.user, a.password),
-                ],
-            );
+        self.request_layout(Some(LayoutWaiter::Start(start)));
+    }
+
+    /// Lays out the config in force (one layout at a time; see [`super::work::LayoutLane`]).
+    pub(super) fn request_layout(&mut self, waiter: Option<LayoutWaiter>) {
+        if self.layouts.request(waiter) {
+            self.spawn_layout();
         }
-        let mut env = config.ui.environment.clone();
-        env.entry("PYTHONUNBUFFERED".into())
-            .or_insert_with(|| "1".into());
-        if let Some(gpus) = &config.ui.gpus {
-            let ids: Vec<String> = gpus.iter().map(u32::to_string).collect();
-            env.insert("CUDA_VISIBLE_DEVICES".into(), ids.join(","));
-        }
-        let launch = Launch { argv, env };
-        match UiProcess::spawn(&launch) {
-            Ok(proc) => {
-                tracing::info!(pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui.port, "UI launched");
-                if let Some(reason) = self.start_reason.take() {
-                    *self.counters.restarts.entry(reason).or_default() += 1;
-                }
-                let probe = Probe::new(config.ui.flavor, config.ui.port, auth);
-                self.queue = None;
-                self.queue_sent = None;
-                self.probe_in_flight = false;
-                self.next_probe = Instant::now() + Duration::from_millis(100);
-                self.ui = Ui::Starting {
-                    proc,
-                    probe,
-                    since: Instant::now(),
-                };
+    }
+
+    fn spawn_layout(&mut self) {
+        let config = self.config.clone();
+        self.tasks.spawn(async move {
+            let began = Instant::now();
+            let report = tokio::task::spawn_blocking(move || crate::layout::apply(&config))
+                .await
+                .map_err(|e| format!("layout task failed: {e}"))
+                .and_then(|r| r.map_err(|e| format!("layout failed: {e}")));
+            if let Ok(r) = &report {
+                tracing::debug!(took = ?began.elapsed(), actions = r.actions_applied, "layout done");
             }
-            Err(e) => {
-                let program = launch.argv.first().cloned().unwrap_or_default();
-                self.record_crash(format!("cannot run {program}: {e}"));
+            Event::LaidOut(report)
+        });
+    }
+
+    fn on_laid_out(&mut self, report: Result<crate::layout::LayoutReport, String>) {
+        let error = match report {
+            Ok(report) => {
+                self.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
+                for c in &self.conflicts {
+                    tracing::warn!(conflict = %c, "layout conflict: kept the user's file");
+                }
+                None
+            }
+            Err(e) => Some(e),
+        };
+        let Some(waiters) = self.layouts.finished() else {
+            // The config changed while it ran: lay out the newer one first.
+            self.spawn_layout();
+            return;
+        };
+        for w in waiters {
+            match w {
+                LayoutWaiter::Start(start) => self.launch(start, error.clone()),
+                LayoutWaiter::Reload(applying) => self.finish_reload(applying, error.clone()),
+                LayoutWaiter::Downloads => self.downloads_linked(error.as_deref()),
             }
         }
     }
 
-    /// Runs the layout off the async thread; keeps the conflicts for the status.
-    pub(super) async fn lay_out(&mut self) -> Result<crate::layout::LayoutReport, String> {
-        let config = self.config.clone();
-        let began = std::time::Instant::now();
-        let report = tokio::task::spawn_blocking(move || crate::layout::apply(&config))
-            .await
-            .map_err(|e| format!("layout task failed: {e}"))?
-            .map_err(|e| format!("layout failed: {e}"))?;
-        tracing::debug!(took = ?began.elapsed(), actions = report.actions_applied, "layout done");
-        self.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
-        for c in &self.conflicts {
-            tracing::warn!(conflict = %c, "layout conflict: kept the user's file");
+    /// Launches start number `start` once its data dir is laid out.
+    fn launch(&mut self, start: u64, layout_error: Option<String>) {
+        let prepared = match &mut self.ui {
+            Ui::Preparing {
+                start: s, prepared, ..
+            } if *s == start => prepared.take(),
+            _ => return,
+        };
+        let failed = |why: String| {
+            tracing::error!(reason = %why, "cannot start the UI");
+            Ui::Failed { why }
+        };
+        let prepared = match (layout_error, prepared) {
+            (Some(why), _) => {
+                tracing::error!(reason = %why, "cannot prepare the data directory");
+                self.ui = Ui::Failed { why };
+                self.ready_once();
+                return;
+            }
+            (None, Some(Ok(p))) => p,
+            (None, Some(Err(why))) => {
+                self.ui = failed(why);
+                self.ready_once();
+                return;
+            }
+            (None, None) => return,
+        };
+        let config = &self.config;
+        match UiProcess::spawn(&prepared.launch) {
+            Ok(proc) => {
+                tracing::info!(ui_pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui.port, "UI launched");
+                if let Some(reason) = self.start_reason.take() {
+                    *self.counters.restarts.entry(reason).or_default() += 1;
+                }
+                let probe = Probe::new(config.ui.flavor, config.ui.port, prepared.auth);
+                self.probing = super::Probing::default();
+                let now = Instant::now();
+                self.timers.probe_at(after(now, FIRST_PROBE));
+                self.ui = Ui::Starting {
+                    proc,
+                    probe,
+                    since: now,
+                };
+            }
+            Err(e) => {
+                let program = prepared.launch.argv.first().cloned().unwrap_or_default();
+                let counter = self.start_reason.take().unwrap_or(RestartReason::Crash);
+                self.record_crash(format!("cannot run {program}: {e}"), counter);
+            }
         }
-        Ok(report)
     }
 
     /// The UI's main process exited while we did not ask it to.
@@ -152,9 +191,7 @@ impl Supervisor {
             Ui::Starting { proc, .. } => (proc, false),
             Ui::Ready { proc, since, .. } => {
                 // A UI that ran well for a while starts its backoff afresh.
-                if since.elapsed() > CRASH_WINDOW {
-                    self.consecutive_crashes = 0;
-                }
+                self.crashes.ran(since.elapsed());
                 (proc, true)
             }
             other => {
@@ -166,19 +203,20 @@ impl Supervisor {
             Ok(s) => describe_exit(s),
             Err(e) => format!("wait failed: {e}"),
         };
-        tracing::warn!(pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
-        let pid = proc.pid();
+        tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
         self.ui = Ui::Stopping {
-            pid,
+            pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
         };
-        let events = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             proc.reap_group().await;
-            let _ = events.send(Event::Gone {
+            Event::Gone {
                 status,
-                then: AfterStop::Crash(format!("UI exited ({exit})")),
-            });
+                then: AfterStop::Crash {
+                    why: format!("UI exited ({exit})"),
+                    counter: RestartReason::Crash,
+                },
+            }
         });
     }
 
@@ -191,39 +229,45 @@ impl Supervisor {
                 return;
             }
         };
-        tracing::info!(pid = proc.pid(), reason = %why, "stopping the UI");
+        tracing::info!(ui_pid = proc.pid(), reason = %why, "stopping the UI");
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,
         };
-        self.queue = None;
+        self.probing.queue = None;
         let grace = self.config.ui.stop_timeout;
-        let events = self.events.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let status = proc.stop(grace).await;
-            let _ = events.send(Event::Gone { status, then });
+            Event::Gone { status, then }
         });
     }
 
-    pub(super) async fn on_event(&mut self, ev: Event) {
+    pub(super) fn on_event(&mut self, ev: Event) {
         match ev {
+            Event::Prepared {
+                start,
+                preflight,
+                launch,
+            } => self.on_prepared(start, preflight, launch),
+            Event::LaidOut(report) => self.on_laid_out(report),
+            Event::ConfigRead { text, reply } => self.reload_bytes(text, reply),
             Event::Ready(ok) => {
-                self.probe_in_flight = false;
+                self.probing.in_flight = false;
                 if let (true, Ui::Starting { .. }) = (ok, &self.ui) {
                     self.became_ready();
                 }
             }
             Event::Queue(result, sent) => {
-                self.probe_in_flight = false;
-                self.queue_sent = Some(sent);
+                self.probing.in_flight = false;
+                self.probing.sent = Some(sent);
                 if !matches!(self.ui, Ui::Ready { .. }) {
                     return;
                 }
                 match result {
-                    Ok(q) => self.queue = Some(q),
+                    Ok(q) => self.probing.queue = Some(q),
                     Err(e) => {
                         tracing::debug!(error = %e, "queue probe failed");
-                        self.queue = None;
+                        self.probing.queue = None;
                     }
                 }
                 self.check_pending(Instant::now());
@@ -231,23 +275,21 @@ impl Supervisor {
             Event::QueueChanged(remaining) => {
                 if self.pending.is_some() && matches!(self.ui, Ui::Ready { .. }) {
                     tracing::debug!(remaining, "queue broadcast: probing now");
-                    self.next_probe = Instant::now();
+                    self.timers.probe_at(Some(Instant::now()));
                 }
             }
-            Event::Download(ev) => self.on_download(ev).await,
+            Event::Download(ev) => self.on_download(ev),
+            Event::SettingsSynced(done) => self.on_settings_synced(done),
+            Event::Done => {}
             Event::Gone { status, then } => {
                 if let Ok(s) = &status {
                     tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");
                 }
+                self.ui = Ui::Down;
                 match then {
-                    AfterStop::Start => {
-                        self.ui = Ui::Down;
-                        self.start_ui().await;
-                    }
-                    AfterStop::Crash(why) => {
-                        self.ui = Ui::Down;
-                        self.record_crash(why);
-                    }
+                    AfterStop::Start => self.start_ui(),
+                    AfterStop::Crash { why, counter } => self.record_crash(why, counter),
+                    AfterStop::Exit => {}
                 }
             }
         }
@@ -258,11 +300,11 @@ impl Supervisor {
             return;
         };
         let took = since.elapsed();
-        tracing::info!(pid = proc.pid(), took = ?took, "UI is ready");
-        self.last_time_to_ready_ms = Some(took.as_millis() as u64);
+        tracing::info!(ui_pid = proc.pid(), took = ?took, "UI is ready");
+        self.last_time_to_ready_ms = Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
         self.ready_since_unix = Some(unix_now());
         let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
-            let events = self.events.clone();
+            let events = self.signals.clone();
             QueueSignal::start(self.config.ui.port, move |n| {
                 let _ = events.send(Event::QueueChanged(n));
             })
@@ -273,7 +315,7 @@ impl Supervisor {
             since: Instant::now(),
             _signal: signal,
         };
-        self.next_probe = Instant::now();
+        self.timers.probe_at(Some(Instant::now()));
         self.ready_once();
         self.enforce_settings();
     }
@@ -281,145 +323,181 @@ impl Supervisor {
     /// Managed settings are enforced on every start: the UI may have read its
     /// settings file before a reload rewrote it (while it was starting), so the
     /// managed keys that differ from what it reports are sent now.
-    fn enforce_settings(&self) {
+    fn enforce_settings(&mut self) {
+        let wanted = self.config.settings.clone();
+        self.sync_settings(wanted);
+    }
+
+    /// Brings `wanted` settings in line with the running UI, in a task.
+    pub(super) fn sync_settings(&mut self, wanted: serde_json::Map<String, serde_json::Value>) {
         let Ui::Ready { probe, .. } = &self.ui else {
             return;
         };
-        if !self.config.ui.flavor.has_options_api() || self.config.settings.is_empty() {
+        if !self.config.ui.flavor.has_options_api() || wanted.is_empty() {
             return;
         }
-        let (probe, wanted) = (probe.clone(), self.config.settings.clone());
-        tokio::spawn(async move {
-            let Ok(current) = probe.options().await else {
-                return;
-            };
-            // JSON 2 and 2.0 are the same setting.
-            let same = |a: &serde_json::Value, b: &serde_json::Value| {
-                a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
-            };
-            let send: serde_json::Map<_, _> = wanted
-                .into_iter()
-                .filter(|(k, v)| current.get(k).is_some_and(|c| !same(c, v)))
-                .collect();
-            if !send.is_empty() {
-                match probe.set_options(&send).await {
-                    Ok(()) => {
-                        tracing::info!(keys = ?send.keys().collect::<Vec<_>>(), "managed settings enforced at start")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "enforcing settings at start failed"),
-                }
-            }
+        let probe = probe.clone();
+        self.tasks.spawn(async move {
+            Event::SettingsSynced(settings_sync::sync(&probe, &wanted).await)
         });
     }
 
-    /// Counts a crash: back off (1 s doubling to 60 s), or `failed` after
-    /// [`MAX_CRASHES`] within [`CRASH_WINDOW`].
-    pub(super) fn record_crash(&mut self, why: String) {
+    fn on_settings_synced(&mut self, done: settings_sync::Synced) {
+        if !done.sent.is_empty() {
+            tracing::info!(keys = ?done.sent, "managed settings sent to the UI");
+        }
+        for key in &done.unknown {
+            tracing::warn!(key = %key, "setting not known to the UI; not sent (it stays in the settings file)");
+        }
+        if let Some(e) = &done.error {
+            tracing::warn!(error = %e, "settings not applied live; they apply at the next start");
+        }
+        if let Some(r) = self.last_reload.as_mut()
+            && r.result == crate::supervisor::protocol::ReloadResult::Applied
+        {
+            for key in done.unknown {
+                if !r.unknown_settings.contains(&key) {
+                    r.unknown_settings.push(key);
+                }
+            }
+        }
+    }
+
+    /// Counts a crash: back off, or `failed` after [`MAX_CRASHES`] within
+    /// [`CRASH_WINDOW`]. The next start counts under `counter`.
+    pub(super) fn record_crash(&mut self, why: String, counter: RestartReason) {
         let now = Instant::now();
         self.counters.crashes += 1;
-        self.crash_times.push_back(now);
-        while self
-            .crash_times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
-        {
-            self.crash_times.pop_front();
+        match self.crashes.record(now) {
+            Verdict::GiveUp { recent } => {
+                let why = format!(
+                    "UI crashed {recent} times in {}s ({})",
+                    CRASH_WINDOW.as_secs(),
+                    why.trim_start_matches("UI exited ")
+                        .trim_matches(['(', ')'])
+                );
+                tracing::error!(reason = %why, "giving up until `sd-webui-supervisor restart` or a reload");
+                self.ui = Ui::Failed { why };
+                self.ready_once();
+            }
+            Verdict::Backoff { delay, recent } => {
+                tracing::warn!(reason = %why, delay = ?delay, "restarting the UI after a delay");
+                self.start_reason = Some(counter);
+                self.ui = Ui::Backoff {
+                    until: after(now, delay),
+                    why: format!(
+                        "{why}, restarting in {}s (crash {recent} of {MAX_CRASHES} in {}s)",
+                        delay.as_secs(),
+                        CRASH_WINDOW.as_secs()
+                    ),
+                };
+            }
         }
-        self.consecutive_crashes += 1;
-        if self.crash_times.len() >= MAX_CRASHES {
-            let why = format!(
-                "UI crashed {} times in {}s ({})",
-                self.crash_times.len(),
-                CRASH_WINDOW.as_secs(),
-                why.trim_start_matches("UI exited ")
-                    .trim_matches(['(', ')'])
-            );
-            tracing::error!(reason = %why, "giving up until `sd-webui-supervisor restart` or a reload");
-            self.ui = Ui::Failed { why };
-            self.ready_once();
-            return;
-        }
-        let delay = Duration::from_secs(1u64 << (self.consecutive_crashes - 1).min(6))
-            .min(Duration::from_secs(60));
-        tracing::warn!(reason = %why, delay = ?delay, "restarting the UI after a delay");
-        self.start_reason = Some(RestartReason::Crash);
-        self.ui = Ui::Backoff {
-            until: now + delay,
-            why: format!(
-                "{why}, restarting in {}s (crash {} of {} in {}s)",
-                delay.as_secs(),
-                self.crash_times.len(),
-                MAX_CRASHES,
-                CRASH_WINDOW.as_secs()
-            ),
-        };
     }
 
     /// Timers: readiness and queue probes, startup timeout, backoff, GPU re-checks,
     /// pending-restart deadline and idle grace.
-    /// A due launch is awaited here, inside one loop step, so no state between the
-    /// old phase and the launch outcome is ever published.
-    pub(super) async fn on_timers(&mut self, now: Instant) {
+    pub(super) fn on_timers(&mut self, now: Instant) {
+        let probe_due = !self.probing.in_flight && self.timers.probe_due(now);
         match &self.ui {
             Ui::Starting { since, probe, .. } => {
-                if now.duration_since(*since) >= self.config.ui.startup_timeout {
+                let timeout = self.config.ui.startup_timeout;
+                if now.saturating_duration_since(*since) >= timeout {
                     let why = format!(
                         "UI did not answer within {}",
-                        humantime::format_duration(self.config.ui.startup_timeout)
+                        humantime::format_duration(timeout)
                     );
-                    self.start_reason = Some(RestartReason::StartupTimeout);
-                    self.begin_stop(why.clone(), AfterStop::Crash(why));
-                } else if !self.probe_in_flight && now >= self.next_probe {
-                    self.spawn_probe(probe.clone(), true);
-                    self.next_probe = now + STARTING_PROBE;
+                    self.begin_stop(
+                        why.clone(),
+                        AfterStop::Crash {
+                            why,
+                            counter: RestartReason::StartupTimeout,
+                        },
+                    );
+                } else if probe_due {
+                    let probe = probe.clone();
+                    self.spawn_probe(probe, true);
+                    self.timers.probe_at(after(now, STARTING_PROBE));
                 }
             }
-            Ui::Ready { probe, .. } if !self.probe_in_flight && now >= self.next_probe => {
-                self.spawn_probe(probe.clone(), false);
-                self.next_probe = now + self.config.restart.poll_interval;
+            Ui::Ready { probe, .. } if probe_due => {
+                let probe = probe.clone();
+                self.spawn_probe(probe, false);
+                self.timers
+                    .probe_at(after(now, self.config.restart.poll_interval));
             }
-            Ui::Backoff { until, .. } if now >= *until => self.start_ui().await,
-            Ui::Waiting { recheck, .. } if now >= *recheck => self.start_ui().await,
+            Ui::Backoff { until: Some(t), .. }
+            | Ui::Waiting {
+                recheck: Some(t), ..
+            } if now >= *t => {
+                self.start_ui();
+            }
             _ => {}
         }
         self.check_pending(now);
     }
 
     fn spawn_probe(&mut self, probe: Probe, readiness: bool) {
-        self.probe_in_flight = true;
-        let events = self.events.clone();
+        self.probing.in_flight = true;
         let sent = Instant::now();
-        tokio::spawn(async move {
-            let ev = if readiness {
+        self.tasks.spawn(async move {
+            if readiness {
                 Event::Ready(probe.ready().await)
             } else {
                 Event::Queue(
                     probe.queue().await.map_err(|e: ProbeError| e.to_string()),
                     sent,
                 )
-            };
-            let _ = events.send(ev);
+            }
         });
     }
 
+    /// Asks [`super::pending::Pending::decide`] whether the pending restart is due.
+    pub(super) fn check_pending(&mut self, now: Instant) {
+        if !matches!(self.ui, Ui::Ready { .. }) {
+            return;
+        }
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
+        let reading = Reading {
+            queue: self.probing.queue,
+            sent: self.probing.sent,
+        };
+        match p.decide(now, reading, self.config.restart.idle_grace) {
+            Decision::Wait {
+                idle_since,
+                probe_at,
+            } => {
+                p.keep(idle_since);
+                if let Some(at) = probe_at {
+                    self.timers.probe_by(at);
+                }
+            }
+            Decision::Restart {
+                reason,
+                deadline_passed,
+            } => {
+                if deadline_passed {
+                    tracing::warn!(reasons = ?p.reasons, "restart deadline passed; restarting although the UI may be busy");
+                }
+                self.restart_now(reason);
+            }
+        }
+    }
+
     /// Graceful shutdown: `STOPPING=1`, stop the UI (waiting for a stop already in
-    /// progress), done.
-    pub(super) async fn shutdown(
-        &mut self,
-        events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
-    ) {
+    /// progress), cancel the rest, done.
+    pub(super) async fn shutdown(&mut self) {
         self.notifier.stopping();
         tracing::info!("shutting down");
         if matches!(self.ui, Ui::Starting { .. } | Ui::Ready { .. }) {
-            self.begin_stop(
-                "supervisor is shutting down".into(),
-                AfterStop::Crash(String::new()),
-            );
+            self.begin_stop("supervisor is shutting down".into(), AfterStop::Exit);
         }
         if matches!(self.ui, Ui::Stopping { .. }) {
             self.publish();
-            while let Some(ev) = events.recv().await {
-                if let Event::Gone { status, .. } = ev {
+            loop {
+                if let Event::Gone { status, .. } = self.tasks.next().await {
                     if let Ok(s) = status {
                         tracing::info!(exit = %describe_exit(&s), "UI stopped");
                     }
@@ -427,6 +505,7 @@ impl Supervisor {
                 }
             }
         }
+        self.tasks.abort_all();
         self.ui = Ui::Down;
         self.publish();
     }

@@ -1,24 +1,31 @@
 //! The supervisor core: one task that owns the UI process, the config in force, the
 //! pending restart and the counters, and publishes a [`Snapshot`] after every step.
 //!
-//! Everything else drives it by [`CoreCommand`]s (control API, D-Bus, SIGHUP, the config
-//! watcher) and reads it through snapshots. Slow work — probes, stopping the UI,
-//! refresh calls — runs in spawned tasks that report back as [`Event`]s, so the loop
-//! always answers a reload within milliseconds, even while the UI hangs.
+//! Everything else drives it by [`CoreCommand`]s (control API, D-Bus, SIGHUP, the
+//! config watcher) and reads it through snapshots. Slow work — preflight, layout,
+//! probes, settings, stopping the UI — runs as tracked tasks ([`work`]) that report
+//! back as events, so the loop answers a reload or a status within milliseconds
+//! even while the UI hangs. `docs/architecture.md` maps the files.
 //!
-//! Submodules: [`lifecycle`] (start, readiness, crash/backoff, stop) and
-//! [`reconfigure`] (reload, live apply, restart scheduling).
+//! This file is the loop and the snapshot; [`lifecycle`] starts, watches and stops
+//! the UI, [`reconfigure`] reloads and restarts, [`pending`] decides when a
+//! deferred restart is due, [`crash`] keeps the crash record and backoff,
+//! [`timers`] the clock, [`status_line`] the one-line truth.
 
+mod crash;
 mod downloads;
 mod lifecycle;
+mod pending;
 pub mod protocol;
 mod reconfigure;
 pub mod status_line;
+mod timers;
+mod work;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
@@ -31,22 +38,26 @@ use crate::supervisor::status_line::{StatusInput, render};
 use crate::ui::api::Probe;
 use crate::ui::comfy_ws::QueueSignal;
 use crate::ui::gpu::GpuEnv;
+use crate::ui::launch::Prepared;
 use crate::ui::process::UiProcess;
 
-pub use lifecycle::Event;
-
-/// Crashes within this window count towards `failed`.
-const CRASH_WINDOW: Duration = Duration::from_secs(60);
-/// This many crashes within [`CRASH_WINDOW`] → `failed`.
-const MAX_CRASHES: usize = 5;
-/// Readiness probe period while the UI starts.
-const STARTING_PROBE: Duration = Duration::from_millis(250);
-/// Period of `EXTEND_TIMEOUT_USEC` messages before the first `READY=1`.
-const EXTEND_EVERY: Duration = Duration::from_secs(5);
+use crash::CrashRecord;
+use pending::Pending;
+use timers::Timers;
+use work::{Event, LayoutLane, Tasks};
 
 /// Where the UI is in its life.
 #[derive(Debug)]
 enum Ui {
+    /// Start number `start`: GPU preflight and launch preparation, then the
+    /// layout; `prepared` once the first part is done.
+    Preparing {
+        start: u64,
+        prepared: Option<Result<Prepared, String>>,
+        /// A re-check of a waiting supervisor keeps showing why it waits
+        /// until the check says otherwise.
+        waiting: Option<String>,
+    },
     /// Launched, not answering yet.
     Starting {
         proc: UiProcess,
@@ -63,49 +74,37 @@ enum Ui {
     },
     /// A task is stopping or reaping it; `pid` for the status.
     Stopping { pid: u32, why: String },
-    /// Crashed; next start at `until`.
-    Backoff { until: Instant, why: String },
+    /// Crashed; next start at `until` (`None`: never by itself).
+    Backoff { until: Option<Instant>, why: String },
     /// Preflight failed; re-check at `recheck`.
-    Waiting { recheck: Instant, why: String },
+    Waiting {
+        recheck: Option<Instant>,
+        why: String,
+    },
     /// Gave up until a restart or reload.
     Failed { why: String },
     /// The supervisor is exiting.
     Down,
 }
 
-/// A restart owed to the UI.
-#[derive(Debug, Clone)]
-struct Pending {
-    reasons: Vec<String>,
-    /// Effective policy (an explicit `restart --when-idle` waits even under `manual`).
-    policy: crate::config::RestartPolicy,
-    since_unix: u64,
-    deadline: Option<Instant>,
-    deadline_unix: Option<u64>,
-    /// When the queue was first seen empty (reset when it fills again).
-    idle_since: Option<Instant>,
-    /// When this restart became pending: only queue readings taken later count.
-    created: Instant,
+/// Who waits for a layout of the config in force.
+#[derive(Debug)]
+enum LayoutWaiter {
+    /// Start number `n` launches once the data dir is laid out.
+    Start(u64),
+    /// A reload answers once its config is laid out, then applies the live part.
+    Reload(reconfigure::Applying),
+    /// Finished downloads get linked; the UI then rescans their kinds.
+    Downloads,
 }
 
-impl Pending {
-    /// A restart pending from now, due at the latest `deadline_after` from now.
-    fn new(
-        reasons: Vec<String>,
-        policy: crate::config::RestartPolicy,
-        deadline_after: Option<Duration>,
-    ) -> Pending {
-        let now = Instant::now();
-        Pending {
-            reasons,
-            policy,
-            since_unix: unix_now(),
-            deadline: deadline_after.map(|d| now + d),
-            deadline_unix: deadline_after.map(|d| unix_now() + d.as_secs()),
-            idle_since: None,
-            created: now,
-        }
-    }
+/// The last queue reading and whether a probe is out.
+#[derive(Debug, Default)]
+struct Probing {
+    queue: Option<Queue>,
+    /// When the probe behind `queue` was sent.
+    sent: Option<Instant>,
+    in_flight: bool,
 }
 
 /// Counters published in snapshots and metrics.
@@ -124,37 +123,34 @@ pub struct Supervisor {
     gpu: GpuEnv,
     notifier: Notifier,
     snapshots: watch::Sender<Snapshot>,
-    events: mpsc::UnboundedSender<Event>,
+    /// Events from callbacks outside the task set (ComfyUI's websocket).
+    signals: mpsc::UnboundedSender<Event>,
+    tasks: Tasks,
+    layouts: LayoutLane<LayoutWaiter>,
     ui: Ui,
-    queue: Option<Queue>,
-    /// When the probe behind `queue` was sent.
-    queue_sent: Option<Instant>,
-    probe_in_flight: bool,
-    next_probe: Instant,
+    /// Number of the latest start; events of older ones are ignored.
+    start_seq: u64,
+    probing: Probing,
     pending: Option<Pending>,
-    crash_times: VecDeque<Instant>,
-    consecutive_crashes: u32,
+    crashes: CrashRecord,
     counters: Counters,
+    timers: Timers,
     last_reload: Option<ReloadOutcome>,
     reload_rejected: Option<String>,
     conflicts: Vec<String>,
     sent_ready: bool,
     started: Instant,
-    next_watchdog: Option<Instant>,
-    next_extend: Instant,
     ready_since_unix: Option<u64>,
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<RestartReason>,
+    /// Draining for a stop: set once, never cleared.
+    draining: bool,
     /// Models fetched at run time; created when the config first declares one.
     downloads: Option<crate::download::Manager>,
-}
-
-/// Unix seconds now.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    /// Model kinds whose downloads finished since the last relayout for them:
+    /// refreshed together once it is done.
+    downloaded: std::collections::BTreeSet<crate::ui::flavor::ModelKind>,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -194,12 +190,12 @@ impl Supervisor {
         Supervisor,
         CoreHandle,
         mpsc::Receiver<CoreCommand>,
-        mpsc::UnboundedReceiver<Event>,
+        CoreEvents,
     ) {
-        let (events, events_rx) = mpsc::unbounded_channel();
+        let (signals, events_rx) = mpsc::unbounded_channel();
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let now = Instant::now();
-        let next_watchdog = notifier.watchdog_interval().map(|d| now + d);
+        let timers = Timers::new(now, notifier.watchdog_interval());
         let placeholder = Snapshot {
             state: Phase::Starting,
             status_line: "starting".into(),
@@ -220,6 +216,7 @@ impl Supervisor {
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
             downloads: Vec::new(),
+            draining: false,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let sup = Supervisor {
@@ -229,107 +226,101 @@ impl Supervisor {
             gpu,
             notifier,
             snapshots,
-            events,
+            signals,
+            tasks: Tasks::default(),
+            layouts: LayoutLane::default(),
             ui: Ui::Down,
-            queue: None,
-            queue_sent: None,
-            probe_in_flight: false,
-            next_probe: now,
+            start_seq: 0,
+            probing: Probing::default(),
             pending: None,
-            crash_times: VecDeque::new(),
-            consecutive_crashes: 0,
+            crashes: CrashRecord::default(),
             counters: Counters::default(),
+            timers,
             last_reload: None,
             reload_rejected: None,
             conflicts: Vec::new(),
             sent_ready: false,
             started: now,
-            next_watchdog,
-            next_extend: now,
             ready_since_unix: None,
             last_time_to_ready_ms: None,
             start_reason: None,
             downloads: None,
+            downloaded: Default::default(),
+            draining: false,
         };
-        (sup, CoreHandle::new(cmd_tx, snap_rx), cmd_rx, events_rx)
+        (
+            sup,
+            CoreHandle::new(cmd_tx, snap_rx),
+            cmd_rx,
+            CoreEvents(events_rx),
+        )
     }
 
     /// Runs until `shutdown` resolves, then stops the UI gracefully.
     pub async fn run(
         mut self,
         mut commands: mpsc::Receiver<CoreCommand>,
-        mut events: mpsc::UnboundedReceiver<Event>,
+        mut events: CoreEvents,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
         // Downloads run beside the UI, which starts with what is present.
         self.apply_downloads();
-        self.start_ui().await;
+        self.start_ui();
         loop {
             self.publish();
             let wake = tokio::time::Instant::from_std(self.next_wakeup());
             tokio::select! {
                 () = &mut shutdown => break,
-                Some(cmd) = commands.recv() => self.on_command(cmd).await,
-                Some(ev) = events.recv() => self.on_event(ev).await,
+                Some(cmd) = commands.recv() => self.on_command(cmd),
+                ev = self.tasks.next() => self.on_event(ev),
+                Some(ev) = events.0.recv() => self.on_event(ev),
                 status = lifecycle::child_exit(&mut self.ui) => self.on_exit(status),
-                () = tokio::time::sleep_until(wake) => self.on_tick().await,
+                () = tokio::time::sleep_until(wake) => self.on_tick(),
             }
         }
-        self.shutdown(&mut events).await;
+        self.shutdown().await;
     }
 
     /// The earliest moment something is due.
     fn next_wakeup(&self) -> Instant {
         let now = Instant::now();
-        let mut due = now + Duration::from_secs(3600);
-        let mut at = |t: Instant| due = due.min(t);
-        if let Some(w) = self.next_watchdog {
-            at(w);
-        }
-        if !self.sent_ready {
-            at(self.next_extend);
-        }
-        if let Some(t) = self.next_progress(now) {
-            at(t);
-        }
-        match &self.ui {
-            Ui::Starting { since, .. } => {
-                at(*since + self.config.ui.startup_timeout);
-                if !self.probe_in_flight {
-                    at(self.next_probe);
-                }
-            }
-            Ui::Ready { .. } if !self.probe_in_flight => at(self.next_probe),
-            Ui::Backoff { until, .. } => at(*until),
-            Ui::Waiting { recheck, .. } => at(*recheck),
-            _ => {}
-        }
-        if let Some(p) = &self.pending {
-            if let Some(d) = p.deadline {
-                at(d);
-            }
-            if let Some(idle) = p.idle_since {
-                at(idle + self.config.restart.idle_grace);
-            }
-        }
-        due.max(now)
+        let grace = self.config.restart.idle_grace;
+        let ui = match &self.ui {
+            Ui::Starting { since, .. } => timers::after(*since, self.config.ui.startup_timeout),
+            Ui::Backoff { until, .. } => *until,
+            Ui::Waiting { recheck, .. } => *recheck,
+            _ => None,
+        };
+        let probing =
+            !self.probing.in_flight && matches!(self.ui, Ui::Starting { .. } | Ui::Ready { .. });
+        let pending = self.pending.as_ref();
+        self.timers.next_wake(
+            now,
+            probing,
+            [
+                ui,
+                pending.and_then(Pending::deadline),
+                pending.and_then(|p| p.grace_end(grace)),
+                self.next_progress(now),
+            ],
+        )
     }
 
     /// Periodic duties: watchdog, start-timeout extension, probes, timers.
-    async fn on_tick(&mut self) {
+    fn on_tick(&mut self) {
         let now = Instant::now();
-        if let (Some(next), Some(every)) = (self.next_watchdog, self.notifier.watchdog_interval())
-            && now >= next
-        {
+        let due = self.timers.take_due(now);
+        if due.watchdog {
             self.notifier.watchdog();
-            self.next_watchdog = Some(now + every);
         }
-        if !self.sent_ready && now >= self.next_extend {
-            self.notifier.extend_timeout(EXTEND_EVERY * 6);
-            self.next_extend = now + EXTEND_EVERY;
+        if due.extend && !self.sent_ready {
+            self.notifier.extend_timeout(timers::EXTEND_EVERY * 6);
         }
-        self.on_timers(now).await;
+        self.on_timers(now);
+        if self.timers.take_relink(now) {
+            self.request_layout(Some(LayoutWaiter::Downloads));
+        }
     }
 
     /// Builds and publishes the snapshot; sends `STATUS=` when it changed.
@@ -359,6 +350,17 @@ impl Supervisor {
                 Some(proc.pid()),
             ),
             Ui::Ready { proc, .. } => (Phase::Ready, None, Some(proc.pid())),
+            Ui::Preparing {
+                waiting: Some(why), ..
+            } => (Phase::Waiting, Some(why.clone()), None),
+            Ui::Preparing { .. } => (
+                Phase::Starting,
+                Some(format!(
+                    "preparing {}: checking GPUs, laying out the data directory",
+                    self.config.ui.flavor
+                )),
+                None,
+            ),
             Ui::Stopping { pid, why } => (Phase::Stopping, Some(why.clone()), Some(*pid)),
             Ui::Backoff { why, .. } => (Phase::Backoff, Some(why.clone()), None),
             Ui::Waiting { why, .. } => (Phase::Waiting, Some(why.clone()), None),
@@ -369,18 +371,10 @@ impl Supervisor {
                 None,
             ),
         };
-        let pending = self
-            .pending
-            .as_ref()
-            .map(|p| crate::supervisor::protocol::PendingRestart {
-                reasons: p.reasons.clone(),
-                policy: p.policy,
-                since_unix: p.since_unix,
-                deadline_unix: p.deadline_unix,
-            });
+        let pending = self.pending.as_ref().map(Pending::published);
         let models = self.config.models.values().map(|m| m.len()).sum();
         let queue = if phase == Phase::Ready {
-            self.queue
+            self.probing.queue
         } else {
             None
         };
@@ -393,7 +387,7 @@ impl Supervisor {
             gpus: self.config.ui.gpus.as_deref(),
             models,
             queue,
-            queue_probed: self.queue_sent.is_some(),
+            queue_probed: self.probing.sent.is_some(),
             pending: pending.as_ref(),
             deadline_local: pending
                 .as_ref()
@@ -427,22 +421,31 @@ impl Supervisor {
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
             downloads,
+            draining: self.draining,
         }
     }
 
-    async fn on_command(&mut self, cmd: CoreCommand) {
+    fn on_command(&mut self, cmd: CoreCommand) {
         match cmd {
-            CoreCommand::Reload { reply } => {
-                let outcome = self.reload().await;
-                let _ = reply.send(outcome);
-            }
+            CoreCommand::Reload { text, reply } => self.reload(text, reply),
             CoreCommand::Restart { when, reply } => {
-                self.request_restart(when).await;
+                self.request_restart(when);
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());
             }
             CoreCommand::RetryDownloads { reply } => {
                 let _ = reply.send(self.retry_downloads());
+            }
+            CoreCommand::Drain { reply } => {
+                if !self.draining {
+                    tracing::info!("draining: /readyz answers 503 until the supervisor stops");
+                }
+                self.draining = true;
+                self.publish();
+                let _ = reply.send(());
+            }
+            CoreCommand::Ping { reply } => {
+                let _ = reply.send(());
             }
         }
     }
@@ -453,8 +456,12 @@ impl Supervisor {
     fn ready_once(&mut self) {
         if !self.sent_ready {
             self.sent_ready = true;
+            self.timers.ready_sent();
             self.publish();
             self.notifier.ready();
         }
     }
 }
+
+/// The receiving end of events sent from outside the core's task set.
+pub struct CoreEvents(mpsc::UnboundedReceiver<Event>);

@@ -195,6 +195,24 @@ pub struct Snapshot {
     /// Models downloaded at run time, each with its progress and state.
     #[serde(default)]
     pub downloads: Vec<crate::download::ModelProgress>,
+    /// Draining for a stop (`wait-idle --drain`): no new work should come, so
+    /// `/readyz` answers 503 until the supervisor exits.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+impl Snapshot {
+    /// Whether a scheduler may route work here (`/readyz`): the UI answers and
+    /// the supervisor is not draining.
+    pub fn takes_work(&self) -> bool {
+        self.state == Phase::Ready && !self.draining
+    }
+
+    /// Whether a drain is done: draining, and no job runs or waits (a UI that is
+    /// not ready has none; a ready one must have been probed idle).
+    pub fn drained(&self) -> bool {
+        self.draining && (self.state != Phase::Ready || self.queue.is_some_and(|q| q.is_idle()))
+    }
 }
 
 /// When a requested restart should happen.
@@ -212,7 +230,10 @@ pub enum RestartWhen {
 pub enum CoreCommand {
     /// Re-read the config file and apply it (same as SIGHUP).
     Reload {
-        /// Receives the outcome once validation, the live part and scheduling are done.
+        /// The file's bytes when the caller already read them (the watcher), so
+        /// one change is read and parsed once; `None`: the core reads the file.
+        text: Option<Vec<u8>>,
+        /// Receives the outcome once validation, the layout and scheduling are done.
         reply: oneshot::Sender<ReloadOutcome>,
     },
     /// Restart the UI.
@@ -226,6 +247,17 @@ pub enum CoreCommand {
     RetryDownloads {
         /// Receives how many were restarted.
         reply: oneshot::Sender<usize>,
+    },
+    /// Stop taking new work for good (the first half of a stop): `draining` in
+    /// every snapshot from now on.
+    Drain {
+        /// Receives `()` once the snapshot says so.
+        reply: oneshot::Sender<()>,
+    },
+    /// Answer at once: proves the loop still runs (`/healthz`).
+    Ping {
+        /// Receives `()`.
+        reply: oneshot::Sender<()>,
     },
 }
 
@@ -269,7 +301,18 @@ impl CoreHandle {
     /// Asks the core to reload its config file and waits for the outcome.
     pub async fn reload(&self) -> Result<ReloadOutcome, HandleError> {
         let (reply, rx) = oneshot::channel();
-        self.send(CoreCommand::Reload { reply }).await?;
+        self.send(CoreCommand::Reload { text: None, reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)
+    }
+
+    /// Like [`CoreHandle::reload`], with the config file's bytes already read.
+    pub async fn reload_bytes(&self, text: Vec<u8>) -> Result<ReloadOutcome, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreCommand::Reload {
+            text: Some(text),
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 
@@ -291,9 +334,41 @@ impl CoreHandle {
     /// that would interrupt, or until `timeout`.
     pub async fn wait_idle(&self, timeout: Duration) -> Result<Snapshot, HandleError> {
         let mut rx = self.snapshots.clone();
-        let idle = |s: &Snapshot| s.state == Phase::Ready && s.queue.is_some_and(|q| q.is_idle());
+        let idle = |s: &Snapshot| {
+            s.state == Phase::Ready
+                && s.queue.is_some_and(|q| q.is_idle())
+                && s.restart_pending
+                    .as_ref()
+                    .is_none_or(|p| p.policy == RestartPolicy::Manual)
+        };
         let wait = rx.wait_for(idle);
         match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) => Ok(s.clone()),
+            Ok(Err(_)) => Err(HandleError::CoreStopped),
+            Err(_) => Err(HandleError::Timeout(timeout)),
+        }
+    }
+
+    /// Whether the core's loop answers a [`CoreCommand::Ping`] within `within`.
+    pub async fn ping(&self, within: Duration) -> Result<(), HandleError> {
+        let (reply, rx) = oneshot::channel();
+        let round_trip = async {
+            self.send(CoreCommand::Ping { reply }).await?;
+            rx.await.map_err(|_| HandleError::CoreStopped)
+        };
+        tokio::time::timeout(within, round_trip)
+            .await
+            .map_err(|_| HandleError::Timeout(within))?
+    }
+
+    /// Marks the supervisor as draining, then waits until no job runs or waits,
+    /// or until `timeout` (draining stays either way).
+    pub async fn drain(&self, timeout: Duration) -> Result<Snapshot, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreCommand::Drain { reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)?;
+        let mut snapshots = self.snapshots.clone();
+        match tokio::time::timeout(timeout, snapshots.wait_for(Snapshot::drained)).await {
             Ok(Ok(s)) => Ok(s.clone()),
             Ok(Err(_)) => Err(HandleError::CoreStopped),
             Err(_) => Err(HandleError::Timeout(timeout)),

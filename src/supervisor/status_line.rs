@@ -1,5 +1,5 @@
 //! The one-line truth shown as systemd's `Status:` and at the top of
-//! `sd-webui-supervisor status` (DESIGN §2), e.g.
+//! `sd-webui-supervisor status` (docs/design.md#users-and-their-flows), e.g.
 //! `ready; busy: 1 running, 2 queued; restart pending (ui.extra_args changed), waits for idle, deadline 14:05`.
 
 use crate::supervisor::protocol::{PendingRestart, Phase, Queue, RestartPolicy};

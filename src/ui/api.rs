@@ -1,5 +1,5 @@
 //! HTTP probes of the UI: readiness, queue (busy/idle), live settings and model
-//! refreshes (ui-apis.md §2–4). All requests go to loopback, whatever `listen` says.
+//! refreshes. All requests go to loopback, whatever `listen` says.
 //!
 //! The JSON parsing is split into pure functions tested against responses captured
 //! from the real UIs (`tests/data/`).
@@ -256,7 +256,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Forge/A1111 busy predicate (ui-apis.md §3.3): running when `state.job_count != 0`
+/// Forge/A1111 busy predicate: running when `state.job_count != 0`
 /// or `state.job != ""`; pending = `/internal/pending-tasks` `size`.
 pub fn forge_queue(progress: &Value, pending: &Value) -> Result<Queue, String> {
     let state = progress

@@ -2,7 +2,7 @@
 //! (issue 4, idle detection): polling alone notices an emptied queue up to
 //! `restart.poll_interval` late. ComfyUI broadcasts
 //! `{"type": "status", "data": {"status": {"exec_info": {"queue_remaining": N}}}}`
-//! on every enqueue, dequeue and finish (ui-apis.md §3).
+//! on every enqueue, dequeue and finish (`tests/data/` holds captured messages).
 //!
 //! The signal only makes the supervisor probe at once; the HTTP reading stays
 //! the authority, so a lost, late or missing message costs latency, never a

@@ -61,7 +61,7 @@ impl Flavor {
     }
 
     /// Folder (relative to the data dir) where a model kind goes, or `None` when the
-    /// flavor has no such kind (DESIGN §3.2 table).
+    /// flavor has no such kind (the model-kind table in docs/design.md#the-config-file).
     pub fn model_dir(self, kind: ModelKind) -> Option<&'static str> {
         use ModelKind::*;
         let comfy = matches!(self, Flavor::Comfyui);
@@ -107,7 +107,7 @@ impl Flavor {
         }
     }
 
-    /// The arguments the supervisor itself must pass (DESIGN §3.4), before `extra_args`.
+    /// The arguments the supervisor itself must pass (docs/design.md#the-ui-process), before `extra_args`.
     pub fn managed_args(self, data_dir: &Path, port: u16, listen: bool) -> Vec<String> {
         let dir = data_dir.display().to_string();
         match self {
@@ -172,7 +172,7 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    /// Every kind, in the order of the DESIGN table.
+    /// Every kind, in the order of the model-kind table in docs/design.md#the-config-file.
     pub const ALL: [ModelKind; 10] = [
         ModelKind::Checkpoints,
         ModelKind::Loras,

@@ -1,10 +1,13 @@
 //! The web UI the supervisor drives: which flavor it is ([`flavor`]), how it is
 //! launched ([`process`], [`guard`]), its HTTP API ([`api`]), ComfyUI's queue
-//! broadcasts ([`comfy_ws`]) and the GPUs it needs ([`gpu`]).
+//! broadcasts ([`comfy_ws`]), the GPUs it needs ([`gpu`]), what it is started with
+//! ([`launch`]) and its managed settings ([`settings_sync`]).
 
 pub mod api;
 pub mod comfy_ws;
 pub mod flavor;
 pub mod gpu;
 pub mod guard;
+pub mod launch;
 pub mod process;
+pub mod settings_sync;

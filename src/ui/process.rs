@@ -125,7 +125,7 @@ impl UiProcess {
         if let Err(e) = killpg(Pid::from_raw(self.pid), sig)
             && e != Errno::ESRCH
         {
-            tracing::warn!(pid = self.pid, signal = %sig, error = %e, "cannot signal the UI's process group");
+            tracing::warn!(ui_pid = self.pid, signal = %sig, error = %e, "cannot signal the UI's process group");
         }
     }
 
@@ -137,7 +137,7 @@ impl UiProcess {
         let status = match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(status) => status?,
             Err(_) => {
-                tracing::warn!(pid = self.pid, grace = ?grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
+                tracing::warn!(ui_pid = self.pid, grace = ?grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
                 self.signal(Signal::SIGKILL);
                 self.child.wait().await?
             }

@@ -1,4 +1,4 @@
-//! Tells the daemon when the config file's *content* changed (DESIGN §3.5).
+//! Tells the daemon when the config file's *content* changed (docs/design.md#reload-and-restart).
 //!
 //! NixOS activation swaps `/etc/static` while the config path itself never
 //! changes, and editors rename a new file over the old one, so watching the file

@@ -279,7 +279,7 @@ let
     (eq "models: an absolute path is kept" (sd realistic).models.loras."add-detail.safetensors" "/srv/models/add-detail.safetensors")
     (eq "dataDir: a trailing slash is dropped" (sd { dataDir = "/srv/forge/"; }).dataDir "/srv/forge")
 
-    # The generated TOML (DESIGN §3.2).
+    # The generated TOML (docs/design.md#the-config-file).
     (eq "toml: ui" (toml realistic).ui {
       flavor = "forge";
       command = [ "${fakeUi}/bin/stand-in-ui" ];

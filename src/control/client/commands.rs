@@ -25,6 +25,8 @@ pub enum ClientAction {
     WaitIdle(Option<Duration>),
     /// `retry-downloads`.
     RetryDownloads,
+    /// `wait-idle --drain [--timeout DUR]`.
+    Drain(Option<Duration>),
 }
 
 /// Runs one client command and returns the exit code; prints results to stdout
@@ -78,18 +80,24 @@ async fn act(client: &Client, action: ClientAction) -> ExitCode {
             println!("{line}");
             ExitCode::SUCCESS
         }),
-        ClientAction::WaitIdle(timeout) => client.wait_idle(timeout).await.map(|w| match w {
-            WaitIdle::Idle(s) => {
-                println!("{}", s.status_line);
-                ExitCode::SUCCESS
-            }
-            WaitIdle::TimedOut(message) => {
-                eprintln!("{message}");
-                ExitCode::from(EXIT_TIMEOUT)
-            }
-        }),
+        ClientAction::WaitIdle(timeout) => client.wait_idle(timeout).await.map(report_wait),
+        ClientAction::Drain(timeout) => client.drain(timeout).await.map(report_wait),
     };
     result.unwrap_or_else(|e| fail(&e))
+}
+
+/// Prints how a wait ended; exit 5 when it timed out.
+fn report_wait(w: WaitIdle) -> ExitCode {
+    match w {
+        WaitIdle::Idle(s) => {
+            println!("{}", s.status_line);
+            ExitCode::SUCCESS
+        }
+        WaitIdle::TimedOut(message) => {
+            eprintln!("{message}");
+            ExitCode::from(EXIT_TIMEOUT)
+        }
+    }
 }
 
 /// Prints a reload outcome; exit 1 when it was rejected.

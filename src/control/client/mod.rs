@@ -3,7 +3,7 @@
 //! `wait-idle` with it and prints for people.
 //!
 //! The daemon is found through `--socket PATH`, else `--config FILE`'s
-//! `control.socket`, else [`DEFAULT_SOCKET`] (DESIGN §3.1). Exit codes are
+//! `control.socket`, else [`DEFAULT_SOCKET`] (docs/design.md#commands). Exit codes are
 //! documented in `docs/control-api.md`: 0 success, 1 failed (rejected reload,
 //! unexpected answer, bad config file), 4 no daemon answered, 5 timed out.
 
@@ -184,14 +184,29 @@ impl Client {
 
     /// `GET /v1/wait-idle`, without limit when `timeout` is `None`.
     pub async fn wait_idle(&self, timeout: Option<Duration>) -> Result<WaitIdle, ClientError> {
+        self.wait(Method::GET, protocol::WAIT_IDLE, timeout).await
+    }
+
+    /// `POST /v1/drain`: draining from now on; waits like [`Client::wait_idle`].
+    pub async fn drain(&self, timeout: Option<Duration>) -> Result<WaitIdle, ClientError> {
+        self.wait(Method::POST, protocol::DRAIN, timeout).await
+    }
+
+    /// A request that answers with a snapshot once the daemon is idle, or 504.
+    async fn wait(
+        &self,
+        method: Method,
+        route: &str,
+        timeout: Option<Duration>,
+    ) -> Result<WaitIdle, ClientError> {
         let (path, limit) = match timeout {
             Some(t) => (
-                format!("{}?timeout={}ms", protocol::WAIT_IDLE, t.as_millis()),
+                format!("{route}?timeout={}ms", t.as_millis()),
                 t.saturating_add(WAIT_SLACK),
             ),
-            None => (protocol::WAIT_IDLE.to_owned(), Duration::MAX),
+            None => (route.to_owned(), Duration::MAX),
         };
-        let (status, body) = self.call(Method::GET, &path, None, limit).await?;
+        let (status, body) = self.call(method, &path, None, limit).await?;
         if status == StatusCode::GATEWAY_TIMEOUT {
             let message = self.decode::<ErrorBody>(status, &body)?.error;
             return Ok(WaitIdle::TimedOut(message));

@@ -2,8 +2,6 @@
 //! data dir after a layout (user things untouched, links exactly as declared,
 //! manifest equal to the disk).
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -11,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sd_webui_supervisor::config::Config;
+
+use super::config::Conf;
 
 /// The binary under test.
 pub fn layout_cmd(config: &Path, dry_run: bool) -> Output {
@@ -31,31 +31,34 @@ pub struct Decl {
     pub target: PathBuf,
 }
 
-/// Config text for `flavor` with the given declarations and raw `[settings]` lines.
-pub fn config_text(flavor: &str, data: &Path, decls: &[Decl], settings: &str) -> String {
-    let mut by_kind: BTreeMap<&str, Vec<&Decl>> = BTreeMap::new();
+/// The config of a layout test: `flavor` with the given declarations and raw
+/// `[settings]` lines, data dir `data` (mode 0750), a UI that is never started.
+pub fn conf(flavor: &str, data: &Path, decls: &[Decl], settings: &str) -> Conf {
+    let mut conf = Conf::plain(data.parent().unwrap_or(data));
+    conf.flavor = flavor.into();
+    conf.command = vec!["/bin/true".into()];
+    conf.data_dir = data.to_path_buf();
+    conf.permissions = Some("0750".into());
     for d in decls {
-        by_kind.entry(d.kind.unwrap_or("")).or_default().push(d);
-    }
-    let mut text = format!(
-        "[ui]\nflavor = \"{flavor}\"\ncommand = [\"/bin/true\"]\n\n[data]\ndir = \"{}\"\npermissions = \"0750\"\n",
-        data.display()
-    );
-    for (kind, decls) in by_kind {
-        match kind {
-            "" => text.push_str("\n[extensions]\n"),
-            kind => text.push_str(&format!("\n[models.{kind}]\n")),
-        }
-        for d in decls {
-            text.push_str(&format!("\"{}\" = \"{}\"\n", d.name, d.target.display()));
+        match d.kind {
+            Some(kind) => {
+                conf.models
+                    .entry(kind.into())
+                    .or_default()
+                    .insert(d.name.clone(), d.target.clone());
+            }
+            None => {
+                conf.extensions.insert(d.name.clone(), d.target.clone());
+            }
         }
     }
-    if !settings.is_empty() {
-        text.push_str("\n[settings]\n");
-        text.push_str(settings);
-        text.push('\n');
-    }
-    text
+    conf.settings = toml::from_str(settings).unwrap_or_else(|e| panic!("{e}\n{settings}"));
+    conf
+}
+
+/// [`conf`] as TOML text.
+pub fn config_text(flavor: &str, data: &Path, decls: &[Decl], settings: &str) -> String {
+    conf(flavor, data, decls, settings).render()
 }
 
 /// Parses config text as the daemon would.

@@ -3,8 +3,6 @@
 //! to another server, a connection dropped halfway, and a slow mode. It records
 //! every request's headers and counts the body bytes it sends.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,10 +1,6 @@
 //! Shared helpers of the control-plane tests: a fake core that answers commands with
 //! canned outcomes and publishes snapshots the test controls, and sample snapshots.
 
-#![allow(dead_code)] // each test binary uses a different part
-
-pub mod schema;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +47,13 @@ impl FakeCore {
                     CoreCommand::RetryDownloads { reply } => {
                         seen2.lock().unwrap().push("retry-downloads".into());
                         let _ = reply.send(1);
+                    }
+                    CoreCommand::Drain { reply } => {
+                        seen2.lock().unwrap().push("drain".into());
+                        let _ = reply.send(());
+                    }
+                    CoreCommand::Ping { reply } => {
+                        let _ = reply.send(());
                     }
                 }
             }
@@ -137,6 +140,7 @@ pub fn ready_idle() -> Snapshot {
         reloads: BTreeMap::new(),
         last_time_to_ready_ms: Some(12_345),
         downloads: vec![],
+        draining: false,
     }
 }
 
@@ -180,6 +184,30 @@ pub fn starting() -> Snapshot {
         queue: None,
         ready_since_unix: None,
         last_time_to_ready_ms: None,
+        draining: false,
         ..ready_idle()
     }
+}
+
+/// Parses a Prometheus text exposition (panics, showing it, when it is not one).
+pub fn scrape(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not a Prometheus exposition ({e}):\n{text}"))
+}
+
+/// `docs/status.schema.json`, parsed.
+pub fn status_schema() -> serde_json::Value {
+    serde_json::from_str(include_str!("../../docs/status.schema.json"))
+        .expect("docs/status.schema.json is JSON")
+}
+
+/// Asserts that a `status --json` document fits `docs/status.schema.json`.
+pub fn assert_fits_schema(doc: &serde_json::Value) {
+    let problems = super::schema::violations(&status_schema(), doc);
+    assert!(problems.is_empty(), "{problems:#?}\n{doc:#}");
+}
+
+/// Whether a Prometheus exposition has a sample of `metric`.
+pub fn has_metric(text: &str, metric: &str) -> bool {
+    scrape(text).samples.iter().any(|s| s.metric == metric)
 }

@@ -1,0 +1,244 @@
+# What the options of ./options.nix mean for the supervisor: its config file
+# (the TOML of docs/design.md#the-config-file) and the checks the option types cannot express.
+# module.nix and ./image.nix both use it, so the same settings give the same
+# config file on a NixOS host and in a container.
+{ lib }:
+let
+  inherit (lib) optionalAttrs;
+
+  # Model kinds each flavor uses (docs/design.md#the-config-file); the supervisor knows the
+  # folders, the module only needs the names for its assertion.
+  kindsOf = rec {
+    a1111 = [
+      "checkpoints"
+      "loras"
+      "vae"
+      "embeddings"
+      "controlnet"
+      "upscalers"
+      "hypernetworks"
+    ];
+    forge = a1111 ++ [ "text_encoders" ];
+    comfyui = forge ++ [
+      "diffusion_models"
+      "clip_vision"
+    ];
+  };
+
+  # Flags the supervisor sets itself from other options; passing them in
+  # extraArgs would make the UI disagree with what the supervisor probes.
+  managedFlags = {
+    "--port" = "port";
+    "--listen" = "listen";
+    "--server-name" = "listen";
+    "--data-dir" = "dataDir";
+    "--base-directory" = "dataDir";
+    "--api-auth" = "apiAuthFile";
+  };
+  flagName = arg: builtins.head (lib.splitString "=" arg);
+
+  nonEmpty = lib.filterAttrs (_: v: v != { });
+  isPlainName = n: n != "" && builtins.match "[.].*|.*/.*" n == null;
+  badNames = names: builtins.filter (n: !isPlainName n) (builtins.attrNames names);
+  controlSocket = "/run/sd-webui-forge/control.sock";
+  flavorsFor = kind: builtins.filter (f: builtins.elem kind kindsOf.${f}) (builtins.attrNames kindsOf);
+
+  # Models the supervisor downloads at run time are attribute sets; paths and
+  # packages are strings once merged (the option type coerces them).
+  isDownload = builtins.isAttrs;
+  # One credential per distinct token file, named by its path's hash so the
+  # id is a valid file name whatever the model is called.
+  tokenId = file: "download-token-${builtins.substring 0 16 (builtins.hashString "sha256" file)}";
+  downloadsOf =
+    cfg:
+    lib.concatMap (kind: builtins.filter isDownload (builtins.attrValues cfg.models.${kind})) (
+      builtins.attrNames cfg.models
+    );
+  tokenFilesOf =
+    cfg: lib.unique (builtins.filter (f: f != null) (map (d: d.tokenFile) (downloadsOf cfg)));
+  renderModel =
+    credentialPath: v:
+    if isDownload v then
+      {
+        inherit (v) url sha256;
+        token_header = v.tokenHeader;
+      }
+      // optionalAttrs (v.tokenFile != null) { token_file = credentialPath (tokenId v.tokenFile); }
+    else
+      v;
+in
+{
+  # The download token files of `cfg` as credentials: id -> file on the host.
+  downloadCredentials =
+    cfg: lib.listToAttrs (map (f: lib.nameValuePair (tokenId f) f) (tokenFilesOf cfg));
+
+  # Where the supervisor's control socket is, on a host and in a container.
+  inherit controlSocket;
+
+  # The config file's content for `cfg` (config.services.sd-webui-forge).
+  # credentialPath: where the process finds the file for a secret
+  # ("api-auth", "control-token") at run time: systemd's credentials
+  # directory on a host, a mounted secret in a container. dbus: overrides
+  # control.dbus (a container has no system bus).
+  toml =
+    {
+      cfg,
+      credentialPath,
+      dbus ? cfg.control.dbus,
+    }:
+    nonEmpty {
+      ui = {
+        inherit (cfg)
+          flavor
+          command
+          listen
+          port
+          ;
+        extra_args = cfg.extraArgs;
+        environment = {
+          # Python buffers stdout when it is a pipe, which hides the UI's log
+          # lines from the journal until the buffer fills.
+          PYTHONUNBUFFERED = "1";
+        }
+        // cfg.environment;
+        startup_timeout = cfg.startupTimeout;
+        stop_timeout = cfg.stopTimeout;
+      }
+      // optionalAttrs (cfg.gpus != null) { inherit (cfg) gpus; }
+      // optionalAttrs (cfg.apiAuthFile != null) { api_auth_file = credentialPath "api-auth"; };
+      data = {
+        dir = cfg.dataDir;
+        permissions = cfg.dataPermissions;
+      };
+      models = nonEmpty (builtins.mapAttrs (_: builtins.mapAttrs (_: renderModel credentialPath)) cfg.models);
+      downloads = optionalAttrs (downloadsOf cfg != [ ] || cfg.downloads.maxConcurrent != 2) {
+        max_concurrent = cfg.downloads.maxConcurrent;
+      };
+      inherit (cfg) extensions settings;
+      restart = {
+        inherit (cfg.restart) policy deadline;
+        idle_grace = cfg.restart.idleGrace;
+        poll_interval = cfg.restart.pollInterval;
+      };
+      control = {
+        socket = controlSocket;
+        inherit dbus;
+      }
+      // optionalAttrs (cfg.control.httpListen != null) {
+        http_listen = cfg.control.httpListen;
+        token_file = credentialPath "control-token";
+      };
+    };
+
+  # The checks on `cfg` beyond the option types, as NixOS assertions.
+  assertions =
+    cfg:
+    let
+      unusedKinds = builtins.filter (k: !builtins.elem k kindsOf.${cfg.flavor}) (
+        builtins.attrNames cfg.models
+      );
+      misplacedFlags = builtins.filter (a: managedFlags ? ${flagName a}) cfg.extraArgs;
+    in
+    [
+      {
+        assertion = unusedKinds == [ ];
+        message = lib.concatMapStringsSep "\n" (
+          kind:
+          let
+            flavors = flavorsFor kind;
+          in
+          "services.sd-webui-forge.models.${kind}: flavor \"${cfg.flavor}\" does not use model kind \"${kind}\"; "
+          + (
+            if flavors == [ ] then
+              "no flavor uses it. "
+            else
+              "it is used by ${lib.concatStringsSep ", " flavors}. "
+          )
+          + "Kinds for ${cfg.flavor}: ${lib.concatStringsSep ", " kindsOf.${cfg.flavor}}. "
+          + "Rename the kind, change services.sd-webui-forge.flavor, or remove these models."
+        ) unusedKinds;
+      }
+      {
+        assertion = lib.all (kind: badNames cfg.models.${kind} == [ ]) (builtins.attrNames cfg.models);
+        message = lib.concatStringsSep "\n" (
+          lib.mapAttrsToList (
+            kind: names:
+            lib.concatMapStringsSep "\n" (
+              n:
+              ''services.sd-webui-forge.models.${kind}."${n}": a model file name must be a plain name (no "/", no leading "."), like "model.safetensors".''
+            ) (badNames names)
+          ) cfg.models
+        );
+      }
+      {
+        assertion = badNames cfg.extensions == [ ];
+        message = lib.concatMapStringsSep "\n" (
+          n:
+          ''services.sd-webui-forge.extensions."${n}": an extension name is a directory name: no "/", no leading ".".''
+        ) (badNames cfg.extensions);
+      }
+      {
+        assertion = cfg.gpus == null || lib.unique cfg.gpus == cfg.gpus;
+        message = "services.sd-webui-forge.gpus: ${builtins.toJSON cfg.gpus} lists a GPU more than once; list each index once.";
+      }
+      {
+        assertion = !(cfg.environment ? CUDA_VISIBLE_DEVICES);
+        message = "services.sd-webui-forge.environment.CUDA_VISIBLE_DEVICES: set services.sd-webui-forge.gpus instead, so the unit's device filter allows the same GPUs.";
+      }
+      {
+        assertion = misplacedFlags == [ ];
+        message = lib.concatMapStringsSep "\n" (
+          a:
+          "services.sd-webui-forge.extraArgs: \"${a}\" is set by the supervisor; use services.sd-webui-forge.${
+            managedFlags.${flagName a}
+          } instead."
+        ) misplacedFlags;
+      }
+      {
+        assertion = cfg.control.httpListen == null || cfg.control.tokenFile != null;
+        message = "services.sd-webui-forge.control.httpListen needs services.sd-webui-forge.control.tokenFile: the TCP control API only accepts requests with a bearer token.";
+      }
+      {
+        assertion = cfg.control.tokenFile == null || cfg.control.httpListen != null;
+        message = "services.sd-webui-forge.control.tokenFile is only used with services.sd-webui-forge.control.httpListen; set that too, or remove the token file.";
+      }
+      {
+        assertion =
+          !builtins.elem cfg.dataDir [
+            ""
+            "/var"
+            "/var/lib"
+          ]
+          && !lib.hasPrefix builtins.storeDir cfg.dataDir;
+        message = "services.sd-webui-forge.dataDir: \"${cfg.dataDir}\" must be a writable directory of its own, e.g. /var/lib/sd-webui-forge.";
+      }
+    ];
+
+    # The config file as a derivation: rendered with pkgs.formats.toml and,
+    # when `check`, validated at build time with the supervisor's own checker,
+    # so a bad config fails the build (`nixos-rebuild`, the image) with its
+    # `FILE:LINE:COL: key.path: message` lines instead of failing the service
+    # at start.
+    file =
+      {
+        pkgs,
+        supervisorPackage,
+        value,
+        check ? true,
+      }:
+      let
+        rendered = (pkgs.formats.toml { }).generate "sd-webui-forge.toml" value;
+      in
+      if check then
+        pkgs.runCommand "sd-webui-forge-config.toml"
+          {
+            preferLocalBuild = true;
+            unchecked = rendered;
+          }
+          ''
+            ${supervisorPackage}/bin/sd-webui-supervisor check-config --config "$unchecked"
+            ln -s "$unchecked" "$out"
+          ''
+      else
+        rendered;
+  }

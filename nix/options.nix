@@ -1,0 +1,397 @@
+# The options of services.sd-webui-forge, shared by module.nix (the NixOS
+# service) and ./image.nix (the container image), so that one set of settings
+# means the same thing on a NixOS host and in a container. What they mean for
+# the supervisor's config file is ./config.nix.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib) mkOption types;
+
+  cfg = config.services.sd-webui-forge;
+  defaultName = "sd-webui-forge";
+  inherit (import ./config.nix { inherit lib; }) controlSocket;
+
+  settingsFormat = pkgs.formats.toml { };
+
+  # The launcher of packages that do not name one in meta.mainProgram, as
+  # the common packagings call it.
+  defaultProgram = {
+    forge = "stable-diffusion-webui";
+    a1111 = "stable-diffusion-webui";
+    comfyui = "comfyui";
+  };
+
+  # A duration the supervisor (humantime) and systemd both read: "30s",
+  # "15m", "6h", "1h 30m".
+  durationType = types.strMatching "([0-9]+ ?(ms|s|m|min|h|d) ?)+" // {
+    description = ''duration such as "30s", "15m" or "6h"'';
+  };
+
+  # A model, extension or other file the UI should see: a package or store
+  # path (fetchModel, pkgs.fetchurl, a path literal, which is copied into the
+  # store) or an absolute path on the machine (a model on a big disk).
+  fileType =
+    types.coercedTo types.path (p: "${p}") (types.strMatching "/.*")
+    // {
+      description = "package, store path or absolute path";
+    };
+
+  # A model fetched by the supervisor at run time (gated models that need a
+  # token, or files too big to keep twice in the store). The token file is
+  # never read by Nix: it is handed to the unit with LoadCredential=.
+  downloadType = types.submodule {
+    options = {
+      url = mkOption {
+        type = types.str;
+        description = "Where to download the model (https; http only to a loopback host).";
+      };
+      sha256 = mkOption {
+        type = types.str;
+        description = ''The file's SHA-256: SRI ("sha256-..."), hex, or Nix base32 as in fetchurl.'';
+      };
+      tokenFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        description = ''
+          Absolute path (a string, never a Nix path, which would copy the
+          secret into the store) of a file holding the token, e.g. a
+          Civitai or Hugging Face token. Passed to the service with
+          `LoadCredential=` and sent only to the URL's own host.
+        '';
+      };
+      tokenHeader = mkOption {
+        type = types.str;
+        default = "Authorization";
+        description = ''Header carrying the token; "Authorization" sends "Bearer <token>".'';
+      };
+    };
+  };
+  modelType = types.either fileType downloadType // {
+    description = "package, store path, absolute path, or { url; sha256; tokenFile; }";
+  };
+
+  # A single string, as in existing configs (`extraArgs = "--cuda-malloc";`),
+  # is split on whitespace. It cannot quote, so a quote is an error instead
+  # of an argument with a stray quote character in it.
+  splitArgs =
+    s:
+    if builtins.match ".*[\"'].*" s != null then
+      throw ''
+        services.sd-webui-forge.extraArgs: the string form is split on whitespace and cannot quote: ${s}
+        Write a list instead, e.g. extraArgs = [ "--flag" "value with spaces" ];''
+    else
+      builtins.filter (a: builtins.isString a && a != "") (builtins.split "[[:space:]]+" s);
+in
+{
+  options.services.sd-webui-forge = {
+    enable = lib.mkEnableOption "a Stable Diffusion web UI (Forge, AUTOMATIC1111 or ComfyUI) under sd-webui-supervisor";
+
+    flavor = mkOption {
+      type = types.enum [
+        "forge"
+        "a1111"
+        "comfyui"
+      ];
+      default = "forge";
+      description = ''
+        Which web UI {option}`package` is: its flags, API, readiness and busy
+        probes, and where it wants models.
+      '';
+    };
+
+    package = mkOption {
+      type = types.package;
+      example = lib.literalExpression "pkgs.stable-diffusion-webui.forge.cuda";
+      description = ''
+        The web UI to run. Its main program (`meta.mainProgram`, else
+        `bin/stable-diffusion-webui` or `bin/comfyui` by {option}`flavor`) is
+        started with the flags the supervisor needs followed by
+        {option}`extraArgs`. Not needed when {option}`command` is set.
+      '';
+    };
+
+    command = mkOption {
+      type = types.nonEmptyListOf types.str;
+      default = [
+        "${lib.getBin cfg.package}/bin/${cfg.package.meta.mainProgram or defaultProgram.${cfg.flavor}}"
+      ];
+      defaultText = lib.literalMD ''
+        the package's `meta.mainProgram`, or else `bin/stable-diffusion-webui`
+        (Forge, AUTOMATIC1111) or `bin/comfyui` (ComfyUI)
+      '';
+      description = "The command that starts the UI, before the supervisor's flags and {option}`extraArgs`.";
+    };
+
+    supervisorPackage = mkOption {
+      type = types.package;
+      default = pkgs.sd-webui-supervisor;
+      defaultText = lib.literalExpression "pkgs.sd-webui-supervisor";
+      description = ''
+        The sd-webui-supervisor package. The flake's `nixosModules.default`
+        sets it to the flake's own build; without the flake, add its overlay or
+        set this option.
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = defaultName;
+      description = ''
+        User the service runs as. It is created when left at the default;
+        otherwise it must exist. A static user (not `DynamicUser`) because
+        only a named user can own a name on the D-Bus system bus.
+      '';
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = defaultName;
+      description = ''
+        Group of the service, created when left at the default. Members may
+        use the control socket ({command}`sd-webui-supervisor status`) and
+        call the D-Bus interface.
+      '';
+    };
+
+    dataDir = mkOption {
+      type = types.path;
+      default = "/var/lib/sd-webui-forge";
+      apply = p: lib.removeSuffix "/" (toString p);
+      example = "/srv/sd-webui-forge";
+      description = ''
+        The UI's data directory: models (as links), extensions, outputs,
+        `config.json`. Under {file}`/var/lib` it is the unit's
+        `StateDirectory`; anywhere else it is created with tmpfiles.
+      '';
+    };
+
+    dataPermissions = mkOption {
+      type = types.strMatching "0?[0-7]{3}";
+      default = "0700";
+      example = "0750";
+      description = ''
+        Permissions of the data directory tree. The service's umask follows
+        them, so `"0750"` lets members of {option}`group` (a gallery app, say)
+        read what the UI writes.
+      '';
+    };
+
+    listen = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether the UI listens on all interfaces; when false, on loopback only.";
+    };
+
+    port = mkOption {
+      type = types.port;
+      default = if cfg.flavor == "comfyui" then 8188 else 7860;
+      defaultText = lib.literalExpression ''if flavor == "comfyui" then 8188 else 7860'';
+      description = "The UI's HTTP port.";
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Whether to open {option}`port` in the firewall (useful with {option}`listen`).";
+    };
+
+    extraArgs = mkOption {
+      type = types.coercedTo types.str splitArgs (types.listOf types.str);
+      default = [ ];
+      example = [
+        "--cuda-malloc"
+        "--pin-shared-memory"
+      ];
+      description = ''
+        Extra command-line arguments, appended last so they win. A single
+        string is accepted and split on whitespace (no quoting). Flags the
+        supervisor sets from other options (`--port`, `--listen`,
+        `--data-dir`, ...) are rejected with the option to use instead.
+        Changing them restarts the UI when its queue is empty.
+      '';
+    };
+
+    environment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        PYTORCH_CUDA_ALLOC_CONF = "expandable_segments:True";
+      };
+      description = ''
+        Environment of the UI process. `PYTHONUNBUFFERED=1` is set unless
+        given here. Use {option}`gpus`, not `CUDA_VISIBLE_DEVICES`.
+      '';
+    };
+
+    gpus = mkOption {
+      type = types.nullOr (types.listOf types.ints.unsigned);
+      default = null;
+      example = [ 0 ];
+      description = ''
+        NVIDIA GPUs the UI may use (`CUDA_VISIBLE_DEVICES`). The unit's
+        device filter then allows exactly `/dev/nvidia<N>` of these. `null`:
+        every GPU.
+      '';
+    };
+
+    models = mkOption {
+      type = types.attrsOf (types.attrsOf modelType);
+      default = { };
+      example = lib.literalExpression ''
+        {
+          checkpoints."sd_xl_base_1.0.safetensors" = sd-webui-supervisor.lib.fetchModel {
+            url = "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors";
+            hash = "sha256-...";
+          };
+          loras."add-detail.safetensors" = "/srv/models/add-detail.safetensors";
+          checkpoints."illustrious-xl.safetensors" = {
+            url = "https://civitai.com/api/download/models/889818?type=Model&format=SafeTensor";
+            sha256 = "sha256-...";
+            tokenFile = "/run/secrets/civitai-token";
+          };
+        }
+      '';
+      description = ''
+        Models linked into the data directory: kind, then file name (what the
+        UI shows, so keep the extension), then a package, store path or
+        absolute path. Kinds: `checkpoints`, `loras`, `vae`, `embeddings`,
+        `controlnet`, `upscalers`, `hypernetworks`, `text_encoders` (Forge,
+        ComfyUI), `diffusion_models` and `clip_vision` (ComfyUI). Changes
+        apply without restarting the UI. Files you put there yourself are
+        never touched.
+
+        A model may also be `{ url; sha256; tokenFile ? null; tokenHeader ?
+        "Authorization"; }`: the supervisor downloads it at run time into
+        its cache in the data directory, checks the hash, and links it once
+        it is complete; the UI starts meanwhile with what is present.
+      '';
+    };
+
+    downloads.maxConcurrent = mkOption {
+      type = types.ints.between 1 64;
+      default = 2;
+      description = "At most this many models are downloaded at once.";
+    };
+
+    extensions = mkOption {
+      type = types.attrsOf fileType;
+      default = { };
+      example = lib.literalExpression ''{ "sd-webui-localization-ja" = pkgs.fetchFromGitHub { ... }; }'';
+      description = ''
+        Extensions (Forge, AUTOMATIC1111: {file}`extensions/<name>`) or custom
+        nodes (ComfyUI: {file}`custom_nodes/<name>`), by directory name.
+        Changing them restarts the UI when its queue is empty.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = {
+        sd_model_checkpoint = "sd_xl_base_1.0.safetensors";
+        CLIP_stop_at_last_layers = 2;
+      };
+      description = ''
+        Managed UI settings (Forge/AUTOMATIC1111 `config.json` keys). They
+        are enforced on every start and reload and applied live; every other
+        key the UI or you wrote is kept.
+      '';
+    };
+
+    startupTimeout = mkOption {
+      type = durationType;
+      default = "15m";
+      description = "How long the UI may take to answer after launch (model loading included) before it counts as crashed.";
+    };
+
+    stopTimeout = mkOption {
+      type = durationType;
+      default = "30s";
+      description = "How long the UI gets to exit after SIGINT before it is killed.";
+    };
+
+    restart = {
+      policy = mkOption {
+        type = types.enum [
+          "when-idle"
+          "immediately"
+          "manual"
+        ];
+        default = "when-idle";
+        description = ''
+          When a change that needs a UI restart (arguments, environment,
+          extensions, GPUs, port, the UI package) takes effect:
+          `when-idle`, once the queue has been empty for
+          {option}`restart.idleGrace` or at {option}`restart.deadline`;
+          `immediately`; or `manual` (status reports it, {command}`sd-webui-supervisor restart` does it).
+        '';
+      };
+      idleGrace = mkOption {
+        type = durationType;
+        default = "10s";
+        description = "How long the queue must stay empty before a pending restart happens.";
+      };
+      deadline = mkOption {
+        type = types.either (types.enum [ "never" ]) durationType;
+        default = "6h";
+        description = ''How long a pending restart may wait for an idle queue before it happens anyway; `"never"` to wait forever.'';
+      };
+      pollInterval = mkOption {
+        type = durationType;
+        default = "2s";
+        description = "How often the queue is probed while a restart is pending.";
+      };
+    };
+
+    apiAuthFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/sd-webui-api-auth";
+      description = ''
+        File with `user:password` for the UI's API (`--api-auth`). Read by
+        systemd (`LoadCredential`), so it may be readable by root only; it
+        never enters the Nix store.
+      '';
+    };
+
+    control = {
+      dbus = mkOption {
+        type = types.enum [
+          "system"
+          "off"
+        ];
+        default = "system";
+        description = "Whether the supervisor offers its D-Bus interface on the system bus (the policy is installed for you).";
+      };
+      httpListen = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "127.0.0.1:7870";
+        description = ''
+          Optional TCP address for the control API (the unix socket
+          {file}`${controlSocket}` is always there). Requires {option}`control.tokenFile`.
+        '';
+      };
+      tokenFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        description = "File with the bearer token for {option}`control.httpListen`, loaded with `LoadCredential`.";
+      };
+    };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether to validate the generated config at build time with
+        {command}`sd-webui-supervisor check-config`. Turn off only to work
+        around a problem of the checker; the service checks again at start.
+      '';
+    };
+
+  };
+}

@@ -1,0 +1,160 @@
+//! Slow work the core hands off: every task lives in one [`JoinSet`] (aborted
+//! when the core ends) and reports back as an [`Event`]. The loop itself never
+//! awaits I/O, so reloads, status and the watchdog are answered while the UI
+//! hangs or `nvidia-smi` takes its time.
+
+use std::io;
+use std::process::ExitStatus;
+use std::time::Instant;
+
+use tokio::task::JoinSet;
+
+use super::protocol::{Queue, RestartReason};
+use crate::layout::LayoutReport;
+use crate::ui::gpu::Preflight;
+use crate::ui::launch::Prepared;
+use crate::ui::settings_sync::Synced;
+
+/// Results of work the core handed off.
+#[derive(Debug)]
+pub enum Event {
+    /// GPU preflight and launch preparation for start number `start` finished.
+    Prepared {
+        start: u64,
+        preflight: Preflight,
+        launch: Result<Prepared, String>,
+    },
+    /// The config file was read for a reload.
+    ConfigRead {
+        text: io::Result<Vec<u8>>,
+        reply: super::reconfigure::Reply,
+    },
+    /// A layout of the config in force finished.
+    LaidOut(Result<LayoutReport, String>),
+    /// A readiness probe finished.
+    Ready(bool),
+    /// A queue probe finished; `sent` is when it was sent (a restart may act only
+    /// on a reading taken after the idle grace ended).
+    Queue(Result<Queue, String>, Instant),
+    /// ComfyUI broadcast its queue length (`/ws`): probe now if a restart waits.
+    QueueChanged(u32),
+    /// Managed settings were brought in line with the running UI.
+    SettingsSynced(Synced),
+    /// A download finished or gave up (forwarded from the download manager).
+    Download(crate::download::Event),
+    /// Fire-and-forget work (model refreshes) finished; it logged its own result.
+    Done,
+    /// The UI group is gone after a stop or an exit; `then` says what comes next.
+    Gone {
+        /// Exit of the main process.
+        status: io::Result<ExitStatus>,
+        /// What to do now.
+        then: AfterStop,
+    },
+}
+
+/// What follows once the UI's group is gone.
+#[derive(Debug)]
+pub enum AfterStop {
+    /// Start the UI again (a restart).
+    Start,
+    /// Count a crash with this reason, then back off or fail; the next start
+    /// counts under `counter`.
+    Crash { why: String, counter: RestartReason },
+    /// Nothing: the supervisor is shutting down.
+    Exit,
+}
+
+/// The core's tasks.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    set: JoinSet<Event>,
+}
+
+impl Tasks {
+    /// Runs `work` as a tracked task.
+    pub fn spawn(&mut self, work: impl Future<Output = Event> + Send + 'static) {
+        self.set.spawn(work);
+    }
+
+    /// The next finished task's event; pending while none runs.
+    pub async fn next(&mut self) -> Event {
+        loop {
+            match self.set.join_next().await {
+                Some(Ok(ev)) => return ev,
+                Some(Err(e)) if e.is_panic() => {
+                    tracing::error!(error = %e, "a supervisor task panicked");
+                }
+                Some(Err(_)) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Cancels every task (at exit; layouts already on the blocking pool finish).
+    pub fn abort_all(&mut self) {
+        self.set.abort_all();
+    }
+}
+
+/// Layouts run one at a time (two would race on the data dir), always of the
+/// config in force: a request while one runs makes one more run afterwards, and
+/// everyone waiting is answered by the last.
+#[derive(Debug)]
+pub struct LayoutLane<W> {
+    running: bool,
+    again: bool,
+    waiters: Vec<W>,
+}
+
+impl<W> Default for LayoutLane<W> {
+    fn default() -> Self {
+        LayoutLane {
+            running: false,
+            again: false,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+impl<W> LayoutLane<W> {
+    /// Adds `waiter`; true when the caller must start a layout now.
+    pub fn request(&mut self, waiter: Option<W>) -> bool {
+        self.waiters.extend(waiter);
+        if self.running {
+            self.again = true;
+            false
+        } else {
+            self.running = true;
+            true
+        }
+    }
+
+    /// A layout finished: `Some(waiters)` to answer, or `None` when another run
+    /// must start first (the config changed while this one ran).
+    pub fn finished(&mut self) -> Option<Vec<W>> {
+        if self.again {
+            self.again = false;
+            None
+        } else {
+            self.running = false;
+            Some(std::mem::take(&mut self.waiters))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_while_running_coalesce_into_one_more_run() {
+        let mut lane = LayoutLane::default();
+        assert!(lane.request(Some(1)));
+        assert!(!lane.request(Some(2)));
+        assert!(!lane.request(Some(3)));
+        assert_eq!(lane.finished(), None, "one more run for the newer config");
+        assert_eq!(lane.finished(), Some(vec![1, 2, 3]));
+        assert!(lane.request(None));
+    }
+}
