@@ -87,6 +87,9 @@ in
       supervisorBin = "${cfg.supervisorPackage}/bin/sd-webui-supervisor";
       configFile = checkedConfig;
       inherit configPath credentials;
+      # Forge and A1111 import GitPython at start and exit 1 ("Bad git
+      # executable") when no git is on PATH; a NixOS service's PATH has none.
+      path = optional (cfg.flavor != "comfyui") pkgs.git;
       inherit (cfg)
         user
         group

@@ -5,7 +5,8 @@ It pretends to be Stable Diffusion WebUI Forge, AUTOMATIC1111 or ComfyUI well en
 for a supervisor, without a GPU: it accepts exactly the real UIs' command-line flags
 (anything else exits 2, as argparse does in the real ones), binds where they bind,
 answers the endpoints a supervisor uses with the real JSON shapes (readiness, queue and
-busy state, options, refresh-*, txt2img / prompt jobs, ComfyUI's /ws status messages),
+busy state, options, refresh-*, txt2img / prompt jobs with a tiny PNG as their picture,
+ComfyUI's /history outputs and /view, ComfyUI's /ws status messages),
 keeps its data where they keep it, and reacts to signals the way they do
 (taken from the real UIs' sources and from responses captured from running ones).
 Python 3.11, standard library only.
@@ -18,6 +19,14 @@ Environment:
   STANDIN_CRASH_AFTER    exit with STANDIN_EXIT_CODE (default 1) N seconds after start
   STANDIN_HANG_AFTER     after N seconds accept connections but never answer
   STANDIN_IGNORE_SIGINT  1: SIGINT is ignored (SIG_IGN), like a UI that inherited it
+  STANDIN_IMAGE_ERROR    image jobs fail at their end with this message: txt2img answers
+                         HTTP 500 with Forge's/A1111's error body, a ComfyUI prompt ends in
+                         history with status "error" and an execution_error message.
+                         "@PATH": the error is PATH's content, only while PATH exists
+  STANDIN_LOSE_FIRST_SIGINT  1: the first SIGINT is lost (recorded with "lost": true), like
+                         a Forge/A1111 that gets it while importing torch (ui-apis.md §10)
+  STANDIN_PRINT_ENV      1: print COMMANDLINE_ARGS and the STANDIN_* variables at start (to
+                         check that a supervisor redacts what the UI prints)
   STANDIN_RECORD         file to append one JSON object per line to (O_APPEND, one
                          write per line, so several processes may share it)
 
@@ -29,6 +38,12 @@ Record events, each with "pid" and "t" (time.time()):
   job_start  id, kind ("txt2img" | "prompt");   job_end  id, kind, completed
   signal     signal ("SIGINT" | "SIGTERM" | "SIGHUP")
   exit       code, reason (before a deliberate exit)
+
+Forge and A1111 append shlex.split($COMMANDLINE_ARGS) to sys.argv at import and print
+all of it ("Launching Web UI with arguments: ..."), and exit 1 at start when GitPython finds
+no `git` on PATH ("Bad git executable"), as the real ones do. Forge (dfdcbab) has no lora
+routes (404) and answers refresh-embeddings with 500 (ui-apis.md §10); /openapi.json lists
+the routes that exist.
 
 Like the real programs: a ComfyUI (and any flavor for SIGTERM/SIGHUP) that inherits
 SIG_IGN keeps ignoring the signal, while Forge/A1111 install their own SIGINT handler.
@@ -67,6 +82,18 @@ def env_float(name, default=None):
 
 
 JOB_SECONDS = env_float("STANDIN_JOB_SECONDS", 1.0)
+
+
+def image_error():
+    """STANDIN_IMAGE_ERROR now: the message, or None when image jobs succeed."""
+    value = os.environ.get("STANDIN_IMAGE_ERROR", "")
+    if value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf8") as file:
+                return file.read().strip() or "stand-in image error"
+        except OSError:
+            return None
+    return value or None
 HUNG = threading.Event()
 
 # ---------------------------------------------------------------------------------------
@@ -418,20 +445,26 @@ class ForgeApp:
             "/sdapi/v1/sd-models": {"GET": lambda q, b, h: fastapi_json(self.checkpoints)},
             "/sdapi/v1/refresh-checkpoints": {"POST": self.refresh_checkpoints},
             "/sdapi/v1/refresh-vae": {"POST": self.locked_noop},
-            "/sdapi/v1/refresh-embeddings": {"POST": self.locked_noop},
+            "/sdapi/v1/refresh-embeddings": {"POST": self.refresh_embeddings},
             "/sdapi/v1/txt2img": {"POST": self.txt2img},
             "/sdapi/v1/interrupt": {"POST": self.interrupt},
         }
-        # the Lora extension registers its routes on the app itself, with or without --api
-        lora = {"/sdapi/v1/refresh-loras": {"POST": lambda q, b, h: fastapi_json(None)}}
+        # A1111's Lora extension registers its routes on the app itself, with or without
+        # --api; Forge dfdcbab registers none (ui-apis.md §10: 404, not in /openapi.json)
+        lora = {} if FLAVOR == "forge" else {
+            "/sdapi/v1/loras": {"GET": lambda q, b, h: fastapi_json([])},
+            "/sdapi/v1/refresh-loras": {"POST": lambda q, b, h: fastapi_json(None)},
+        }
         self.routes = {"/": {"GET": lambda q, b, h: Reply(200, INDEX_HTML.encode(), "text/html")},
+                       "/openapi.json": {"GET": self.openapi},
                        **internal, **sdapi, **lora}
 
     def route(self, method, path, query, body, handler):
         fn = route_table(self, self.routes, method, path)
         if fn is None:
             return fastapi_json({"detail": "Not Found"}, 404)
-        if self.api_auth and path.startswith("/sdapi/") and path != "/sdapi/v1/refresh-loras":
+        if self.api_auth and path.startswith("/sdapi/") and path not in ("/sdapi/v1/refresh-loras",
+                                                                          "/sdapi/v1/loras"):
             denied = self.check_auth(handler.headers.get("Authorization", ""))
             if denied:
                 reply = fastapi_json({"detail": denied}, 401)
@@ -531,6 +564,18 @@ class ForgeApp:
             self.checkpoints = self.scan_checkpoints()
         return fastapi_json(None)
 
+    def refresh_embeddings(self, query, body, handler):
+        if FLAVOR == "forge":  # Forge dfdcbab: AttributeError inside the route -> 500
+            raise AttributeError("'Api' object has no attribute 'embedding_db'")
+        return self.locked_noop(query, body, handler)
+
+    def openapi(self, query, body, handler):
+        """FastAPI's schema: every route with its methods (the schema route itself is not listed)."""
+        paths = {path: {method.lower(): {"summary": path} for method in methods}
+                 for path, methods in self.routes.items() if path != "/openapi.json"}
+        return fastapi_json({"openapi": "3.1.0", "info": {"title": "FastAPI", "version": "0.1.0"},
+                             "paths": paths})
+
     def locked_noop(self, query, body, handler):
         with self.queue_lock:
             pass
@@ -571,6 +616,9 @@ class ForgeApp:
     def txt2img(self, query, body, handler):
         if not isinstance(body, dict):
             return fastapi_json({"detail": [{"loc": ["body"], "msg": "field required", "type": "value_error.missing"}]}, 422)
+        wanted = (body.get("override_settings") or {}).get("sd_model_checkpoint")
+        if wanted is not None and wanted not in self.checkpoint_aliases():
+            raise RuntimeError(f"model {wanted!r} not found")  # stand-in's choice, like set_options
         task_id = body.get("force_task_id") or "task(txt2img-{})".format(
             "".join(random.choices(string.ascii_uppercase + string.digits, k=7)))
         seconds = float(body.get("stand_in_seconds", JOB_SECONDS))
@@ -588,14 +636,37 @@ class ForgeApp:
                                   job_timestamp=datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
             record("job_start", id=task_id, kind="txt2img")
             completed = not stop.wait(seconds)
-            record("job_end", id=task_id, kind="txt2img", completed=completed)
+            error = image_error() if completed else None
+            record("job_end", id=task_id, kind="txt2img", completed=completed and not error)
             with self.mutex:
                 if completed:
                     self.state.update(job_no=1, sampling_step=steps)
                 self.state.update(job="", job_count=0)
                 self.current_task, self.interrupt_event = None, None
                 self.finished.append(task_id)
-        return fastapi_json({"images": [TINY_PNG] if completed else [], "parameters": body, "info": "{}"})
+        if error:  # modules/call_queue.py turns it into the API middleware's 500
+            raise RuntimeError(error)
+        return fastapi_json({"images": [TINY_PNG] if completed else [], "parameters": body,
+                             "info": json.dumps(self.txt2img_info(body, completed))})
+
+    def txt2img_info(self, body, completed):
+        """processing.py Processed.js(): the parameters used, with the seed actually drawn."""
+        if not completed:
+            return {}
+        seed = int(body.get("seed", -1))
+        seed = random.randrange(4294967295) if seed == -1 else seed
+        prompt = body.get("prompt", "")
+        return {"prompt": prompt, "all_prompts": [prompt], "negative_prompt": body.get("negative_prompt", ""),
+                "all_negative_prompts": [body.get("negative_prompt", "")], "seed": seed, "all_seeds": [seed],
+                "subseed": seed + 1, "all_subseeds": [seed + 1], "subseed_strength": 0,
+                "width": body.get("width", 512), "height": body.get("height", 512),
+                "sampler_name": body.get("sampler_name", "Euler a"), "cfg_scale": body.get("cfg_scale", 7.0),
+                "steps": body.get("steps", 50), "batch_size": 1, "restore_faces": None,
+                "sd_model_name": self.options.get("sd_model_checkpoint"), "seed_resize_from_w": -1,
+                "seed_resize_from_h": -1, "denoising_strength": None, "extra_generation_params": {},
+                "index_of_first_image": 0, "infotexts": [f"{prompt}\nSteps: {body.get('steps', 50)}, Seed: {seed}"],
+                "styles": [], "job_timestamp": self.state["job_timestamp"], "clip_skip": 1,
+                "is_using_inpainting_conditioning": False, "version": "stand-in"}
 
     def interrupt(self, query, body, handler):
         with self.mutex:
@@ -628,7 +699,14 @@ class ForgeApp:
             say(f"Startup time: {time.time() - T0:.1f}s (stand-in UI).")
 
 
+LOST_SIGINTS = [int(os.environ.get("STANDIN_LOSE_FIRST_SIGINT", "0") == "1")]
+
+
 def forge_sigint(signum, frame):
+    if LOST_SIGINTS[0] > 0:  # lands inside `from torch._C import *`: nothing happens
+        LOST_SIGINTS[0] -= 1
+        record("signal", signal="SIGINT", lost=True)
+        return
     record("signal", signal="SIGINT")
     os.write(1, f"Interrupted with signal {signum} in {frame}\n".encode())
     deliberate_exit(0, "SIGINT")
@@ -701,6 +779,9 @@ class ComfyApp:
         self.base = os.path.abspath(args.base_directory or os.getcwd())
         os.listdir(os.path.join(self.base, "custom_nodes"))  # prestartup scripts: dies without it
         self.temp_dir = os.path.join(args.temp_directory or self.base, "temp")
+        self.output_dir = args.output_directory or os.path.join(self.base, "output")
+        self.input_dir = args.input_directory or os.path.join(self.base, "input")
+        self.counters = {}
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         for path in (args.input_directory or os.path.join(self.base, "input"), self.temp_dir,
                      args.user_directory or os.path.join(self.base, "user")):
@@ -729,6 +810,7 @@ class ComfyApp:
             "/interrupt": {"POST": lambda: self.interrupt(body)},
             "/history": {"GET": lambda: self.get_history(query), "POST": lambda: self.edit_history(body)},
             "/models": {"GET": lambda: aiohttp_json(list(COMFY_MODEL_FOLDERS))},
+            "/view": {"GET": lambda: self.view(query)},
         }
         if path.startswith("/history/") and method == "GET":
             with self.cond:
@@ -816,6 +898,10 @@ class ComfyApp:
         # the stand-in knows no node classes: Save*/Preview* nodes count as outputs
         outputs = [node_id for node_id, node in prompt.items()
                    if str(node["class_type"]).startswith(("Save", "Preview"))]
+        if not outputs:
+            error = {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "",
+                     "extra_info": {}}
+            return aiohttp_json({"error": error, "node_errors": []}, 400)
         seconds = float(body.get("stand_in_seconds", extra_data.get("stand_in_seconds", JOB_SECONDS)))
         with self.cond:
             if "number" in body:
@@ -900,8 +986,21 @@ class ComfyApp:
             record("job_start", id=prompt_id, kind="prompt")
             started = time.time()
             completed = not stop.wait(seconds)
-            record("job_end", id=prompt_id, kind="prompt", completed=completed)
-            if completed:
+            error = image_error() if completed else None
+            record("job_end", id=prompt_id, kind="prompt", completed=completed and not error)
+            outputs = {}
+            if error:
+                failed = next(iter(item[4]))
+                messages.append(["execution_error", {
+                    "prompt_id": prompt_id, "node_id": failed, "node_type": item[2][failed]["class_type"],
+                    "executed": [], "exception_message": error + "\n", "exception_type": "RuntimeError",
+                    "traceback": ["  File \"stand_in_ui.py\", in worker\n"], "current_inputs": {},
+                    "current_outputs": {}, "timestamp": millis()}])
+                if client is not None:
+                    self.send(*messages[-1], client)
+                say("!!! Exception during processing !!! " + error)
+            elif completed:
+                outputs = self.save_outputs(item)
                 messages.append(["execution_success", {"prompt_id": prompt_id, "timestamp": millis()}])
                 if client is not None:
                     self.send(*messages[-1], client)
@@ -912,13 +1011,48 @@ class ComfyApp:
                                                            "timestamp": millis()}])
                 self.send(*messages[-1])
                 say("Processing interrupted")
-            status = {"status_str": "success" if completed else "error", "completed": completed, "messages": messages}
+            ok = completed and not error
+            status = {"status_str": "success" if ok else "error", "completed": ok, "messages": messages}
+            meta = {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
+                    for node in outputs}
             with self.cond:
-                self.history[prompt_id] = {"prompt": item, "outputs": {}, "status": status, "meta": {}}
+                self.history[prompt_id] = {"prompt": item, "outputs": outputs, "status": status, "meta": meta}
                 self.running = None
             self.queue_updated()
             if client is not None:
                 self.send("executing", {"node": None, "prompt_id": prompt_id}, client)
+
+    def save_outputs(self, item):
+        """SaveImage writes <prefix>_00001_.png into output/, PreviewImage into temp/."""
+        outputs = {}
+        for node_id in item[4]:
+            node = item[2][node_id]
+            saved = str(node["class_type"]) == "SaveImage"
+            prefix = str(node.get("inputs", {}).get("filename_prefix") or "ComfyUI") if saved else "ComfyUI_temp"
+            folder = self.output_dir if saved else self.temp_dir
+            subfolder = os.path.dirname(prefix)
+            os.makedirs(os.path.join(folder, subfolder), exist_ok=True)
+            with self.cond:
+                number = self.counters[prefix] = self.counters.get(prefix, 0) + 1
+            filename = f"{os.path.basename(prefix)}_{number:05}_.png"
+            with open(os.path.join(folder, subfolder, filename), "wb") as file:
+                file.write(base64.b64decode(TINY_PNG))
+            outputs[node_id] = {"images": [{"filename": filename, "subfolder": subfolder,
+                                            "type": "output" if saved else "temp"}]}
+        return outputs
+
+    def view(self, query):
+        """GET /view?filename=&subfolder=&type=: the file's bytes (server.py view_image)."""
+        name = query.get("filename", "")
+        if not name or name.startswith("/") or ".." in name:
+            return aiohttp_text("400: Bad Request", 400)
+        root = {"output": self.output_dir, "temp": self.temp_dir}.get(query.get("type", "output"), self.input_dir)
+        path = os.path.abspath(os.path.join(root, query.get("subfolder", ""), name))
+        if os.path.commonpath((os.path.abspath(root), path)) != os.path.abspath(root) or not os.path.isfile(path):
+            return aiohttp_text("404: Not Found", 404)
+        with open(path, "rb") as file:
+            data = file.read()
+        return Reply(200, data, "image/png", {"Content-Disposition": f'filename="{name}"'})
 
     # -- lifecycle -------------------------------------------------------------------
     def start_listening(self):
@@ -937,6 +1071,10 @@ class ComfyApp:
 
 
 def comfy_sigint(signum, frame):
+    if LOST_SIGINTS[0] > 0:
+        LOST_SIGINTS[0] -= 1
+        record("signal", signal="SIGINT", lost=True)
+        return
     record("signal", signal="SIGINT")
     raise KeyboardInterrupt
 
@@ -984,10 +1122,47 @@ def start_timers():
             timer.start()
 
 
+GIT_MESSAGE = """Traceback (most recent call last):
+  File "launch.py", line 54, in <module>
+    main()
+  File "modules/launch_utils.py", line 543, in start
+    import webui
+  File "git/__init__.py", line 296, in <module>
+    refresh()
+  File "git/cmd.py", line 448, in refresh
+    raise ImportError(err)
+ImportError: Bad git executable.
+The git executable must be specified in one of the following ways:
+    - be included in your $PATH
+    - be set via $GIT_PYTHON_GIT_EXECUTABLE
+    - explicitly set via git.refresh(<full-path-to-git-executable>)
+
+All git commands will error until this is rectified.
+
+This initial message can be silenced or aggravated in the future by setting the
+$GIT_PYTHON_REFRESH environment variable. Use one of the following values:
+    - quiet|q|silence|s|silent|none|n|0: for no message or exception
+    - warn|w|warning|log|l|1: for a warning message (logging level CRITICAL, displayed by default)
+    - error|e|exception|raise|r|2: for a raised exception
+
+Example:
+    export GIT_PYTHON_REFRESH=quiet
+"""
+
+
+def check_git():
+    """Forge/A1111 import GitPython at start, which raises ImportError without a git."""
+    if COMFY or os.environ.get("GIT_PYTHON_GIT_EXECUTABLE") or shutil.which("git"):
+        return
+    if os.environ.get("GIT_PYTHON_REFRESH", "").lower() in ("quiet", "q", "silence", "s", "silent", "none",
+                                                           "n", "0"):
+        return
+    print(GIT_MESSAGE, file=sys.stderr, end="", flush=True)
+    deliberate_exit(1, "git")
+
+
 def parse_args():
     argv = sys.argv[1:]
-    if not COMFY:
-        argv += shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
     parser = build_parser()
     try:
         if not COMFY and os.environ.get("IGNORE_CMD_ARGS_ERRORS"):
@@ -1007,11 +1182,18 @@ def main():
         print(f"stand-in: unknown STANDIN_FLAVOR {FLAVOR!r} (forge, a1111 or comfyui)", file=sys.stderr)
         deliberate_exit(2, "STANDIN_FLAVOR")
     install_signal_handlers()
+    if not COMFY:  # modules/paths_internal.py, at import
+        sys.argv += shlex.split(os.environ.get("COMMANDLINE_ARGS", ""))
+    if os.environ.get("STANDIN_PRINT_ENV") == "1":
+        for key, value in sorted(os.environ.items()):
+            if key.startswith(RECORD_ENV_PREFIXES):
+                print(f"{key}={value}", flush=True)
     ARGS = parse_args()
     start_timers()
     try:
         if not COMFY:
             say(f"Launching Web UI with arguments: {shlex.join(sys.argv[1:])}")
+            check_git()
         try:
             APP = ComfyApp(ARGS) if COMFY else ForgeApp(ARGS)
             time.sleep(env_float("STANDIN_START_DELAY", 0.0))

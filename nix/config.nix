@@ -41,6 +41,26 @@ let
   isPlainName = n: n != "" && builtins.match "[.].*|.*/.*" n == null;
   badNames = names: builtins.filter (n: !isPlainName n) (builtins.attrNames names);
   controlSocket = "/run/sd-webui-forge/control.sock";
+  # Declared images: the TOML keys of [images.<name>] (an inline workflow is
+  # already a store file, see ./options.nix).
+  imageToml =
+    img:
+    lib.filterAttrs (_: v: v != null && v != { }) {
+      inherit (img)
+        prompt
+        seed
+        steps
+        width
+        height
+        checkpoint
+        extra
+        inputs
+        workflow
+        ;
+      negative_prompt = img.negativePrompt;
+      cfg_scale = img.cfgScale;
+      sampler_name = img.samplerName;
+    };
   flavorsFor = kind: builtins.filter (f: builtins.elem kind kindsOf.${f}) (builtins.attrNames kindsOf);
 
   # Models the supervisor downloads at run time are attribute sets; paths and
@@ -115,6 +135,7 @@ in
         max_concurrent = cfg.downloads.maxConcurrent;
       };
       inherit (cfg) extensions settings;
+      images = lib.mapAttrs (_: imageToml) cfg.images;
       restart = {
         inherit (cfg.restart) policy deadline;
         idle_grace = cfg.restart.idleGrace;
@@ -123,6 +144,7 @@ in
       control = {
         socket = controlSocket;
         inherit dbus;
+        max_connections = cfg.control.maxConnections;
       }
       // optionalAttrs (cfg.control.httpListen != null) {
         http_listen = cfg.control.httpListen;
@@ -138,8 +160,36 @@ in
         builtins.attrNames cfg.models
       );
       misplacedFlags = builtins.filter (a: managedFlags ? ${flagName a}) cfg.extraArgs;
+      badImageNames = builtins.filter (n: builtins.match "[A-Za-z0-9_][A-Za-z0-9_.-]*" n == null) (
+        builtins.attrNames cfg.images
+      );
+      isComfy = cfg.flavor == "comfyui";
+      misdeclaredImages = lib.filterAttrs (
+        _: img:
+        if isComfy then
+          img.workflow == null || img.prompt != null
+        else
+          img.prompt == null || img.workflow != null
+      ) cfg.images;
     in
     [
+      {
+        assertion = badImageNames == [ ];
+        message = lib.concatMapStringsSep "\n" (
+          n:
+          ''services.sd-webui-forge.images."${n}": an image name becomes <name>.png: letters, digits, "-", "_" or ".", not starting with "." or "-".''
+        ) badImageNames;
+      }
+      {
+        assertion = misdeclaredImages == { };
+        message = lib.concatMapStringsSep "\n" (
+          n:
+          if isComfy then
+            "services.sd-webui-forge.images.${n}: a comfyui image is a workflow (set workflow, and inputs for overrides), not a prompt."
+          else
+            "services.sd-webui-forge.images.${n}: a ${cfg.flavor} image needs a prompt (txt2img parameters); workflow is for comfyui."
+        ) (builtins.attrNames misdeclaredImages);
+      }
       {
         assertion = unusedKinds == [ ];
         message = lib.concatMapStringsSep "\n" (

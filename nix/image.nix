@@ -107,7 +107,9 @@ else
       etc
       cfg.supervisorPackage
     ]
-    ++ lib.optional eval.options.services.sd-webui-forge.package.isDefined cfg.package;
+    ++ lib.optional eval.options.services.sd-webui-forge.package.isDefined cfg.package
+    # Forge and A1111 import GitPython at start and exit 1 without a git on PATH.
+    ++ lib.optional (cfg.flavor != "comfyui") pkgs.git;
     # The data dir is a volume; the control socket's folder and /tmp exist.
     extraCommands = ''
       mkdir -p .${cfg.dataDir} run/sd-webui-forge tmp

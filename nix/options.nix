@@ -85,6 +85,97 @@ let
         Write a list instead, e.g. extraArgs = [ "--flag" "value with spaces" ];''
     else
       builtins.filter (a: builtins.isString a && a != "") (builtins.split "[[:space:]]+" s);
+  # The options of one image; `name` names an inline workflow's store file.
+  imageOptions = name: {
+    prompt = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Forge/AUTOMATIC1111: the prompt (required there).";
+    };
+    negativePrompt = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Forge/AUTOMATIC1111: the negative prompt.";
+    };
+    seed = mkOption {
+      type = types.nullOr types.int;
+      default = null;
+      description = "Forge/AUTOMATIC1111: the seed; null or -1 lets the UI draw one once (the sidecar records it).";
+    };
+    steps = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Forge/AUTOMATIC1111: sampling steps (default 20).";
+    };
+    cfgScale = mkOption {
+      type = types.nullOr (types.either types.int types.float);
+      default = null;
+      description = "Forge/AUTOMATIC1111: CFG scale (default 7).";
+    };
+    samplerName = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "DPM++ 2M";
+      description = "Forge/AUTOMATIC1111: the sampler (default: the UI's).";
+    };
+    width = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Forge/AUTOMATIC1111: width in pixels, a multiple of 8 (default 512).";
+    };
+    height = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      description = "Forge/AUTOMATIC1111: height in pixels, a multiple of 8 (default 512).";
+    };
+    checkpoint = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "sd_xl_base_1.0.safetensors";
+      description = ''
+        Forge/AUTOMATIC1111: a file name declared in
+        {option}`services.sd-webui-forge.models.checkpoints`; its target is
+        part of the image's fingerprint (a new model file renders it again).
+      '';
+    };
+    extra = mkOption {
+      type = types.attrsOf settingsFormat.type;
+      default = { };
+      example = {
+        scheduler = "Karras";
+      };
+      description = "Forge/AUTOMATIC1111: further `/sdapi/v1/txt2img` fields, passed through.";
+    };
+    workflow = mkOption {
+      type = types.nullOr (types.either fileType (types.attrsOf types.anything));
+      default = null;
+      # An inline workflow (an attribute set) is written to the store as JSON;
+      # a file is used as it is.
+      apply =
+        wf:
+        if wf == null then
+          null
+        else if builtins.isAttrs wf && !(wf ? outPath) then
+          "${pkgs.writeText "sd-webui-image-${name}-workflow.json" (builtins.toJSON wf)}"
+        else
+          "${wf}";
+      description = ''
+        ComfyUI (required there): an API-format workflow ("Export (API)"),
+        as a JSON file or as a Nix attribute set (written to the store as
+        JSON). The picture is its first SaveImage output.
+      '';
+    };
+    inputs = mkOption {
+      type = types.attrsOf settingsFormat.type;
+      default = { };
+      example = {
+        "3.seed" = 42;
+        "6.text" = "a cat";
+      };
+      description = ''ComfyUI: overrides of workflow inputs, `"<node id>.<input>" = value`.'';
+    };
+  };
+  outputDir = "${cfg.dataDir}/outputs/declared";
 in
 {
   options.services.sd-webui-forge = {
@@ -302,6 +393,54 @@ in
       '';
     };
 
+    images = mkOption {
+      type = types.attrsOf (types.submodule ({ name, ... }: { options = imageOptions name; }));
+      default = { };
+      example = lib.literalExpression ''
+        {
+          cat = {
+            prompt = "a cat on a windowsill, golden hour";
+            seed = 1234;
+            steps = 25;
+            width = 832;
+            height = 1216;
+            checkpoint = "sd_xl_base_1.0.safetensors";
+          };
+        }
+      '';
+      description = ''
+        Declared pictures. The supervisor renders each through the running
+        UI once it is ready and idle, one at a time, and writes
+        {file}`<dataDir>/outputs/declared/<name>.png` with a sidecar
+        {file}`<name>.json`. An image is rendered again only when its
+        declaration or the model it uses changes; changing images never
+        restarts the UI. Names: letters, digits, `-`, `_`, `.`. See
+        {option}`services.sd-webui-forge.outputDir` to use the pictures
+        elsewhere.
+      '';
+    };
+
+    outputDir = mkOption {
+      type = types.str;
+      readOnly = true;
+      default = outputDir;
+      defaultText = lib.literalExpression ''"''${config.services.sd-webui-forge.dataDir}/outputs/declared"'';
+      description = ''
+        Where the declared images land (read-only): {file}`<name>.png` and
+        {file}`<name>.json`. Other services read them from here; they need
+        read access to {option}`services.sd-webui-forge.dataDir` (e.g.
+        `dataPermissions = "0750"` and membership in the group).
+      '';
+    };
+
+    imageFiles = mkOption {
+      type = types.attrsOf types.str;
+      readOnly = true;
+      default = lib.mapAttrs (name: _: "${outputDir}/${name}.png") cfg.images;
+      defaultText = lib.literalMD "`<outputDir>/<name>.png` for each declared image";
+      description = "The PNG path of each declared image (read-only), for other Nix config.";
+    };
+
     startupTimeout = mkOption {
       type = durationType;
       default = "15m";
@@ -366,6 +505,15 @@ in
         ];
         default = "system";
         description = "Whether the supervisor offers its D-Bus interface on the system bus (the policy is installed for you).";
+      };
+      maxConnections = mkOption {
+        type = types.ints.between 1 65536;
+        default = 128;
+        description = ''
+          Most connections each control listener serves at once; more are
+          closed at once, and idle ones after 10 s, so a local user without the
+          token cannot use up the supervisor's file descriptors.
+        '';
       };
       httpListen = mkOption {
         type = types.nullOr types.str;

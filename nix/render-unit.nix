@@ -59,7 +59,15 @@ let
     // optionalAttrs (get "description" "" != "") { Description = service.description; }
     // listKey "Documentation" "documentation";
 
-  environment = get "environment" { };
+  # NixOS turns `path` (packages, plus coreutils, findutils, grep, sed and
+  # systemd, which it always adds) into Environment=PATH=<each>/bin:<each>/sbin.
+  # Without nixpkgs the packages are plain directories; `defaultPath` stands
+  # for the ones NixOS adds.
+  pathDirs = get "path" [ ] ++ get "defaultPath" [ ];
+  pathValue = concatStringsSep ":" (
+    map (p: "${toString p}/bin") pathDirs ++ map (p: "${toString p}/sbin") pathDirs
+  );
+  environment = get "environment" { } // optionalAttrs (pathDirs != [ ]) { PATH = pathValue; };
   environmentLines = concatStrings (
     mapAttrsToList (name: value: "Environment=${toJSON "${name}=${value}"}\n") environment
   );

@@ -31,6 +31,10 @@
   # systemd credentials: id -> file on the host, loaded with LoadCredential=
   # and readable by the service as /run/credentials/<unit>/<id>.
   credentials ? { },
+  # Packages on the service's PATH (NixOS `systemd.services.<name>.path`; NixOS
+  # adds coreutils, findutils, grep, sed and systemd itself). Forge and A1111
+  # need git: they import GitPython at start, which exits without one.
+  path ? [ ],
 }:
 let
   inherit (builtins)
@@ -108,6 +112,7 @@ in
   description = "Stable Diffusion web UI under sd-webui-supervisor";
   wantedBy = [ "multi-user.target" ];
   after = [ "network.target" ];
+  inherit path;
 
   # A `nixos-rebuild switch` must never kill a running generation. By default
   # switch-to-configuration stops and starts a service whose unit changed,

@@ -95,6 +95,20 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Render declared images (`[images.<name>]`) now, through the running
+    /// daemon, once the UI is ready and idle; print their paths. Exit 1 with the
+    /// UI's error when a render fails.
+    Generate {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+        /// Images to render; default: every declared image.
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// Render even images whose file already matches their declaration.
+        #[arg(long)]
+        force: bool,
+    },
     /// Lay out the data dir once (links, folders, settings) and exit; 3 on conflicts.
     Layout {
         /// The config file.
@@ -154,6 +168,11 @@ pub fn main(cli: Cli) -> ExitCode {
             };
             client::run(&target, action)
         }
+        Command::Generate {
+            target,
+            names,
+            force,
+        } => client::run(&target, ClientAction::Generate { names, force }),
     }
 }
 

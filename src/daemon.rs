@@ -44,6 +44,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError 
 pub async fn run(path: &Path) -> Result<(), DaemonError> {
     let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
     let config = Config::from_bytes(path, &text)?;
+    raise_fd_limit();
     // Under `init` (PID 1 in a container), orphans go to the init half instead.
     if !crate::init::under_init()
         && let Err(e) = become_subreaper()
@@ -93,6 +94,38 @@ pub async fn run(path: &Path) -> Result<(), DaemonError> {
     drop(watcher);
     control.shutdown().await;
     Ok(())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: systemd's default soft limit
+/// of 1024 is a compatibility value for `select(2)` users, which the daemon is not,
+/// and the control listeners, the layout and the UI's pipes all need descriptors.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we own.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        (before, libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0)
+    };
+    match raised {
+        (before, true) if before != limit.rlim_max => {
+            tracing::debug!(
+                from = before,
+                to = limit.rlim_max,
+                "raised the soft file descriptor limit"
+            )
+        }
+        (_, true) => {}
+        (before, false) => {
+            tracing::warn!(soft = before, hard = limit.rlim_max, error = %std::io::Error::last_os_error(), "cannot raise the soft file descriptor limit")
+        }
+    }
 }
 
 /// SIGHUP (`systemctl reload`, notify-reload) → reload through the core.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod download;
+pub mod images;
 pub mod init;
 pub mod layout;
 pub mod logging;

@@ -28,6 +28,7 @@ impl Daemon {
             dbus: DbusBus::Off,
             http_listen: None,
             token_file: None,
+            max_connections: 128,
         };
         let control = control::start(core.handle.clone(), &config).await.unwrap();
         Daemon {
@@ -94,6 +95,8 @@ async fn status_for_people_shows_the_pending_restart_and_the_queue() {
         "Layout:    1 conflict:",
         "           needs restart: ui.extra_args, extensions",
         "config 2, crash 1; crashes 1",
+        "Images:    3 declared: 1 rendered, 1 pending (rendering cat), 1 failed",
+        "             dog: /sdapi/v1/txt2img: HTTP 500: RuntimeError: CUDA out of memory",
     ] {
         assert!(
             text.contains(expected),
@@ -146,6 +149,35 @@ async fn restart_prints_the_status_line_and_defaults_to_when_idle() {
         out.status.code(),
         Some(2),
         "conflicting flags are a usage error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_prints_the_paths_or_exits_1_with_the_uis_error() {
+    let daemon = Daemon::start(ready_idle()).await;
+    let out = daemon.cli(&["generate", "cat"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "/var/lib/sd-webui-forge/outputs/declared/cat.png\n"
+    );
+    let out = daemon.cli(&["generate", "cat", "dog", "--force"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        "dog: /sdapi/v1/txt2img: HTTP 500: RuntimeError: CUDA out of memory\n"
+    );
+    let out = daemon.cli(&["generate", "bird"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no declared image named bird"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        daemon.core.seen(),
+        ["generate cat", "generate cat,dog --force", "generate bird"]
     );
 }
 

@@ -385,6 +385,7 @@ async fn a_second_supervisor_cannot_take_the_name() {
         dbus: DbusBus::Session,
         http_listen: None,
         token_file: None,
+        max_connections: 128,
     };
     let second = FakeCore::new(busy_pending());
     let err = control::start_with_bus(second.handle.clone(), &config, Some(bus.bus()))
@@ -413,6 +414,7 @@ async fn control_start_serves_http_and_dbus_together() {
         dbus: DbusBus::Session,
         http_listen: None,
         token_file: None,
+        max_connections: 128,
     };
     let control = control::start_with_bus(core.handle.clone(), &config, Some(bus.bus()))
         .await

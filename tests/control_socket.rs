@@ -20,6 +20,7 @@ fn config(socket: &Path) -> ControlConfig {
         dbus: DbusBus::Off,
         http_listen: None,
         token_file: None,
+        max_connections: 128,
     }
 }
 
@@ -195,6 +196,7 @@ mod tcp {
         let config = ControlConfig {
             http_listen: Some("127.0.0.1:0".parse().unwrap()),
             token_file: Some(token_file),
+            max_connections: 128,
             ..config(&socket_in(dir))
         };
         control::start(core.handle.clone(), &config).await.unwrap()
@@ -257,6 +259,7 @@ mod tcp {
             let config = ControlConfig {
                 http_listen: Some("127.0.0.1:0".parse().unwrap()),
                 token_file: Some(file),
+                max_connections: 128,
                 ..config(&socket_in(&dir))
             };
             let err = control::start(core.handle.clone(), &config)
@@ -280,6 +283,7 @@ mod tcp {
         let config = ControlConfig {
             http_listen: Some(taken.local_addr().unwrap()),
             token_file: Some(token_file),
+            max_connections: 128,
             ..config(&socket_in(&dir))
         };
         let core = FakeCore::new(ready_idle());

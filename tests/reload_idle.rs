@@ -361,10 +361,13 @@ fn a_job_submitted_during_the_idle_grace_is_not_killed() {
     next_queue_probe(&s, now_unix());
     std::thread::sleep(Duration::from_millis(100));
     s.conf.extra_args = vec!["--cuda-malloc".into()];
+    // The core probes the queue as soon as a restart becomes pending, often before
+    // `reload` has returned: look for that probe from before the reload on.
+    let before_reload = now_unix();
     s.reload();
     // The first queue probe after the reload (pending-tasks, then progress) sees
     // the queue empty: the grace starts.
-    let probe = next_queue_probe(&s, now_unix());
+    let probe = next_queue_probe(&s, before_reload);
     std::thread::sleep(Duration::from_millis(50));
     let job = txt2img(s.conf.port, 3.0);
     let started = s.wait_event("job_start", 1, SECS(5));

@@ -125,7 +125,9 @@ fn model_file(s: &Scenario, name: &str) -> std::path::PathBuf {
     p
 }
 
-/// Adds a checkpoint, then a LoRA: each reload refreshes exactly its kind.
+/// Adds a checkpoint, then a LoRA: each reload refreshes exactly its kind. Runs
+/// against the a1111 stand-in: Forge (dfdcbab) has no lora routes, so the
+/// supervisor calls none there (tests/harden_runtime.rs).
 fn add_checkpoint_then_lora(s: &mut Scenario) {
     let ckpt = model_file(s, "a.safetensors");
     s.conf
@@ -155,7 +157,7 @@ fn add_checkpoint_then_lora(s: &mut Scenario) {
 
 #[test]
 fn a_models_change_is_one_refresh_of_its_kind_and_no_restart() {
-    let mut s = Scenario::new("models", "forge");
+    let mut s = Scenario::new("models", "a1111");
     s.start();
     s.wait_listening(1, SECS(20));
     add_checkpoint_then_lora(&mut s);
@@ -180,7 +182,7 @@ fn a_models_change_is_one_refresh_of_its_kind_and_no_restart() {
 
 #[test]
 fn a_models_change_updates_the_links_the_ui_sees() {
-    let mut s = Scenario::new("model-links", "forge");
+    let mut s = Scenario::new("model-links", "a1111");
     s.start();
     s.wait_listening(1, SECS(20));
     add_checkpoint_then_lora(&mut s);

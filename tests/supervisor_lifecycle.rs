@@ -52,6 +52,10 @@ fn ready_then_kill9_restarts_after_a_backoff() {
     assert_eq!(record.starts().len(), 2, "exactly one restart");
 }
 
+/// The stand-in's last words before `STANDIN_CRASH_AFTER` exits it.
+const LAST: &str = "stand-in: STANDIN_CRASH_AFTER reached, exiting with code 1";
+const FAILED: &str = "failed: UI crashed 5 times in 60s (exit 1; last output: \"stand-in: STANDIN_CRASH_AFTER reached, exiting with code 1\")";
+
 #[test]
 fn always_crashing_ui_fails_after_five_starts_and_stays_down() {
     let scene = Scene::new("crashloop")
@@ -63,14 +67,16 @@ fn always_crashing_ui_fails_after_five_starts_and_stays_down() {
 
     // Backoffs 1+2+4+8 s between the five starts.
     let failed = notify.wait_status("failed: ", Duration::from_secs(45));
-    assert_eq!(failed, "failed: UI crashed 5 times in 60s (exit 1)");
+    // A UI that dies at start says why in its own words (issue 12, item 17).
+    assert_eq!(failed, FAILED);
     let failed_at = SystemTime::now();
 
     // The backoff doubled between crashes.
     let statuses = notify.statuses();
     for (n, delay) in [(1, 1), (2, 2), (3, 4), (4, 8)] {
-        let want =
-            format!("backoff: UI exited (exit 1), restarting in {delay}s (crash {n} of 5 in 60s)");
+        let want = format!(
+            "backoff: UI exited (exit 1; last output: {LAST:?}), restarting in {delay}s (crash {n} of 5 in 60s)"
+        );
         assert!(statuses.contains(&want), "no {want:?} in {statuses:#?}");
     }
     // systemctl start must not hang on a UI that cannot start.
@@ -95,7 +101,7 @@ fn always_crashing_ui_fails_after_five_starts_and_stays_down() {
     );
     assert_eq!(
         notify.statuses().last().map(String::as_str),
-        Some("failed: UI crashed 5 times in 60s (exit 1)"),
+        Some(FAILED),
         "still failed"
     );
 }

@@ -120,6 +120,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart: old_restart,
         control: old_control,
         downloads: old_downloads,
+        images: old_images,
     } = old;
     let Config {
         ui: new_ui,
@@ -130,6 +131,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart: new_restart,
         control: new_control,
         downloads: new_downloads,
+        images: new_images,
     } = new;
 
     let mut d = ConfigDiff::default();
@@ -149,6 +151,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         "downloads",
         old_downloads != new_downloads,
     );
+    // Declared images are rendered by the supervisor through the running UI: the
+    // core re-checks their fingerprints after every applied reload.
+    note(&mut d.supervisor_only, "images", old_images != new_images);
 
     let relaid_anyway = old_ui.flavor != new_ui.flavor || old_data.dir != new_data.dir;
     if !relaid_anyway {
@@ -231,12 +236,18 @@ fn control(d: &mut ConfigDiff, old: &ControlConfig, new: &ControlConfig) {
         dbus,
         http_listen,
         token_file,
+        max_connections,
     } = new;
     let s = &mut d.supervisor_only;
     note(s, "control.socket", old.socket != *socket);
     note(s, "control.dbus", old.dbus != *dbus);
     note(s, "control.http_listen", old.http_listen != *http_listen);
     note(s, "control.token_file", old.token_file != *token_file);
+    note(
+        s,
+        "control.max_connections",
+        old.max_connections != *max_connections,
+    );
 }
 
 fn settings(

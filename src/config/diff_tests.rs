@@ -407,8 +407,10 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     dbus: control.1,
                     http_listen: control.2,
                     token_file: control.3,
+                    max_connections: 128,
                 },
                 downloads: Default::default(),
+                images: BTreeMap::new(),
             }
         },
     )

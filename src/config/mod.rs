@@ -10,6 +10,7 @@ mod checker;
 mod diagnostics;
 pub mod diff;
 pub mod download;
+mod images;
 pub mod limits;
 mod raw;
 mod validate;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use diagnostics::{ConfigError, Problem};
+pub use images::{ImageConfig, Txt2img, Workflow};
 
 use crate::ui::flavor::{Flavor, ModelKind};
 
@@ -43,6 +45,8 @@ pub struct Config {
     pub restart: RestartConfig,
     /// The control plane: socket, D-Bus, optional TCP.
     pub control: ControlConfig,
+    /// Declared images (`[images.<name>]`), rendered by the running UI.
+    pub images: BTreeMap<String, ImageConfig>,
     /// Models fetched at run time (their `models` entry targets the cache file).
     pub downloads: DownloadsConfig,
 }
@@ -170,7 +174,15 @@ pub struct ControlConfig {
     pub http_listen: Option<SocketAddr>,
     /// Bearer token file, required with `http_listen`.
     pub token_file: Option<PathBuf>,
+    /// Most connections each control listener serves at once; more are closed at
+    /// once, so a flood of idle connections cannot use up the daemon's fds.
+    pub max_connections: usize,
 }
+
+/// `control.max_connections` when the config does not say.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// Largest accepted `control.max_connections`.
+pub const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
 /// Every section of the file with its keys (empty for the free-form maps
 /// `models`, `extensions`, `settings`), read from the structs that parse them, so
@@ -203,7 +215,13 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let (doc, raw) = raw::parse(text, &mut problems);
-        let config = raw.and_then(|raw| validate::validate(raw, &mut problems));
+        let config = raw.and_then(|mut raw| {
+            let images = std::mem::take(&mut raw.images);
+            let mut config = validate::validate(raw, &mut problems)?;
+            config.images =
+                images::validate(images, config.ui.flavor, &config.models, &mut problems);
+            Some(config)
+        });
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError::new(path, text, doc.as_ref(), problems)),

@@ -78,6 +78,7 @@ section! {
         dbus: String,
         http_listen: String,
         token_file: String,
+        max_connections: i64,
     }
 }
 
@@ -95,6 +96,8 @@ pub struct RawConfig {
     pub restart: RawRestart,
     pub control: RawControl,
     pub downloads: RawDownloads,
+    /// `[images.<name>]`, read image by image.
+    pub images: BTreeMap<String, super::images::RawImage>,
 }
 
 /// Reads one section's value into its place in [`RawConfig`].
@@ -152,6 +155,12 @@ pub const SECTIONS: &[Section] = &[
         keys: DOWNLOADS_KEYS,
         read: |de, raw| RawDownloads::deserialize(de).map(|v| raw.downloads = v),
     },
+    // Read image by image in `parse` (one bad image must not hide the next).
+    Section {
+        name: "images",
+        keys: &[],
+        read: |_, _| Ok(()),
+    },
 ];
 
 /// Parses the text; syntax, unknown-key and type problems go to `problems`.
@@ -193,6 +202,10 @@ pub fn parse<'a>(
                 At::Value,
                 format!("must be a table, not {article} {ty}"),
             ));
+            continue;
+        }
+        if name == "images" {
+            raw.images = super::images::parse_raw(value.clone(), problems);
             continue;
         }
         let value = without_unknown_keys(name, section.keys, value.clone(), problems);

@@ -12,8 +12,8 @@ use super::limits;
 use super::raw::{RawConfig, RawControl, RawData, RawRestart};
 use super::validate_ui::ui_config;
 use super::{
-    Config, ControlConfig, DEFAULT_SOCKET, DataConfig, DbusBus, DownloadsConfig, RestartConfig,
-    RestartPolicy, UiConfig,
+    Config, ControlConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, DataConfig, DbusBus,
+    DownloadsConfig, MAX_CONNECTIONS_LIMIT, RestartConfig, RestartPolicy, UiConfig,
 };
 use crate::ui::flavor::{Flavor, ModelKind};
 
@@ -91,6 +91,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             max_concurrent,
             models: downloads,
         },
+        images: BTreeMap::new(),
     })
 }
 
@@ -253,7 +254,7 @@ fn settings(raw: toml::Table) -> serde_json::Map<String, serde_json::Value> {
 }
 
 /// TOML values as the JSON the UIs store (datetimes become strings).
-fn toml_to_json(v: toml::Value) -> serde_json::Value {
+pub(super) fn toml_to_json(v: toml::Value) -> serde_json::Value {
     use serde_json::Value as J;
     match v {
         toml::Value::String(s) => J::String(s),
@@ -361,10 +362,24 @@ fn control_config(c: &mut Checker<'_>, raw: RawControl) -> ControlConfig {
             "needs control.token_file: the TCP listener requires a bearer token",
         );
     }
+    let max_connections = match raw.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(n) => match usize::try_from(n) {
+            Ok(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => n,
+            _ => {
+                c.value(
+                    ["control", "max_connections"],
+                    format!("{n} is out of range (1 to {MAX_CONNECTIONS_LIMIT})"),
+                );
+                DEFAULT_MAX_CONNECTIONS
+            }
+        },
+    };
     ControlConfig {
         socket,
         dbus,
         http_listen,
         token_file,
+        max_connections,
     }
 }

@@ -16,8 +16,10 @@ use serde::Deserialize;
 
 use super::metrics;
 use super::protocol::{
-    self, ErrorBody, RestartReply, RestartRequest, WaitIdleQuery, parse_timeout,
+    self, ErrorBody, GenerateReply, GenerateRequest, RestartReply, RestartRequest, WaitIdleQuery,
+    parse_timeout,
 };
+use crate::images::GenerateError;
 use crate::supervisor::protocol::{CoreHandle, HandleError, ReloadOutcome, ReloadResult, Snapshot};
 
 /// The control API's routes over one core; serve it or drive it with `oneshot` in tests.
@@ -29,6 +31,7 @@ pub fn router(handle: CoreHandle) -> Router {
         .route(protocol::WAIT_IDLE, get(wait_idle))
         .route(protocol::RETRY_DOWNLOADS, post(retry_downloads))
         .route(protocol::DRAIN, post(drain))
+        .route(protocol::GENERATE, post(generate))
         .route(protocol::METRICS, get(prometheus))
         .fallback(not_found)
         .with_state(handle)
@@ -119,6 +122,31 @@ async fn retry_downloads(
 ) -> Result<Json<protocol::RetryReply>, ApiError> {
     let retried = core.retry_downloads().await?;
     Ok(Json(protocol::RetryReply { retried }))
+}
+
+/// `POST /v1/generate` with `{"names": [...], "force": bool}`: 200 with the paths
+/// once rendered, 422 with the UI's error, 400 for an unknown name.
+async fn generate(
+    State(core): State<CoreHandle>,
+    body: Bytes,
+) -> Result<Json<GenerateReply>, ApiError> {
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        GenerateRequest::default()
+    } else {
+        serde_json::from_slice::<GenerateRequest>(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "body must be {{\"names\": [\"NAME\", ...], \"force\": false}}: {e}"
+            ))
+        })?
+    };
+    match core.generate(request.names, request.force).await? {
+        Ok(paths) => Ok(Json(GenerateReply { paths })),
+        Err(GenerateError::Unknown(message)) => Err(ApiError::bad_request(message)),
+        Err(GenerateError::Failed(message)) => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message,
+        }),
+    }
 }
 
 /// `GET /v1/wait-idle?timeout=30s`: 200 with the snapshot once idle, 504 on timeout.

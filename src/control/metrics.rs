@@ -108,12 +108,42 @@ pub fn render(s: &Snapshot) -> String {
         s.layout_conflicts.len() as f64,
     );
     out.single(
+        "missing_model_targets",
+        "gauge",
+        "Declared model files whose target does not exist (not linked).",
+        s.missing_targets.len() as f64,
+    );
+    out.single(
+        "refresh_failures_total",
+        "counter",
+        "Model-list refresh calls the UI answered with an error or not at all.",
+        s.refresh_failures as f64,
+    );
+    out.single(
         "draining",
         "gauge",
         "1 while the supervisor drains for a stop (/readyz answers 503), else 0.",
         bool_value(s.draining),
     );
     downloads(&mut out, s);
+    out.single(
+        "images_declared",
+        "gauge",
+        "Declared images ([images.<name>]).",
+        s.images.declared as f64,
+    );
+    out.family(
+        "images",
+        "gauge",
+        "Declared images by state: rendered (on disk, matching), pending (waiting or rendering), failed.",
+    );
+    for (state, n) in [
+        ("rendered", s.images.rendered),
+        ("pending", s.images.pending),
+        ("failed", s.images.failed.len()),
+    ] {
+        out.sample("images", &[("state", state)], n as f64);
+    }
     out.text
 }
 

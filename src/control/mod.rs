@@ -13,6 +13,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+mod serve;
 mod socket;
 pub mod status_text;
 
@@ -144,10 +145,12 @@ pub async fn start_with_bus(
     let (listener, socket) = socket::bind(&config.socket).await?;
     let (stop, stopped) = watch::channel(false);
     let router = http::router(handle.clone());
+    let max = config.max_connections;
     let health = health::router(handle.clone());
-    let mut servers = vec![serve(
+    let mut servers = vec![serve::serve(
         listener,
         health.clone().merge(router.clone()),
+        max,
         stopped.clone(),
     )];
     let mut tcp_addr = None;
@@ -158,7 +161,7 @@ pub async fn start_with_bus(
         tcp_addr = tcp.local_addr().ok();
         // The health routes need no token: a kubelet's probe has none.
         let guarded = health.merge(auth::require_token(router, token));
-        servers.push(serve(tcp, guarded, stopped));
+        servers.push(serve::serve(tcp, guarded, max, stopped));
     }
     let mut control = Control {
         stop,
@@ -225,23 +228,4 @@ impl Control {
         }
         drop(socket);
     }
-}
-
-/// Serves `router` on `listener` until `stopped` turns true.
-fn serve<L>(listener: L, router: axum::Router, mut stopped: watch::Receiver<bool>) -> JoinHandle<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "control API server stopped");
-        }
-    })
 }

@@ -21,6 +21,8 @@ pub const RESTART: &str = "/v1/restart";
 pub const WAIT_IDLE: &str = "/v1/wait-idle";
 /// Path of the retry-downloads route.
 pub const RETRY_DOWNLOADS: &str = "/v1/retry-downloads";
+/// Path of the generate route (declared images).
+pub const GENERATE: &str = "/v1/generate";
 /// Path of the Prometheus route.
 pub const METRICS: &str = "/metrics";
 /// Path of the drain route (`wait-idle --drain`).
@@ -82,6 +84,26 @@ pub struct RestartReply {
 pub struct RetryReply {
     /// Failed downloads started again.
     pub retried: usize,
+}
+
+/// Body of `POST /v1/generate`: which declared images to render now (all when
+/// `names` is empty), and whether to render those already on disk too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateRequest {
+    /// Image names from `[images.<name>]`; empty: every declared image.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Render even when the file on disk matches the declaration.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Answer of `POST /v1/generate` once every image asked for is on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerateReply {
+    /// The PNG files, in the order asked for.
+    pub paths: Vec<std::path::PathBuf>,
 }
 
 /// Body of every error answer (4xx/5xx other than a rejected reload), so clients

@@ -113,6 +113,38 @@ where
             line("", format!("  {c}"));
         }
     }
+    let im = &s.images;
+    if im.declared > 0 {
+        let rendering = im
+            .rendering
+            .as_ref()
+            .map(|n| format!(" (rendering {n})"))
+            .unwrap_or_default();
+        line(
+            "Images:",
+            format!(
+                "{} declared: {} rendered, {} pending{rendering}, {} failed",
+                im.declared,
+                im.rendered,
+                im.pending,
+                im.failed.len()
+            ),
+        );
+        for f in &im.failed {
+            line("", format!("  {}: {}", f.name, f.error));
+        }
+    }
+    if !s.missing_targets.is_empty() {
+        let n = s.missing_targets.len();
+        let noun = if n == 1 { "target" } else { "targets" };
+        line("Models:", format!("{n} missing {noun} (not linked):"));
+        for m in &s.missing_targets {
+            line("", format!("  {m}"));
+        }
+    }
+    if let Some(r) = &s.refresh_failed {
+        line("Refresh:", format!("failed: {r}"));
+    }
     let restarts: Vec<String> = s.restarts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let restarts = if restarts.is_empty() {
         "none".to_owned()

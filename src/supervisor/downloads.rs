@@ -6,9 +6,8 @@
 //! Nothing here awaits: the manager's events come in through a tracked task,
 //! finished downloads that arrive close together (all the cached ones at start)
 //! share one layout ([`super::timers::RELINK_AFTER`]), and the refresh calls
-//! run as tracked work once that layout is done.
+//! run as tracked work ([`Supervisor::spawn_refresh`]) once that layout is done.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -37,14 +36,15 @@ impl Supervisor {
                     return;
                 }
             }
+            // A bridge, not work: it ends when the manager (the only sender) is
+            // dropped with the core, like ComfyUI's queue signal.
             let events = self.signals.clone();
-            self.tasks.spawn(async move {
+            tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     if events.send(Event::Download(ev)).is_err() {
                         break;
                     }
                 }
-                Event::Done
             });
         }
         if let Some(manager) = &self.downloads {
@@ -81,25 +81,11 @@ impl Supervisor {
             models_changed: kinds.into_iter().collect(),
             ..ConfigDiff::default()
         };
-        let endpoints: BTreeSet<&'static str> = change
-            .refresh_endpoints(self.config.ui.flavor)
-            .into_iter()
-            .collect();
-        if endpoints.is_empty() {
-            return;
-        }
         let probe = probe.clone();
-        self.tasks.spawn(async move {
-            for ep in endpoints {
-                match probe.refresh(ep).await {
-                    Ok(()) => {
-                        tracing::info!(endpoint = ep, "model list refreshed after a download")
-                    }
-                    Err(e) => tracing::warn!(endpoint = ep, error = %e, "model refresh failed"),
-                }
-            }
-            Event::Done
-        });
+        let endpoints = self
+            .refresh
+            .callable(change.refresh_endpoints(self.config.ui.flavor));
+        self.spawn_refresh(probe, endpoints);
     }
 
     /// `retry-downloads`: failed downloads start again; returns how many.

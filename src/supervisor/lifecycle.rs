@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::crash::{CRASH_WINDOW, MAX_CRASHES, Verdict};
 use super::pending::{Decision, Reading};
 use super::timers::{after, unix_now};
+use super::transient::{io_transient, is_transient};
 use super::work::{AfterStop, Event};
 use super::{LayoutWaiter, Supervisor, Ui};
 use crate::supervisor::protocol::RestartReason;
@@ -17,8 +18,18 @@ use crate::ui::comfy_ws::QueueSignal;
 use crate::ui::flavor::Flavor;
 use crate::ui::gpu::{Preflight, preflight};
 use crate::ui::launch::{self, Prepared};
-use crate::ui::process::{UiProcess, describe_exit};
+use crate::ui::port;
+use crate::ui::process::{StopPlan, UiProcess, describe_exit};
 use crate::ui::settings_sync;
+
+/// How often a port held by another process is checked again.
+const PORT_RECHECK: Duration = Duration::from_secs(2);
+/// Grace after SIGINT for a UI that is not ready yet (it cannot be running a job).
+const NOT_READY_GRACE: Duration = Duration::from_secs(3);
+/// How often SIGINT is sent again during a stop's grace.
+const SIGINT_RESEND: Duration = Duration::from_secs(2);
+/// How long a crash reason waits for the UI's last output to be relayed.
+const LAST_WORDS_WAIT: Duration = Duration::from_secs(1);
 
 /// Readiness probe period while the UI starts.
 const STARTING_PROBE: Duration = Duration::from_millis(250);
@@ -57,16 +68,40 @@ impl Supervisor {
                 Preflight::Ok => launch::prepare(&config),
                 Preflight::Waiting(_) => Err(String::new()),
             };
+            // Something else listening on the UI's port: our UI could not bind it,
+            // and the probes would talk to that program.
+            let ui_port = config.ui.port;
+            let port_held = tokio::task::spawn_blocking(move || {
+                port::held_by(ui_port).map(|h| port::held_message(ui_port, &h))
+            })
+            .await
+            .unwrap_or(None);
             Event::Prepared {
                 start,
                 preflight,
                 launch,
+                port_held,
             }
         });
     }
 
-    fn on_prepared(&mut self, start: u64, preflight: Preflight, launch: Result<Prepared, String>) {
+    fn on_prepared(
+        &mut self,
+        start: u64,
+        preflight: Preflight,
+        launch: Result<Prepared, String>,
+        port_held: Option<String>,
+    ) {
         if !matches!(self.ui, Ui::Preparing { start: s, .. } if s == start) {
+            return;
+        }
+        if let (Preflight::Ok, Some(why)) = (&preflight, port_held) {
+            tracing::warn!(reason = %why, recheck = ?PORT_RECHECK, "not starting the UI");
+            self.ui = Ui::Waiting {
+                recheck: after(Instant::now(), PORT_RECHECK),
+                why,
+            };
+            self.ready_once();
             return;
         }
         if let Preflight::Waiting(why) = preflight {
@@ -97,28 +132,40 @@ impl Supervisor {
         let config = self.config.clone();
         self.tasks.spawn(async move {
             let began = Instant::now();
+            let mut transient = false;
             let report = tokio::task::spawn_blocking(move || crate::layout::apply(&config))
                 .await
                 .map_err(|e| format!("layout task failed: {e}"))
-                .and_then(|r| r.map_err(|e| format!("layout failed: {e}")));
+                .and_then(|r| {
+                    r.map_err(|e| {
+                        transient = is_transient(&e);
+                        format!("layout failed: {e}")
+                    })
+                });
             if let Ok(r) = &report {
                 tracing::debug!(took = ?began.elapsed(), actions = r.actions_applied, "layout done");
             }
-            Event::LaidOut(report)
+            Event::LaidOut { report, transient }
         });
     }
 
-    fn on_laid_out(&mut self, report: Result<crate::layout::LayoutReport, String>) {
+    fn on_laid_out(
+        &mut self,
+        report: Result<crate::layout::LayoutReport, String>,
+        transient: bool,
+    ) {
         let error = match report {
             Ok(report) => {
                 self.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
                 for c in &self.conflicts {
                     tracing::warn!(conflict = %c, "layout conflict: kept the user's file");
                 }
+                self.note_missing_targets(&report);
                 None
             }
             Err(e) => Some(e),
         };
+        self.layout_transient = transient;
         let Some(waiters) = self.layouts.finished() else {
             // The config changed while it ran: lay out the newer one first.
             self.spawn_layout();
@@ -146,6 +193,10 @@ impl Supervisor {
             Ui::Failed { why }
         };
         let prepared = match (layout_error, prepared) {
+            (Some(why), _) if self.layout_transient => {
+                self.retry_later(format!("cannot prepare the data directory: {why}"));
+                return;
+            }
             (Some(why), _) => {
                 tracing::error!(reason = %why, "cannot prepare the data directory");
                 self.ui = Ui::Failed { why };
@@ -161,13 +212,16 @@ impl Supervisor {
             (None, None) => return,
         };
         let config = &self.config;
-        match UiProcess::spawn(&prepared.launch) {
+        match UiProcess::spawn(&prepared.launch, &prepared.redactor) {
             Ok(proc) => {
+                self.transient.succeeded();
+                self.refresh.forget_routes();
                 tracing::info!(ui_pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui.port, "UI launched");
                 if let Some(reason) = self.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
                 }
-                let probe = Probe::new(config.ui.flavor, config.ui.port, prepared.auth);
+                let probe = Probe::new(config.ui.flavor, config.ui.port, prepared.auth.clone());
+                self.images_ui_launched(prepared.auth);
                 self.probing = super::Probing::default();
                 let now = Instant::now();
                 self.timers.probe_at(after(now, FIRST_PROBE));
@@ -177,12 +231,41 @@ impl Supervisor {
                     since: now,
                 };
             }
+            Err(e) if io_transient(&e) => {
+                let program = prepared.launch.argv.first().cloned().unwrap_or_default();
+                self.retry_later(format!("cannot run {program}: {e}"));
+            }
             Err(e) => {
                 let program = prepared.launch.argv.first().cloned().unwrap_or_default();
                 let counter = self.start_reason.take().unwrap_or(RestartReason::Crash);
                 self.record_crash(format!("cannot run {program}: {e}"), counter);
             }
         }
+    }
+
+    /// A transient failure before launch: `waiting`, and try again after a backoff
+    /// (not a crash: nothing ran, and nothing here needs the admin).
+    fn retry_later(&mut self, why: String) {
+        let delay = self.transient.failed();
+        tracing::warn!(reason = %why, retry_in = ?delay, "cannot start the UI now; retrying");
+        self.ui = Ui::Waiting {
+            recheck: after(Instant::now(), delay),
+            why: format!("{why}; retrying in {}s", delay.as_secs()),
+        };
+        self.ready_once();
+    }
+
+    /// Keeps the declared model targets that do not exist for the status, and logs
+    /// each one once when it goes missing (not on every relayout).
+    fn note_missing_targets(&mut self, report: &crate::layout::LayoutReport) {
+        let now: Vec<String> = report.dangling.iter().map(ToString::to_string).collect();
+        for d in now.iter().filter(|d| !self.missing_targets.contains(d)) {
+            tracing::warn!(missing = %d, "model target missing: not linked");
+        }
+        for d in self.missing_targets.iter().filter(|d| !now.contains(d)) {
+            tracing::info!(was = %d, "model target present again");
+        }
+        self.missing_targets = now;
     }
 
     /// The UI's main process exited while we did not ask it to.
@@ -204,16 +287,29 @@ impl Supervisor {
             Err(e) => format!("wait failed: {e}"),
         };
         tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
+        self.images_ui_gone();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
         };
+        let output = proc.output().clone();
         self.tasks.spawn(async move {
             proc.reap_group().await;
+            // A UI that dies at start mostly says why (no git, a bad flag, no GPU):
+            // its last words go into the reason.
+            let why = if was_ready {
+                format!("UI exited ({exit})")
+            } else {
+                let _ = tokio::time::timeout(LAST_WORDS_WAIT, output.drained()).await;
+                match output.summary() {
+                    Some(last) => format!("UI exited ({exit}; last output: {last:?})"),
+                    None => format!("UI exited ({exit})"),
+                }
+            };
             Event::Gone {
                 status,
                 then: AfterStop::Crash {
-                    why: format!("UI exited ({exit})"),
+                    why,
                     counter: RestartReason::Crash,
                 },
             }
@@ -222,22 +318,43 @@ impl Supervisor {
 
     /// Stops the running UI in a task; `then` decides what follows.
     pub(super) fn begin_stop(&mut self, why: String, then: AfterStop) {
-        let proc = match std::mem::replace(&mut self.ui, Ui::Down) {
-            Ui::Starting { proc, .. } | Ui::Ready { proc, .. } => proc,
+        let stop_timeout = self.config.ui.stop_timeout;
+        let (proc, plan) = match std::mem::replace(&mut self.ui, Ui::Down) {
+            // Not ready: it cannot be running a job, and a Forge importing torch
+            // would lose the SIGINT anyway.
+            Ui::Starting { proc, .. } => (
+                proc,
+                StopPlan {
+                    grace: stop_timeout.min(NOT_READY_GRACE),
+                    resend: Some(SIGINT_RESEND.min(NOT_READY_GRACE / 2)),
+                },
+            ),
+            Ui::Ready { proc, .. } => (
+                proc,
+                StopPlan {
+                    grace: stop_timeout,
+                    resend: self
+                        .config
+                        .ui
+                        .flavor
+                        .may_lose_sigint()
+                        .then_some(SIGINT_RESEND),
+                },
+            ),
             other => {
                 self.ui = other;
                 return;
             }
         };
-        tracing::info!(ui_pid = proc.pid(), reason = %why, "stopping the UI");
+        tracing::info!(ui_pid = proc.pid(), reason = %why, grace = ?plan.grace, "stopping the UI");
+        self.images_ui_gone();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,
         };
         self.probing.queue = None;
-        let grace = self.config.ui.stop_timeout;
         self.tasks.spawn(async move {
-            let status = proc.stop(grace).await;
+            let status = proc.stop(plan).await;
             Event::Gone { status, then }
         });
     }
@@ -248,8 +365,11 @@ impl Supervisor {
                 start,
                 preflight,
                 launch,
-            } => self.on_prepared(start, preflight, launch),
-            Event::LaidOut(report) => self.on_laid_out(report),
+                port_held,
+            } => self.on_prepared(start, preflight, launch, port_held),
+            Event::LaidOut { report, transient } => self.on_laid_out(report, transient),
+            Event::Routes(routes) => self.on_routes(routes),
+            Event::Refreshed(results) => self.on_refreshed(results),
             Event::ConfigRead { text, reply } => self.reload_bytes(text, reply),
             Event::Ready(ok) => {
                 self.probing.in_flight = false;
@@ -271,7 +391,13 @@ impl Supervisor {
                     }
                 }
                 self.check_pending(Instant::now());
+                self.maybe_render();
             }
+            Event::ImageDone {
+                name,
+                fingerprint,
+                result,
+            } => self.on_image_done(&name, &fingerprint, result),
             Event::QueueChanged(remaining) => {
                 if self.pending.is_some() && matches!(self.ui, Ui::Ready { .. }) {
                     tracing::debug!(remaining, "queue broadcast: probing now");
@@ -280,7 +406,6 @@ impl Supervisor {
             }
             Event::Download(ev) => self.on_download(ev),
             Event::SettingsSynced(done) => self.on_settings_synced(done),
-            Event::Done => {}
             Event::Gone { status, then } => {
                 if let Ok(s) = &status {
                     tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");
@@ -318,6 +443,10 @@ impl Supervisor {
         self.timers.probe_at(Some(Instant::now()));
         self.ready_once();
         self.enforce_settings();
+        if let Ui::Ready { probe, .. } = &self.ui {
+            let probe = probe.clone();
+            self.learn_routes(probe);
+        }
     }
 
     /// Managed settings are enforced on every start: the UI may have read its
@@ -400,7 +529,7 @@ impl Supervisor {
     pub(super) fn on_timers(&mut self, now: Instant) {
         let probe_due = !self.probing.in_flight && self.timers.probe_due(now);
         match &self.ui {
-            Ui::Starting { since, probe, .. } => {
+            Ui::Starting { since, probe, proc } => {
                 let timeout = self.config.ui.startup_timeout;
                 if now.saturating_duration_since(*since) >= timeout {
                     let why = format!(
@@ -416,13 +545,14 @@ impl Supervisor {
                     );
                 } else if probe_due {
                     let probe = probe.clone();
-                    self.spawn_probe(probe, true);
+                    let group = i32::try_from(proc.pid()).ok();
+                    self.spawn_probe(probe, group);
                     self.timers.probe_at(after(now, STARTING_PROBE));
                 }
             }
             Ui::Ready { probe, .. } if probe_due => {
                 let probe = probe.clone();
-                self.spawn_probe(probe, false);
+                self.spawn_probe(probe, None);
                 self.timers
                     .probe_at(after(now, self.config.restart.poll_interval));
             }
@@ -437,12 +567,27 @@ impl Supervisor {
         self.check_pending(now);
     }
 
-    fn spawn_probe(&mut self, probe: Probe, readiness: bool) {
+    /// A readiness probe when `readiness_of` names the UI's process group (the
+    /// answer counts only when that group listens on the port: a foreign listener
+    /// answering never makes the UI ready), else a queue probe.
+    fn spawn_probe(&mut self, probe: Probe, readiness_of: Option<i32>) {
         self.probing.in_flight = true;
         let sent = Instant::now();
+        let ui_port = self.config.ui.port;
         self.tasks.spawn(async move {
-            if readiness {
-                Event::Ready(probe.ready().await)
+            if let Some(group) = readiness_of {
+                let answers = probe.ready().await;
+                let ours = answers
+                    && tokio::task::spawn_blocking(move || port::listened_by_group(ui_port, group))
+                        .await
+                        .unwrap_or(false);
+                if answers && !ours {
+                    tracing::debug!(
+                        port = ui_port,
+                        "the port answers, but not from the UI's processes"
+                    );
+                }
+                Event::Ready(ours)
             } else {
                 Event::Queue(
                     probe.queue().await.map_err(|e: ProbeError| e.to_string()),
@@ -460,8 +605,17 @@ impl Supervisor {
         let Some(p) = self.pending.as_mut() else {
             return;
         };
+        // A declared image being rendered is a job like any other.
+        let queue = if self.images.busy() {
+            Some(crate::supervisor::protocol::Queue {
+                running: 1,
+                pending: 0,
+            })
+        } else {
+            self.probing.queue
+        };
         let reading = Reading {
-            queue: self.probing.queue,
+            queue,
             sent: self.probing.sent,
         };
         match p.decide(now, reading, self.config.restart.idle_grace) {

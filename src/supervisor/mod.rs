@@ -14,12 +14,15 @@
 
 mod crash;
 mod downloads;
+mod images;
 mod lifecycle;
 mod pending;
 pub mod protocol;
 mod reconfigure;
+mod refresh;
 pub mod status_line;
 mod timers;
+mod transient;
 mod work;
 
 use std::collections::BTreeMap;
@@ -144,6 +147,14 @@ pub struct Supervisor {
     last_time_to_ready_ms: Option<u64>,
     /// Restart reason to count when the next start happens.
     start_reason: Option<RestartReason>,
+    /// Consecutive transient failures before a launch (full disk, no fds, …).
+    transient: transient::Retry,
+    /// Refresh routes of the running UI and failed refreshes.
+    refresh: refresh::RefreshState,
+    /// Declared model targets that do not exist (one line each).
+    missing_targets: Vec<String>,
+    /// Whether the last layout failure may pass by itself (then retried).
+    layout_transient: bool,
     /// Draining for a stop: set once, never cleared.
     draining: bool,
     /// Models fetched at run time; created when the config first declares one.
@@ -151,6 +162,8 @@ pub struct Supervisor {
     /// Model kinds whose downloads finished since the last relayout for them:
     /// refreshed together once it is done.
     downloaded: std::collections::BTreeSet<crate::ui::flavor::ModelKind>,
+    /// Declared images: their state and the render in progress.
+    images: images::Images,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -216,9 +229,14 @@ impl Supervisor {
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
             downloads: Vec::new(),
+            missing_targets: Vec::new(),
+            refresh_failed: None,
+            refresh_failures: 0,
             draining: false,
+            images: crate::images::ImagesStatus::default(),
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
+        let images = images::Images::new(&config);
         let sup = Supervisor {
             path,
             config_hash: config_hash(config_text),
@@ -246,7 +264,12 @@ impl Supervisor {
             start_reason: None,
             downloads: None,
             downloaded: Default::default(),
+            transient: transient::Retry::default(),
+            refresh: refresh::RefreshState::default(),
+            missing_targets: Vec::new(),
+            layout_transient: false,
             draining: false,
+            images,
         };
         (
             sup,
@@ -396,6 +419,7 @@ impl Supervisor {
             reload_rejected: self.reload_rejected.as_deref(),
             conflicts: self.conflicts.len(),
             downloads: download_part.as_deref(),
+            missing_targets: self.missing_targets.len(),
         });
         Snapshot {
             state: phase,
@@ -421,7 +445,11 @@ impl Supervisor {
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
             downloads,
+            missing_targets: self.missing_targets.clone(),
+            refresh_failed: self.refresh.failed(),
+            refresh_failures: self.refresh.failures,
             draining: self.draining,
+            images: self.images.book.status(),
         }
     }
 
@@ -447,6 +475,11 @@ impl Supervisor {
             CoreCommand::Ping { reply } => {
                 let _ = reply.send(());
             }
+            CoreCommand::Generate {
+                names,
+                force,
+                reply,
+            } => self.images_generate(names, force, reply),
         }
     }
 

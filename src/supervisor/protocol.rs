@@ -195,10 +195,22 @@ pub struct Snapshot {
     /// Models downloaded at run time, each with its progress and state.
     #[serde(default)]
     pub downloads: Vec<crate::download::ModelProgress>,
+    /// Declared model files whose target does not exist (not linked), one line each.
+    #[serde(default)]
+    pub missing_targets: Vec<String>,
+    /// Refresh routes whose last call failed, with why (a soft condition: the UI
+    /// rescans its folders at its next start).
+    #[serde(default)]
+    pub refresh_failed: Option<String>,
+    /// Failed model-list refresh calls since the supervisor started.
+    #[serde(default)]
+    pub refresh_failures: u64,
     /// Draining for a stop (`wait-idle --drain`): no new work should come, so
     /// `/readyz` answers 503 until the supervisor exits.
     #[serde(default)]
     pub draining: bool,
+    /// Declared images: declared, rendered, pending, failed (with the UI's error).
+    pub images: crate::images::ImagesStatus,
 }
 
 impl Snapshot {
@@ -258,6 +270,15 @@ pub enum CoreCommand {
     Ping {
         /// Receives `()`.
         reply: oneshot::Sender<()>,
+    },
+    /// Render declared images now (`generate`), once the UI is ready and idle.
+    Generate {
+        /// Image names; empty: all.
+        names: Vec<String>,
+        /// Render those already on disk too.
+        force: bool,
+        /// Receives the PNG paths (or the failure) once all are done.
+        reply: oneshot::Sender<crate::images::GenerateResult>,
     },
 }
 
@@ -327,6 +348,22 @@ impl CoreHandle {
     pub async fn retry_downloads(&self) -> Result<usize, HandleError> {
         let (reply, rx) = oneshot::channel();
         self.send(CoreCommand::RetryDownloads { reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)
+    }
+
+    /// Asks the core to render declared images and waits until they are done.
+    pub async fn generate(
+        &self,
+        names: Vec<String>,
+        force: bool,
+    ) -> Result<crate::images::GenerateResult, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreCommand::Generate {
+            names,
+            force,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 

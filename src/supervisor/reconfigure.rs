@@ -107,6 +107,7 @@ impl Supervisor {
         // Before the relayout, whose sweep removes the files of dropped downloads.
         self.apply_downloads();
         self.reload_rejected = None;
+        self.images_config_changed();
         if change.is_empty() {
             outcome.result = ReloadResult::Unchanged;
             return self.answer(reply, outcome);
@@ -148,21 +149,11 @@ impl Supervisor {
             outcome.errors.push(e);
         }
         if let Ui::Ready { probe, .. } = &self.ui {
-            if !refresh.is_empty() {
-                // Refresh calls wait for the UI's queue lock: a task, never the reload.
-                let probe = probe.clone();
-                self.tasks.spawn(async move {
-                    for ep in refresh {
-                        match probe.refresh(ep).await {
-                            Ok(()) => tracing::info!(endpoint = ep, "model list refreshed"),
-                            Err(e) => {
-                                tracing::warn!(endpoint = ep, error = %e, "model refresh failed")
-                            }
-                        }
-                    }
-                    Event::Done
-                });
-            }
+            // Only the routes the UI has; the calls wait for the UI's queue lock,
+            // so they run in a task and report back (super::refresh).
+            let probe = probe.clone();
+            let refresh = self.refresh.callable(refresh);
+            self.spawn_refresh(probe, refresh);
             self.sync_settings(settings);
         }
         self.answer(reply, outcome);

@@ -31,6 +31,8 @@ pub struct StatusInput<'a> {
     pub conflicts: usize,
     /// Downloads in words (`downloading 2 (3.1/13.0 GB)`), while there is news.
     pub downloads: Option<&'a str>,
+    /// Number of declared model files whose target does not exist.
+    pub missing_targets: usize,
 }
 
 /// Renders the status line.
@@ -87,6 +89,13 @@ pub fn render(s: &StatusInput<'_>) -> String {
             "{} layout conflict{}",
             s.conflicts,
             if s.conflicts == 1 { "" } else { "s" }
+        ));
+    }
+    if s.missing_targets > 0 {
+        parts.push(format!(
+            "{} missing model target{}",
+            s.missing_targets,
+            if s.missing_targets == 1 { "" } else { "s" }
         ));
     }
     parts.join("; ")

@@ -23,14 +23,22 @@ pub enum Event {
         start: u64,
         preflight: Preflight,
         launch: Result<Prepared, String>,
+        /// Who listens on the UI's port, when something already does.
+        port_held: Option<String>,
     },
     /// The config file was read for a reload.
     ConfigRead {
         text: io::Result<Vec<u8>>,
         reply: super::reconfigure::Reply,
     },
-    /// A layout of the config in force finished.
-    LaidOut(Result<LayoutReport, String>),
+    /// A layout of the config in force finished; `transient` when its failure
+    /// may pass by itself (no fds, a full disk: retried, never `failed`).
+    LaidOut {
+        /// The report, or why the layout failed.
+        report: Result<LayoutReport, String>,
+        /// Whether the failure is transient.
+        transient: bool,
+    },
     /// A readiness probe finished.
     Ready(bool),
     /// A queue probe finished; `sent` is when it was sent (a restart may act only
@@ -42,8 +50,19 @@ pub enum Event {
     SettingsSynced(Synced),
     /// A download finished or gave up (forwarded from the download manager).
     Download(crate::download::Event),
-    /// Fire-and-forget work (model refreshes) finished; it logged its own result.
-    Done,
+    /// A declared image's render task ended.
+    ImageDone {
+        /// The image.
+        name: String,
+        /// The fingerprint it was rendered for.
+        fingerprint: String,
+        /// The PNG written, or why not.
+        result: Result<std::path::PathBuf, crate::images::RenderError>,
+    },
+    /// The running UI's POST routes (`None`: it has no route list).
+    Routes(Option<std::collections::BTreeSet<String>>),
+    /// Model-list refresh calls finished, each with its outcome.
+    Refreshed(Vec<(&'static str, Result<(), String>)>),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process.
@@ -72,9 +91,12 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    /// Runs `work` as a tracked task.
-    pub fn spawn(&mut self, work: impl Future<Output = Event> + Send + 'static) {
-        self.set.spawn(work);
+    /// Runs `work` as a tracked task; the handle cancels it alone.
+    pub fn spawn(
+        &mut self,
+        work: impl Future<Output = Event> + Send + 'static,
+    ) -> tokio::task::AbortHandle {
+        self.set.spawn(work)
     }
 
     /// The next finished task's event; pending while none runs.

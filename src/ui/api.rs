@@ -4,6 +4,7 @@
 //! The JSON parsing is split into pure functions tested against responses captured
 //! from the real UIs (`tests/data/`).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -188,6 +189,17 @@ impl Probe {
             .map(|_| ())
     }
 
+    /// The paths that accept `POST`, from `GET /openapi.json` (FastAPI's schema):
+    /// real Forge lacks some refresh routes (ui-apis.md §10), so the supervisor
+    /// calls only the ones listed here.
+    pub async fn post_routes(&self) -> Result<BTreeSet<String>, ProbeError> {
+        let schema = self.get("/openapi.json").await?;
+        openapi_post_paths(&schema).map_err(|detail| ProbeError::Shape {
+            path: "/openapi.json".into(),
+            detail,
+        })
+    }
+
     async fn get(&self, path: &str) -> Result<Value, ProbeError> {
         let req = self
             .client
@@ -280,6 +292,19 @@ pub fn forge_queue(progress: &Value, pending: &Value) -> Result<Queue, String> {
     })
 }
 
+/// The paths of an OpenAPI document that have a `post` operation.
+pub fn openapi_post_paths(schema: &Value) -> Result<BTreeSet<String>, String> {
+    let paths = schema
+        .get("paths")
+        .and_then(Value::as_object)
+        .ok_or("no \"paths\" object in /openapi.json")?;
+    Ok(paths
+        .iter()
+        .filter(|(_, ops)| ops.get("post").is_some())
+        .map(|(p, _)| p.clone())
+        .collect())
+}
+
 /// ComfyUI: `GET /queue` lists running and pending prompts.
 pub fn comfyui_queue(queue: &Value) -> Result<Queue, String> {
     let len = |key: &str| {
@@ -348,6 +373,20 @@ mod tests {
                 pending: 1
             })
         );
+    }
+
+    #[test]
+    fn openapi_lists_post_routes() {
+        let schema = serde_json::json!({"openapi": "3.1.0", "paths": {
+            "/sdapi/v1/refresh-checkpoints": {"post": {}},
+            "/sdapi/v1/options": {"get": {}, "post": {}},
+            "/sdapi/v1/progress": {"get": {}},
+        }});
+        let posts = openapi_post_paths(&schema).unwrap();
+        assert!(posts.contains("/sdapi/v1/refresh-checkpoints"));
+        assert!(posts.contains("/sdapi/v1/options"));
+        assert!(!posts.contains("/sdapi/v1/progress"));
+        assert!(openapi_post_paths(&serde_json::json!([])).is_err());
     }
 
     #[test]

@@ -52,6 +52,20 @@ impl Flavor {
         !matches!(self, Flavor::Comfyui)
     }
 
+    /// Whether a SIGINT may be lost while the UI starts: Forge and A1111 lose one
+    /// that lands while torch is imported (ui-apis.md §10), ComfyUI never did. The
+    /// supervisor sends SIGINT again during the stop grace for these.
+    pub fn may_lose_sigint(self) -> bool {
+        !matches!(self, Flavor::Comfyui)
+    }
+
+    /// Whether the UI reads `--api-auth` and its other flags from `COMMANDLINE_ARGS`
+    /// too (Forge and A1111 append it to `sys.argv` at import, ui-apis.md §7.1), so
+    /// credentials can reach it without appearing in `/proc/PID/cmdline`.
+    pub fn reads_commandline_args_env(self) -> bool {
+        !matches!(self, Flavor::Comfyui)
+    }
+
     /// Folder (relative to the data dir) that holds extensions or custom nodes.
     pub fn extensions_dir(self) -> &'static str {
         match self {
@@ -127,9 +141,13 @@ impl Flavor {
                 args.extend(["--skip-prepare-environment".into(), "--skip-install".into()]);
                 args
             }
+            // Without --database-url ComfyUI keeps its database in its install dir
+            // (read-only in the Nix store: "Failed to initialize database", ui-apis.md §9).
             Flavor::Comfyui => vec![
                 "--base-directory".into(),
                 dir,
+                "--database-url".into(),
+                format!("sqlite:///{}", data_dir.join("user/comfyui.db").display()),
                 "--port".into(),
                 port.to_string(),
                 "--listen".into(),
@@ -260,6 +278,8 @@ mod tests {
             [
                 "--base-directory",
                 "/c",
+                "--database-url",
+                "sqlite:////c/user/comfyui.db",
                 "--port",
                 "8188",
                 "--listen",

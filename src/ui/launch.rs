@@ -5,6 +5,7 @@
 use crate::config::Config;
 
 use super::api::ApiAuth;
+use super::output::Redactor;
 use super::process::Launch;
 
 /// A launch ready to exec, with the credentials for talking to the UI afterwards.
@@ -14,11 +15,15 @@ pub struct Prepared {
     pub launch: Launch,
     /// `ui.api_auth_file`'s credentials, when set.
     pub auth: Option<ApiAuth>,
+    /// The secrets to mask in the UI's relayed output.
+    pub redactor: Redactor,
 }
 
 /// Builds the launch for `config`. Reads `ui.api_auth_file` (a small file, but
-/// I/O: call it from a task, not from the core's loop). The credentials go on the
-/// UI's command line as the UIs require; they never reach a log or the status.
+/// I/O: call it from a task, not from the core's loop). The credentials go into the
+/// UI's `COMMANDLINE_ARGS` (Forge and A1111 append it to their argv, ui-apis.md
+/// §7.1), never onto its command line: `/proc/PID/cmdline` is world-readable,
+/// `/proc/PID/environ` is not. The password is masked in the UI's relayed output.
 pub fn prepare(config: &Config) -> Result<Prepared, String> {
     let auth = match &config.ui.api_auth_file {
         None => None,
@@ -29,19 +34,21 @@ pub fn prepare(config: &Config) -> Result<Prepared, String> {
                 .map_err(|e| format!("ui.api_auth_file {}: {e}", path.display()))?,
         ),
     };
-    let mut argv = config.ui_argv();
-    if let Some(a) = &auth {
-        // Before extra_args, so the user's own flags still win.
-        let at = argv.len().saturating_sub(config.ui.extra_args.len());
-        argv.splice(
-            at..at,
-            [
-                "--api-auth".to_string(),
-                format!("{}:{}", a.user, a.password),
-            ],
-        );
-    }
+    let argv = config.ui_argv();
     let mut env = config.ui.environment.clone();
+    if let Some(a) = &auth
+        && config.ui.flavor.reads_commandline_args_env()
+    {
+        // After the user's own COMMANDLINE_ARGS.
+        let flag = format!("--api-auth {}:{}", a.user, a.password);
+        let merged = match env.get("COMMANDLINE_ARGS").filter(|v| !v.trim().is_empty()) {
+            Some(own) => format!("{own} {flag}"),
+            None => flag,
+        };
+        env.insert("COMMANDLINE_ARGS".into(), merged);
+    }
+    // The password is the secret; the user name stays readable in the logs.
+    let redactor = Redactor::new(auth.iter().map(|a| a.password.clone()));
     env.entry("PYTHONUNBUFFERED".into())
         .or_insert_with(|| "1".into());
     if let Some(gpus) = &config.ui.gpus {
@@ -51,5 +58,6 @@ pub fn prepare(config: &Config) -> Result<Prepared, String> {
     Ok(Prepared {
         launch: Launch { argv, env },
         auth,
+        redactor,
     })
 }

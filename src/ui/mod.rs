@@ -1,5 +1,6 @@
 //! The web UI the supervisor drives: which flavor it is ([`flavor`]), how it is
-//! launched ([`process`], [`guard`]), its HTTP API ([`api`]), ComfyUI's queue
+//! launched ([`process`], [`guard`]), its output ([`output`]), its port
+//! ([`port`]), its HTTP API ([`api`]), ComfyUI's queue
 //! broadcasts ([`comfy_ws`]), the GPUs it needs ([`gpu`]), what it is started with
 //! ([`launch`]) and its managed settings ([`settings_sync`]).
 
@@ -9,5 +10,7 @@ pub mod flavor;
 pub mod gpu;
 pub mod guard;
 pub mod launch;
+pub mod output;
+pub mod port;
 pub mod process;
 pub mod settings_sync;

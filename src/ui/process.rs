@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::guard::GroupGuard;
+use super::output::{OutputTail, Redactor, Stream, spawn_relay};
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,18 @@ pub struct UiProcess {
     pid: i32,
     /// Kills the group if the supervisor dies; none if it could not be forked.
     guard: Option<GroupGuard>,
+    /// The last lines of the UI's output (relayed, redacted).
+    output: OutputTail,
+}
+
+/// How to stop the UI (see [`UiProcess::stop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopPlan {
+    /// Longest wait for the main process after the first SIGINT before SIGKILL.
+    pub grace: Duration,
+    /// Send SIGINT again this often during the grace: a Forge or A1111 still
+    /// importing torch loses the first one (ui-apis.md §10).
+    pub resend: Option<Duration>,
 }
 
 /// Makes the supervisor the reaper of orphaned descendants, so that processes the UI
@@ -52,7 +65,9 @@ impl UiProcess {
     /// Spawns the UI. Must be called from a thread that lives as long as the
     /// supervisor (the daemon's current-thread runtime): `PR_SET_PDEATHSIG` fires
     /// when the forking *thread* exits.
-    pub fn spawn(launch: &Launch) -> io::Result<UiProcess> {
+    /// Its stdout and stderr are relayed by tasks (see [`super::output`]), with
+    /// every secret of `redactor` masked.
+    pub fn spawn(launch: &Launch, redactor: &Redactor) -> io::Result<UiProcess> {
         let (program, args) = launch
             .argv
             .split_first()
@@ -65,8 +80,8 @@ impl UiProcess {
         cmd.args(args)
             .envs(&launch.env)
             .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
         let parent = std::process::id() as libc::pid_t;
@@ -97,22 +112,51 @@ impl UiProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
         let pid = child
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
+        let output = OutputTail::default();
+        if let Some(out) = child.stdout.take() {
+            spawn_relay(
+                out,
+                Stream::Stdout,
+                pid as u32,
+                redactor.clone(),
+                output.clone(),
+            );
+        }
+        if let Some(err) = child.stderr.take() {
+            spawn_relay(
+                err,
+                Stream::Stderr,
+                pid as u32,
+                redactor.clone(),
+                output.clone(),
+            );
+        }
         let guard = GroupGuard::spawn(pid)
             .inspect_err(|e| {
                 tracing::warn!(pid, error = %e, "cannot fork the UI group's guard; if the supervisor is killed, the UI's child processes may outlive it");
             })
             .ok();
-        Ok(UiProcess { child, pid, guard })
+        Ok(UiProcess {
+            child,
+            pid,
+            guard,
+            output,
+        })
     }
 
     /// PID of the UI (also its process group id).
     pub fn pid(&self) -> u32 {
         self.pid as u32
+    }
+
+    /// The last lines the UI printed.
+    pub fn output(&self) -> &OutputTail {
+        &self.output
     }
 
     /// Waits for the UI's main process to exit.
@@ -129,17 +173,38 @@ impl UiProcess {
         }
     }
 
-    /// Stops the group: SIGINT, up to `grace` for the main process to exit, SIGKILL
-    /// to the group, then waits until no process of the group remains.
-    /// Returns the main process's exit status.
-    pub async fn stop(mut self, grace: Duration) -> io::Result<ExitStatus> {
+    /// Stops the group: SIGINT (again every `plan.resend`), up to `plan.grace` for
+    /// the main process to exit, SIGKILL to the group, then waits until no process
+    /// of the group remains. Returns the main process's exit status.
+    pub async fn stop(mut self, plan: StopPlan) -> io::Result<ExitStatus> {
         self.signal(Signal::SIGINT);
-        let status = match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => status?,
-            Err(_) => {
-                tracing::warn!(ui_pid = self.pid, grace = ?grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
-                self.signal(Signal::SIGKILL);
-                self.child.wait().await?
+        let start = tokio::time::Instant::now();
+        // A year stands for "no limit" when the grace would overflow the clock.
+        let deadline = start
+            .checked_add(plan.grace)
+            .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
+        let status = loop {
+            let now = tokio::time::Instant::now();
+            let next = match plan.resend {
+                Some(every) if !every.is_zero() => {
+                    now.checked_add(every).unwrap_or(deadline).min(deadline)
+                }
+                _ => deadline,
+            };
+            match tokio::time::timeout_at(next, self.child.wait()).await {
+                Ok(status) => break status?,
+                Err(_) if next < deadline => {
+                    tracing::info!(
+                        ui_pid = self.pid,
+                        "UI still running after SIGINT; sending it again"
+                    );
+                    self.signal(Signal::SIGINT);
+                }
+                Err(_) => {
+                    tracing::warn!(ui_pid = self.pid, grace = ?plan.grace, "UI did not exit after SIGINT; sending SIGKILL to its group");
+                    self.signal(Signal::SIGKILL);
+                    break self.child.wait().await?;
+                }
             }
         };
         self.signal(Signal::SIGKILL);

@@ -237,13 +237,58 @@ permissions = "0700"
 socket = "/run/sd-webui-forge-check/control.sock"
 dbus = "off"
 EOF
-  if ! eval_json "$run/unit.json" tests/nix/run-unit.nix --argstr supervisorBin "$seen$(readlink -f "$supervisor_bin")" \
-    --argstr configPath "$seen$run/config.toml" --argstr dataDir "$seen$run/data" \
-    --argstr user "$user" --argstr group "$user"; then
+  # The PATH a NixOS service really gets: the unit's `path` (git, for Forge)
+  # and what NixOS always adds (coreutils, findutils, grep, sed, systemd),
+  # each a directory of links to the host's programs of that package; nothing
+  # else from the host. A tool the UI needs and the unit lacks shows here.
+  local defaults=()
+  for pkg in coreutils findutils grep sed systemd; do
+    mkdir -p "$run/path/$pkg/bin"
+    dpkg -L "$pkg" 2>/dev/null | grep -E '^(/usr)?/s?bin/[^/]+$' | while read -r prog; do
+      ln -sf "$prog" "$run/path/$pkg/bin/"
+    done
+    defaults+=("\"$seen$run/path/$pkg\"")
+  done
+  mkdir -p "$run/path/git/bin"
+  ln -sf "$(command -v git)" "$run/path/git/bin/git"
+  render_real_unit() { # $1: the unit's `path` as a Nix list
+    eval_json "$run/unit.json" tests/nix/run-unit.nix --argstr supervisorBin "$seen$(readlink -f "$supervisor_bin")" \
+      --argstr configPath "$seen$run/config.toml" --argstr dataDir "$seen$run/data" \
+      --argstr user "$user" --argstr group "$user" \
+      --arg pathDirs "$1" --arg defaultPathDirs "[ ${defaults[*]} ]" &&
+      jq -r . "$run/unit.json" >"$run/$name"
+  }
+
+  # Without git on the unit's PATH, Forge exits at start: the status says why.
+  if ! render_real_unit "[ ]"; then
     fail "render the unit for a real run"
     return
   fi
-  jq -r . "$run/unit.json" >"$run/$name"
+  if "$sandbox" install "$state" "$run/$name" && in_sandbox systemctl start --no-block "$name"; then
+    local why=""
+    for _ in $(seq 60); do
+      why=$(in_sandbox systemctl show -P StatusText "$name")
+      case $why in *"Bad git executable"*) break ;; esac
+      sleep 0.5
+    done
+    case $why in
+      *"Bad git executable"*) pass "unit without git on PATH: the UI's exit is explained: $why" ;;
+      *) fail "unit without git on PATH: Status: $why"
+        in_sandbox journalctl -u "$name" --no-pager -n 20 | sed 's/^/        /' ;;
+    esac
+    in_sandbox systemctl stop "$name" || true
+    rm -f "$run/data/record.jsonl"
+  else
+    fail "unit without git on PATH: install and start $name"
+  fi
+
+  if ! render_real_unit "[ \"$seen$run/path/git\" ]"; then
+    fail "render the unit for a real run"
+    return
+  fi
+  if ! grep -q "^Environment=\"PATH=$seen$run/path/git/bin:" "$run/$name"; then
+    fail "the rendered unit's PATH starts with the unit's path: $(grep PATH= "$run/$name")"
+  fi
   if ! "$sandbox" install "$state" "$run/$name" || ! in_sandbox systemctl start --no-block "$name"; then
     fail "hardened unit: install and start $name"
     return

@@ -54,6 +54,10 @@ let
           name = "cacert";
           outPath = "/nix/store/00000000000000000000000000000000-cacert";
         };
+        git = fakeDrv {
+          name = "git";
+          outPath = "/nix/store/00000000000000000000000000000000-git";
+        };
         stdenv.hostPlatform.system = system;
         callPackage = path: overrides: import path (builtins.intersectAttrs (lib.functionArgs (import path)) pkgs // overrides);
         rustPlatform.buildRustPackage =
@@ -254,10 +258,10 @@ in
     in
     lib.hasInfix "ln -s ${standInImage.passthru.configFile} \"$out/etc/sd-webui-forge/config.toml\"" etc.script
   ) (builtins.head standInImage.contents).script)
-  (eq "image: the supervisor and the UI are on PATH (/bin)" [
+  (eq "image: the supervisor, the UI and (Forge: GitPython at start) git are on PATH (/bin)" [
     (map (p: p.name) (builtins.tail standInImage.contents))
     (builtins.elem "PATH=/bin" standInImage.config.Env)
-  ] [ [ "sd-webui-supervisor-${cargoVersion}" "sd-webui-stand-in-ui-0.1.0" ] true ])
+  ] [ [ "sd-webui-supervisor-${cargoVersion}" "sd-webui-stand-in-ui-0.1.0" "git" ] true ])
   (eq "image: the data dir is a volume" standInImage.config.Volumes { "/var/lib/sd-webui-forge" = { }; })
   (eq "image: the UI's and the control API's ports are exposed" (builtins.attrNames standInImage.config.ExposedPorts) [
     "7860/tcp"
@@ -275,6 +279,7 @@ in
     dbus = "off";
     http_listen = "0.0.0.0:7870";
     token_file = tokenPath;
+    max_connections = 128;
   })
   (eq "image: the config is the NixOS module's for the same settings, but for D-Bus and where the token is" (bakedValue standInImage) (
     lib.recursiveUpdate moduleValue {

@@ -65,7 +65,9 @@ let
         };
     };
     runCommand = name: env: script: fakeDrv name { inherit env script; };
+    writeText = name: text: fakeDrv name { inherit text; };
     sd-webui-supervisor = fakeSupervisor;
+    git = fakeDrv "git-2.51.0" { };
   };
 
   # Minimal declarations of the NixOS options module.nix sets.
@@ -192,6 +194,48 @@ let
   };
   tomlText = settings: (sd settings).configFile.env.unchecked.text;
   downloadCreds = builtins.filter (lib.hasPrefix "download-token-") (sc withDownloads).LoadCredential;
+  withImages = realistic // {
+    images.cat = {
+      prompt = "a cat on a windowsill";
+      seed = 1234;
+      steps = 25;
+      cfgScale = 6.5;
+      width = 832;
+      height = 1216;
+      checkpoint = "sd_xl_base_1.0.safetensors";
+      extra.scheduler = "Karras";
+    };
+    images.lighthouse.prompt = "a lighthouse";
+  };
+  blurWorkflow = {
+    "1" = {
+      class_type = "EmptyImage";
+      inputs = {
+        width = 64;
+        height = 64;
+        batch_size = 1;
+        color = 0;
+      };
+    };
+    "2" = {
+      class_type = "SaveImage";
+      inputs = {
+        images = [
+          "1"
+          0
+        ];
+        filename_prefix = "declared";
+      };
+    };
+  };
+  comfyImages = {
+    flavor = "comfyui";
+    images.blur = {
+      workflow = blurWorkflow;
+      inputs."1.color" = 255;
+    };
+    images.fromFile.workflow = "/srv/workflows/upscale-api.json";
+  };
 
   results = [
     (check "download: token file loaded once with LoadCredential" (
@@ -241,6 +285,7 @@ let
     })
     (eq "default control" (sd { }).control {
       dbus = "system";
+      maxConnections = 128;
       httpListen = null;
       tokenFile = null;
     })
@@ -319,6 +364,7 @@ let
     (eq "toml: control" (toml realistic).control {
       socket = "/run/sd-webui-forge/control.sock";
       dbus = "system";
+      max_connections = 128;
     })
     (eq "toml: optional sections and keys are left out" (
       let
@@ -346,11 +392,56 @@ let
         dbus = "system";
         http_listen = "127.0.0.1:7870";
         token_file = "/run/credentials/sd-webui-forge.service/control-token";
+        max_connections = 128;
       }
     )
     (eq "toml stand-in: the written text reads back as the same value" (builtins.fromTOML
       (sd realistic).configFile.env.unchecked.text
     ) (toml realistic))
+
+    # Declared images.
+    (eq "toml: images (forge), camelCase options become the config's keys" (toml withImages).images {
+      cat = {
+        prompt = "a cat on a windowsill";
+        seed = 1234;
+        steps = 25;
+        cfg_scale = 6.5;
+        width = 832;
+        height = 1216;
+        checkpoint = "sd_xl_base_1.0.safetensors";
+        extra.scheduler = "Karras";
+      };
+      lighthouse.prompt = "a lighthouse";
+    })
+    (eq "toml: no images, no [images]" ((toml { }) ? images) false)
+    (eq "toml: comfyui images: an inline workflow is written to the store as JSON" (toml comfyImages).images {
+      blur = {
+        workflow = "/nix/store/00000000000000000000000000000000-sd-webui-image-blur-workflow.json";
+        inputs."1.color" = 255;
+      };
+      fromFile.workflow = "/srv/workflows/upscale-api.json";
+    })
+    (eq "outputDir is under dataDir" (sd { dataDir = "/srv/forge"; }).outputDir "/srv/forge/outputs/declared")
+    (eq "imageFiles: one PNG per declared image" (sd withImages).imageFiles {
+      cat = "/var/lib/sd-webui-forge/outputs/declared/cat.png";
+      lighthouse = "/var/lib/sd-webui-forge/outputs/declared/lighthouse.png";
+    })
+    (check "outputDir is read-only" (throws (sd { outputDir = "/tmp"; }).outputDir) "")
+    (eq "no assertion fails for declared images" (failed withImages ++ failed comfyImages) [ ])
+    (check "assertion: image names become file names" (
+      lib.any (mentions [ ''images."../x"'' "<name>.png" ]) (failed { images."../x".prompt = "x"; })
+    ) (failed { images."../x".prompt = "x"; }))
+    (check "assertion: a comfyui image is a workflow, a forge image a prompt" (
+      let
+        f = failed {
+          flavor = "comfyui";
+          images.cat.prompt = "a cat";
+        };
+        g = failed { images.blur.workflow = blurWorkflow; };
+      in
+      lib.any (mentions [ "images.cat" "comfyui image is a workflow" ]) f
+      && lib.any (mentions [ "images.blur" "needs a prompt" ]) g
+    ) "")
 
     # Build-time validation and installation.
     (check "configFile runs check-config on the rendered file" (mentions [
@@ -379,6 +470,7 @@ let
       gpus = [ 0 ];
       startupTimeout = "15m";
       stopTimeout = "30s";
+      path = [ fakePkgs.git ];
     }))
     (eq "unit: Type" (sc { }).Type "notify-reload")
     (eq "unit: ReloadSignal" (sc { }).ReloadSignal "SIGHUP")
@@ -408,6 +500,14 @@ let
     (check "unit: DeviceAllow for every GPU when gpus = null" (builtins.elem "char-nvidia-frontend rw" (sc { })
       .DeviceAllow
     ) (sc { }).DeviceAllow)
+    (eq "unit: Forge and A1111 get git on PATH (GitPython at start), ComfyUI none" (map
+      (flavor: map (p: p.name) (unit { inherit flavor; }).path)
+      [
+        "forge"
+        "a1111"
+        "comfyui"
+      ]
+    ) [ [ "git-2.51.0" ] [ "git-2.51.0" ] [ ] ])
     (eq "unit: LoadCredential for apiAuthFile" (sc realistic).LoadCredential [
       "api-auth:/run/secrets/forge-api-auth"
     ])
@@ -562,6 +662,7 @@ let
     default = (sd { }).configFile.env.unchecked.text;
     downloads = (sd withDownloads).configFile.env.unchecked.text;
     realistic = (sd realistic).configFile.env.unchecked.text;
+    images = (sd withImages).configFile.env.unchecked.text;
     comfyui = (sd {
       flavor = "comfyui";
       models.diffusion_models."flux1-dev.safetensors" = "/srv/flux1-dev.safetensors";

@@ -8,9 +8,16 @@
   dataDir,
   user,
   group,
+  # Directories standing for the unit's `path` packages and for the ones NixOS
+  # always adds (coreutils, findutils, grep, sed, systemd): each has a bin/.
+  pathDirs ? [ ],
+  defaultPathDirs ? [ ],
 }:
 import ../../nix/render-unit.nix (
-  import ../../nix/unit.nix {
+  {
+    defaultPath = defaultPathDirs;
+  }
+  // import ../../nix/unit.nix {
     inherit
       supervisorBin
       configPath
@@ -22,5 +29,6 @@ import ../../nix/render-unit.nix (
     runtimeDirectory = "sd-webui-forge-check";
     startupTimeout = "1m";
     stopTimeout = "10s";
+    path = pathDirs;
   }
 )

@@ -235,7 +235,7 @@ class ForgeTests(StandInCase):
         self.assertEqual(ui.get("/sdapi/v1/sd-models"), (200, []))
         self.assertEqual(ui.get("/no/such/route"), (404, {"detail": "Not Found"}))
         self.assertEqual(ui.get("/sdapi/v1/txt2img")[0], 405)
-        for route in ("refresh-checkpoints", "refresh-vae", "refresh-embeddings", "refresh-loras"):
+        for route in ("refresh-checkpoints", "refresh-vae"):
             self.assertEqual(ui.post(f"/sdapi/v1/{route}"), (200, None), route)
         self.assertIn("Running on local URL:  http://127.0.0.1:%d" % ui.port, ui.stdout())
         self.assertIn("Startup time:", ui.stdout())
@@ -318,14 +318,37 @@ class ForgeTests(StandInCase):
         for thread in threads:
             thread.join(15)
         status, reply = results["task(b)"]
-        self.assertEqual((status, reply["parameters"], reply["info"]), (200, {
-            "prompt": "task(b)", "force_task_id": "task(b)", "stand_in_seconds": 0.2}, "{}"))
+        self.assertEqual((status, reply["parameters"]), (200, {
+            "prompt": "task(b)", "force_task_id": "task(b)", "stand_in_seconds": 0.2}))
+        self.assertEqual(json.loads(reply["info"])["prompt"], "task(b)")
         self.assertEqual([base64.b64decode(image)[:8] for image in reply["images"]], [b"\x89PNG\r\n\x1a\n"])
         jobs = [(r["event"], r["id"]) for r in ui.records() if r["event"] in ("job_start", "job_end")]
         self.assertEqual(jobs, [(e, t) for t in ("task(a)", "task(b)", "task(c)") for e in ("job_start", "job_end")])
         self.assertEqual(ui.get("/internal/pending-tasks")[1], {"size": 0, "tasks": []})
         state = ui.get("/sdapi/v1/progress")[1]["state"]
         self.assertEqual((state["job"], state["job_count"]), ("", 0))
+
+    def test_txt2img_info_has_the_seed_used(self):
+        ui = self.start(env={"STANDIN_JOB_SECONDS": "0.05"})
+        status, reply = ui.post("/sdapi/v1/txt2img", {"prompt": "cat", "seed": 42, "steps": 3})
+        info = json.loads(reply["info"])
+        self.assertEqual((status, info["seed"], info["all_seeds"], info["steps"]), (200, 42, [42], 3))
+        drawn = json.loads(ui.post("/sdapi/v1/txt2img", {"prompt": "cat", "seed": -1})[1]["info"])["seed"]
+        self.assertTrue(0 <= drawn < 2**32, drawn)
+        status, reply = ui.post("/sdapi/v1/txt2img", {"prompt": "cat", "override_settings": {
+            "sd_model_checkpoint": "missing.safetensors"}})
+        self.assertEqual((status, reply["error"]), (500, "RuntimeError"))
+
+    def test_image_error_fails_txt2img_after_the_job(self):
+        flag = os.path.join(self.tmp, "fail")
+        ui = self.start(env={"STANDIN_JOB_SECONDS": "0.05", "STANDIN_IMAGE_ERROR": "@" + flag})
+        self.assertEqual(ui.post("/sdapi/v1/txt2img", {"prompt": "cat"})[0], 200)
+        with open(flag, "w") as file:
+            file.write("CUDA out of memory\n")
+        status, reply = ui.post("/sdapi/v1/txt2img", {"prompt": "cat"})
+        self.assertEqual((status, reply["error"], reply["message"]), (500, "RuntimeError", "CUDA out of memory"))
+        self.assertEqual([r["completed"] for r in ui.events("job_end")], [True, False])
+        self.assertEqual(ui.get("/sdapi/v1/progress")[1]["state"]["job_count"], 0)
 
     def test_interrupt_ends_the_running_job(self):
         ui = self.start()
@@ -346,7 +369,7 @@ class ForgeTests(StandInCase):
     def test_api_routes_need_api_flag_and_nowebui_has_no_internal(self):
         ui = self.start(args=["--data-dir", self.tmp + "/d", "--port", "{port}"])
         self.assertEqual(ui.get("/sdapi/v1/progress")[0], 404)
-        self.assertEqual(ui.post("/sdapi/v1/refresh-loras"), (200, None))
+        self.assertEqual(ui.post("/sdapi/v1/refresh-loras")[0], 404)  # Forge dfdcbab has no lora routes
         api = self.start(args=["--nowebui", "--server-name", "127.0.0.1", "--data-dir", self.tmp + "/e",
                                "--port", "{port}"], ready=False)
         wait_until(lambda: api.get("/sdapi/v1/progress", timeout=1)[0] == 200 if api.events("listening") else False)
@@ -366,7 +389,6 @@ class ForgeTests(StandInCase):
                 self.assertEqual((err.code, err.headers["WWW-Authenticate"]), (status, "Basic"))
                 self.assertEqual(json.loads(err.read()), {"detail": "Incorrect username or password"})
         self.assertEqual(ui.get("/internal/pending-tasks")[0], 200)  # /internal/* has no auth
-        self.assertEqual(ui.post("/sdapi/v1/refresh-loras"), (200, None))  # nor the Lora extension's routes
         code, bad = self.run_to_exit("forge", ["--api", "--api-auth", "sup:pa:ss", "--data-dir", self.tmp + "/e"])
         self.assertEqual(code, 1)
         self.assertIn("ValueError", bad.stderr())
@@ -387,6 +409,56 @@ class ForgeTests(StandInCase):
         self.assertEqual((status, body), (500, {"error": "KeyError", "detail": "", "body": "",
                                                 "errors": "'no_such_key_xyz'"}))
         self.assertFalse(os.path.exists(os.path.join(self.data, "models", "ControlNet")))
+
+
+class RealForgeQuirkTests(StandInCase):
+    """What the real Forge dfdcbab and A1111 do that a supervisor must cope with (ui-apis.md §7.1, §10)."""
+
+    def test_forge_has_no_lora_routes_and_refresh_embeddings_fails(self):
+        ui = self.start()
+        self.assertEqual(ui.post("/sdapi/v1/refresh-loras"), (404, {"detail": "Not Found"}))
+        self.assertEqual(ui.get("/sdapi/v1/loras")[0], 404)
+        status, body = ui.post("/sdapi/v1/refresh-embeddings")
+        self.assertEqual((status, body["error"]), (500, "AttributeError"))
+        self.assertIn("embedding_db", body["message"])
+        status, schema = ui.get("/openapi.json")
+        self.assertEqual(status, 200)
+        self.assertIn("/sdapi/v1/refresh-checkpoints", schema["paths"])
+        self.assertIn("post", schema["paths"]["/sdapi/v1/refresh-checkpoints"])
+        self.assertNotIn("/sdapi/v1/refresh-loras", schema["paths"])
+
+    def test_a1111_keeps_its_lora_routes(self):
+        ui = self.start("a1111")
+        self.assertEqual(ui.post("/sdapi/v1/refresh-loras"), (200, None))
+        self.assertEqual(ui.post("/sdapi/v1/refresh-embeddings"), (200, None))
+        self.assertIn("/sdapi/v1/refresh-loras", ui.get("/openapi.json")[1]["paths"])
+
+    def test_commandline_args_are_appended_to_argv_and_printed(self):
+        ui = self.start(env={"COMMANDLINE_ARGS": "--api-auth sup:pw", "STANDIN_PRINT_ENV": "1"})
+        self.assertIn("--api-auth sup:pw", ui.stdout())
+        self.assertIn("COMMANDLINE_ARGS=--api-auth sup:pw", ui.stdout())
+        self.assertEqual(ui.get("/sdapi/v1/progress")[0], 401, "the credentials from the environment apply")
+
+    def test_no_git_on_path_exits_1_like_gitpython(self):
+        for flavor in ("forge", "a1111"):
+            code, proc = self.run_to_exit(flavor, ["--api", "--data-dir", self.tmp + "/g" + flavor],
+                                          env={"PATH": "/nonexistent"})
+            self.assertEqual(code, 1, flavor)
+            self.assertIn("ImportError: Bad git executable.", proc.stderr())
+            self.assertEqual(proc.events("exit")[0]["reason"], "git")
+        ui = self.start("comfyui", env={"PATH": "/nonexistent"})  # ComfyUI needs no git
+        self.assertEqual(ui.get("/system_stats")[0], 200)
+
+    def test_first_sigint_lost_second_exits(self):
+        ui = self.start(env={"STANDIN_LOSE_FIRST_SIGINT": "1"})
+        ui.proc.send_signal(signal.SIGINT)
+        wait_until(lambda: ui.events("signal"))
+        time.sleep(0.3)
+        self.assertIsNone(ui.proc.poll(), "the first SIGINT is lost")
+        self.assertEqual(ui.events("signal")[0]["lost"], True)
+        ui.proc.send_signal(signal.SIGINT)
+        self.assertEqual(ui.wait_exit(3), 0)
+        self.assertEqual(ui.events("exit")[0]["reason"], "SIGINT")
 
 
 class FlagTests(StandInCase):
@@ -610,6 +682,44 @@ class ComfyTests(StandInCase):
         finally:
             ws.close()
             mine.close()
+
+    WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+                "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+                "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "decl/cat"}}}
+
+    def finished(self, ui, prompt_id):
+        return wait_until(lambda: ui.get(f"/history/{prompt_id}")[1], what="the history entry")[prompt_id]
+
+    def test_save_image_lands_in_history_and_view(self):
+        ui = self.start("comfyui", env={"STANDIN_JOB_SECONDS": "0.05"})
+        prompt_id = ui.post("/prompt", {"prompt": self.WORKFLOW, "client_id": "sup"})[1]["prompt_id"]
+        entry = self.finished(ui, prompt_id)
+        self.assertEqual(entry["status"]["status_str"], "success")
+        image = {"filename": "cat_00001_.png", "subfolder": "decl", "type": "output"}
+        self.assertEqual(entry["outputs"], {"3": {"images": [image]}})
+        self.assertTrue(os.path.isfile(os.path.join(self.data, "output", "decl", "cat_00001_.png")))
+        req = urllib.request.Request(f"http://127.0.0.1:{ui.port}/view?filename=cat_00001_.png&subfolder=decl&type=output")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            self.assertEqual((resp.headers["Content-Type"], resp.read()[:8]), ("image/png", b"\x89PNG\r\n\x1a\n"))
+        self.assertEqual(ui.get("/view?filename=nope.png")[0], 404)
+        self.assertEqual(ui.get("/view?filename=../x.png")[0], 400)
+        second = ui.post("/prompt", {"prompt": self.WORKFLOW})[1]["prompt_id"]
+        self.assertEqual(self.finished(ui, second)["outputs"]["3"]["images"][0]["filename"], "cat_00002_.png")
+
+    def test_prompt_without_outputs_is_refused(self):
+        ui = self.start("comfyui")
+        status, reply = ui.post("/prompt", {"prompt": {"1": self.WORKFLOW["1"]}})
+        self.assertEqual((status, reply["error"]["type"], reply["node_errors"]), (400, "prompt_no_outputs", []))
+
+    def test_image_error_ends_the_prompt_in_error(self):
+        ui = self.start("comfyui", env={"STANDIN_JOB_SECONDS": "0.05", "STANDIN_IMAGE_ERROR": "boom"})
+        prompt_id = ui.post("/prompt", {"prompt": self.WORKFLOW})[1]["prompt_id"]
+        entry = self.finished(ui, prompt_id)
+        self.assertEqual((entry["status"]["status_str"], entry["status"]["completed"], entry["outputs"]),
+                         ("error", False, {}))
+        kind, data = entry["status"]["messages"][-1]
+        self.assertEqual((kind, data["node_id"], data["node_type"], data["exception_message"]),
+                         ("execution_error", "3", "SaveImage", "boom\n"))
 
     def test_sigint_stops_promptly_during_a_prompt(self):
         ui = self.start("comfyui")

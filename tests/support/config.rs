@@ -53,6 +53,10 @@ pub struct Conf {
     pub deadline: Option<String>,
     /// `restart.poll_interval`.
     pub poll_interval: Option<String>,
+    /// More `[ui]` keys, written as given (e.g. `api_auth_file`).
+    pub ui_extra: toml::Table,
+    /// More `[control]` keys, written as given (e.g. `http_listen`).
+    pub control_extra: toml::Table,
 }
 
 impl Conf {
@@ -83,6 +87,8 @@ impl Conf {
             idle_grace: None,
             deadline: None,
             poll_interval: None,
+            ui_extra: toml::Table::new(),
+            control_extra: toml::Table::new(),
         }
     }
 
@@ -101,6 +107,8 @@ impl Conf {
             idle_grace: Some("1s".into()),
             deadline: Some("1h".into()),
             poll_interval: Some("100ms".into()),
+            ui_extra: toml::Table::new(),
+            control_extra: toml::Table::new(),
             ..Conf::plain(dir)
         }
     }
@@ -141,6 +149,7 @@ impl Conf {
             T::String(self.startup_timeout.clone()),
         );
         ui.insert("stop_timeout".into(), T::String(self.stop_timeout.clone()));
+        ui.extend(self.ui_extra.clone());
         let mut data = Table::new();
         data.insert("dir".into(), T::String(self.data_dir.display().to_string()));
         if let Some(p) = &self.permissions {
@@ -163,6 +172,7 @@ impl Conf {
             T::String(self.socket.display().to_string()),
         );
         control.insert("dbus".into(), T::String(self.dbus.clone()));
+        control.extend(self.control_extra.clone());
         let mut doc = Table::new();
         doc.insert("ui".into(), T::Table(ui));
         doc.insert("data".into(), T::Table(data));

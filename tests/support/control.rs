@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use sd_webui_supervisor::images::{FailedImage, GenerateError, GenerateResult, ImagesStatus};
 use sd_webui_supervisor::supervisor::protocol::{
     CoreCommand, CoreHandle, PendingRestart, Phase, Queue, ReloadOutcome, ReloadResult,
     RestartPolicy, RestartReason, RestartWhen, Snapshot,
@@ -55,6 +56,18 @@ impl FakeCore {
                     CoreCommand::Ping { reply } => {
                         let _ = reply.send(());
                     }
+                    CoreCommand::Generate {
+                        names,
+                        force,
+                        reply,
+                    } => {
+                        seen2.lock().unwrap().push(format!(
+                            "generate {}{}",
+                            names.join(","),
+                            if force { " --force" } else { "" }
+                        ));
+                        let _ = reply.send(generated(&names));
+                    }
                 }
             }
         });
@@ -87,6 +100,26 @@ impl FakeCore {
         self.task.abort();
         self.handle
     }
+}
+
+/// What the fake core answers to `generate`: `cat` renders, `dog` fails with the
+/// UI's error, any other name is unknown.
+pub fn generated(names: &[String]) -> GenerateResult {
+    let dir = "/var/lib/sd-webui-forge/outputs/declared";
+    if let Some(other) = names.iter().find(|n| *n != "cat" && *n != "dog") {
+        return Err(GenerateError::Unknown(format!(
+            "no declared image named {other} (declared: cat, dog)"
+        )));
+    }
+    if names.iter().any(|n| n == "dog") {
+        return Err(GenerateError::Failed(
+            "dog: /sdapi/v1/txt2img: HTTP 500: RuntimeError: CUDA out of memory".into(),
+        ));
+    }
+    Ok(names
+        .iter()
+        .map(|n| format!("{dir}/{n}.png").into())
+        .collect())
 }
 
 /// A reload outcome with the given result and plausible lists.
@@ -140,7 +173,11 @@ pub fn ready_idle() -> Snapshot {
         reloads: BTreeMap::new(),
         last_time_to_ready_ms: Some(12_345),
         downloads: vec![],
+        missing_targets: vec![],
+        refresh_failed: None,
+        refresh_failures: 0,
         draining: false,
+        images: ImagesStatus::default(),
     }
 }
 
@@ -169,6 +206,21 @@ pub fn busy_pending() -> Snapshot {
         restarts: BTreeMap::from([(RestartReason::Config, 2), (RestartReason::Crash, 1)]),
         crashes: 1,
         reloads: BTreeMap::from([(ReloadResult::Applied, 3), (ReloadResult::Rejected, 1)]),
+        images: ImagesStatus {
+            declared: 3,
+            rendered: 1,
+            pending: 1,
+            rendering: Some("cat".into()),
+            failed: vec![FailedImage {
+                name: "dog".into(),
+                error: "/sdapi/v1/txt2img: HTTP 500: RuntimeError: CUDA out of memory".into(),
+            }],
+        },
+        missing_targets: vec![
+            "models/Stable-diffusion/gone.safetensors: target /nix/store/x-gone.safetensors of models.checkpoints.\"gone.safetensors\" does not exist; not linked".into(),
+        ],
+        refresh_failed: Some("/sdapi/v1/refresh-embeddings: HTTP 500: AttributeError".into()),
+        refresh_failures: 2,
         ..ready_idle()
     }
 }

@@ -10,7 +10,7 @@ use crate::control::status_text;
 use crate::supervisor::protocol::{ReloadOutcome, ReloadResult, RestartWhen};
 
 /// What a CLI client command does, once its target is resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAction {
     /// `status [--json]`.
     Status {
@@ -27,6 +27,13 @@ pub enum ClientAction {
     RetryDownloads,
     /// `wait-idle --drain [--timeout DUR]`.
     Drain(Option<Duration>),
+    /// `generate [NAME...] [--force]`: render declared images now.
+    Generate {
+        /// Image names; empty: all.
+        names: Vec<String>,
+        /// Render those already on disk too.
+        force: bool,
+    },
 }
 
 /// Runs one client command and returns the exit code; prints results to stdout
@@ -82,6 +89,20 @@ async fn act(client: &Client, action: ClientAction) -> ExitCode {
         }),
         ClientAction::WaitIdle(timeout) => client.wait_idle(timeout).await.map(report_wait),
         ClientAction::Drain(timeout) => client.drain(timeout).await.map(report_wait),
+        ClientAction::Generate { names, force } => {
+            client.generate(&names, force).await.map(|r| match r {
+                Ok(paths) => {
+                    for p in paths {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("{message}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            })
+        }
     };
     result.unwrap_or_else(|e| fail(&e))
 }

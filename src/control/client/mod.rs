@@ -20,7 +20,9 @@ use tokio::net::UnixStream;
 
 pub use commands::{ClientAction, run};
 
-use super::protocol::{self, ErrorBody, RestartReply, RestartRequest};
+use super::protocol::{
+    self, ErrorBody, GenerateReply, GenerateRequest, RestartReply, RestartRequest,
+};
 use crate::config::{Config, DEFAULT_SOCKET};
 use crate::supervisor::protocol::{ReloadOutcome, RestartWhen, Snapshot};
 
@@ -214,6 +216,31 @@ impl Client {
         self.expect_ok(status, &body)?;
         self.decode(status, &body)
             .map(|s| WaitIdle::Idle(Box::new(s)))
+    }
+
+    /// `POST /v1/generate`: waits until the images are rendered; the inner error
+    /// is the daemon's account of a failed render or an unknown name.
+    pub async fn generate(
+        &self,
+        names: &[String],
+        force: bool,
+    ) -> Result<Result<Vec<PathBuf>, String>, ClientError> {
+        let request = GenerateRequest {
+            names: names.to_vec(),
+            force,
+        };
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let (status, body) = self
+            .call(Method::POST, protocol::GENERATE, Some(body), Duration::MAX)
+            .await?;
+        if (status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST)
+            && let Ok(e) = serde_json::from_slice::<ErrorBody>(&body)
+        {
+            return Ok(Err(e.error));
+        }
+        self.expect_ok(status, &body)?;
+        self.decode::<GenerateReply>(status, &body)
+            .map(|r| Ok(r.paths))
     }
 
     /// `GET /metrics` as text.

@@ -1,0 +1,135 @@
+//! Model-list refreshes that fit the running UI: which refresh routes it really
+//! has (learned from its `/openapi.json` once ready — real Forge has no lora routes,
+//! ui-apis.md §10), and failed refreshes as a soft condition in the status and the
+//! metrics instead of a warning on every reload.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::Supervisor;
+use super::work::Event;
+use crate::ui::api::Probe;
+
+/// What the core knows about the running UI's refresh routes and their failures.
+#[derive(Debug, Default)]
+pub(super) struct RefreshState {
+    /// POST routes of the running UI; `None` until learned (or when the UI has no
+    /// schema), in which case every refresh route is tried.
+    routes: Option<BTreeSet<String>>,
+    /// Endpoint → why its last call failed.
+    failed: BTreeMap<&'static str, String>,
+    /// Failed refresh calls since the supervisor started.
+    pub(super) failures: u64,
+}
+
+impl RefreshState {
+    /// Forgets the routes of a UI that is gone (a new one may differ).
+    pub(super) fn forget_routes(&mut self) {
+        self.routes = None;
+    }
+
+    /// The endpoints among `wanted` the running UI has.
+    pub(super) fn callable(
+        &self,
+        wanted: impl IntoIterator<Item = &'static str>,
+    ) -> BTreeSet<&'static str> {
+        wanted
+            .into_iter()
+            .filter(|ep| self.routes.as_ref().is_none_or(|r| r.contains(*ep)))
+            .collect()
+    }
+
+    /// The soft condition for the status: every endpoint whose last call failed.
+    pub(super) fn failed(&self) -> Option<String> {
+        (!self.failed.is_empty()).then(|| {
+            self.failed
+                .iter()
+                .map(|(ep, why)| format!("{ep}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+impl Supervisor {
+    /// Asks the ready UI which routes it has (Forge/A1111 only); the answer comes
+    /// back as [`Event::Routes`].
+    pub(super) fn learn_routes(&mut self, probe: Probe) {
+        if !self.config.ui.flavor.has_options_api() {
+            return;
+        }
+        self.tasks.spawn(async move {
+            let routes = match probe.post_routes().await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no route list from the UI; every refresh route will be tried");
+                    None
+                }
+            };
+            Event::Routes(routes)
+        });
+    }
+
+    /// Records the routes learned by [`Supervisor::learn_routes`].
+    pub(super) fn on_routes(&mut self, routes: Option<BTreeSet<String>>) {
+        if let Some(r) = &routes {
+            let missing: Vec<&str> = crate::ui::flavor::ModelKind::ALL
+                .iter()
+                .filter_map(|k| k.refresh_endpoint())
+                .filter(|ep| !r.contains(*ep))
+                .collect();
+            if !missing.is_empty() {
+                tracing::info!(routes = ?missing, "the UI lacks these refresh routes; they will not be called");
+            }
+        }
+        self.refresh.routes = routes;
+    }
+
+    /// Calls `endpoints` one after the other in a task (they wait for the UI's
+    /// queue lock); the results come back as [`Event::Refreshed`].
+    pub(super) fn spawn_refresh(&mut self, probe: Probe, endpoints: BTreeSet<&'static str>) {
+        if endpoints.is_empty() {
+            return;
+        }
+        self.tasks.spawn(async move {
+            let mut results = Vec::new();
+            for endpoint in endpoints {
+                let result = probe.refresh(endpoint).await.map_err(|e| match e {
+                    crate::ui::api::ProbeError::Status { status, body, .. } => {
+                        let body: String = body.chars().take(120).collect();
+                        format!("HTTP {status}: {body}")
+                    }
+                    other => other.to_string(),
+                });
+                results.push((endpoint, result));
+            }
+            Event::Refreshed(results)
+        });
+    }
+
+    /// Counts and reports refresh results; logs only when the condition changes.
+    pub(super) fn on_refreshed(&mut self, results: Vec<(&'static str, Result<(), String>)>) {
+        for (endpoint, result) in results {
+            self.on_refresh_result(endpoint, result);
+        }
+    }
+
+    fn on_refresh_result(&mut self, endpoint: &'static str, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                tracing::info!(endpoint, "model list refreshed");
+                if self.refresh.failed.remove(endpoint).is_some() {
+                    tracing::info!(endpoint, "model refresh works again");
+                }
+            }
+            Err(why) => {
+                self.refresh.failures += 1;
+                if self.refresh.failed.get(endpoint) != Some(&why) {
+                    tracing::info!(endpoint, error = %why, "model refresh failed (shown in the status; the UI rescans at its next start)");
+                } else {
+                    tracing::debug!(endpoint, error = %why, "model refresh failed again");
+                }
+                self.refresh.failed.insert(endpoint, why);
+            }
+        }
+    }
+}
