@@ -75,9 +75,18 @@ pub async fn attempt(
     verifying: impl FnOnce(),
 ) -> Result<(), Failure> {
     let final_path = cache_path(&place.data_dir, &download.sha256);
-    if let Ok(meta) = std::fs::metadata(&final_path) {
-        progress.done.store(meta.len(), Ordering::Relaxed);
-        progress.total.store(meta.len(), Ordering::Relaxed);
+    // Every file operation runs off the async thread: in the daemon that
+    // thread is also the core's, whose loop must never wait on the disk.
+    let probe = final_path.clone();
+    if let Ok(len) = blocking(move || {
+        std::fs::metadata(&probe)
+            .map(|m| m.len())
+            .map_err(|e| io_failure("stat", &probe, e))
+    })
+    .await
+    {
+        progress.done.store(len, Ordering::Relaxed);
+        progress.total.store(len, Ordering::Relaxed);
         return Ok(());
     }
     let part_path = cache::part_path(&place.data_dir, &download.sha256);
@@ -88,7 +97,7 @@ pub async fn attempt(
     let (mut resp, url) = match http::get(client, download, partial.len).await {
         Ok(answer) => answer,
         Err(failure) => {
-            forget_empty(&part_path, partial.len);
+            forget_empty(&part_path, partial.len).await;
             *carried = Some(partial);
             return Err(failure);
         }
@@ -108,8 +117,13 @@ pub async fn attempt(
         StatusCode::OK => {
             if partial.len > 0 {
                 // The server ignored Range: start over.
-                file.set_len(0)
-                    .map_err(|e| io_failure("truncate", &part_path, e))?;
+                let part = part_path.clone();
+                file = blocking(move || {
+                    file.set_len(0)
+                        .map_err(|e| io_failure("truncate", &part, e))?;
+                    Ok(file)
+                })
+                .await?;
                 partial = Partial::new();
                 progress.done.store(0, Ordering::Relaxed);
             }
@@ -121,7 +135,7 @@ pub async fn attempt(
             Some(partial.len)
         }
         status => {
-            forget_empty(&part_path, partial.len);
+            forget_empty(&part_path, partial.len).await;
             *carried = Some(partial);
             return Err(Failure::Http {
                 status: status.as_u16(),
@@ -300,9 +314,9 @@ fn content_range(resp: &reqwest::Response) -> Option<(u64, Option<u64>)> {
 
 /// Removes a `.part` that never got a byte, so a refused download leaves
 /// nothing behind.
-fn forget_empty(part: &Path, len: u64) {
+async fn forget_empty(part: &Path, len: u64) {
     if len == 0 {
-        let _ = std::fs::remove_file(part);
+        let _ = tokio::fs::remove_file(part).await;
     }
 }
 
