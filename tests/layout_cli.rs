@@ -475,3 +475,71 @@ fn switching_flavor_removes_the_links_left_in_the_old_folders_only() {
     assert_eq!(code, 0);
     assert!(stdout.contains(": 0 changes"), "{stdout}");
 }
+
+/// Unmounts a read-only bind mount when dropped (also when the test fails).
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &Path) -> ReadOnly {
+        let run = |args: &[&str]| {
+            let st = std::process::Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount {args:?} (the test needs root)");
+        };
+        run(&["--bind"]);
+        let guard = ReadOnly(dir.to_path_buf());
+        run(&["-o", "remount,ro,bind"]);
+        guard
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_failing_link_stops_nothing_else_is_named_and_a_later_layout_completes_it() {
+    let f = Fixture::new();
+    let decls = [
+        f.model("checkpoints", "pony.safetensors"),
+        f.model("loras", "detail.safetensors"),
+        f.model("loras", "style.safetensors"),
+        f.model("embeddings", "neg.pt"),
+    ];
+    f.write_config("forge", &decls, "CLIP_stop_at_last_layers = 2");
+    let lora = f.data.join("models/Lora");
+    fs::create_dir_all(&lora).unwrap();
+    let guard = ReadOnly::mount(&lora);
+    let (code, _stdout, stderr) = f.layout();
+    assert_ne!(code, 0, "{stderr}");
+    for key in [
+        r#"models.loras."detail.safetensors""#,
+        r#"models.loras."style.safetensors""#,
+    ] {
+        assert!(stderr.contains(key), "{key} not named: {stderr}");
+    }
+    assert_eq!(
+        f.link("models/Stable-diffusion/pony.safetensors"),
+        decls[0].target
+    );
+    assert_eq!(f.link("embeddings/neg.pt"), decls[3].target);
+    assert!(
+        f.data.join("config.json").exists(),
+        "settings not written after a failed link: {stderr}"
+    );
+    let recorded = manifest_links(&f.data);
+    assert_eq!(recorded.len(), 2, "manifest: {recorded:?}");
+
+    drop(guard);
+    let (code, _, stderr) = f.layout();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(f.link("models/Lora/detail.safetensors"), decls[1].target);
+    assert_eq!(f.link("models/Lora/style.safetensors"), decls[2].target);
+    assert_eq!(manifest_links(&f.data).len(), 4);
+}

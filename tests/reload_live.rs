@@ -314,3 +314,148 @@ fn a_settings_change_while_the_ui_starts_reaches_the_ui() {
         (get_json(s.conf.port, "/sdapi/v1/options")["samples_format"] == "jpg").then_some(())
     });
 }
+
+/// Unmounts a read-only bind mount when dropped (also when the test fails).
+struct ReadOnly(std::path::PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &std::path::Path) -> ReadOnly {
+        let run = |args: &[&str]| {
+            let st = std::process::Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .status()
+                .expect("run mount");
+            assert!(st.success(), "mount {args:?} (the test needs root)");
+        };
+        run(&["--bind"]);
+        let guard = ReadOnly(dir.to_path_buf());
+        run(&["-o", "remount,ro,bind"]);
+        guard
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A link that cannot be made (its folder is read-only) stops no other link;
+/// the reload's outcome and `status` name the model key that failed, and the
+/// next reload after the cause is gone completes the layout.
+#[test]
+fn a_failing_link_is_reported_by_reload_and_status_and_stops_no_other() {
+    let mut s = Scenario::new("link-fails", "a1111");
+    s.start();
+    s.wait_listening(1, SECS(20));
+    let lora_dir = s.conf.data_dir.join("models/Lora");
+    std::fs::create_dir_all(&lora_dir).expect("create the LoRA folder");
+    let guard = ReadOnly::mount(&lora_dir);
+
+    let ckpt = model_file(&s, "a.safetensors");
+    let lora = model_file(&s, "detail.safetensors");
+    s.conf
+        .models
+        .entry("checkpoints".into())
+        .or_default()
+        .insert("a.safetensors".into(), ckpt.clone());
+    s.conf
+        .models
+        .entry("loras".into())
+        .or_default()
+        .insert("detail.safetensors".into(), lora.clone());
+    s.write_config();
+    let socket = s.conf.socket.clone();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sd-webui-supervisor"))
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .expect("run the client")
+    };
+    // The watcher reloads the written file (a `reload` right after it races
+    // with it and may find the file unchanged): read the outcome from status.
+    let key = r#"models.loras."detail.safetensors""#;
+    let last = s.wait(SECS(10), "the reload's outcome", || {
+        let out = cli(&["status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let last = st["last_reload"].clone();
+        last["applied_live"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+            .then_some(last)
+    });
+    assert_eq!(last["result"], "applied", "{last}");
+    let named = last["errors"].as_array().is_some_and(|e| {
+        e.iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains(key)))
+    });
+    assert!(named, "the failed link is not named: {last}");
+    let link = s
+        .conf
+        .data_dir
+        .join("models/Stable-diffusion/a.safetensors");
+    assert_eq!(std::fs::read_link(&link).ok(), Some(ckpt));
+    let status = cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains(key), "status does not name it:\n{text}");
+    assert!(
+        text.contains("1 link failed"),
+        "status does not say a link failed:\n{text}"
+    );
+    assert!(
+        text.contains("last reload incomplete (1 error; see status)"),
+        "the status line does not say the reload is incomplete:\n{text}"
+    );
+
+    drop(guard);
+    s.conf.settings.insert("jpeg_quality".into(), 91.into());
+    s.write_config();
+    let lora_link = lora_dir.join("detail.safetensors");
+    s.wait(SECS(10), "the LoRA link after the next reload", || {
+        (std::fs::read_link(&lora_link).ok() == Some(lora.clone())).then_some(())
+    });
+    assert_untouched(&s);
+}
+
+/// `control.*` is set up once, at start: a reload that changes
+/// `control.socket` says the change takes effect at the next start (not
+/// "applied live"), and the daemon keeps answering on the socket it has.
+#[test]
+fn a_control_socket_change_is_reported_for_the_next_start() {
+    let mut s = Scenario::new("socket-change", "a1111");
+    s.start();
+    s.wait_listening(1, SECS(20));
+    let old = s.conf.socket.clone();
+    let new = s.path("other.sock");
+    s.conf.socket = new.clone();
+    s.write_config();
+    let cli = |socket: &std::path::Path, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sd-webui-supervisor"))
+            .args(args)
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .expect("run the client")
+    };
+    // The watcher reloads the written file: read the outcome from status.
+    let last = s.wait(SECS(10), "the reload's outcome", || {
+        let out = cli(&old, &["status", "--json"]);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let last = st["last_reload"].clone();
+        (last["result"] == "applied").then_some(last)
+    });
+    assert_eq!(last["next_start"], json!(["control.socket"]), "{last}");
+    assert_eq!(last["applied_live"], json!([]), "{last}");
+    let text = cli(&old, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("takes effect at the next start: control.socket"),
+        "{text}"
+    );
+    assert!(!new.exists(), "a socket appeared at {}", new.display());
+    assert_untouched(&s);
+}

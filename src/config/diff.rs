@@ -31,6 +31,9 @@ pub struct ConfigDiff {
     /// Changes only the supervisor uses (`restart.*`, `control.*`, the UI timeouts,
     /// `data.permissions`): applied to the supervisor, nothing happens to the UI.
     pub supervisor_only: Vec<String>,
+    /// Changes the running daemon cannot take (`control.*`: the control plane is
+    /// set up once, at start): they take effect when the daemon next starts.
+    pub next_start: Vec<String>,
 }
 
 impl ConfigDiff {
@@ -41,6 +44,7 @@ impl ConfigDiff {
             && self.models_changed.is_empty()
             && self.restart_reasons.is_empty()
             && self.supervisor_only.is_empty()
+            && self.next_start.is_empty()
     }
 
     /// Some change can only take effect in a new UI process.
@@ -91,6 +95,7 @@ impl fmt::Display for ConfigDiff {
             ("live", self.live_changes()),
             ("restart", self.restart_reasons.clone()),
             ("supervisor", self.supervisor_only.clone()),
+            ("next start", self.next_start.clone()),
             ("no longer managed", self.settings_unmanaged.clone()),
         ];
         let mut first = true;
@@ -238,7 +243,7 @@ fn control(d: &mut ConfigDiff, old: &ControlConfig, new: &ControlConfig) {
         token_file,
         max_connections,
     } = new;
-    let s = &mut d.supervisor_only;
+    let s = &mut d.next_start;
     note(s, "control.socket", old.socket != *socket);
     note(s, "control.dbus", old.dbus != *dbus);
     note(s, "control.http_listen", old.http_listen != *http_listen);

@@ -196,7 +196,17 @@ fn timeouts_permissions_restart_and_control_are_supervisor_only() {
     new.control.token_file = Some("/run/token".into());
     let d = diff(&old, &new);
     assert!(!d.needs_restart());
-    assert_eq!(d.supervisor_only.len(), 11, "{d}");
+    assert_eq!(d.supervisor_only.len(), 7, "{d}");
+    assert_eq!(
+        d.next_start,
+        [
+            "control.socket",
+            "control.dbus",
+            "control.http_listen",
+            "control.token_file"
+        ],
+        "{d}"
+    );
     assert!(d.live_changes().is_empty());
 }
 
@@ -492,6 +502,10 @@ proptest! {
             prop_assert!(d.supervisor_only.is_empty() && d.settings_changed.is_empty());
         } else if name == "settings" {
             prop_assert!(!d.is_empty() && !d.needs_restart());
+        } else if name.starts_with("control.") {
+            prop_assert_eq!(&d.next_start, &vec![name.to_string()]);
+            prop_assert!(d.supervisor_only.is_empty());
+            prop_assert!(!d.needs_restart() && d.live_changes().is_empty());
         } else {
             prop_assert_eq!(&d.supervisor_only, &vec![name.to_string()]);
             prop_assert!(!d.needs_restart() && d.live_changes().is_empty());

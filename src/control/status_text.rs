@@ -88,6 +88,7 @@ where
             let lists = [
                 ("applied live", &r.applied_live),
                 ("needs restart", &r.needs_restart),
+                ("takes effect at the next start", &r.next_start),
                 ("unknown settings (not sent)", &r.unknown_settings),
             ];
             for (name, list) in lists.into_iter().filter(|(_, l)| !l.is_empty()) {

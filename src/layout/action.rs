@@ -1,7 +1,7 @@
 //! The steps a layout is made of, each printable as one line (`layout --dry-run`).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::report::{Conflict, Dangling, Wanted};
 
@@ -96,6 +96,26 @@ impl Action {
     /// Whether carrying the action out writes to the filesystem.
     pub fn writes(&self) -> bool {
         !matches!(self, Action::Conflict(_) | Action::Dangling(_))
+    }
+
+    /// The link a link action is about (its record in the manifest is keyed by it).
+    pub(crate) fn link_path(&self) -> Option<&Path> {
+        match self {
+            Action::CreateLink { path, .. }
+            | Action::ReplaceLink { path, .. }
+            | Action::RemoveLink { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The config entry a link action serves: a failure names it.
+    pub(crate) fn link_wanted(&self) -> Option<&Wanted> {
+        match self {
+            Action::CreateLink { wanted, .. }
+            | Action::ReplaceLink { wanted, .. }
+            | Action::RemoveLink { wanted, .. } => Some(wanted),
+            _ => None,
+        }
     }
 }
 

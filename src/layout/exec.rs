@@ -23,7 +23,7 @@ use super::manifest;
 use super::plan::Plan;
 use super::report::{Conflict, LayoutReport, Wanted};
 use super::scan::lstat_entry;
-use super::{LayoutError, fsio};
+use super::{LayoutError, LinkFailure, LinkFailures, fsio};
 
 /// Creates the data dir and the supervisor's state dir when missing (they must
 /// exist before the lock can be taken); returns how many were created.
@@ -100,12 +100,9 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
         fsio::par_map_if(many, &links, |group| {
             let mut out = Vec::with_capacity(group.len());
             for &i in group {
-                let outcome = link_action(&plan.actions[i]);
-                let failed = outcome.is_err();
-                out.push((i, outcome));
-                if failed {
-                    break;
-                }
+                // A failing link never stops the others: each is recorded
+                // as done or not, and the next layout completes the rest.
+                out.push((i, link_action(&plan.actions[i])));
             }
             out
         })
@@ -113,8 +110,12 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
         .flatten()
         .collect();
     let mut outcome_of = vec![None; plan.actions.len()];
+    let mut failed = Vec::new();
     for (i, outcome) in outcomes {
-        outcome_of[i] = Some(outcome?);
+        match outcome {
+            Ok(o) => outcome_of[i] = Some(o),
+            Err(error) => failed.push((i, error)),
+        }
     }
 
     let mut lost = Vec::new();
@@ -151,6 +152,23 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
             let rel = path.strip_prefix(data_dir).unwrap_or(path);
             finish.remove(&*rel.to_string_lossy());
         }
+        // A failed link action left the link as it was before the layout.
+        let start = plan.start();
+        for (i, _) in &failed {
+            let Some(path) = plan.actions[*i].link_path() else {
+                continue;
+            };
+            let rel = path.strip_prefix(data_dir).unwrap_or(path);
+            let rel = rel.to_string_lossy();
+            match start.get(&*rel) {
+                Some(owned) => {
+                    finish.insert(rel.clone().into_owned(), owned.clone());
+                }
+                None => {
+                    finish.remove(&*rel);
+                }
+            }
+        }
         manifest::write(data_dir, &finish, &Default::default())?;
         report.actions_applied += 1;
     }
@@ -173,7 +191,17 @@ pub(crate) fn execute(plan: Plan) -> Result<LayoutReport, LayoutError> {
         }
         report.actions_applied += 1;
     }
-    Ok(report)
+    if failed.is_empty() {
+        return Ok(report);
+    }
+    let failures = failed
+        .into_iter()
+        .filter_map(|(i, error)| {
+            let wanted = plan.actions[i].link_wanted()?.clone();
+            Some(LinkFailure { wanted, error })
+        })
+        .collect();
+    Err(LayoutError::Links(LinkFailures(failures)))
 }
 
 /// One link action; the disk is re-checked so nothing new is clobbered.

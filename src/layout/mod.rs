@@ -68,6 +68,44 @@ pub enum LayoutError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Some links could not be made, replaced or removed; everything else was
+    /// done and the manifest records exactly what stands, so a later layout
+    /// completes the rest.
+    #[error(transparent)]
+    Links(LinkFailures),
+}
+
+/// One link action that failed, with the config entry it served.
+#[derive(Debug)]
+pub struct LinkFailure {
+    /// The config entry (`models.<kind>."<name>"`, `extensions."<name>"`).
+    pub wanted: Wanted,
+    /// What failed.
+    pub error: LayoutError,
+}
+
+/// Every link action of one layout that failed (never empty).
+#[derive(Debug)]
+pub struct LinkFailures(pub Vec<LinkFailure>);
+
+impl std::fmt::Display for LinkFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} link{} failed", if n == 1 { "" } else { "s" })?;
+        for (i, l) in self.0.iter().enumerate() {
+            let sep = if i == 0 { ": " } else { "; " };
+            write!(f, "{sep}{}: {}", l.wanted, l.error)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LinkFailures {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .first()
+            .map(|l| &l.error as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl LayoutError {

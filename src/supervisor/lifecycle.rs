@@ -138,7 +138,13 @@ impl Supervisor {
                 .map_err(|e| format!("layout task failed: {e}"))
                 .and_then(|r| {
                     r.map_err(|e| {
-                        transient = is_transient(&e);
+                        // A transient failure of any one link is retried.
+                        transient = match &e {
+                            crate::layout::LayoutError::Links(l) => {
+                                l.0.iter().any(|f| is_transient(&f.error))
+                            }
+                            e => is_transient(e),
+                        };
                         format!("layout failed: {e}")
                     })
                 });

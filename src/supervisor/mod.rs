@@ -417,6 +417,11 @@ impl Supervisor {
                 .and_then(|p| p.deadline_unix)
                 .map(local_hhmm),
             reload_rejected: self.reload_rejected.as_deref(),
+            reload_errors: self
+                .last_reload
+                .as_ref()
+                .filter(|r| r.result == crate::supervisor::protocol::ReloadResult::Applied)
+                .map_or(0, |r| r.errors.len()),
             conflicts: self.conflicts.len(),
             downloads: download_part.as_deref(),
             missing_targets: self.missing_targets.len(),

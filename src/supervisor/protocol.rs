@@ -151,6 +151,9 @@ pub struct ReloadOutcome {
     pub needs_restart: Vec<String>,
     /// Live settings the UI did not know, so they were not sent.
     pub unknown_settings: Vec<String>,
+    /// Changes that take effect when the daemon next starts (`control.*`).
+    #[serde(default)]
+    pub next_start: Vec<String>,
 }
 
 /// Everything the supervisor tells the world about itself.

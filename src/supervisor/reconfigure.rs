@@ -75,6 +75,7 @@ impl Supervisor {
             applied_live: Vec::new(),
             needs_restart: Vec::new(),
             unknown_settings: Vec::new(),
+            next_start: Vec::new(),
         };
         let text = match text {
             Ok(t) => t,
@@ -117,6 +118,10 @@ impl Supervisor {
             .applied_live
             .extend(change.supervisor_only.iter().cloned());
         outcome.needs_restart = change.restart_reasons.clone();
+        outcome.next_start = change.next_start.clone();
+        if !outcome.next_start.is_empty() {
+            tracing::warn!(changed = ?outcome.next_start, "these changes take effect when the daemon next starts");
+        }
         let live = running_flavor.filter(|f| f.has_options_api());
         let applying = Applying {
             reply,

@@ -27,6 +27,9 @@ pub struct StatusInput<'a> {
     pub deadline_local: Option<String>,
     /// First validation error of the last rejected reload, with the count of others.
     pub reload_rejected: Option<&'a str>,
+    /// Errors of the last reload that was applied (a link that failed, say):
+    /// the config is in force but not everything it asks for is done.
+    pub reload_errors: usize,
     /// Number of layout conflicts.
     pub conflicts: usize,
     /// Downloads in words (`downloading 2 (3.1/13.0 GB)`), while there is news.
@@ -83,6 +86,13 @@ pub fn render(s: &StatusInput<'_>) -> String {
     }
     if let Some(r) = s.reload_rejected {
         parts.push(format!("reload rejected: {r}"));
+    }
+    if s.reload_errors > 0 {
+        parts.push(format!(
+            "last reload incomplete ({} error{}; see status)",
+            s.reload_errors,
+            if s.reload_errors == 1 { "" } else { "s" }
+        ));
     }
     if s.conflicts > 0 {
         parts.push(format!(

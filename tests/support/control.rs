@@ -145,6 +145,7 @@ pub fn outcome(result: &str) -> ReloadOutcome {
         },
         needs_restart: vec![],
         unknown_settings: vec![],
+        next_start: vec![],
     }
 }
 
@@ -198,6 +199,7 @@ pub fn busy_pending() -> Snapshot {
         last_reload: Some(ReloadOutcome {
             needs_restart: vec!["ui.extra_args".into(), "extensions".into()],
             unknown_settings: vec!["made_up_key".into()],
+            next_start: vec![],
             ..outcome("applied")
         }),
         layout_conflicts: vec![

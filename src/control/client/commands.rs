@@ -134,6 +134,7 @@ fn report_reload(o: &ReloadOutcome) -> ExitCode {
     let lists = [
         ("applied live", &o.applied_live),
         ("restart scheduled for", &o.needs_restart),
+        ("takes effect at the next start", &o.next_start),
         (
             "settings the UI does not know (not sent)",
             &o.unknown_settings,
@@ -141,6 +142,15 @@ fn report_reload(o: &ReloadOutcome) -> ExitCode {
     ];
     for (name, list) in lists.into_iter().filter(|(_, l)| !l.is_empty()) {
         println!("{name}: {}", list.join(", "));
+    }
+    if !o.errors.is_empty() {
+        // The new config is in force, but not everything it asks for is done
+        // (a link that could not be made): a script must notice.
+        eprintln!("reload applied, but not everything could be done:");
+        for e in &o.errors {
+            eprintln!("{e}");
+        }
+        return ExitCode::from(EXIT_FAILED);
     }
     ExitCode::SUCCESS
 }
