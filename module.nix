@@ -72,10 +72,12 @@ let
     }
   );
 
-  credentials = lib.filterAttrs (_: v: v != null) {
-    api-auth = cfg.apiAuthFile;
-    control-token = cfg.control.tokenFile;
-  };
+  credentials =
+    lib.filterAttrs (_: v: v != null) {
+      api-auth = cfg.apiAuthFile;
+      control-token = cfg.control.tokenFile;
+    }
+    // shared.downloadCredentials cfg;
 
   # The supervisor package ships the bus policy for the default user and
   # group. For others, a copy with the names replaced (at build time, so the

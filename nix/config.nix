@@ -62,8 +62,36 @@ let
       sampler_name = img.samplerName;
     };
   flavorsFor = kind: builtins.filter (f: builtins.elem kind kindsOf.${f}) (builtins.attrNames kindsOf);
+
+  # Models the supervisor downloads at run time are attribute sets; paths and
+  # packages are strings once merged (the option type coerces them).
+  isDownload = builtins.isAttrs;
+  # One credential per distinct token file, named by its path's hash so the
+  # id is a valid file name whatever the model is called.
+  tokenId = file: "download-token-${builtins.substring 0 16 (builtins.hashString "sha256" file)}";
+  downloadsOf =
+    cfg:
+    lib.concatMap (kind: builtins.filter isDownload (builtins.attrValues cfg.models.${kind})) (
+      builtins.attrNames cfg.models
+    );
+  tokenFilesOf =
+    cfg: lib.unique (builtins.filter (f: f != null) (map (d: d.tokenFile) (downloadsOf cfg)));
+  renderModel =
+    credentialPath: v:
+    if isDownload v then
+      {
+        inherit (v) url sha256;
+        token_header = v.tokenHeader;
+      }
+      // optionalAttrs (v.tokenFile != null) { token_file = credentialPath (tokenId v.tokenFile); }
+    else
+      v;
 in
 {
+  # The download token files of `cfg` as credentials: id -> file on the host.
+  downloadCredentials =
+    cfg: lib.listToAttrs (map (f: lib.nameValuePair (tokenId f) f) (tokenFilesOf cfg));
+
   # Where the supervisor's control socket is, on a host and in a container.
   inherit controlSocket;
 
@@ -102,7 +130,10 @@ in
         dir = cfg.dataDir;
         permissions = cfg.dataPermissions;
       };
-      models = nonEmpty cfg.models;
+      models = nonEmpty (builtins.mapAttrs (_: builtins.mapAttrs (_: renderModel credentialPath)) cfg.models);
+      downloads = optionalAttrs (downloadsOf cfg != [ ] || cfg.downloads.maxConcurrent != 2) {
+        max_concurrent = cfg.downloads.maxConcurrent;
+      };
       inherit (cfg) extensions settings;
       images = lib.mapAttrs (_: imageToml) cfg.images;
       restart = {

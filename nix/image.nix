@@ -56,7 +56,8 @@ let
   secretFiles = {
     api-auth = cfg.apiAuthFile;
     control-token = cfg.control.tokenFile;
-  };
+  }
+  // shared.downloadCredentials cfg;
   credentialPath = id: toString secretFiles.${id};
   secretInStore = lib.filterAttrs (
     _: p: p != null && (builtins.isPath p || lib.hasPrefix builtins.storeDir (toString p))

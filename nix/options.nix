@@ -40,6 +40,40 @@ let
       description = "package, store path or absolute path";
     };
 
+  # A model fetched by the supervisor at run time (gated models that need a
+  # token, or files too big to keep twice in the store). The token file is
+  # never read by Nix: it is handed to the unit with LoadCredential=.
+  downloadType = types.submodule {
+    options = {
+      url = mkOption {
+        type = types.str;
+        description = "Where to download the model (https; http only to a loopback host).";
+      };
+      sha256 = mkOption {
+        type = types.str;
+        description = ''The file's SHA-256: SRI ("sha256-..."), hex, or Nix base32 as in fetchurl.'';
+      };
+      tokenFile = mkOption {
+        type = types.nullOr (types.strMatching "/.*");
+        default = null;
+        description = ''
+          Absolute path (a string, never a Nix path, which would copy the
+          secret into the store) of a file holding the token, e.g. a
+          Civitai or Hugging Face token. Passed to the service with
+          `LoadCredential=` and sent only to the URL's own host.
+        '';
+      };
+      tokenHeader = mkOption {
+        type = types.str;
+        default = "Authorization";
+        description = ''Header carrying the token; "Authorization" sends "Bearer <token>".'';
+      };
+    };
+  };
+  modelType = types.either fileType downloadType // {
+    description = "package, store path, absolute path, or { url; sha256; tokenFile; }";
+  };
+
   # A single string, as in existing configs (`extraArgs = "--cuda-malloc";`),
   # is split on whitespace. It cannot quote, so a quote is an error instead
   # of an argument with a stray quote character in it.
@@ -296,7 +330,7 @@ in
     };
 
     models = mkOption {
-      type = types.attrsOf (types.attrsOf fileType);
+      type = types.attrsOf (types.attrsOf modelType);
       default = { };
       example = lib.literalExpression ''
         {
@@ -305,6 +339,11 @@ in
             hash = "sha256-...";
           };
           loras."add-detail.safetensors" = "/srv/models/add-detail.safetensors";
+          checkpoints."illustrious-xl.safetensors" = {
+            url = "https://civitai.com/api/download/models/889818?type=Model&format=SafeTensor";
+            sha256 = "sha256-...";
+            tokenFile = "/run/secrets/civitai-token";
+          };
         }
       '';
       description = ''
@@ -315,7 +354,18 @@ in
         ComfyUI), `diffusion_models` and `clip_vision` (ComfyUI). Changes
         apply without restarting the UI. Files you put there yourself are
         never touched.
+
+        A model may also be `{ url; sha256; tokenFile ? null; tokenHeader ?
+        "Authorization"; }`: the supervisor downloads it at run time into
+        its cache in the data directory, checks the hash, and links it once
+        it is complete; the UI starts meanwhile with what is present.
       '';
+    };
+
+    downloads.maxConcurrent = mkOption {
+      type = types.ints.between 1 64;
+      default = 2;
+      description = "At most this many models are downloaded at once.";
     };
 
     extensions = mkOption {

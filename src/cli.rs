@@ -96,6 +96,21 @@ pub enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
+    /// Start the running daemon's failed downloads again (a wrong hash, an
+    /// HTTP 401/403/404, a missing token file or a full disk are not retried
+    /// by themselves).
+    RetryDownloads {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Download every declared `{ url, sha256 }` model into the cache, lay out
+    /// the data dir, and exit: 0 when all are in, 1 when one failed.
+    FetchModels {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Render declared images (`[images.<name>]`) now, through the running
     /// daemon, once the UI is ready and idle; print their paths. Exit 1 with the
     /// UI's error when a render fails.
@@ -132,6 +147,10 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         },
         Command::Layout { config, dry_run } => crate::layout::command(&config, dry_run),
+        Command::FetchModels { config } => {
+            crate::logging::init();
+            crate::download::command::fetch_models(&config)
+        }
         Command::Run {
             config,
             handoff_fd,
@@ -152,6 +171,7 @@ pub fn main(cli: Cli) -> ExitCode {
         } => crate::handoff::check::check_mode(state_version, config.as_deref()),
         Command::Status { target, json } => client::run(&target, ClientAction::Status { json }),
         Command::Reload { target } => client::run(&target, ClientAction::Reload),
+        Command::RetryDownloads { target } => client::run(&target, ClientAction::RetryDownloads),
         Command::Restart { target, now, .. } => {
             let when = if now {
                 RestartWhen::Now

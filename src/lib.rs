@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod download;
 pub mod handoff;
 pub mod images;
 pub mod init;

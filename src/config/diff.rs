@@ -126,6 +126,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart: old_restart,
         control: old_control,
         supervisor: old_supervisor,
+        downloads: old_downloads,
         images: old_images,
     } = old;
     let Config {
@@ -137,6 +138,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart: new_restart,
         control: new_control,
         supervisor: new_supervisor,
+        downloads: new_downloads,
         images: new_images,
     } = new;
 
@@ -151,6 +153,13 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     restart(&mut d, old_restart, new_restart);
     control(&mut d, old_control, new_control);
     supervisor(&mut d, old_supervisor, new_supervisor);
+    // A new hash also changes the model's target (its cache file), which the
+    // models diff sees; URLs, tokens and the limit are the download manager's.
+    note(
+        &mut d.supervisor_only,
+        "downloads",
+        old_downloads != new_downloads,
+    );
     // Declared images are rendered by the supervisor through the running UI: the
     // core re-checks their fingerprints after every applied reload.
     note(&mut d.supervisor_only, "images", old_images != new_images);

@@ -420,6 +420,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     max_connections: 128,
                 },
                 supervisor: Default::default(),
+                downloads: Default::default(),
                 images: BTreeMap::new(),
             }
         },

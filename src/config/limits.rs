@@ -31,6 +31,10 @@ pub const EXEC_BYTES_MAX: usize = 1 << 20;
 /// in the deepest folder under the data dir.
 pub const TEMP_NAME_ROOM: usize = 64;
 
+/// Longest download URL, in bytes: common servers and proxies refuse request
+/// lines much past 8 KiB, so a longer URL could never be fetched.
+pub const URL_MAX: usize = 8 * 1024;
+
 /// Most GPUs `ui.gpus` may list.
 pub const GPUS_MAX: usize = 256;
 

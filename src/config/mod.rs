@@ -9,6 +9,7 @@
 mod checker;
 mod diagnostics;
 pub mod diff;
+pub mod download;
 mod images;
 pub mod limits;
 mod raw;
@@ -49,6 +50,27 @@ pub struct Config {
     pub supervisor: supervisor::SupervisorConfig,
     /// Declared images (`[images.<name>]`), rendered by the running UI.
     pub images: BTreeMap<String, ImageConfig>,
+    /// Models fetched at run time (their `models` entry targets the cache file).
+    pub downloads: DownloadsConfig,
+}
+
+/// `[downloads]` and the download form of model entries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DownloadsConfig {
+    /// At most this many downloads run at once.
+    pub max_concurrent: usize,
+    /// kind → file name → what to fetch; each also has a `models` entry whose
+    /// target is its cache file, so the layout links it like a store model.
+    pub models: BTreeMap<ModelKind, BTreeMap<String, download::Download>>,
+}
+
+impl Default for DownloadsConfig {
+    fn default() -> Self {
+        DownloadsConfig {
+            max_concurrent: download::DEFAULT_MAX_CONCURRENT,
+            models: BTreeMap::new(),
+        }
+    }
 }
 
 /// `[ui]`: the UI process.

@@ -13,6 +13,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::diagnostics::{At, Problem};
+use super::download::{DOWNLOADS_KEYS, RawDownloads, RawModel};
 
 /// The parsed document, kept to locate problems by key path.
 pub type Doc<'a> = Spanned<DeTable<'a>>;
@@ -89,12 +90,13 @@ pub struct RawConfig {
     pub present: Vec<String>,
     pub ui: Option<RawUi>,
     pub data: Option<RawData>,
-    pub models: BTreeMap<String, BTreeMap<String, String>>,
+    pub models: BTreeMap<String, BTreeMap<String, RawModel>>,
     pub extensions: BTreeMap<String, String>,
     pub settings: toml::Table,
     pub restart: RawRestart,
     pub control: RawControl,
     pub supervisor: super::supervisor::RawSupervisor,
+    pub downloads: RawDownloads,
     /// `[images.<name>]`, read image by image.
     pub images: BTreeMap<String, super::images::RawImage>,
 }
@@ -155,6 +157,11 @@ pub const SECTIONS: &[Section] = &[
         read: |de, raw| {
             super::supervisor::RawSupervisor::deserialize(de).map(|v| raw.supervisor = v)
         },
+    },
+    Section {
+        name: "downloads",
+        keys: DOWNLOADS_KEYS,
+        read: |de, raw| RawDownloads::deserialize(de).map(|v| raw.downloads = v),
     },
     // Read image by image in `parse` (one bad image must not hide the next).
     Section {

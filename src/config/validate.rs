@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use super::checker::Checker;
 use super::diagnostics::{At, Problem, Seg};
+use super::download::{self, Download, RawModel};
 use super::limits;
 use super::raw::{RawConfig, RawControl, RawData, RawRestart};
 use super::validate_ui::ui_config;
 use super::{
     Config, ControlConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_SOCKET, DataConfig, DbusBus,
-    MAX_CONNECTIONS_LIMIT, RestartConfig, RestartPolicy, UiConfig,
+    DownloadsConfig, MAX_CONNECTIONS_LIMIT, RestartConfig, RestartPolicy, UiConfig,
 };
 use crate::ui::flavor::{Flavor, ModelKind};
 
@@ -43,7 +44,18 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         .as_ref()
         .and_then(|d| d.dir.to_str())
         .filter(|d| d.starts_with('/') && !d.contains('\0') && limits::path(d).is_none());
-    let models = models(&mut c, flavor, data_dir, raw.models);
+    let (mut models, downloads) = models(&mut c, flavor, data_dir, raw.models);
+    let max_concurrent = download::downloads_section(&raw.downloads)
+        .map_err(|m| c.value(["downloads", "max_concurrent"], m))
+        .unwrap_or(download::DEFAULT_MAX_CONCURRENT);
+    if let Some(data) = &data {
+        for (kind, files) in &downloads {
+            let table = models.entry(*kind).or_default();
+            for (name, d) in files {
+                table.insert(name.clone(), download::cache_path(&data.dir, &d.sha256));
+            }
+        }
+    }
     let extensions_dir = flavor.map(Flavor::extensions_dir);
     let extensions = named_paths(
         &mut c,
@@ -77,6 +89,10 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         restart,
         control,
         supervisor,
+        downloads: DownloadsConfig {
+            max_concurrent,
+            models: downloads,
+        },
         images: BTreeMap::new(),
     })
 }
@@ -140,13 +156,21 @@ fn data_config(c: &mut Checker<'_>, flavor: Option<Flavor>, raw: RawData) -> Opt
     })
 }
 
+/// Kind → name → target, and kind → name → download for the download form
+/// (whose targets are filled in once the data dir is known).
+type Models = (
+    BTreeMap<ModelKind, BTreeMap<String, PathBuf>>,
+    BTreeMap<ModelKind, BTreeMap<String, Download>>,
+);
+
 fn models(
     c: &mut Checker<'_>,
     flavor: Option<Flavor>,
     data_dir: Option<&str>,
-    raw: BTreeMap<String, BTreeMap<String, String>>,
-) -> BTreeMap<ModelKind, BTreeMap<String, PathBuf>> {
+    raw: BTreeMap<String, BTreeMap<String, RawModel>>,
+) -> Models {
     let mut out = BTreeMap::new();
+    let mut downloads: BTreeMap<ModelKind, BTreeMap<String, Download>> = BTreeMap::new();
     for (kind_name, files) in raw {
         let Some(kind) = ModelKind::parse(&kind_name) else {
             let known: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
@@ -182,11 +206,28 @@ fn models(
             {
                 c.link_fits(&path, data_dir, folder, &name);
             }
-            table.insert(name, c.absolute(&path, &target));
+            match target {
+                RawModel::Path(target) => {
+                    table.insert(name, c.absolute(&path, &target));
+                }
+                RawModel::Invalid(msg) => c.value(path, msg),
+                RawModel::Download(raw) => match download::download(raw) {
+                    Ok(d) => {
+                        downloads.entry(kind).or_default().insert(name, d);
+                    }
+                    Err(problems) => {
+                        for (key, msg) in problems {
+                            let mut at = path.clone();
+                            at.push(key.into());
+                            c.value(at, msg);
+                        }
+                    }
+                },
+            }
         }
         out.insert(kind, table);
     }
-    out
+    (out, downloads)
 }
 
 /// `(data dir, folder)`: where the links of a named-paths section go.

@@ -175,6 +175,14 @@ impl Supervisor1 {
         Ok(())
     }
 
+    /// Start failed model downloads again (`retry-downloads`); returns how many.
+    /// Per-model progress is in `Status()`'s `downloads`.
+    #[zbus(out_args("retried"))]
+    async fn retry_downloads(&self) -> Result<u32, MethodError> {
+        let n = self.core.retry_downloads().await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     /// The full status as JSON, the same document as `GET /v1/status`.
     #[zbus(out_args("json"))]
     async fn status(&self) -> Result<String, MethodError> {

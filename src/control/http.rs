@@ -29,6 +29,7 @@ pub fn router(handle: CoreHandle) -> Router {
         .route(protocol::RELOAD, post(reload))
         .route(protocol::RESTART, post(restart))
         .route(protocol::WAIT_IDLE, get(wait_idle))
+        .route(protocol::RETRY_DOWNLOADS, post(retry_downloads))
         .route(protocol::DRAIN, post(drain))
         .route(protocol::GENERATE, post(generate))
         .route(protocol::METRICS, get(prometheus))
@@ -112,6 +113,15 @@ async fn restart(
     };
     let status_line = core.restart(request.when).await?;
     Ok(Json(RestartReply { status_line }))
+}
+
+/// `POST /v1/retry-downloads`: failed downloads start again (a wrong hash, a
+/// 401 or a full disk is not retried by itself).
+async fn retry_downloads(
+    State(core): State<CoreHandle>,
+) -> Result<Json<protocol::RetryReply>, ApiError> {
+    let retried = core.retry_downloads().await?;
+    Ok(Json(protocol::RetryReply { retried }))
 }
 
 /// `POST /v1/generate` with `{"names": [...], "force": bool}`: 200 with the paths

@@ -125,6 +125,7 @@ pub fn render(s: &Snapshot) -> String {
         "1 while the supervisor drains for a stop (/readyz answers 503), else 0.",
         bool_value(s.draining),
     );
+    downloads(&mut out, s);
     out.single(
         "images_declared",
         "gauge",
@@ -144,6 +145,70 @@ pub fn render(s: &Snapshot) -> String {
         out.sample("images", &[("state", state)], n as f64);
     }
     out.text
+}
+
+/// Per-model download progress; the families appear once a model is declared
+/// with a url (the label values are the config's own names, never the URL).
+fn downloads(out: &mut Exposition, s: &Snapshot) {
+    if s.downloads.is_empty() {
+        return;
+    }
+    out.family(
+        "download_bytes_done",
+        "gauge",
+        "Bytes of a model download on disk.",
+    );
+    for m in &s.downloads {
+        let kind = m.kind.to_string();
+        out.sample(
+            "download_bytes_done",
+            &[("kind", &kind), ("name", &m.name)],
+            m.bytes_done as f64,
+        );
+    }
+    out.family(
+        "download_bytes_total",
+        "gauge",
+        "Size of a model download; absent until a server said.",
+    );
+    for m in &s.downloads {
+        if let Some(total) = m.bytes_total {
+            let kind = m.kind.to_string();
+            out.sample(
+                "download_bytes_total",
+                &[("kind", &kind), ("name", &m.name)],
+                total as f64,
+            );
+        }
+    }
+    out.family(
+        "download_rate_bytes",
+        "gauge",
+        "Bytes per second of a model download over its current attempt.",
+    );
+    for m in &s.downloads {
+        let kind = m.kind.to_string();
+        out.sample(
+            "download_rate_bytes",
+            &[("kind", &kind), ("name", &m.name)],
+            m.rate,
+        );
+    }
+    out.family(
+        "download_state",
+        "gauge",
+        "A model download's state, one-hot over all states.",
+    );
+    for m in &s.downloads {
+        let kind = m.kind.to_string();
+        for phase in crate::download::Phase::ALL {
+            out.sample(
+                "download_state",
+                &[("kind", &kind), ("name", &m.name), ("state", phase.name())],
+                bool_value(m.state == phase),
+            );
+        }
+    }
 }
 
 fn bool_value(b: bool) -> f64 {

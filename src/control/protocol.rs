@@ -19,6 +19,8 @@ pub const RELOAD: &str = "/v1/reload";
 pub const RESTART: &str = "/v1/restart";
 /// Path of the wait-idle route.
 pub const WAIT_IDLE: &str = "/v1/wait-idle";
+/// Path of the retry-downloads route.
+pub const RETRY_DOWNLOADS: &str = "/v1/retry-downloads";
 /// Path of the generate route (declared images).
 pub const GENERATE: &str = "/v1/generate";
 /// Path of the Prometheus route.
@@ -75,6 +77,13 @@ impl Default for RestartRequest {
 pub struct RestartReply {
     /// The status line (as in `systemctl status`).
     pub status_line: String,
+}
+
+/// Answer of `POST /v1/retry-downloads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryReply {
+    /// Failed downloads started again.
+    pub retried: usize,
 }
 
 /// Body of `POST /v1/generate`: which declared images to render now (all when

@@ -81,9 +81,15 @@ impl<'c> Desired<'c> {
         // Validation guarantees every kind has a folder for the flavor.
         let models = config.models.iter().filter_map(|(kind, files)| {
             let dir = flavor.model_dir(*kind)?;
+            let downloads = config.downloads.models.get(kind);
             Some(
                 files
                     .iter()
+                    .filter(move |(name, target)| {
+                        // A download not yet finished is not linked at all: the
+                        // UI lists only what it can load.
+                        downloads.is_none_or(|d| !d.contains_key(*name)) || target.is_file()
+                    })
                     .map(move |(name, target)| (join(dir, name), target, Some(*kind))),
             )
         });

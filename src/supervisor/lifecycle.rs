@@ -181,6 +181,7 @@ impl Supervisor {
             match w {
                 LayoutWaiter::Start(start) => self.launch(start, error.clone()),
                 LayoutWaiter::Reload(applying) => self.finish_reload(applying, error.clone()),
+                LayoutWaiter::Downloads => self.downloads_linked(error.as_deref()),
             }
         }
     }
@@ -412,6 +413,7 @@ impl Supervisor {
                     self.timers.probe_at(Some(Instant::now()));
                 }
             }
+            Event::Download(ev) => self.on_download(ev),
             Event::SettingsSynced(done) => self.on_settings_synced(done),
             Event::HandoffChecked(checked) => self.on_handoff_checked(checked),
             Event::Gone { status, then } => {

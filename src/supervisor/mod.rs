@@ -13,6 +13,7 @@
 //! [`timers`] the clock, [`status_line`] the one-line truth.
 
 mod crash;
+mod downloads;
 mod handoff;
 mod images;
 mod lifecycle;
@@ -99,6 +100,8 @@ enum LayoutWaiter {
     Start(u64),
     /// A reload answers once its config is laid out, then applies the live part.
     Reload(reconfigure::Applying),
+    /// Finished downloads get linked; the UI then rescans their kinds.
+    Downloads,
 }
 
 /// The last queue reading and whether a probe is out.
@@ -168,6 +171,11 @@ pub struct Supervisor {
     layout_transient: bool,
     /// Draining for a stop: set once, never cleared.
     draining: bool,
+    /// Models fetched at run time; created when the config first declares one.
+    downloads: Option<crate::download::Manager>,
+    /// Model kinds whose downloads finished since the last relayout for them:
+    /// refreshed together once it is done.
+    downloaded: std::collections::BTreeSet<crate::ui::flavor::ModelKind>,
     /// Declared images: their state and the render in progress.
     images: images::Images,
 }
@@ -234,6 +242,7 @@ impl Supervisor {
             crashes: 0,
             reloads: BTreeMap::new(),
             last_time_to_ready_ms: None,
+            downloads: Vec::new(),
             missing_targets: Vec::new(),
             refresh_failed: None,
             refresh_failures: 0,
@@ -272,6 +281,8 @@ impl Supervisor {
             reloads_in_flight: 0,
             exit_service: false,
             adopting: None,
+            downloads: None,
+            downloaded: Default::default(),
             transient: transient::Retry::default(),
             refresh: refresh::RefreshState::default(),
             missing_targets: Vec::new(),
@@ -297,6 +308,8 @@ impl Supervisor {
         shutdown: impl Future<Output = ()>,
     ) -> Ended {
         tokio::pin!(shutdown);
+        // Downloads run beside the UI, which starts with what is present.
+        self.apply_downloads();
         match self.adopting.take() {
             Some(adopting) => self.finish_adoption(adopting),
             None => self.start_ui(),
@@ -344,6 +357,7 @@ impl Supervisor {
                 ui,
                 pending.and_then(Pending::deadline),
                 pending.and_then(|p| p.grace_end(grace)),
+                self.next_progress(now),
             ],
         )
     }
@@ -359,6 +373,9 @@ impl Supervisor {
             self.notifier.extend_timeout(timers::EXTEND_EVERY * 6);
         }
         self.on_timers(now);
+        if self.timers.take_relink(now) {
+            self.request_layout(Some(LayoutWaiter::Downloads));
+        }
     }
 
     /// Builds and publishes the snapshot; sends `STATUS=` when it changed.
@@ -416,6 +433,8 @@ impl Supervisor {
         } else {
             None
         };
+        let downloads = self.download_progress();
+        let download_part = crate::download::summary::status_part(&downloads);
         let status_line = render(&StatusInput {
             phase: Some(phase),
             reason: reason.as_deref(),
@@ -436,6 +455,7 @@ impl Supervisor {
                 .filter(|r| r.result == crate::supervisor::protocol::ReloadResult::Applied)
                 .map_or(0, |r| r.errors.len()),
             conflicts: self.conflicts.len(),
+            downloads: download_part.as_deref(),
             missing_targets: self.missing_targets.len(),
         });
         Snapshot {
@@ -461,6 +481,7 @@ impl Supervisor {
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
             last_time_to_ready_ms: self.last_time_to_ready_ms,
+            downloads,
             missing_targets: self.missing_targets.clone(),
             refresh_failed: self.refresh.failed(),
             refresh_failures: self.refresh.failures,
@@ -476,6 +497,9 @@ impl Supervisor {
                 self.request_restart(when);
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());
+            }
+            CoreCommand::RetryDownloads { reply } => {
+                let _ = reply.send(self.retry_downloads());
             }
             CoreCommand::Drain { reply } => {
                 if !self.draining {

@@ -195,6 +195,9 @@ pub struct Snapshot {
     pub reloads: BTreeMap<ReloadResult, u64>,
     /// Milliseconds from exec to ready for the last UI start.
     pub last_time_to_ready_ms: Option<u64>,
+    /// Models downloaded at run time, each with its progress and state.
+    #[serde(default)]
+    pub downloads: Vec<crate::download::ModelProgress>,
     /// Declared model files whose target does not exist (not linked), one line each.
     #[serde(default)]
     pub missing_targets: Vec<String>,
@@ -254,6 +257,11 @@ pub enum CoreCommand {
         when: RestartWhen,
         /// Receives the status line once the restart is scheduled (or started).
         reply: oneshot::Sender<String>,
+    },
+    /// Start failed downloads again (`retry-downloads`).
+    RetryDownloads {
+        /// Receives how many were restarted.
+        reply: oneshot::Sender<usize>,
     },
     /// Stop taking new work for good (the first half of a stop): `draining` in
     /// every snapshot from now on.
@@ -336,6 +344,13 @@ impl CoreHandle {
     pub async fn restart(&self, when: RestartWhen) -> Result<String, HandleError> {
         let (reply, rx) = oneshot::channel();
         self.send(CoreCommand::Restart { when, reply }).await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)
+    }
+
+    /// Starts failed downloads again; returns how many.
+    pub async fn retry_downloads(&self) -> Result<usize, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreCommand::RetryDownloads { reply }).await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 

@@ -131,6 +131,8 @@ impl Supervisor {
         self.config = new;
         self.config_hash = hash;
         self.config_text = text;
+        // Before the relayout, whose sweep removes the files of dropped downloads.
+        self.apply_downloads();
         self.reload_rejected = None;
         self.images_config_changed();
         if change.is_empty() {

@@ -32,6 +32,8 @@ pub struct StatusInput<'a> {
     pub reload_errors: usize,
     /// Number of layout conflicts.
     pub conflicts: usize,
+    /// Downloads in words (`downloading 2 (3.1/13.0 GB)`), while there is news.
+    pub downloads: Option<&'a str>,
     /// Number of declared model files whose target does not exist.
     pub missing_targets: usize,
 }
@@ -65,6 +67,9 @@ pub fn render(s: &StatusInput<'_>) -> String {
                 None => head.to_string(),
             });
         }
+    }
+    if let Some(d) = s.downloads {
+        parts.push(d.to_string());
     }
     if let Some(p) = s.pending {
         let mut line = format!("restart pending ({} changed)", p.reasons.join(", "));

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// Period of `EXTEND_TIMEOUT_USEC` messages before the first `READY=1`.
 pub const EXTEND_EVERY: Duration = Duration::from_secs(5);
+/// How long finished downloads are collected before one relayout links them all
+/// (at start, every model already in the cache reports done within moments).
+pub const RELINK_AFTER: Duration = Duration::from_millis(200);
 
 /// `now + d`, or `None` when that is beyond what an `Instant` can hold.
 pub fn after(now: Instant, d: Duration) -> Option<Instant> {
@@ -27,7 +30,8 @@ pub fn unix_after(d: Duration) -> u64 {
 }
 
 /// The periodic duties of the loop: the systemd watchdog, start-timeout
-/// extensions until the first `READY=1`, and the next UI probe.
+/// extensions until the first `READY=1`, the next UI probe, and the relayout
+/// that links finished downloads.
 #[derive(Debug)]
 pub struct Timers {
     watchdog_every: Option<Duration>,
@@ -36,6 +40,8 @@ pub struct Timers {
     next_extend: Option<Instant>,
     /// `None`: no probe scheduled.
     next_probe: Option<Instant>,
+    /// `None`: no finished download waits to be linked.
+    next_relink: Option<Instant>,
 }
 
 /// Which periodic duties are due.
@@ -55,6 +61,7 @@ impl Timers {
             next_watchdog: watchdog_every.and_then(|d| after(now, d)),
             next_extend: Some(now),
             next_probe: None,
+            next_relink: None,
         }
     }
 
@@ -76,6 +83,23 @@ impl Timers {
     /// Whether a probe is due at `now`.
     pub fn probe_due(&self, now: Instant) -> bool {
         self.next_probe.is_some_and(|p| now >= p)
+    }
+
+    /// A download finished: relink [`RELINK_AFTER`] from now, unless a relink
+    /// is already due (it takes this one along).
+    pub fn relink_soon(&mut self, now: Instant) {
+        if self.next_relink.is_none() {
+            self.next_relink = Some(after(now, RELINK_AFTER).unwrap_or(now));
+        }
+    }
+
+    /// Whether the relink is due at `now`; clears it when it is.
+    pub fn take_relink(&mut self, now: Instant) -> bool {
+        let due = self.next_relink.is_some_and(|r| now >= r);
+        if due {
+            self.next_relink = None;
+        }
+        due
     }
 
     /// Takes the watchdog and extension duties due at `now`, rescheduling them.
@@ -102,12 +126,17 @@ impl Timers {
         others: impl IntoIterator<Item = Option<Instant>>,
     ) -> Instant {
         let probe = self.next_probe.filter(|_| probing);
-        [self.next_watchdog, self.next_extend, probe]
-            .into_iter()
-            .chain(others)
-            .flatten()
-            .fold(after(now, IDLE_WAKE).unwrap_or(now), Instant::min)
-            .max(now)
+        [
+            self.next_watchdog,
+            self.next_extend,
+            probe,
+            self.next_relink,
+        ]
+        .into_iter()
+        .chain(others)
+        .flatten()
+        .fold(after(now, IDLE_WAKE).unwrap_or(now), Instant::min)
+        .max(now)
     }
 }
 
@@ -151,6 +180,26 @@ mod tests {
             t.next_wake(later, false, [None]),
             after(later, Duration::from_secs(30)).unwrap_or(later)
         );
+    }
+
+    #[test]
+    fn finished_downloads_close_together_share_one_relink() {
+        let now = Instant::now();
+        let mut t = Timers::new(now, None);
+        t.ready_sent();
+        assert!(!t.take_relink(now));
+        t.relink_soon(now);
+        let due = after(now, RELINK_AFTER).unwrap_or(now);
+        t.relink_soon(due);
+        assert_eq!(
+            t.next_wake(now, false, []),
+            due,
+            "the first finish sets the time"
+        );
+        assert!(!t.take_relink(now));
+        assert!(t.take_relink(due));
+        assert!(!t.take_relink(due), "taken once");
+        assert!(t.next_wake(due, false, []) > due);
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub enum Event {
     SettingsSynced(Synced),
     /// The new binary of a self-upgrade passed its check, or not.
     HandoffChecked(super::handoff::Checked),
+    /// A download finished or gave up (forwarded from the download manager).
+    Download(crate::download::Event),
     /// A declared image's render task ended.
     ImageDone {
         /// The image.

@@ -190,6 +190,27 @@ let
     apiAuthFile = "/run/secrets/forge-api-auth";
   };
 
+  # Models downloaded at run time, two sharing one token file.
+  withDownloads = {
+    models.checkpoints."pony.safetensors" = {
+      url = "https://civitai.com/api/download/models/290640?type=Model&format=SafeTensor";
+      sha256 = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+      tokenFile = "/run/secrets/civitai-token";
+    };
+    models.loras."detail.safetensors" = {
+      url = "https://civitai.com/api/download/models/1";
+      sha256 = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+      tokenFile = "/run/secrets/civitai-token";
+    };
+    models.vae."sdxl_vae.safetensors" = {
+      url = "https://huggingface.co/stabilityai/sdxl-vae/resolve/main/sdxl_vae.safetensors";
+      sha256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    };
+    models.embeddings."store.pt" = fakeModel;
+    downloads.maxConcurrent = 3;
+  };
+  tomlText = settings: (sd settings).configFile.env.unchecked.text;
+  downloadCreds = builtins.filter (lib.hasPrefix "download-token-") (sc withDownloads).LoadCredential;
   withImages = realistic // {
     images.cat = {
       prompt = "a cat on a windowsill";
@@ -262,6 +283,34 @@ let
     ]) (fingerprintOf [ ]))
     (eq "RestartForceExitStatus=75 (the service-restart exit)" (sc { }).RestartForceExitStatus "75")
 
+    (check "download: token file loaded once with LoadCredential" (
+      builtins.length downloadCreds == 1 && lib.hasSuffix ":/run/secrets/civitai-token" (builtins.head downloadCreds)
+    ) (sc withDownloads).LoadCredential)
+    (check "download: config points token_file at the credential" (
+      mentions [
+        ''"token_file" = "/run/credentials/sd-webui-forge.service/download-token-''
+        ''"url" = "https://civitai.com/api/download/models/290640?type=Model&format=SafeTensor"''
+        ''"max_concurrent" = 3''
+      ] (tomlText withDownloads)
+    ) (tomlText withDownloads))
+    (check "download: the token path itself is not in the config" (
+      !(lib.hasInfix "/run/secrets/civitai-token" (tomlText withDownloads))
+    ) (tomlText withDownloads))
+    (check "download: no token, no token_file" (
+      !(lib.hasInfix "token_file" (tomlText { models = { inherit (withDownloads.models) vae; }; }))
+    ) "")
+    (check "download: a Nix path as tokenFile is refused (it would copy the secret to the store)" (
+      throws (tomlText {
+        models.vae."v.safetensors" = {
+          url = "https://example.com/v";
+          sha256 = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+          tokenFile = ./toml.nix;
+        };
+      })
+    ) "")
+    (check "download: store models still render as paths" (
+      mentions [ ''"store.pt" = "/nix/store/'' ] (tomlText withDownloads)
+    ) (tomlText withDownloads))
     # Option defaults, as the Forge packaging's users know them.
     (eq "default user" (sd { }).user "sd-webui-forge")
     (eq "default group" (sd { }).group "sd-webui-forge")
@@ -657,6 +706,7 @@ let
       dataPermissions = "0750";
     }).configFile.env.unchecked.text;
     default = (sd { }).configFile.env.unchecked.text;
+    downloads = (sd withDownloads).configFile.env.unchecked.text;
     realistic = (sd realistic).configFile.env.unchecked.text;
     images = (sd withImages).configFile.env.unchecked.text;
     comfyui = (sd {

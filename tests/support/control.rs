@@ -45,6 +45,10 @@ impl FakeCore {
                         seen2.lock().unwrap().push(format!("restart {when}"));
                         let _ = reply.send(format!("ready; idle; restart scheduled ({when})"));
                     }
+                    CoreCommand::RetryDownloads { reply } => {
+                        seen2.lock().unwrap().push("retry-downloads".into());
+                        let _ = reply.send(1);
+                    }
                     CoreCommand::Drain { reply } => {
                         seen2.lock().unwrap().push("drain".into());
                         let _ = reply.send(());
@@ -169,6 +173,7 @@ pub fn ready_idle() -> Snapshot {
         crashes: 0,
         reloads: BTreeMap::new(),
         last_time_to_ready_ms: Some(12_345),
+        downloads: vec![],
         missing_targets: vec![],
         refresh_failed: None,
         refresh_failures: 0,

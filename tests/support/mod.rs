@@ -18,6 +18,8 @@
 //! - [`stats`]: a seeded generator and percentiles (soak test, benchmarks).
 //! - [`layout`]: the data-dir checks of the layout tests.
 //! - [`control`]: a fake core for the control-plane tests, and [`schema`].
+//! - [`download_server`]: a loopback file server for the download tests (Range,
+//!   token check, redirects, dropped connections, slow mode).
 //! - [`systemd`]: a real systemd as PID 1 in private namespaces.
 //!
 //! Each test binary uses a different subset.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod container;
 pub mod control;
 pub mod daemon;
+pub mod download_server;
 pub mod env;
 pub mod http;
 pub mod layout;

@@ -1,6 +1,7 @@
 //! The client subcommands as the CLI runs them: resolve the socket, make one
 //! request, print the answer for people (or JSON for scripts), pick the exit code.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,8 @@ pub enum ClientAction {
     Restart(RestartWhen),
     /// `wait-idle [--timeout DUR]`.
     WaitIdle(Option<Duration>),
+    /// `retry-downloads`.
+    RetryDownloads,
     /// `wait-idle --drain [--timeout DUR]`.
     Drain(Option<Duration>),
     /// `generate [NAME...] [--force]`: render declared images now.
@@ -61,6 +64,22 @@ async fn act(client: &Client, action: ClientAction) -> ExitCode {
         }),
         ClientAction::Status { json: false } => client.status().await.map(|s| {
             print!("{}", status_text::render(&s, now_unix()));
+            // A bar per download on a terminal; plain figures in a pipe.
+            let bar = if std::io::stdout().is_terminal() {
+                30
+            } else {
+                0
+            };
+            for line in crate::download::summary::lines(&s.downloads, bar) {
+                println!("{:<10} {line}", "Download:");
+            }
+            ExitCode::SUCCESS
+        }),
+        ClientAction::RetryDownloads => client.retry_downloads().await.map(|n| {
+            println!(
+                "{n} failed download{} started again",
+                if n == 1 { "" } else { "s" }
+            );
             ExitCode::SUCCESS
         }),
         ClientAction::Reload => client.reload().await.map(|outcome| report_reload(&outcome)),

@@ -174,6 +174,16 @@ impl Client {
             .map(|r| r.status_line)
     }
 
+    /// `POST /v1/retry-downloads`; returns how many failed downloads restarted.
+    pub async fn retry_downloads(&self) -> Result<usize, ClientError> {
+        let (status, body) = self
+            .call(Method::POST, protocol::RETRY_DOWNLOADS, None, QUICK)
+            .await?;
+        self.expect_ok(status, &body)?;
+        self.decode::<protocol::RetryReply>(status, &body)
+            .map(|r| r.retried)
+    }
+
     /// `GET /v1/wait-idle`, without limit when `timeout` is `None`.
     pub async fn wait_idle(&self, timeout: Option<Duration>) -> Result<WaitIdle, ClientError> {
         self.wait(Method::GET, protocol::WAIT_IDLE, timeout).await

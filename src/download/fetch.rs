@@ -1,0 +1,334 @@
+//! One attempt at one download: resume the `.part`, stream the body through a
+//! bounded channel to a blocking writer that appends and hashes, then verify,
+//! fsync and rename.
+//!
+//! Memory stays flat in the file size: at most [`WRITE_CHUNK`] bytes buffered by
+//! the writer plus [`IN_FLIGHT`] network chunks in the channel. Those are also
+//! all a `kill -9` can lose: everything written before is in the `.part`.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_RANGE;
+use sha2::Digest;
+use tokio::sync::mpsc;
+
+use super::http::{self, chain};
+use super::{Failure, cache, redact};
+use crate::config::download::{Download, Sha256, cache_path};
+
+/// Bytes collected before one `write(2)`.
+pub const WRITE_CHUNK: usize = 256 * 1024;
+/// Network chunks queued between the socket and the writer.
+const IN_FLIGHT: usize = 8;
+/// `total` while unknown.
+pub const UNKNOWN: u64 = u64::MAX;
+
+/// Bytes so far and expected, shared with whoever shows progress.
+#[derive(Debug)]
+pub struct Progress {
+    /// Bytes in the `.part` (or the whole file once done).
+    pub done: AtomicU64,
+    /// Size of the file, [`UNKNOWN`] until a response says.
+    pub total: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(UNKNOWN),
+        }
+    }
+}
+
+/// What the `.part` holds, carried from one attempt to the next so a resume
+/// in the same process does not re-read it.
+pub struct Partial {
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+/// Where and with what mode the cache lives.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// Mode for the folders created.
+    pub mode: u32,
+}
+
+/// Runs one attempt. `carried` is the hasher state left by the previous
+/// attempt (taken, and put back on failure). `verifying` is called once all
+/// bytes are in.
+pub async fn attempt(
+    client: &reqwest::Client,
+    place: &Place,
+    download: &Download,
+    carried: &mut Option<Partial>,
+    progress: &Arc<Progress>,
+    verifying: impl FnOnce(),
+) -> Result<(), Failure> {
+    let final_path = cache_path(&place.data_dir, &download.sha256);
+    // Every file operation runs off the async thread: in the daemon that
+    // thread is also the core's, whose loop must never wait on the disk.
+    let probe = final_path.clone();
+    if let Ok(len) = blocking(move || {
+        std::fs::metadata(&probe)
+            .map(|m| m.len())
+            .map_err(|e| io_failure("stat", &probe, e))
+    })
+    .await
+    {
+        progress.done.store(len, Ordering::Relaxed);
+        progress.total.store(len, Ordering::Relaxed);
+        return Ok(());
+    }
+    let part_path = cache::part_path(&place.data_dir, &download.sha256);
+    let (place2, part2, prev) = (place.clone(), part_path.clone(), carried.take());
+    let (mut file, mut partial) = blocking(move || open_part(&place2, &part2, prev)).await?;
+    progress.done.store(partial.len, Ordering::Relaxed);
+
+    let (mut resp, url) = match http::get(client, download, partial.len).await {
+        Ok(answer) => answer,
+        Err(failure) => {
+            forget_empty(&part_path, partial.len).await;
+            *carried = Some(partial);
+            return Err(failure);
+        }
+    };
+    let total = match resp.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            let (start, total) = content_range(&resp).unwrap_or((UNKNOWN, None));
+            if start != partial.len {
+                *carried = Some(partial);
+                return Err(Failure::Network(format!(
+                    "{} resumed at the wrong offset",
+                    redact(&url)
+                )));
+            }
+            total
+        }
+        StatusCode::OK => {
+            if partial.len > 0 {
+                // The server ignored Range: start over.
+                let part = part_path.clone();
+                file = blocking(move || {
+                    file.set_len(0)
+                        .map_err(|e| io_failure("truncate", &part, e))?;
+                    Ok(file)
+                })
+                .await?;
+                partial = Partial::new();
+                progress.done.store(0, Ordering::Relaxed);
+            }
+            resp.content_length()
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE if partial.len > 0 => {
+            // Everything may already be here (killed between the last byte and
+            // the rename): verify what there is.
+            Some(partial.len)
+        }
+        status => {
+            forget_empty(&part_path, partial.len).await;
+            *carried = Some(partial);
+            return Err(Failure::Http {
+                status: status.as_u16(),
+                url: redact(&url),
+            });
+        }
+    };
+    if let Some(total) = total {
+        progress.total.store(total, Ordering::Relaxed);
+    }
+    if resp.status() != StatusCode::RANGE_NOT_SATISFIABLE {
+        let (tx, rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+        let progress2 = Arc::clone(progress);
+        let writer = tokio::task::spawn_blocking(move || {
+            let result = write_all(&mut file, &mut partial, rx, &progress2);
+            (file, partial, result)
+        });
+        let mut network = None;
+        loop {
+            match resp.chunk().await {
+                Ok(Some(bytes)) => {
+                    if tx.send(bytes).await.is_err() {
+                        break; // the writer failed; it says why
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    network = Some(Failure::Network(format!(
+                        "{}: {}",
+                        redact(&url),
+                        chain(&e.without_url())
+                    )));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let (f, p, written) = writer
+            .await
+            .map_err(|e| Failure::Io(format!("writer task: {e}")))?;
+        (file, partial) = (f, p);
+        if let Err(e) = written {
+            *carried = Some(partial);
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => Failure::DiskFull,
+                _ => io_failure("write", &part_path, e),
+            });
+        }
+        if let Some(failure) = network {
+            *carried = Some(partial);
+            return Err(failure);
+        }
+        if let Some(total) = total
+            && partial.len != total
+        {
+            let got = partial.len;
+            *carried = Some(partial);
+            return Err(Failure::Network(format!(
+                "{}: body ended at {got} of {total} bytes",
+                redact(&url)
+            )));
+        }
+    }
+    verifying();
+    let expected = download.sha256;
+    let cache_dir = cache::dir(&place.data_dir);
+    blocking(move || finish(file, partial, expected, &part_path, &final_path, &cache_dir)).await
+}
+
+impl Partial {
+    fn new() -> Partial {
+        Partial {
+            hasher: sha2::Sha256::new(),
+            len: 0,
+        }
+    }
+}
+
+/// Opens (or creates) the `.part` for appending and brings the hasher up to
+/// its length: the carried one when it matches, else by reading the prefix once.
+fn open_part(
+    place: &Place,
+    path: &Path,
+    carried: Option<Partial>,
+) -> Result<(File, Partial), Failure> {
+    cache::ensure_dir(&place.data_dir, place.mode)
+        .map_err(|e| io_failure("create", &cache::dir(&place.data_dir), e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| io_failure("open", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| io_failure("stat", path, e))?
+        .len();
+    if let Some(p) = carried.filter(|p| p.len == len) {
+        return Ok((file, p));
+    }
+    let mut partial = Partial::new();
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| io_failure("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        partial.hasher.update(&buf[..n]);
+        partial.len += n as u64;
+    }
+    Ok((file, partial))
+}
+
+/// Appends what arrives, hashing each block once it is written. On a write
+/// error the file is cut back to what the hasher has seen.
+fn write_all(
+    file: &mut File,
+    partial: &mut Partial,
+    mut rx: mpsc::Receiver<Bytes>,
+    progress: &Progress,
+) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+    let mut flush = |buf: &mut Vec<u8>| -> io::Result<()> {
+        if let Err(e) = file.write_all(buf) {
+            let _ = file.set_len(partial.len);
+            return Err(e);
+        }
+        partial.hasher.update(&buf[..]);
+        partial.len += buf.len() as u64;
+        progress.done.store(partial.len, Ordering::Relaxed);
+        buf.clear();
+        Ok(())
+    };
+    while let Some(bytes) = rx.blocking_recv() {
+        buf.extend_from_slice(&bytes);
+        if buf.len() >= WRITE_CHUNK {
+            flush(&mut buf)?;
+        }
+    }
+    flush(&mut buf)
+}
+
+/// Checks the digest; renames into place (durably) on a match, deletes the
+/// `.part` on a mismatch.
+fn finish(
+    file: File,
+    partial: Partial,
+    expected: Sha256,
+    part: &Path,
+    dest: &Path,
+    dir: &Path,
+) -> Result<(), Failure> {
+    let got: [u8; 32] = partial.hasher.finalize().into();
+    if got != expected.0 {
+        drop(file);
+        std::fs::remove_file(part).map_err(|e| io_failure("remove", part, e))?;
+        return Err(Failure::Sha256Mismatch {
+            got: hex::encode(got),
+        });
+    }
+    file.sync_all().map_err(|e| io_failure("fsync", part, e))?;
+    drop(file);
+    std::fs::rename(part, dest).map_err(|e| io_failure("rename", part, e))?;
+    cache::fsync_dir(dir).map_err(|e| io_failure("fsync", dir, e))
+}
+
+/// `Content-Range: bytes START-END/TOTAL` → (START, TOTAL).
+fn content_range(resp: &reqwest::Response) -> Option<(u64, Option<u64>)> {
+    let value = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+    let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let start = range.split_once('-')?.0.trim().parse().ok()?;
+    Some((start, total.trim().parse().ok()))
+}
+
+/// Removes a `.part` that never got a byte, so a refused download leaves
+/// nothing behind.
+async fn forget_empty(part: &Path, len: u64) {
+    if len == 0 {
+        let _ = tokio::fs::remove_file(part).await;
+    }
+}
+
+fn io_failure(op: &str, path: &Path, e: io::Error) -> Failure {
+    Failure::Io(format!("cannot {op} {}: {e}", path.display()))
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure::Io(format!("file task: {e}")))?
+}

@@ -1,0 +1,300 @@
+//! Downloads in the real daemon (`run`) with the stand-in UI: the UI starts
+//! while a model still arrives from a slow server, the finished model is linked
+//! live and `refresh-checkpoints` called; a wrong digest fails and
+//! `retry-downloads` starts it again; the token never shows in the daemon's
+//! output, `status --json`, `/metrics` or the UI's `/proc/PID/{cmdline,environ}`.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sd_webui_supervisor::control::client::Client;
+use sd_webui_supervisor::download::Phase as Dl;
+use sd_webui_supervisor::supervisor::protocol::{Phase, Snapshot};
+use sha2::Digest;
+use support::download_server::Server;
+use support::{BIN, DaemonBuilder, free_port, read_record, stand_in};
+
+const SCHEMA: &str = include_str!("../docs/status.schema.json");
+const TOKEN: &str = "hf_Zq9-SECRET-TOKEN-41";
+
+async fn wait_status(client: &Client, what: &str, want: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Ok(s) = client.status().await {
+            if want(&s) {
+                return s;
+            }
+            last = Some(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what}: not reached; last status: {last:#?}");
+}
+
+fn model<'s>(s: &'s Snapshot, name: &str) -> &'s sd_webui_supervisor::download::ModelProgress {
+    s.downloads.iter().find(|m| m.name == name).unwrap()
+}
+
+fn recorded_paths(record: &Path) -> Vec<String> {
+    read_record(record)
+        .iter()
+        .filter(|r| r.event == "request")
+        .map(|r| r.path().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_links_a_download_live_and_keeps_the_token_secret() {
+    let body: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let hex = hex::encode(sha2::Sha256::digest(&body));
+    let srv = Server::start("127.0.0.1", body);
+    *srv.behaviour.require.lock().unwrap() =
+        Some(("authorization".into(), format!("Bearer {TOKEN}")));
+    *srv.behaviour.slow.lock().unwrap() = Some(Duration::from_millis(100));
+
+    let dir = tempfile::Builder::new()
+        .prefix("download-daemon-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let d = dir.path();
+    let token_file = d.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let socket = d.join("control.sock");
+    let data = d.join("data");
+    let record = data.join("record.jsonl");
+    let port = free_port();
+    let wrong = hex::encode(sha2::Sha256::digest(b"not this"));
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[ui]
+flavor = "forge"
+command = ["python3", "{stand_in}"]
+port = {port}
+environment = {{ STANDIN_RECORD = "{record}" }}
+startup_timeout = "1m"
+stop_timeout = "10s"
+[data]
+dir = "{data}"
+[control]
+socket = "{socket}"
+dbus = "off"
+[models.checkpoints]
+"slow.safetensors" = {{ url = "{url}", sha256 = "{hex}", token_file = "{token}" }}
+[models.loras]
+"wrong.safetensors" = {{ url = "{url}?X-Sig=SIGNED", sha256 = "{wrong}", token_file = "{token}" }}
+"#,
+            stand_in = stand_in().display(),
+            record = record.display(),
+            data = data.display(),
+            socket = socket.display(),
+            url = srv.url("/file"),
+            token = token_file.display(),
+        ),
+    )
+    .unwrap();
+    let log = d.join("daemon.log");
+    let daemon = DaemonBuilder::new(
+        config.clone(),
+        log.clone(),
+        format!("STANDIN_RECORD={}", record.display()),
+    )
+    .env("RUST_LOG", "debug")
+    .spawn();
+    let client = Client::new(&socket);
+
+    // The UI does not wait for the slow download.
+    let s = wait_status(&client, "ready while downloading", |s| {
+        s.state == Phase::Ready
+            && s.downloads.len() == 2
+            && model(s, "slow.safetensors").state == Dl::Downloading
+    })
+    .await;
+    assert!(
+        s.status_line.contains("; downloading 2 ("),
+        "{}",
+        s.status_line
+    );
+    let link = data.join("models/Stable-diffusion/slow.safetensors");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "linked before it is complete"
+    );
+    let ui_pid = s.ui_pid.unwrap();
+
+    // The wrong digest fails, named, and is not retried by itself.
+    let s = wait_status(&client, "mismatch reported", |s| {
+        model(s, "wrong.safetensors").state == Dl::Failed
+    })
+    .await;
+    let reason = model(&s, "wrong.safetensors").reason.clone().unwrap();
+    assert!(reason.starts_with("sha256 mismatch"), "{reason}");
+    assert!(
+        s.status_line.contains("1 download failed"),
+        "{}",
+        s.status_line
+    );
+
+    // Full speed: the model is linked live and the UI refreshed.
+    *srv.behaviour.slow.lock().unwrap() = None;
+    let s = wait_status(&client, "download done", |s| {
+        model(s, "slow.safetensors").state == Dl::Done
+    })
+    .await;
+    assert_eq!(s.ui_pid, Some(ui_pid), "no UI restart for a download");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !recorded_paths(&record)
+        .iter()
+        .any(|p| p == "/sdapi/v1/refresh-checkpoints")
+    {
+        assert!(Instant::now() < deadline, "no refresh-checkpoints call");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        data.join(".sd-webui-supervisor/downloads").join(&hex)
+    );
+
+    // retry-downloads starts the failed one again.
+    let wrong_requests = || {
+        srv.requests()
+            .iter()
+            .filter(|r| r.path.contains("X-Sig"))
+            .count()
+    };
+    assert_eq!(wrong_requests(), 1);
+    let out = Command::new(BIN)
+        .args(["retry-downloads", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 failed download started again"));
+    wait_status(&client, "failed again after the retry", |_| {
+        wrong_requests() == 2
+    })
+    .await;
+
+    // The token is nowhere to be seen.
+    let json = Command::new(BIN)
+        .args(["status", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(json.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(SCHEMA).unwrap();
+    let problems = support::schema::violations(&schema, &doc);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let metrics = client.metrics().await.unwrap();
+    assert!(
+        metrics.contains(r#"sd_webui_supervisor_download_state{kind="checkpoints",name="slow.safetensors",state="done"} 1"#),
+        "{metrics}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{ui_pid}/cmdline")).unwrap();
+    let environ = std::fs::read(format!("/proc/{ui_pid}/environ")).unwrap();
+    daemon.terminate(Duration::from_secs(20));
+    let output = std::fs::read_to_string(&log).unwrap();
+    for (what, text) in [
+        ("daemon output", output.as_str()),
+        ("status --json", &String::from_utf8_lossy(&json.stdout)),
+        ("/metrics", &metrics),
+        ("UI cmdline", &String::from_utf8_lossy(&cmdline)),
+        ("UI environ", &String::from_utf8_lossy(&environ)),
+    ] {
+        assert!(!text.contains(TOKEN), "the token is in the {what}");
+        assert!(!text.contains("SIGNED"), "a URL query is in the {what}");
+    }
+    assert!(
+        output.contains("wrong.safetensors"),
+        "failures are logged by name"
+    );
+}
+
+/// Models already in the cache at start report done together: they share one
+/// relayout (not one per model), and the UI starts with them linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_models_at_start_share_one_relayout() {
+    let dir = tempfile::Builder::new()
+        .prefix("download-cached-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let d = dir.path();
+    let data = d.join("data");
+    let cache = data.join(".sd-webui-supervisor/downloads");
+    std::fs::create_dir_all(&cache).unwrap();
+    let mut models = String::new();
+    for i in 0..6 {
+        let body = format!("cached model {i}");
+        let hex = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+        std::fs::write(cache.join(&hex), body).unwrap();
+        // Port 9 (discard): nothing may be fetched for a cached file.
+        models.push_str(&format!(
+            "\"m{i}.safetensors\" = {{ url = \"http://127.0.0.1:9/m{i}\", sha256 = \"{hex}\" }}\n"
+        ));
+    }
+    let socket = d.join("control.sock");
+    let record = data.join("record.jsonl");
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[ui]
+flavor = "forge"
+command = ["python3", "{stand_in}"]
+port = {port}
+environment = {{ STANDIN_RECORD = "{record}" }}
+startup_timeout = "1m"
+stop_timeout = "10s"
+[data]
+dir = "{data}"
+[control]
+socket = "{socket}"
+dbus = "off"
+[models.checkpoints]
+{models}"#,
+            stand_in = stand_in().display(),
+            port = free_port(),
+            record = record.display(),
+            data = data.display(),
+            socket = socket.display(),
+        ),
+    )
+    .unwrap();
+    let log = d.join("daemon.log");
+    let daemon = DaemonBuilder::new(
+        config.clone(),
+        log.clone(),
+        format!("STANDIN_RECORD={}", record.display()),
+    )
+    .env("RUST_LOG", "sd_webui_supervisor=debug")
+    .spawn();
+    let client = Client::new(&socket);
+    wait_status(&client, "ready with every download done", |s| {
+        s.state == Phase::Ready
+            && s.downloads.len() == 6
+            && s.downloads.iter().all(|m| m.state == Dl::Done)
+    })
+    .await;
+    for i in 0..6 {
+        let link = data.join(format!("models/Stable-diffusion/m{i}.safetensors"));
+        assert!(link.exists(), "{} not linked", link.display());
+    }
+    // Give a late relayout the time to show up before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    daemon.terminate(Duration::from_secs(20));
+    let output = std::fs::read_to_string(&log).unwrap();
+    let layouts = output.lines().filter(|l| l.contains("layout done")).count();
+    // The start's own layout, and one for every cached model together.
+    assert!(
+        layouts <= 2,
+        "{layouts} layouts for 6 cached models:\n{output}"
+    );
+}
