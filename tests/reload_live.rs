@@ -315,33 +315,6 @@ fn a_settings_change_while_the_ui_starts_reaches_the_ui() {
     });
 }
 
-/// Unmounts a read-only bind mount when dropped (also when the test fails).
-struct ReadOnly(std::path::PathBuf);
-
-impl ReadOnly {
-    fn mount(dir: &std::path::Path) -> ReadOnly {
-        let run = |args: &[&str]| {
-            let st = std::process::Command::new("mount")
-                .args(args)
-                .arg(dir)
-                .arg(dir)
-                .status()
-                .expect("run mount");
-            assert!(st.success(), "mount {args:?} (the test needs root)");
-        };
-        run(&["--bind"]);
-        let guard = ReadOnly(dir.to_path_buf());
-        run(&["-o", "remount,ro,bind"]);
-        guard
-    }
-}
-
-impl Drop for ReadOnly {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A link that cannot be made (its folder is read-only) stops no other link;
 /// the reload's outcome and `status` name the model key that failed, and the
 /// next reload after the cause is gone completes the layout.
@@ -352,7 +325,9 @@ fn a_failing_link_is_reported_by_reload_and_status_and_stops_no_other() {
     s.wait_listening(1, SECS(20));
     let lora_dir = s.conf.data_dir.join("models/Lora");
     std::fs::create_dir_all(&lora_dir).expect("create the LoRA folder");
-    let guard = ReadOnly::mount(&lora_dir);
+    let Some(guard) = support::mounts::ReadOnly::mount(&lora_dir) else {
+        return;
+    };
 
     let ckpt = model_file(&s, "a.safetensors");
     let lora = model_file(&s, "detail.safetensors");

@@ -17,6 +17,7 @@
 //! - [`http`]: a tiny HTTP client for submitting jobs to the stand-in.
 //! - [`stats`]: a seeded generator and percentiles (soak test, benchmarks).
 //! - [`layout`]: the data-dir checks of the layout tests.
+//! - [`mounts`]: a folder made read-only by a bind mount (root only).
 //! - [`control`]: a fake core for the control-plane tests, and [`schema`].
 //! - [`download_server`]: a loopback file server for the download tests (Range,
 //!   token check, redirects, dropped connections, slow mode).
@@ -33,6 +34,7 @@ pub mod download_server;
 pub mod env;
 pub mod http;
 pub mod layout;
+pub mod mounts;
 pub mod notify;
 pub mod procs;
 pub mod record;
