@@ -51,7 +51,13 @@ gap_systemd() {
   why=$(scripts/systemd-sandbox check 2>&1) && return 0
   echo "$why" | paste -sd ';' | sed 's/;/; /g'
 }
-gap_nix() { command -v nix-instantiate >/dev/null || echo "needs nix-instantiate (apt-get install nix-bin)"; }
+gap_nix() {
+  command -v nix-instantiate >/dev/null || { echo "needs nix-instantiate (apt-get install nix-bin)"; return; }
+  # Debian's nix-bin is a root-owned single-user store: other users cannot use it.
+  local err
+  err=$(nix-instantiate --eval -E 1 2>&1 >/dev/null) ||
+    echo "nix-instantiate does not work for $(id -un): $(echo "$err" | head -1)"
+}
 
 # Runs the suite unless one of the gaps says why not.
 need() {
