@@ -14,7 +14,8 @@
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -83,11 +84,27 @@ fn parse_journal_stream(value: &str) -> Option<(u64, u64)> {
     Some((dev.trim().parse().ok()?, ino.trim().parse().ok()?))
 }
 
-/// Installs the global subscriber for the daemon: `RUST_LOG` filters (default
-/// `info`), the form follows [`Stderr::current`]. If the journal socket cannot be
-/// opened, falls back to plain text on stderr, which systemd still captures.
+/// The `RUST_LOG` filter: a default level and `target=level` pairs, e.g. `debug`
+/// or `info,sd_webui_supervisor::download=debug` (default `info`). Targets only,
+/// no span or field patterns: those need a regex engine the daemon has no other
+/// use for, and it would sit in memory for the life of the process.
+fn filter() -> Targets {
+    let default = || Targets::new().with_default(Level::INFO);
+    match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse().unwrap_or_else(|e| {
+            eprintln!(
+                "{IDENTIFIER}: RUST_LOG={spec:?} is not a list of LEVEL or TARGET=LEVEL ({e}); logging at info"
+            );
+            default()
+        }),
+        _ => default(),
+    }
+}
+
+/// Installs the global subscriber for the daemon: `RUST_LOG` filters (see
+/// [`filter`]), the form follows [`Stderr::current`]. If the journal socket cannot
+/// be opened, falls back to plain text on stderr, which systemd still captures.
 pub fn init() {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let sink = Stderr::current().sink();
     if sink == Sink::Journal {
         match tracing_journald::layer() {
@@ -104,15 +121,15 @@ pub fn init() {
             Err(e) => eprintln!("{IDENTIFIER}: cannot log to the journal ({e}); logging to stderr"),
         }
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter())
+    let text = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(sink == Sink::Terminal);
+    let registry = tracing_subscriber::registry().with(filter());
     if sink == Sink::Journal {
         // The journal stamps each line itself.
-        builder.without_time().init();
+        registry.with(text.without_time()).init();
     } else {
-        builder.init();
+        registry.with(text).init();
     }
 }
 
