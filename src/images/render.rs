@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{ImageConfig, Txt2img, Workflow};
 use crate::ui::api::ApiAuth;
+use crate::ui::loopback::{Answer, Loopback, LoopbackError};
 
 /// The longest one render may take (a large model on a slow GPU, behind a queue).
 const RENDER_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -48,24 +49,14 @@ pub struct Rendered {
 /// An HTTP client for one UI, for renders.
 #[derive(Debug, Clone)]
 pub struct Renderer {
-    client: reqwest::Client,
-    base: String,
-    auth: Option<ApiAuth>,
+    client: Loopback,
 }
 
 impl Renderer {
     /// A renderer for the UI on `127.0.0.1:port`.
     pub fn new(port: u16, auth: Option<ApiAuth>) -> Renderer {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(RENDER_TIMEOUT)
-            .build()
-            .unwrap_or_default();
         Renderer {
-            client,
-            base: format!("http://127.0.0.1:{port}"),
-            auth,
+            client: Loopback::new(port, auth),
         }
     }
 
@@ -79,24 +70,20 @@ impl Renderer {
 
     async fn txt2img(&self, t: &Txt2img) -> Result<Rendered, RenderError> {
         let path = "/sdapi/v1/txt2img";
-        let mut req = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(&txt2img_body(t));
-        if let Some(a) = &self.auth {
-            req = req.basic_auth(&a.user, Some(&a.password));
-        }
-        let answer = self.json(path, req).await?;
+        let body = txt2img_body(t).to_string().into_bytes();
+        let answer = self.client.post(path, Some(body), RENDER_TIMEOUT).await;
+        let answer = json(path, answer)?;
         parse_txt2img(&answer).map_err(|e| RenderError::Ui(format!("{path}: {e}")))
     }
 
     async fn workflow(&self, w: &Workflow) -> Result<Rendered, RenderError> {
         let body = json!({ "prompt": w.graph, "client_id": CLIENT_ID });
-        let req = self
+        let body = body.to_string().into_bytes();
+        let answer = self
             .client
-            .post(format!("{}/prompt", self.base))
-            .json(&body);
-        let answer = self.json("/prompt", req).await?;
+            .post("/prompt", Some(body), RENDER_TIMEOUT)
+            .await;
+        let answer = json("/prompt", answer)?;
         let Some(id) = answer.get("prompt_id").and_then(Value::as_str) else {
             return Err(RenderError::Ui(format!(
                 "/prompt: no prompt_id in {}",
@@ -115,12 +102,13 @@ impl Renderer {
                 "the workflow finished without an image (does it end in SaveImage?)".into(),
             ));
         };
-        let req = self.client.get(format!("{}/view", self.base)).query(&[
-            ("filename", filename.as_str()),
-            ("subfolder", subfolder.as_str()),
-            ("type", kind.as_str()),
-        ]);
-        let png = self.bytes("/view", req).await?;
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("filename", &filename)
+            .append_pair("subfolder", &subfolder)
+            .append_pair("type", &kind)
+            .finish();
+        let answer = self.get(&format!("/view?{query}")).await;
+        let png = bytes("/view", answer)?.to_vec();
         if !png.starts_with(PNG_SIGNATURE) {
             return Err(RenderError::Ui(format!("/view: {filename} is not a PNG")));
         }
@@ -136,8 +124,7 @@ impl Renderer {
     async fn await_history(&self, id: &str) -> Result<Map<String, Value>, RenderError> {
         let path = format!("/history/{id}");
         for round in 0u64.. {
-            let req = self.client.get(format!("{}{path}", self.base));
-            let answer = self.json(&path, req).await?;
+            let answer = json(&path, self.get(&path).await)?;
             if let Some(Value::Object(entry)) = answer.get(id) {
                 let done = entry
                     .get("status")
@@ -149,8 +136,7 @@ impl Renderer {
             } else if round % 8 == 7 && !self.comfy_queued(id).await? {
                 // Written under the same lock that removes it from the queue:
                 // one more look tells a deleted prompt from a finished one.
-                let req = self.client.get(format!("{}{path}", self.base));
-                if let Some(Value::Object(entry)) = self.json(&path, req).await?.get(id) {
+                if let Some(Value::Object(entry)) = json(&path, self.get(&path).await)?.get(id) {
                     return Ok(entry.clone());
                 }
                 return Err(RenderError::Ui(format!(
@@ -163,8 +149,7 @@ impl Renderer {
     }
 
     async fn comfy_queued(&self, id: &str) -> Result<bool, RenderError> {
-        let req = self.client.get(format!("{}/queue", self.base));
-        let queue = self.json("/queue", req).await?;
+        let queue = json("/queue", self.get("/queue").await)?;
         let has = |key: &str| {
             queue
                 .get(key)
@@ -178,30 +163,28 @@ impl Renderer {
         Ok(has("queue_running") || has("queue_pending"))
     }
 
-    async fn bytes(
-        &self,
-        path: &str,
-        req: reqwest::RequestBuilder,
-    ) -> Result<Vec<u8>, RenderError> {
-        let gone = |e: reqwest::Error| RenderError::Unreachable(format!("{path}: {e}"));
-        let resp = req.send().await.map_err(gone)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(gone)?;
-        if !status.is_success() {
-            return Err(RenderError::Ui(format!(
-                "{path}: HTTP {}: {}",
-                status.as_u16(),
-                error_text(&bytes)
-            )));
-        }
-        Ok(bytes.to_vec())
+    async fn get(&self, path: &str) -> Result<Answer, LoopbackError> {
+        self.client.get(path, RENDER_TIMEOUT).await
     }
+}
 
-    async fn json(&self, path: &str, req: reqwest::RequestBuilder) -> Result<Value, RenderError> {
-        let bytes = self.bytes(path, req).await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| RenderError::Ui(format!("{path}: not JSON: {e}")))
+/// The body of a successful answer; the UI's error otherwise.
+fn bytes(path: &str, answer: Result<Answer, LoopbackError>) -> Result<bytes::Bytes, RenderError> {
+    let answer = answer.map_err(|e| RenderError::Unreachable(format!("{path}: {e}")))?;
+    if !answer.is_success() {
+        return Err(RenderError::Ui(format!(
+            "{path}: HTTP {}: {}",
+            answer.status,
+            error_text(&answer.body)
+        )));
     }
+    Ok(answer.body)
+}
+
+/// The JSON of a successful answer.
+fn json(path: &str, answer: Result<Answer, LoopbackError>) -> Result<Value, RenderError> {
+    let body = bytes(path, answer)?;
+    serde_json::from_slice(&body).map_err(|e| RenderError::Ui(format!("{path}: not JSON: {e}")))
 }
 
 /// The txt2img request: the declared parameters over `extra`, one PNG back, the

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ui::flavor::Flavor;
+use crate::ui::loopback::{Answer, Loopback, LoopbackError};
 
 /// The UI's generation queue as last probed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +39,7 @@ pub enum ProbeError {
         path: String,
         /// The transport error.
         #[source]
-        source: reqwest::Error,
+        source: LoopbackError,
     },
     /// The UI answered with an error status.
     #[error("{path}: HTTP {status}: {body}")]
@@ -93,10 +94,8 @@ impl ApiAuth {
 /// A probe client for one UI instance.
 #[derive(Debug, Clone)]
 pub struct Probe {
-    client: reqwest::Client,
-    base: String,
+    client: Loopback,
     flavor: Flavor,
-    auth: Option<ApiAuth>,
 }
 
 /// Timeout of readiness and queue probes: a loaded UI answers these in milliseconds.
@@ -105,16 +104,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 impl Probe {
     /// A client for the UI on `127.0.0.1:port`.
     pub fn new(flavor: Flavor, port: u16, auth: Option<ApiAuth>) -> Probe {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
         Probe {
-            client,
-            base: format!("http://127.0.0.1:{port}"),
+            client: Loopback::new(port, auth),
             flavor,
-            auth,
         }
     }
 
@@ -201,11 +193,8 @@ impl Probe {
     }
 
     async fn get(&self, path: &str) -> Result<Value, ProbeError> {
-        let req = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .timeout(PROBE_TIMEOUT);
-        self.send(path, req).await
+        let answer = self.client.get(path, PROBE_TIMEOUT).await;
+        decode(path, answer)
     }
 
     async fn post(
@@ -214,47 +203,37 @@ impl Probe {
         body: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, ProbeError> {
-        let mut req = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .timeout(timeout);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        self.send(path, req).await
+        let json = body.map(|b| b.to_string().into_bytes());
+        let answer = self.client.post(path, json, timeout).await;
+        decode(path, answer)
     }
+}
 
-    async fn send(
-        &self,
-        path: &str,
-        mut req: reqwest::RequestBuilder,
-    ) -> Result<Value, ProbeError> {
-        if let (Some(auth), true) = (&self.auth, path.starts_with("/sdapi/")) {
-            req = req.basic_auth(&auth.user, Some(&auth.password));
-        }
-        let http = |source| ProbeError::Http {
+/// The JSON of a successful answer (`null` for an empty body); an error status
+/// with the start of its body otherwise.
+fn decode(path: &str, answer: Result<Answer, LoopbackError>) -> Result<Value, ProbeError> {
+    let answer = answer.map_err(|source| ProbeError::Http {
+        path: path.to_string(),
+        source,
+    })?;
+    if !answer.is_success() {
+        let body = String::from_utf8_lossy(&answer.body)
+            .chars()
+            .take(300)
+            .collect();
+        return Err(ProbeError::Status {
             path: path.to_string(),
-            source,
-        };
-        let resp = req.send().await.map_err(http)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(http)?;
-        if !status.is_success() {
-            let body = String::from_utf8_lossy(&bytes).chars().take(300).collect();
-            return Err(ProbeError::Status {
-                path: path.to_string(),
-                status: status.as_u16(),
-                body,
-            });
-        }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ProbeError::Shape {
-            path: path.to_string(),
-            detail: e.to_string(),
-        })
+            status: answer.status,
+            body,
+        });
     }
+    if answer.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&answer.body).map_err(|e| ProbeError::Shape {
+        path: path.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 fn type_name(v: &Value) -> &'static str {
