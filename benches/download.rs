@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use sha2::Digest;
-
 const BIN: &str = env!("CARGO_BIN_EXE_sd-webui-supervisor");
 const MIB: u64 = 1024 * 1024;
 
@@ -48,14 +46,14 @@ fn run(dir: &Path, size: u64) {
     // curl, the baseline.
     let curl_out = dir.join("curl.bin");
     let start = Instant::now();
-    let (ok, curl_rss) = run_measured(
+    let curl = run_measured(
         Command::new("curl")
             .args(["-sSf", "-o"])
             .arg(&curl_out)
             .arg(&url),
     );
     let curl_secs = start.elapsed().as_secs_f64();
-    assert!(ok, "curl failed");
+    assert!(curl.ok, "curl failed");
     std::fs::remove_file(&curl_out).ok();
 
     // The supervisor.
@@ -70,26 +68,28 @@ fn run(dir: &Path, size: u64) {
     )
     .unwrap();
     let start = Instant::now();
-    let (ok, rss) = run_measured(
+    let ours = run_measured(
         Command::new(BIN)
             .args(["fetch-models", "--config"])
             .arg(&config)
             .env("RUST_LOG", "warn"),
     );
     let secs = start.elapsed().as_secs_f64();
-    assert!(ok, "fetch-models failed");
+    assert!(ours.ok, "fetch-models failed");
     assert!(data.join("models/Stable-diffusion/m.safetensors").is_file());
     std::fs::remove_dir_all(&data).ok();
     std::fs::remove_file(&source).ok();
 
     let mbps = |s: f64| size as f64 / s / 1e6;
     println!(
-        "{:>5} MiB: supervisor {:>7.0} MB/s ({secs:.2}s, peak RSS {:.1} MB) | curl -o {:>7.0} MB/s ({curl_secs:.2}s, peak RSS {:.1} MB) | ratio {:.2}x curl",
+        "{:>5} MiB: supervisor {:>7.0} MB/s ({secs:.2}s, CPU {:.2}s, peak RSS {:.1} MB) | curl -o {:>7.0} MB/s ({curl_secs:.2}s, CPU {:.2}s, peak RSS {:.1} MB) | ratio {:.2}x curl",
         size / MIB,
         mbps(secs),
-        rss as f64 / 1e6,
+        ours.cpu,
+        ours.rss as f64 / 1e6,
         mbps(curl_secs),
-        curl_rss as f64 / 1e6,
+        curl.cpu,
+        curl.rss as f64 / 1e6,
         curl_secs / secs
     );
 }
@@ -98,7 +98,7 @@ fn run(dir: &Path, size: u64) {
 fn write_source(path: &Path, size: u64) -> String {
     let mut file =
         std::io::BufWriter::with_capacity(MIB as usize, std::fs::File::create(path).unwrap());
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut block = vec![0u8; MIB as usize];
     let mut left = size;
@@ -115,11 +115,20 @@ fn write_source(path: &Path, size: u64) -> String {
         left -= n as u64;
     }
     file.flush().unwrap();
-    hex::encode(hasher.finalize())
+    hex::encode(hasher.finish())
 }
 
-/// Runs a command to its end; returns success and its peak RSS in bytes.
-fn run_measured(cmd: &mut Command) -> (bool, u64) {
+/// What one run of a command cost.
+struct Cost {
+    ok: bool,
+    /// Peak RSS, bytes.
+    rss: u64,
+    /// User + system CPU, seconds.
+    cpu: f64,
+}
+
+/// Runs a command to its end; returns success, its peak RSS and CPU time.
+fn run_measured(cmd: &mut Command) -> Cost {
     let child = cmd.spawn().expect("spawn");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
@@ -129,8 +138,12 @@ fn run_measured(cmd: &mut Command) -> (bool, u64) {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4");
     std::mem::forget(child);
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, usage.ru_maxrss as u64 * 1024)
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Cost {
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        rss: usage.ru_maxrss as u64 * 1024,
+        cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
+    }
 }
 
 /// A file server for `/file` with `Range`, copying with the kernel's

@@ -2,12 +2,12 @@
 //! bounded channel to a blocking writer that appends and hashes, then verify,
 //! fsync and rename.
 //!
-//! Memory stays flat in the file size: at most [`WRITE_CHUNK`] bytes buffered by
-//! the writer plus [`IN_FLIGHT`] network chunks in the channel. Those are also
+//! Memory stays flat in the file size: [`IN_FLIGHT`] network chunks in the
+//! channel, plus the writer's batches ([`writer`](super::writer)). Those are also
 //! all a `kill -9` can lose: everything written before is in the `.part`.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,15 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_RANGE;
-use sha2::Digest;
 use tokio::sync::mpsc;
 
 use super::http::{self, chain};
+use super::writer::{Partial, WRITE_CHUNK, write_all};
 use super::{Failure, cache, redact};
 use crate::config::download::{Download, Sha256, cache_path};
 
-/// Bytes collected before one `write(2)`.
-pub const WRITE_CHUNK: usize = 256 * 1024;
 /// Network chunks queued between the socket and the writer.
 const IN_FLIGHT: usize = 8;
 /// `total` while unknown.
@@ -45,13 +43,6 @@ impl Default for Progress {
             total: AtomicU64::new(UNKNOWN),
         }
     }
-}
-
-/// What the `.part` holds, carried from one attempt to the next so a resume
-/// in the same process does not re-read it.
-pub struct Partial {
-    hasher: sha2::Sha256,
-    len: u64,
 }
 
 /// Where and with what mode the cache lives.
@@ -92,12 +83,12 @@ pub async fn attempt(
     let part_path = cache::part_path(&place.data_dir, &download.sha256);
     let (place2, part2, prev) = (place.clone(), part_path.clone(), carried.take());
     let (mut file, mut partial) = blocking(move || open_part(&place2, &part2, prev)).await?;
-    progress.done.store(partial.len, Ordering::Relaxed);
+    progress.done.store(partial.len(), Ordering::Relaxed);
 
-    let (mut resp, url) = match http::get(client, download, partial.len).await {
+    let (mut resp, url) = match http::get(client, download, partial.len()).await {
         Ok(answer) => answer,
         Err(failure) => {
-            forget_empty(&part_path, partial.len).await;
+            forget_empty(&part_path, partial.len()).await;
             *carried = Some(partial);
             return Err(failure);
         }
@@ -105,7 +96,7 @@ pub async fn attempt(
     let total = match resp.status() {
         StatusCode::PARTIAL_CONTENT => {
             let (start, total) = content_range(&resp).unwrap_or((UNKNOWN, None));
-            if start != partial.len {
+            if start != partial.len() {
                 *carried = Some(partial);
                 return Err(Failure::Network(format!(
                     "{} resumed at the wrong offset",
@@ -115,7 +106,7 @@ pub async fn attempt(
             total
         }
         StatusCode::OK => {
-            if partial.len > 0 {
+            if partial.len() > 0 {
                 // The server ignored Range: start over.
                 let part = part_path.clone();
                 file = blocking(move || {
@@ -129,13 +120,13 @@ pub async fn attempt(
             }
             resp.content_length()
         }
-        StatusCode::RANGE_NOT_SATISFIABLE if partial.len > 0 => {
+        StatusCode::RANGE_NOT_SATISFIABLE if partial.len() > 0 => {
             // Everything may already be here (killed between the last byte and
             // the rename): verify what there is.
-            Some(partial.len)
+            Some(partial.len())
         }
         status => {
-            forget_empty(&part_path, partial.len).await;
+            forget_empty(&part_path, partial.len()).await;
             *carried = Some(partial);
             return Err(Failure::Http {
                 status: status.as_u16(),
@@ -189,9 +180,9 @@ pub async fn attempt(
             return Err(failure);
         }
         if let Some(total) = total
-            && partial.len != total
+            && partial.len() != total
         {
-            let got = partial.len;
+            let got = partial.len();
             *carried = Some(partial);
             return Err(Failure::Network(format!(
                 "{}: body ended at {got} of {total} bytes",
@@ -203,15 +194,6 @@ pub async fn attempt(
     let expected = download.sha256;
     let cache_dir = cache::dir(&place.data_dir);
     blocking(move || finish(file, partial, expected, &part_path, &final_path, &cache_dir)).await
-}
-
-impl Partial {
-    fn new() -> Partial {
-        Partial {
-            hasher: sha2::Sha256::new(),
-            len: 0,
-        }
-    }
 }
 
 /// Opens (or creates) the `.part` for appending and brings the hasher up to
@@ -233,7 +215,7 @@ fn open_part(
         .metadata()
         .map_err(|e| io_failure("stat", path, e))?
         .len();
-    if let Some(p) = carried.filter(|p| p.len == len) {
+    if let Some(p) = carried.filter(|p| p.len() == len) {
         return Ok((file, p));
     }
     let mut partial = Partial::new();
@@ -245,39 +227,9 @@ fn open_part(
         if n == 0 {
             break;
         }
-        partial.hasher.update(&buf[..n]);
-        partial.len += n as u64;
+        partial.absorb(&buf[..n]);
     }
     Ok((file, partial))
-}
-
-/// Appends what arrives, hashing each block once it is written. On a write
-/// error the file is cut back to what the hasher has seen.
-fn write_all(
-    file: &mut File,
-    partial: &mut Partial,
-    mut rx: mpsc::Receiver<Bytes>,
-    progress: &Progress,
-) -> io::Result<()> {
-    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
-    let mut flush = |buf: &mut Vec<u8>| -> io::Result<()> {
-        if let Err(e) = file.write_all(buf) {
-            let _ = file.set_len(partial.len);
-            return Err(e);
-        }
-        partial.hasher.update(&buf[..]);
-        partial.len += buf.len() as u64;
-        progress.done.store(partial.len, Ordering::Relaxed);
-        buf.clear();
-        Ok(())
-    };
-    while let Some(bytes) = rx.blocking_recv() {
-        buf.extend_from_slice(&bytes);
-        if buf.len() >= WRITE_CHUNK {
-            flush(&mut buf)?;
-        }
-    }
-    flush(&mut buf)
 }
 
 /// Checks the digest; renames into place (durably) on a match, deletes the
@@ -290,7 +242,7 @@ fn finish(
     dest: &Path,
     dir: &Path,
 ) -> Result<(), Failure> {
-    let got: [u8; 32] = partial.hasher.finalize().into();
+    let got = partial.digest();
     if got != expected.0 {
         drop(file);
         std::fs::remove_file(part).map_err(|e| io_failure("remove", part, e))?;

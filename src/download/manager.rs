@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
-use super::fetch::{self, Partial, Place, Progress, UNKNOWN};
+use super::fetch::{self, Place, Progress, UNKNOWN};
+use super::writer::Partial;
 use super::{Failure, State, http};
 use crate::config::Config;
 use crate::config::download::{Download, Sha256};

@@ -9,7 +9,8 @@
 //! within one process the hasher is carried from one attempt to the next.
 //!
 //! [`http`] sends requests (token only to the URL's own origin, redirects followed
-//! by hand), [`fetch`] runs one attempt, [`cache`] owns the files, and
+//! by hand), [`fetch`] runs one attempt, [`writer`] appends and hashes on two
+//! threads, [`cache`] owns the files, and
 //! [`manager`] queues, limits, retries and reports.
 
 pub mod cache;
@@ -18,6 +19,7 @@ mod fetch;
 mod http;
 pub mod manager;
 pub mod summary;
+mod writer;
 
 use std::fmt;
 
