@@ -68,7 +68,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn status_json_is_the_snapshot_and_fits_the_schema() {
     for snapshot in [busy_pending(), ready_idle(), starting()] {
         let daemon = Daemon::start(snapshot.clone()).await;
@@ -80,7 +80,7 @@ async fn status_json_is_the_snapshot_and_fits_the_schema() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn status_for_people_shows_the_pending_restart_and_the_queue() {
     let daemon = Daemon::start(busy_pending()).await;
     let out = daemon.cli(&["status"]).await;
@@ -106,7 +106,7 @@ async fn status_for_people_shows_the_pending_restart_and_the_queue() {
     assert!(text.lines().count() <= 24, "more than one screen:\n{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn reload_exits_1_and_prints_the_errors_when_rejected() {
     let daemon = Daemon::start(ready_idle()).await;
     let out = daemon.cli(&["reload"]).await;
@@ -128,7 +128,7 @@ async fn reload_exits_1_and_prints_the_errors_when_rejected() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn restart_prints_the_status_line_and_defaults_to_when_idle() {
     let daemon = Daemon::start(ready_idle()).await;
     for (args, when) in [
@@ -152,7 +152,7 @@ async fn restart_prints_the_status_line_and_defaults_to_when_idle() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn generate_prints_the_paths_or_exits_1_with_the_uis_error() {
     let daemon = Daemon::start(ready_idle()).await;
     let out = daemon.cli(&["generate", "cat"]).await;
@@ -181,7 +181,7 @@ async fn generate_prints_the_paths_or_exits_1_with_the_uis_error() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn wait_idle_exits_0_when_idle_and_5_on_timeout() {
     let daemon = Daemon::start(busy_pending()).await;
     let out = daemon.cli(&["wait-idle", "--timeout", "200ms"]).await;
@@ -207,7 +207,7 @@ async fn wait_idle_exits_0_when_idle_and_5_on_timeout() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn no_daemon_exits_4_naming_the_socket_and_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("control.sock");
@@ -240,7 +240,7 @@ fn write_config(dir: &Path, socket: &Path) -> PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn the_socket_comes_from_config_when_not_given() {
     let daemon = Daemon::start(busy_pending()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -258,7 +258,7 @@ async fn the_socket_comes_from_config_when_not_given() {
     assert!(stderr(&out).contains("bad.toml"), "{}", stderr(&out));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn without_socket_or_config_the_default_socket_is_tried() {
     let default = sd_webui_supervisor::config::DEFAULT_SOCKET;
     if Path::new(default).exists() {

@@ -87,7 +87,7 @@ fn assert_fits_schema(json: &[u8]) {
     support::control::assert_fits_schema(&serde_json::from_slice(json).unwrap());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn daemon_control_plane_end_to_end() {
     let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let socket = work.path().join("run/control.sock");
@@ -219,7 +219,7 @@ fn unit_user(dir: &Path) -> (String, PathBuf) {
     ("daemon".into(), copy)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn systemd_unit_serves_dbus_and_the_socket() {
     let unit = "sd-webui-forge-e2e.service";
     let socket = "/run/sd-webui-forge-e2e/control.sock";

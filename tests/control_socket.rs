@@ -297,7 +297,7 @@ mod tcp {
 
 /// What an operator does: `curl --unix-socket … /metrics`, parsed by a real
 /// Prometheus parser.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn curl_over_the_socket_gets_parsable_metrics() {
     if std::process::Command::new("curl")
         .arg("--version")

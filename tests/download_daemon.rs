@@ -47,7 +47,7 @@ fn recorded_paths(record: &Path) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn daemon_links_a_download_live_and_keeps_the_token_secret() {
     let body: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
@@ -220,7 +220,7 @@ dbus = "off"
 
 /// Models already in the cache at start report done together: they share one
 /// relayout (not one per model), and the UI starts with them linked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn cached_models_at_start_share_one_relayout() {
     let dir = tempfile::Builder::new()
         .prefix("download-cached-")
