@@ -17,6 +17,7 @@ rustPlatform.buildRustPackage {
     fileset = lib.fileset.unions [
       (root + "/Cargo.toml")
       (root + "/Cargo.lock")
+      (root + "/build.rs")
       (root + "/src")
       (lib.fileset.maybeMissing (root + "/dbus"))
       (lib.fileset.maybeMissing (root + "/benches"))
