@@ -14,7 +14,8 @@ use support::BIN;
 use support::download_server::Server;
 
 /// Bytes a kill may lose: the writer's chunk plus what is in flight
-/// (src/download/fetch.rs: 256 KiB and 8 network chunks), plus one server piece.
+/// (src/download/writer.rs, fetch.rs: 256 KiB and 8 network chunks), plus one
+/// server piece.
 const ONE_CHUNK: u64 = 256 * 1024 + 8 * 64 * 1024 + 64 * 1024;
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -182,6 +183,17 @@ fn a_kill_9_loses_at_most_one_chunk() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    // The download helper dies with it (PR_SET_PDEATHSIG): nothing keeps
+    // writing into the `.part` the next run resumes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !holders(&s.part(&hex)).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the download helper outlived its supervisor: {:?}",
+            holders(&s.part(&hex))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let sent_before = srv.sent.load(std::sync::atomic::Ordering::SeqCst);
     let kept = std::fs::metadata(s.part(&hex)).unwrap().len();
     *srv.behaviour.slow.lock().unwrap() = None;
@@ -194,6 +206,23 @@ fn a_kill_9_loses_at_most_one_chunk() {
     let lost = sent_before.saturating_sub(kept);
     eprintln!("sent before kill {sent_before}, kept {kept}, re-downloaded {lost}");
     assert!(lost <= ONE_CHUNK, "re-downloaded {lost} bytes");
+}
+
+/// Pids of the processes that have `path` open.
+fn holders(path: &Path) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path))
+            })
+        })
+        .collect()
 }
 
 #[test]

@@ -36,13 +36,7 @@ pub fn fetch_models(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let progress = match runtime.block_on(fetch_all(&config)) {
-        Ok(progress) => progress,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
-        }
-    };
+    let progress = runtime.block_on(fetch_all(&config));
     let failed: Vec<&ModelProgress> = progress
         .iter()
         .filter(|m| m.state == Phase::Failed)
@@ -63,9 +57,9 @@ pub fn fetch_models(path: &Path) -> ExitCode {
 }
 
 /// Runs every download to its end; returns the final progress of each model.
-async fn fetch_all(config: &Config) -> Result<Vec<ModelProgress>, super::Failure> {
+async fn fetch_all(config: &Config) -> Vec<ModelProgress> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let manager = Manager::new(tx)?;
+    let manager = Manager::new(tx);
     manager.apply(config);
     let terminal = std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(if terminal { 1 } else { 10 }));
@@ -75,7 +69,7 @@ async fn fetch_all(config: &Config) -> Result<Vec<ModelProgress>, super::Failure
             .iter()
             .all(|m| matches!(m.state, Phase::Done | Phase::Failed))
         {
-            return Ok(snapshot);
+            return snapshot;
         }
         tokio::select! {
             Some(event) = rx.recv() => {

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
-use super::fetch::{self, Place, Progress, UNKNOWN};
-use super::writer::Partial;
-use super::{Failure, State, http};
+use super::fetch::{Place, Progress, UNKNOWN};
+use super::worker::{self, Helpers};
+use super::State;
 use crate::config::Config;
 use crate::config::download::{Download, Sha256};
 use crate::ui::flavor::ModelKind;
@@ -147,7 +147,7 @@ struct Inner {
 
 /// Owns the download tasks of one supervisor.
 pub struct Manager {
-    client: reqwest::Client,
+    helpers: Helpers,
     events: mpsc::UnboundedSender<Event>,
     inner: Mutex<Inner>,
 }
@@ -157,10 +157,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Manager {
-    /// A manager reporting to `events`. Fails only if no TLS client can be built.
-    pub fn new(events: mpsc::UnboundedSender<Event>) -> Result<Manager, Failure> {
-        Ok(Manager {
-            client: http::client()?,
+    /// A manager reporting to `events`.
+    pub fn new(events: mpsc::UnboundedSender<Event>) -> Manager {
+        Manager {
+            helpers: Helpers::default(),
             events,
             inner: Mutex::new(Inner {
                 place: None,
@@ -168,7 +168,7 @@ impl Manager {
                 slots: Arc::new(Semaphore::new(1)),
                 max_concurrent: 0,
             }),
-        })
+        }
     }
 
     /// Brings the tasks in line with `config`: starts what is new or changed
@@ -299,7 +299,7 @@ impl Manager {
             bytes_at_since: 0,
         }));
         let job = Job {
-            client: self.client.clone(),
+            helpers: self.helpers.clone(),
             place: place.clone(),
             download: download.clone(),
             names: names(&models),
@@ -321,12 +321,16 @@ impl Manager {
 }
 
 impl Drop for Manager {
+    /// Stops every download now, helpers included: a task aborted here is only
+    /// dropped at its next poll, which never comes when the process `execve`s
+    /// into a new binary.
     fn drop(&mut self) {
         for e in lock(&self.inner).entries.values() {
             if let Some(task) = &e.task {
                 task.abort();
             }
         }
+        self.helpers.kill_all();
     }
 }
 
@@ -338,7 +342,7 @@ fn names(models: &[(ModelKind, String)]) -> String {
 
 /// Everything one download task needs.
 struct Job {
-    client: reqwest::Client,
+    helpers: Helpers,
     place: Place,
     download: Download,
     names: String,
@@ -358,7 +362,6 @@ impl Job {
     }
 
     async fn run(self) {
-        let mut carried: Option<Partial> = None;
         let mut fruitless = 0u32;
         loop {
             let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
@@ -366,11 +369,10 @@ impl Job {
             };
             self.set(State::Downloading);
             let before = self.progress.done.load(Ordering::Relaxed);
-            let result = fetch::attempt(
-                &self.client,
+            let result = worker::attempt(
+                &self.helpers,
                 &self.place,
                 &self.download,
-                &mut carried,
                 &self.progress,
                 || self.set(State::Verifying),
             )

@@ -5,20 +5,23 @@
 //! while being hashed, fsynced, and renamed only when the digest matches, so a
 //! model folder never sees a half or wrong file (the layout links the finished
 //! cache file like a store model). A `.part` is resumed with `Range`; after a
-//! restart its prefix is re-hashed once (SHA-256 state is not persisted), and
-//! within one process the hasher is carried from one attempt to the next.
+//! restart, and after each failed attempt, its prefix is re-hashed once from the
+//! disk (SHA-256 state is not persisted), never fetched again.
 //!
 //! [`http`] sends requests (token only to the URL's own origin, redirects followed
-//! by hand), [`fetch`] runs one attempt, [`writer`] appends and hashes on two
+//! by hand), [`fetch`] runs one attempt, in a helper process of its own
+//! ([`worker`] starts it and reads its reports, [`helper`] is its side), [`writer`] appends and hashes on two
 //! threads, [`cache`] owns the files, and
 //! [`manager`] queues, limits, retries and reports.
 
 pub mod cache;
 pub mod command;
 mod fetch;
+pub mod helper;
 mod http;
 pub mod manager;
 pub mod summary;
+mod worker;
 mod writer;
 
 use std::fmt;
@@ -79,7 +82,8 @@ impl fmt::Display for State {
 }
 
 /// Why an attempt failed. Messages never carry a token or a URL's query string.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Failure {
     /// The bytes did not hash to the declared digest; the file was deleted.
     #[error("sha256 mismatch (got {got})")]

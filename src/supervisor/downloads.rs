@@ -29,13 +29,7 @@ impl Supervisor {
                 return;
             }
             let (tx, mut rx) = mpsc::unbounded_channel();
-            match Manager::new(tx) {
-                Ok(manager) => self.downloads = Some(manager),
-                Err(e) => {
-                    tracing::error!("downloads disabled: {e}");
-                    return;
-                }
-            }
+            self.downloads = Some(Manager::new(tx));
             // A bridge, not work: it ends when the manager (the only sender) is
             // dropped with the core, like ComfyUI's queue signal.
             let events = self.signals.clone();
