@@ -2,7 +2,8 @@
 //! while a model still arrives from a slow server, the finished model is linked
 //! live and `refresh-checkpoints` called; a wrong digest fails and
 //! `retry-downloads` starts it again; the token never shows in the daemon's
-//! output, `status --json`, `/metrics` or the UI's `/proc/PID/{cmdline,environ}`.
+//! output, `status --json`, `/metrics` or the UI's and the download helper's
+//! `/proc/PID/{cmdline,environ}`.
 
 mod support;
 
@@ -128,6 +129,18 @@ dbus = "off"
         "linked before it is complete"
     );
     let ui_pid = s.ui_pid.unwrap();
+    // The bytes arrive in the download helper, a child of the daemon, which is
+    // given the token's file, never the token.
+    let helpers = support::procs::children_named(daemon.pid(), "sd-webui-superv");
+    assert!(!helpers.is_empty(), "no download helper under the daemon");
+    let mut helper_proc = Vec::new();
+    for pid in helpers {
+        for what in ["cmdline", "environ"] {
+            if let Ok(bytes) = std::fs::read(format!("/proc/{pid}/{what}")) {
+                helper_proc.push((what, String::from_utf8_lossy(&bytes).into_owned()));
+            }
+        }
+    }
 
     // The wrong digest fails, named, and is not retried by itself.
     let s = wait_status(&client, "mismatch reported", |s| {
@@ -208,7 +221,10 @@ dbus = "off"
         ("/metrics", &metrics),
         ("UI cmdline", &String::from_utf8_lossy(&cmdline)),
         ("UI environ", &String::from_utf8_lossy(&environ)),
-    ] {
+    ]
+    .into_iter()
+    .chain(helper_proc.iter().map(|(w, t)| (*w, t.as_str())))
+    {
         assert!(!text.contains(TOKEN), "the token is in the {what}");
         assert!(!text.contains("SIGNED"), "a URL query is in the {what}");
     }

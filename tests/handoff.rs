@@ -388,3 +388,99 @@ fn the_dbus_name_moves_to_the_new_binary() {
         (bus.ui_pid() == Some(u64::from(first.pid))).then_some(())
     });
 }
+
+/// The binary and its download helper installed side by side in `dir/name/`,
+/// as a package puts them in its `bin/`.
+fn install_copy(dir: &Path, name: &str) -> PathBuf {
+    let bin = dir.join(name);
+    std::fs::create_dir_all(&bin).expect("create the bin folder");
+    let helper = env!("CARGO_BIN_EXE_sd-webui-supervisor-fetch");
+    for (from, to) in [
+        (BIN, "sd-webui-supervisor"),
+        (helper, "sd-webui-supervisor-fetch"),
+    ] {
+        if std::fs::hard_link(from, bin.join(to)).is_err() {
+            std::fs::copy(from, bin.join(to)).expect("copy the binary");
+        }
+    }
+    bin.join("sd-webui-supervisor")
+}
+
+/// The download helpers holding `part` open: (pid, program).
+fn part_writers(part: &Path) -> Vec<(i32, PathBuf)> {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == part))
+            })
+        })
+        .filter_map(|pid| Some((pid, std::fs::read_link(format!("/proc/{pid}/exe")).ok()?)))
+        .collect()
+}
+
+/// A download in flight across a self-upgrade: the old binary's helper is
+/// stopped before the `execve` (else two writers would append to one `.part`),
+/// the new binary's helper resumes it, and the file is whole.
+#[test]
+fn a_download_in_flight_is_resumed_by_the_new_binary() {
+    use sha2::Digest;
+    let body: Vec<u8> = (0..4_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let hex = hex::encode(sha2::Sha256::digest(&body));
+    let srv = support::download_server::Server::start("127.0.0.1", body.clone());
+    *srv.behaviour.slow.lock().expect("lock") = Some(Duration::from_millis(40));
+    let mut s = Scenario::new("handoff-download", "forge");
+    let a = install_copy(s.dir(), "a");
+    let b = install_copy(s.dir(), "b");
+    let mut files = toml::Table::new();
+    let mut model = toml::Table::new();
+    model.insert("url".into(), srv.url("/file").into());
+    model.insert("sha256".into(), hex.clone().into());
+    files.insert("big.safetensors".into(), model.into());
+    s.conf.downloads.insert("checkpoints".into(), files.into());
+    s.conf.executable = Some(a.clone());
+    s.start_with(|d| d.binary(&a));
+    let cache = s.conf.data_dir.join(".sd-webui-supervisor/downloads");
+    let part = cache.join(format!("{hex}.part"));
+    s.wait(SECS(30), "a quarter of the download", || {
+        (std::fs::metadata(&part).map_or(0, |m| m.len()) > 1_000_000).then_some(())
+    });
+    let old = part_writers(&part);
+    assert!(
+        !old.is_empty()
+            && old
+                .iter()
+                .all(|(_, exe)| exe.starts_with(s.dir().join("a"))),
+        "the writer before the handoff is A's helper: {old:?}"
+    );
+
+    s.conf.executable = Some(b.clone());
+    s.reload();
+    assert_eq!(exe_of(s.daemon().pid()), b);
+    for (pid, _) in &old {
+        s.wait(SECS(5), "the old helper gone", || {
+            (!support::procs::alive(*pid)).then_some(())
+        });
+    }
+    let new = part_writers(&part);
+    assert!(
+        new.len() <= 1
+            && new
+                .iter()
+                .all(|(_, exe)| exe.starts_with(s.dir().join("b"))),
+        "writers after the handoff: {new:?}"
+    );
+    *srv.behaviour.slow.lock().expect("lock") = None;
+    s.wait(SECS(60), "the download done", || {
+        (status(&s)["downloads"][0]["state"] == "done").then_some(())
+    });
+    assert!(
+        std::fs::read(cache.join(&hex)).expect("the cached file") == body,
+        "the file differs from what was served"
+    );
+}

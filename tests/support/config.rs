@@ -61,6 +61,9 @@ pub struct Conf {
     pub executable: Option<PathBuf>,
     /// `[supervisor] unit_fingerprint`, if set.
     pub unit_fingerprint: Option<String>,
+    /// Models fetched at run time: kind → name → `{ url, sha256, … }`, merged
+    /// into `[models]` beside the path models.
+    pub downloads: toml::Table,
 }
 
 impl Conf {
@@ -95,6 +98,7 @@ impl Conf {
             control_extra: toml::Table::new(),
             executable: None,
             unit_fingerprint: None,
+            downloads: toml::Table::new(),
         }
     }
 
@@ -182,12 +186,19 @@ impl Conf {
         let mut doc = Table::new();
         doc.insert("ui".into(), T::Table(ui));
         doc.insert("data".into(), T::Table(data));
-        if !self.models.is_empty() {
-            let models: Table = self
-                .models
-                .iter()
-                .map(|(kind, files)| (kind.clone(), paths(files.iter())))
-                .collect();
+        let mut models: Table = self
+            .models
+            .iter()
+            .map(|(kind, files)| (kind.clone(), paths(files.iter())))
+            .collect();
+        for (kind, files) in &self.downloads {
+            if let (Some(T::Table(all)), T::Table(more)) = (models.get_mut(kind), files) {
+                all.extend(more.clone());
+            } else {
+                models.insert(kind.clone(), files.clone());
+            }
+        }
+        if !models.is_empty() {
             doc.insert("models".into(), T::Table(models));
         }
         if !self.extensions.is_empty() {

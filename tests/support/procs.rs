@@ -37,6 +37,19 @@ pub fn guards_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Live children of `parent` whose command name (`/proc/PID/comm`, at most 15
+/// bytes of the program's file name) is `comm`.
+pub fn children_named(parent: i32, comm: &str) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|(state, ppid, _)| ppid == parent && state != 'Z')
+                && fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim_end() == comm)
+        })
+        .collect()
+}
+
 /// Every pid under /proc.
 fn all_pids() -> Vec<i32> {
     fs::read_dir("/proc")
