@@ -186,11 +186,11 @@ fn a_kill_9_loses_at_most_one_chunk() {
     // The download helper dies with it (PR_SET_PDEATHSIG): nothing keeps
     // writing into the `.part` the next run resumes.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !holders(&s.part(&hex)).is_empty() {
+    while !support::procs::holding(&s.part(&hex)).is_empty() {
         assert!(
             Instant::now() < deadline,
             "the download helper outlived its supervisor: {:?}",
-            holders(&s.part(&hex))
+            support::procs::holding(&s.part(&hex))
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -206,23 +206,6 @@ fn a_kill_9_loses_at_most_one_chunk() {
     let lost = sent_before.saturating_sub(kept);
     eprintln!("sent before kill {sent_before}, kept {kept}, re-downloaded {lost}");
     assert!(lost <= ONE_CHUNK, "re-downloaded {lost} bytes");
-}
-
-/// Pids of the processes that have `path` open.
-fn holders(path: &Path) -> Vec<u32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                fds.flatten()
-                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path))
-            })
-        })
-        .collect()
 }
 
 #[test]

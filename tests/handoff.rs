@@ -406,18 +406,10 @@ fn install_copy(dir: &Path, name: &str) -> PathBuf {
     bin.join("sd-webui-supervisor")
 }
 
-/// The download helpers holding `part` open: (pid, program).
+/// The processes holding `part` open, with their programs.
 fn part_writers(part: &Path) -> Vec<(i32, PathBuf)> {
-    std::fs::read_dir("/proc")
-        .expect("read /proc")
-        .flatten()
-        .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                fds.flatten()
-                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == part))
-            })
-        })
+    support::procs::holding(part)
+        .into_iter()
         .filter_map(|pid| Some((pid, std::fs::read_link(format!("/proc/{pid}/exe")).ok()?)))
         .collect()
 }

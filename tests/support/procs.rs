@@ -2,6 +2,7 @@
 //! processes of a test's UI (marked by the stand-in's `STANDIN_RECORD=…`).
 
 use std::fs;
+use std::path::Path;
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -46,6 +47,19 @@ pub fn children_named(parent: i32, comm: &str) -> Vec<i32> {
             proc_stat(pid).is_some_and(|(state, ppid, _)| ppid == parent && state != 'Z')
                 && fs::read_to_string(format!("/proc/{pid}/comm"))
                     .is_ok_and(|c| c.trim_end() == comm)
+        })
+        .collect()
+}
+
+/// Processes that have `path` open (any of their descriptors points at it).
+pub fn holding(path: &Path) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t == path))
+            })
         })
         .collect()
 }
