@@ -1,9 +1,12 @@
 //! Download benchmark (`cargo bench --bench download`): one file of 2 GiB (and
 //! one of 256 MiB, to show the memory is flat in the size) served from a
-//! local server, fetched by `sd-webui-supervisor fetch-models` (stream, hash,
-//! fsync, rename, link) and, in the same run from the same server, by
-//! `curl -o`. Prints throughput of both, their ratio (goal ≥ 0.9× curl), and the
-//! supervisor's peak RSS (goal < 20 MB, flat in the file size).
+//! local server, fetched by `sd-webui-supervisor fetch-models` (which runs the
+//! attempt in its helper `sd-webui-supervisor-fetch`: stream, hash, fsync,
+//! rename; then link) and, in the same run from the same server, by `curl -o`.
+//! Prints throughput of both, their ratio (goal ≥ 0.9× curl), CPU seconds, and
+//! the peak RSS (goal < 20 MB, flat in the file size). `wait4` reports the
+//! supervisor's usage together with its waited-for helper's: CPU summed, RSS the
+//! larger of the two.
 //!
 //! Everything lives on tmpfs (`/dev/shm`) when it exists, so the disk is not
 //! what is measured. Under `cargo test` (no `--bench`) it runs with 8 MiB as a
