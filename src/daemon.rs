@@ -16,7 +16,7 @@ use crate::supervisor::protocol::CoreHandle;
 use crate::supervisor::{Ended, Handover, Supervisor};
 use crate::ui::gpu::GpuEnv;
 use crate::ui::process::become_subreaper;
-use crate::watch::{ConfigWatcher, Debounce};
+use crate::watch::{Changes, ConfigWatcher, Debounce};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -140,11 +140,7 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     // starts from the old text and reloads the file itself).
     let watcher = match ConfigWatcher::start(path, &file_text, Debounce::default()) {
         Ok((watcher, changes)) => {
-            tokio::spawn(reload_on_change(
-                handle.clone(),
-                PathBuf::from(path),
-                changes,
-            ));
+            tokio::spawn(reload_on_change(handle.clone(), changes));
             Some(watcher)
         }
         Err(e) => {
@@ -311,29 +307,22 @@ async fn dispatch_signals(mut signals: Signals, handle: CoreHandle, stop: onesho
     }
 }
 
-/// A changed config file → reload through the core with the bytes read here,
-/// unless the core already runs this content (a SIGHUP for the same edit got
+/// A changed config file → reload through the core with the bytes the watcher
+/// read and the config it parsed from them (read once, parsed once), unless the
+/// core already runs this content (a SIGHUP for the same edit got
 /// there first: one reload, not two).
-async fn reload_on_change(
-    handle: CoreHandle,
-    path: PathBuf,
-    mut changes: tokio::sync::mpsc::Receiver<()>,
-) {
-    while changes.recv().await.is_some() {
-        let outcome = match tokio::fs::read(&path).await {
-            Ok(text)
-                if crate::supervisor::config_hash(&text) == handle.snapshot().config_generation =>
-            {
-                continue;
-            }
-            Ok(text) => {
-                tracing::info!("config file changed: reloading");
-                handle.reload_bytes(text).await
-            }
-            // Let the core read it and say why it cannot.
-            Err(_) => handle.reload().await,
-        };
-        if outcome.is_err() {
+async fn reload_on_change(handle: CoreHandle, mut changes: Changes) {
+    while let Some(change) = changes.recv().await {
+        if crate::supervisor::config_hash(&change.bytes) == handle.snapshot().config_generation {
+            continue;
+        }
+        tracing::info!("config file changed: reloading");
+        let parsed = change.config.clone();
+        if handle
+            .reload_bytes(change.bytes.clone(), parsed)
+            .await
+            .is_err()
+        {
             return;
         }
     }

@@ -6,8 +6,10 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use sd_webui_supervisor::watch::{ConfigWatcher, Debounce, WatchError};
-use tokio::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use sd_webui_supervisor::config::Config;
+use sd_webui_supervisor::watch::{Change, Changes, Check, ConfigWatcher, Debounce, WatchError};
 use tokio::time::timeout;
 
 /// Short so the tests are quick; the daemon uses the default.
@@ -15,7 +17,7 @@ const QUIET: Duration = Duration::from_millis(100);
 const DEBOUNCE: Debounce = Debounce {
     quiet: QUIET,
     incomplete: QUIET,
-    is_complete: |_, _| true,
+    check: |_, _| Check::Complete(None),
 };
 
 /// How long a notification that must come may take.
@@ -31,20 +33,19 @@ fn root() -> (tempfile::TempDir, PathBuf) {
     (dir, root)
 }
 
-fn start(path: &Path) -> (ConfigWatcher, Receiver<()>) {
-    let initial = fs::read(path).expect("initial content");
-    ConfigWatcher::start(path, &initial, DEBOUNCE).expect("watcher starts")
+fn start(path: &Path) -> (ConfigWatcher, Changes) {
+    start_with(path, DEBOUNCE)
 }
 
-async fn comes(rx: &mut Receiver<()>) {
+async fn comes(rx: &mut Changes) -> Arc<Change> {
     match timeout(COMES_WITHIN, rx.recv()).await {
-        Ok(Some(())) => {}
+        Ok(Some(change)) => change,
         Ok(None) => panic!("watcher stopped"),
         Err(_) => panic!("no notification within {COMES_WITHIN:?}"),
     }
 }
 
-async fn stays_quiet(rx: &mut Receiver<()>) {
+async fn stays_quiet(rx: &mut Changes) {
     if let Ok(got) = timeout(QUIET_FOR, rx.recv()).await {
         panic!("unexpected notification: {got:?}");
     }
@@ -265,7 +266,7 @@ async fn dropping_the_watcher_closes_the_channel() {
     fs::write(&path, "a = 1\n").unwrap();
     let (w, mut rx) = start(&path);
     drop(w);
-    assert_eq!(timeout(COMES_WITHIN, rx.recv()).await, Ok(None));
+    assert!(matches!(timeout(COMES_WITHIN, rx.recv()).await, Ok(None)));
 }
 
 #[test]
@@ -275,8 +276,11 @@ fn starting_outside_a_runtime_is_an_error() {
 }
 
 /// "Complete" for these tests: the last line says so.
-fn ends_with_end(_: &Path, bytes: &[u8]) -> bool {
-    bytes.ends_with(b"# end\n")
+fn ends_with_end(_: &Path, bytes: &[u8]) -> Check {
+    match bytes.ends_with(b"# end\n") {
+        true => Check::Complete(None),
+        false => Check::Incomplete,
+    }
 }
 
 #[tokio::test]
@@ -287,7 +291,7 @@ async fn half_written_content_waits_for_the_writer_to_finish() {
     let debounce = Debounce {
         quiet: Duration::from_millis(50),
         incomplete: Duration::from_millis(1500),
-        is_complete: ends_with_end,
+        check: ends_with_end,
     };
     let initial = fs::read(&path).unwrap();
     let (_w, mut rx) = ConfigWatcher::start(&path, &initial, debounce).unwrap();
@@ -311,4 +315,35 @@ async fn half_written_content_waits_for_the_writer_to_finish() {
         "incomplete content announced after {:?}",
         begun.elapsed()
     );
+}
+
+/// The daemon's debounce hands over what it read and parsed: the bytes of the
+/// file, and the config they parse to (the core neither reads nor parses again);
+/// content that never parses comes without a config, after the long quiet.
+#[tokio::test]
+async fn the_change_carries_the_bytes_read_and_their_parse() {
+    let (_d, root) = root();
+    let path = root.join("config.toml");
+    let config = |dir: &str| {
+        format!("[ui]\nflavor = \"forge\"\ncommand = [\"/bin/true\"]\n[data]\ndir = \"{dir}\"\n")
+    };
+    fs::write(&path, config("/srv/a")).unwrap();
+    let (_w, mut rx) = start_with(&path, Debounce::default());
+
+    fs::write(&path, config("/srv/b")).unwrap();
+    let change = comes(&mut rx).await;
+    assert_eq!(change.bytes, config("/srv/b").into_bytes());
+    let parsed = change.config.as_deref().expect("a parse with the change");
+    assert_eq!(*parsed, Config::from_bytes(&path, &change.bytes).unwrap());
+    assert_eq!(parsed.data.dir, Path::new("/srv/b"));
+
+    fs::write(&path, "[ui]\nflavor = \"nope\"\n").unwrap();
+    let change = comes(&mut rx).await;
+    assert_eq!(change.bytes, b"[ui]\nflavor = \"nope\"\n");
+    assert!(change.config.is_none());
+}
+
+fn start_with(path: &Path, debounce: Debounce) -> (ConfigWatcher, Changes) {
+    let initial = fs::read(path).expect("initial content");
+    ConfigWatcher::start(path, &initial, debounce).expect("watcher starts")
 }

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
+use super::State;
 use super::fetch::{Place, Progress, UNKNOWN};
 use super::worker::{self, Helpers};
-use super::State;
 use crate::config::Config;
 use crate::config::download::{Download, Sha256};
 use crate::ui::flavor::ModelKind;

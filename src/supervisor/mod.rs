@@ -492,7 +492,11 @@ impl Supervisor {
 
     fn on_command(&mut self, cmd: CoreCommand) {
         match cmd {
-            CoreCommand::Reload { text, reply } => self.reload(text, reply),
+            CoreCommand::Reload {
+                text,
+                parsed,
+                reply,
+            } => self.reload(text, parsed, reply),
             CoreCommand::Restart { when, reply } => {
                 self.request_restart(when);
                 self.publish();

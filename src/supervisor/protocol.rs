@@ -246,8 +246,11 @@ pub enum CoreCommand {
     /// Re-read the config file and apply it (same as SIGHUP).
     Reload {
         /// The file's bytes when the caller already read them (the watcher), so
-        /// one change is read and parsed once; `None`: the core reads the file.
+        /// one change is read once; `None`: the core reads the file.
         text: Option<Vec<u8>>,
+        /// Their parse when the caller made one (the watcher checks that a write
+        /// is complete by parsing it), so one change is parsed once.
+        parsed: Option<Box<crate::config::Config>>,
         /// Receives the outcome once validation, the layout and scheduling are done.
         reply: oneshot::Sender<ReloadOutcome>,
     },
@@ -325,15 +328,27 @@ impl CoreHandle {
     /// Asks the core to reload its config file and waits for the outcome.
     pub async fn reload(&self) -> Result<ReloadOutcome, HandleError> {
         let (reply, rx) = oneshot::channel();
-        self.send(CoreCommand::Reload { text: None, reply }).await?;
+        self.send(CoreCommand::Reload {
+            text: None,
+            parsed: None,
+            reply,
+        })
+        .await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 
-    /// Like [`CoreHandle::reload`], with the config file's bytes already read.
-    pub async fn reload_bytes(&self, text: Vec<u8>) -> Result<ReloadOutcome, HandleError> {
+    /// Like [`CoreHandle::reload`], with the config file's bytes already read
+    /// and, when the caller parsed them, their parse (taken as is: it must come
+    /// from `Config::from_bytes` of the same bytes and path).
+    pub async fn reload_bytes(
+        &self,
+        text: Vec<u8>,
+        parsed: Option<Box<crate::config::Config>>,
+    ) -> Result<ReloadOutcome, HandleError> {
         let (reply, rx) = oneshot::channel();
         self.send(CoreCommand::Reload {
             text: Some(text),
+            parsed,
             reply,
         })
         .await?;

@@ -60,7 +60,12 @@ impl Supervisor {
     /// `MONOTONIC_USEC` lets it tell a watcher's reload that began before its own
     /// SIGHUP from the answer to that SIGHUP (which then finds the content
     /// unchanged and is still announced, as `systemctl reload` waits for it).
-    pub(super) fn reload(&mut self, text: Option<Vec<u8>>, reply: oneshot::Sender<ReloadOutcome>) {
+    pub(super) fn reload(
+        &mut self,
+        text: Option<Vec<u8>>,
+        parsed: Option<Box<Config>>,
+        reply: oneshot::Sender<ReloadOutcome>,
+    ) {
         // Before the first READY=1 systemd is still starting us: a reload announced
         // now would end the start job early.
         let announced = self.sent_ready;
@@ -72,7 +77,7 @@ impl Supervisor {
             announced,
         };
         match text {
-            Some(text) => self.reload_bytes(Ok(text), reply),
+            Some(text) => self.reload_parsed(Ok(text), parsed, reply),
             None => {
                 self.reloads_in_flight = self.reloads_in_flight.saturating_add(1);
                 let path = self.path.clone();
@@ -88,6 +93,16 @@ impl Supervisor {
 
     /// The config file's bytes are here: validate, diff, put in force.
     pub(super) fn reload_bytes(&mut self, text: std::io::Result<Vec<u8>>, reply: Reply) {
+        self.reload_parsed(text, None, reply);
+    }
+
+    /// [`Self::reload_bytes`] with the bytes' parse when the reader made one.
+    fn reload_parsed(
+        &mut self,
+        text: std::io::Result<Vec<u8>>,
+        parsed: Option<Box<Config>>,
+        reply: Reply,
+    ) {
         let mut outcome = ReloadOutcome {
             result: ReloadResult::Applied,
             at_unix: unix_now(),
@@ -115,7 +130,7 @@ impl Supervisor {
             Some(going_on) => going_on,
             None => return,
         };
-        let new = match Config::from_bytes(&self.path, &text) {
+        let new = match parsed.map_or_else(|| Config::from_bytes(&self.path, &text), |c| Ok(*c)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload rejected, keeping the running config:\n{e}");

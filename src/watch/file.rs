@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::chain::{self, Chain};
+use crate::config::Config;
 
 /// When a burst of events is over and the file is worth announcing.
 #[derive(Debug, Clone, Copy)]
@@ -37,11 +38,48 @@ pub struct Debounce {
     /// come within microseconds of each other, and this is the floor of the
     /// write → reload latency.
     pub quiet: Duration,
-    /// Quiet period for content `is_complete` rejects: a half-written file must
+    /// Quiet period for content `check` finds incomplete: a half-written file must
     /// not be reported as a broken config while its writer is still busy.
     pub incomplete: Duration,
-    /// Whether content looks finished (for the daemon: it parses as a config).
-    pub is_complete: fn(&Path, &[u8]) -> bool,
+    /// Whether content looks finished; for the daemon: it parses as a config,
+    /// and the parse travels with the content so the core does not parse again.
+    pub check: fn(&Path, &[u8]) -> Check,
+}
+
+/// What [`Debounce::check`] says of some content.
+#[derive(Debug)]
+pub enum Check {
+    /// Finished; with the config it parsed to, when the check parsed it.
+    Complete(Option<Box<Config>>),
+    /// Likely a write caught half-way: announced only after the long quiet.
+    Incomplete,
+}
+
+/// A change of the file's content, as announced.
+#[derive(Debug)]
+pub struct Change {
+    /// The file's new content.
+    pub bytes: Vec<u8>,
+    /// Its parse, when [`Debounce::check`] made one (a config that does not
+    /// parse carries none: the reload parses it again to say why).
+    pub config: Option<Box<Config>>,
+}
+
+/// The announcements: only the latest counts, so a reader that was busy gets
+/// the newest content, never a stale one.
+#[derive(Debug)]
+pub struct Changes(watch::Receiver<Option<Arc<Change>>>);
+
+impl Changes {
+    /// The next change; `None` once the watcher stopped.
+    pub async fn recv(&mut self) -> Option<Arc<Change>> {
+        loop {
+            self.0.changed().await.ok()?;
+            if let Some(change) = self.0.borrow_and_update().clone() {
+                return Some(change);
+            }
+        }
+    }
 }
 
 impl Debounce {
@@ -50,7 +88,7 @@ impl Debounce {
         Debounce {
             quiet,
             incomplete: quiet,
-            is_complete: |_, _| true,
+            check: |_, _| Check::Complete(None),
         }
     }
 }
@@ -61,7 +99,10 @@ impl Default for Debounce {
         Debounce {
             quiet: Duration::from_millis(20),
             incomplete: Duration::from_millis(500),
-            is_complete: |path, bytes| crate::config::Config::from_bytes(path, bytes).is_ok(),
+            check: |path, bytes| match Config::from_bytes(path, bytes) {
+                Ok(config) => Check::Complete(Some(Box::new(config))),
+                Err(_) => Check::Incomplete,
+            },
         }
     }
 }
@@ -121,7 +162,7 @@ impl ConfigWatcher {
         path: &Path,
         initial: &[u8],
         debounce: Debounce,
-    ) -> Result<(ConfigWatcher, mpsc::Receiver<()>), WatchError> {
+    ) -> Result<(ConfigWatcher, Changes), WatchError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
         let path = std::path::absolute(path).map_err(|source| WatchError::Path {
             path: path.to_path_buf(),
@@ -141,15 +182,15 @@ impl ConfigWatcher {
         };
         tracker.refresh()?;
         let current = Arc::new(Mutex::new(initial.to_vec()));
-        let (tx, rx) = mpsc::channel(1);
-        compare(&tracker.path, &current, &tx);
+        let (tx, rx) = watch::channel(None);
+        compare(&tracker.path, &current, &tx, debounce.check);
         let task = runtime.spawn(run(tracker, raw_rx, tx, Arc::clone(&current), debounce));
         Ok((
             ConfigWatcher {
                 current,
                 task: task.abort_handle(),
             },
-            rx,
+            Changes(rx),
         ))
     }
 
@@ -198,17 +239,34 @@ fn read(path: &Path, current: &Mutex<Vec<u8>>) -> Read {
 
 /// Records `bytes` as current and tells the daemon. Returns false once the
 /// receiver is gone.
-fn announce(bytes: Vec<u8>, current: &Mutex<Vec<u8>>, tx: &mpsc::Sender<()>) -> bool {
-    *lock(current) = bytes;
-    // A full channel already holds a notification; the daemon reads the file anew.
-    !matches!(tx.try_send(()), Err(mpsc::error::TrySendError::Closed(())))
+fn announce(
+    bytes: Vec<u8>,
+    config: Option<Box<Config>>,
+    current: &Mutex<Vec<u8>>,
+    tx: &Sender,
+) -> bool {
+    lock(current).clone_from(&bytes);
+    tx.send(Some(Arc::new(Change { bytes, config }))).is_ok()
 }
+
+type Sender = watch::Sender<Option<Arc<Change>>>;
 
 /// Reads the file and announces it when it differs from the current content.
 /// Returns false once the receiver is gone.
-fn compare(path: &Path, current: &Mutex<Vec<u8>>, tx: &mpsc::Sender<()>) -> bool {
+fn compare(
+    path: &Path,
+    current: &Mutex<Vec<u8>>,
+    tx: &Sender,
+    check: fn(&Path, &[u8]) -> Check,
+) -> bool {
     match read(path, current) {
-        Read::Changed(bytes) => announce(bytes, current, tx),
+        Read::Changed(bytes) => {
+            let config = match check(path, &bytes) {
+                Check::Complete(config) => config,
+                Check::Incomplete => None,
+            };
+            announce(bytes, config, current, tx)
+        }
         Read::Same => !tx.is_closed(),
     }
 }
@@ -218,7 +276,7 @@ fn compare(path: &Path, current: &Mutex<Vec<u8>>, tx: &mpsc::Sender<()>) -> bool
 async fn run(
     mut tracker: Tracker,
     mut raw: mpsc::UnboundedReceiver<notify::Result<Event>>,
-    tx: mpsc::Sender<()>,
+    tx: Sender,
     current: Arc<Mutex<Vec<u8>>>,
     debounce: Debounce,
 ) {
@@ -263,14 +321,19 @@ async fn run(
                 Read::Same => break,
                 Read::Changed(bytes) => bytes,
             };
-            if incomplete || (debounce.is_complete)(&tracker.path, &bytes) {
-                tracing::debug!(after = ?first.elapsed(), "config file content changed");
-                if !announce(bytes, &current, &tx) {
-                    return;
+            let config = match (debounce.check)(&tracker.path, &bytes) {
+                Check::Complete(config) => config,
+                Check::Incomplete if !incomplete => {
+                    incomplete = true;
+                    continue;
                 }
-                break;
+                Check::Incomplete => None,
+            };
+            tracing::debug!(after = ?first.elapsed(), "config file content changed");
+            if !announce(bytes, config, &current, &tx) {
+                return;
             }
-            incomplete = true;
+            break;
         }
     }
 }

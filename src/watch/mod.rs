@@ -4,4 +4,4 @@
 mod chain;
 mod file;
 
-pub use file::{ConfigWatcher, Debounce, WatchError};
+pub use file::{Change, Changes, Check, ConfigWatcher, Debounce, WatchError};
