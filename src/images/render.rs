@@ -15,6 +15,9 @@ use crate::ui::loopback::{Answer, Loopback, LoopbackError};
 
 /// The longest one render may take (a large model on a slow GPU, behind a queue).
 const RENDER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The largest answer of a render: Forge/A1111 send the PNG base64-encoded inside
+/// JSON, a large image with its metadata is tens of MB.
+const MAX_RENDER_ANSWER: usize = 256 * 1024 * 1024;
 /// How often ComfyUI's history is asked whether the prompt finished.
 const HISTORY_POLL: Duration = Duration::from_millis(250);
 /// `client_id` of the supervisor's ComfyUI prompts, so they can be told apart.
@@ -56,7 +59,7 @@ impl Renderer {
     /// A renderer for the UI on `127.0.0.1:port`.
     pub fn new(port: u16, auth: Option<ApiAuth>) -> Renderer {
         Renderer {
-            client: Loopback::new(port, auth),
+            client: Loopback::new(port, auth).max_answer(MAX_RENDER_ANSWER),
         }
     }
 

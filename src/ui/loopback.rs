@@ -24,9 +24,10 @@ use crate::ui::api::ApiAuth;
 /// means it is not listening yet or is stuck.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The largest answer read from the UI (Forge's `/openapi.json` is ~1 MB, a PNG
-/// a few MB): a UI that streams without end cannot fill the supervisor's memory.
-pub const MAX_ANSWER: usize = 256 * 1024 * 1024;
+/// The largest answer read by default: probes, options and Forge's
+/// `/openapi.json` (~1 MB) fit many times over, and a UI that streams without end
+/// cannot fill the supervisor's memory. Renders raise it ([`Loopback::max_answer`]).
+pub const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 /// Why a request to the UI got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,9 @@ pub enum LoopbackError {
     /// The connection broke or the answer was not HTTP.
     #[error("connection to the UI failed: {0}")]
     Http(String),
+    /// The answer's body was larger than the client reads.
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
     /// No complete answer within the request's limit.
     #[error("no answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
@@ -52,7 +56,7 @@ pub enum LoopbackError {
 pub struct Answer {
     /// HTTP status code.
     pub status: u16,
-    /// The body, at most [`MAX_ANSWER`] bytes.
+    /// The body, at most the client's `max_answer` bytes.
     pub body: Bytes,
 }
 
@@ -68,12 +72,23 @@ impl Answer {
 pub struct Loopback {
     port: u16,
     auth: Option<ApiAuth>,
+    max_answer: usize,
 }
 
 impl Loopback {
     /// A client for the UI on `127.0.0.1:port`; `auth` is sent on `/sdapi/*`.
     pub fn new(port: u16, auth: Option<ApiAuth>) -> Loopback {
-        Loopback { port, auth }
+        Loopback {
+            port,
+            auth,
+            max_answer: MAX_ANSWER,
+        }
+    }
+
+    /// Reads answers up to `bytes` (renders: base64 PNGs in JSON).
+    pub fn max_answer(mut self, bytes: usize) -> Loopback {
+        self.max_answer = bytes;
+        self
     }
 
     /// `GET path` (path and query, already encoded).
@@ -154,10 +169,16 @@ impl Loopback {
         let answer = async move {
             let response = sender.send_request(request).await.map_err(http)?;
             let status = response.status().as_u16();
-            let body = Limited::new(response.into_body(), MAX_ANSWER)
+            let limit = self.max_answer;
+            let body = Limited::new(response.into_body(), limit)
                 .collect()
                 .await
-                .map_err(|e| LoopbackError::Http(format!("reading the answer: {e}")))?
+                .map_err(
+                    |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                        Some(_) => LoopbackError::TooLarge(limit),
+                        None => LoopbackError::Http(format!("reading the answer: {e}")),
+                    },
+                )?
                 .to_bytes();
             Ok(Answer { status, body })
         };
@@ -174,5 +195,104 @@ impl Loopback {
                 _ = &mut conn, if conn_open => conn_open = false,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-shot server on loopback that answers every connection with `answer`
+    /// (or says nothing when `None`); returns its port and the requests it read.
+    async fn server(
+        answer: Option<Vec<u8>>,
+    ) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                match &answer {
+                    Some(a) => {
+                        let _ = stream.write_all(a).await;
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(60)).await,
+                }
+            }
+        });
+        (port, rx)
+    }
+
+    #[tokio::test]
+    async fn reads_the_answer_and_sends_credentials_only_to_sdapi() {
+        let body = br#"{"ok":true}"#;
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        answer.extend_from_slice(body);
+        let (port, mut seen) = server(Some(answer)).await;
+        let auth = ApiAuth::parse("sup:pw").unwrap();
+        let client = Loopback::new(port, Some(auth));
+        let got = client
+            .get("/sdapi/v1/progress", Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(got.is_success());
+        assert_eq!(&got.body[..], body);
+        let request = seen.recv().await.unwrap();
+        assert!(
+            request.starts_with("GET /sdapi/v1/progress HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("authorization: Basic c3VwOnB3\r\n"),
+            "{request}"
+        );
+        client
+            .get("/internal/ping", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let request = seen.recv().await.unwrap();
+        assert!(
+            !request.to_ascii_lowercase().contains("authorization"),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_stops_at_the_limit() {
+        let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        answer.extend(std::iter::repeat_n(b'x', 100_000));
+        let (port, _seen) = server(Some(answer)).await;
+        let client = Loopback::new(port, None).max_answer(10_000);
+        let err = client
+            .get("/queue", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoopbackError::TooLarge(10_000)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_ui_times_out_and_a_closed_port_is_a_connect_error() {
+        let (port, _seen) = server(None).await;
+        let client = Loopback::new(port, None);
+        let err = client
+            .get("/queue", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoopbackError::Timeout(_)), "{err}");
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let err = Loopback::new(port, None)
+            .get("/queue", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoopbackError::Connect { .. }), "{err}");
     }
 }
