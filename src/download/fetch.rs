@@ -54,20 +54,19 @@ pub struct Place {
     pub mode: u32,
 }
 
-/// Runs one attempt. `carried` is the hasher state left by the previous
-/// attempt (taken, and put back on failure). `verifying` is called once all
-/// bytes are in.
+/// Runs one attempt (in the download helper, one attempt per process): resumes
+/// the `.part` after re-hashing its prefix. `verifying` is called once all bytes
+/// are in.
 pub async fn attempt(
     client: &reqwest::Client,
     place: &Place,
     download: &Download,
-    carried: &mut Option<Partial>,
     progress: &Arc<Progress>,
     verifying: impl FnOnce(),
 ) -> Result<(), Failure> {
     let final_path = cache_path(&place.data_dir, &download.sha256);
-    // Every file operation runs off the async thread: in the daemon that
-    // thread is also the core's, whose loop must never wait on the disk.
+    // Every file operation runs off the async thread, which also moves the
+    // network bytes and reports progress.
     let probe = final_path.clone();
     if let Ok(len) = blocking(move || {
         std::fs::metadata(&probe)
@@ -81,15 +80,14 @@ pub async fn attempt(
         return Ok(());
     }
     let part_path = cache::part_path(&place.data_dir, &download.sha256);
-    let (place2, part2, prev) = (place.clone(), part_path.clone(), carried.take());
-    let (mut file, mut partial) = blocking(move || open_part(&place2, &part2, prev)).await?;
+    let (place2, part2) = (place.clone(), part_path.clone());
+    let (mut file, mut partial) = blocking(move || open_part(&place2, &part2)).await?;
     progress.done.store(partial.len(), Ordering::Relaxed);
 
     let (mut resp, url) = match http::get(client, download, partial.len()).await {
         Ok(answer) => answer,
         Err(failure) => {
             forget_empty(&part_path, partial.len()).await;
-            *carried = Some(partial);
             return Err(failure);
         }
     };
@@ -97,7 +95,6 @@ pub async fn attempt(
         StatusCode::PARTIAL_CONTENT => {
             let (start, total) = content_range(&resp).unwrap_or((UNKNOWN, None));
             if start != partial.len() {
-                *carried = Some(partial);
                 return Err(Failure::Network(format!(
                     "{} resumed at the wrong offset",
                     redact(&url)
@@ -127,7 +124,6 @@ pub async fn attempt(
         }
         status => {
             forget_empty(&part_path, partial.len()).await;
-            *carried = Some(partial);
             return Err(Failure::Http {
                 status: status.as_u16(),
                 url: redact(&url),
@@ -169,21 +165,18 @@ pub async fn attempt(
             .map_err(|e| Failure::Io(format!("writer task: {e}")))?;
         (file, partial) = (f, p);
         if let Err(e) = written {
-            *carried = Some(partial);
             return Err(match e.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => Failure::DiskFull,
                 _ => io_failure("write", &part_path, e),
             });
         }
         if let Some(failure) = network {
-            *carried = Some(partial);
             return Err(failure);
         }
         if let Some(total) = total
             && partial.len() != total
         {
             let got = partial.len();
-            *carried = Some(partial);
             return Err(Failure::Network(format!(
                 "{}: body ended at {got} of {total} bytes",
                 redact(&url)
@@ -197,12 +190,8 @@ pub async fn attempt(
 }
 
 /// Opens (or creates) the `.part` for appending and brings the hasher up to
-/// its length: the carried one when it matches, else by reading the prefix once.
-fn open_part(
-    place: &Place,
-    path: &Path,
-    carried: Option<Partial>,
-) -> Result<(File, Partial), Failure> {
+/// its length by reading the prefix once.
+fn open_part(place: &Place, path: &Path) -> Result<(File, Partial), Failure> {
     cache::ensure_dir(&place.data_dir, place.mode)
         .map_err(|e| io_failure("create", &cache::dir(&place.data_dir), e))?;
     let mut file = std::fs::OpenOptions::new()
@@ -211,13 +200,6 @@ fn open_part(
         .create(true)
         .open(path)
         .map_err(|e| io_failure("open", path, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| io_failure("stat", path, e))?
-        .len();
-    if let Some(p) = carried.filter(|p| p.len() == len) {
-        return Ok((file, p));
-    }
     let mut partial = Partial::new();
     let mut buf = vec![0u8; WRITE_CHUNK];
     loop {

@@ -51,7 +51,7 @@ pub fn main() -> ExitCode {
                 report_progress(&ticking);
             }
         });
-        let result = fetch::attempt(&client, &place, &download, &mut None, &progress, || {
+        let result = fetch::attempt(&client, &place, &download, &progress, || {
             report_progress(&progress);
             report(&Report::Verifying);
         })

@@ -30,8 +30,7 @@ const HASH_QUEUE: usize = 4;
 const MAX_SLICES: usize = 512;
 
 /// What the `.part` holds: its length and the SHA-256 state of exactly those
-/// bytes, carried from one attempt to the next so a resume in the same process
-/// does not re-read the file.
+/// bytes.
 pub struct Partial {
     /// ring's SHA-256 (SHA-NI/AVX2 assembly); a portable implementation runs at a
     /// quarter of the speed (300 MB/s measured).
@@ -193,9 +192,9 @@ mod tests {
         assert_eq!(partial.digest(), sha256(&expected));
     }
 
-    /// A resumed `.part`: the carried state goes on from its length.
+    /// A resumed `.part`: the state rebuilt from its prefix goes on from its length.
     #[test]
-    fn continues_a_carried_state() {
+    fn continues_the_state_of_a_resumed_part() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("y.part");
         std::fs::write(&path, b"hello ").unwrap();
