@@ -26,7 +26,7 @@ use serde_json::Value;
 use support::config::Conf;
 use support::env::BIN;
 use support::http::txt2img;
-use support::record::{events, read_record};
+use support::record::{events, read_record, wait_record};
 use support::scene::Scene;
 use support::systemd::{Sandbox, tool};
 use support::wait::wait_for;
@@ -143,15 +143,9 @@ fn systemctl_reload_hands_over_to_binary_b_without_touching_the_job() {
     );
     let main_pid = sandbox.property(UNIT, "MainPID");
     let record = conf.record.clone();
-    let first = wait_for("the stand-in listening", SECS(20), || {
-        events(&read_record(&record), "listening")
-            .first()
-            .map(|r| r.pid)
-    });
+    let first = wait_record(&record, "listening", 1, SECS(20)).pid;
     let job = txt2img(conf.port, 8.0);
-    wait_for("the job started", SECS(10), || {
-        (!events(&read_record(&record), "job_start").is_empty()).then_some(())
-    });
+    wait_record(&record, "job_start", 1, SECS(10));
     // A restart owed from before the upgrade must survive it.
     conf.extra_args = vec!["--cuda-malloc".into()];
     std::fs::write(&config, conf.render()).expect("write the config");
@@ -215,11 +209,7 @@ fn systemctl_reload_hands_over_to_binary_b_without_touching_the_job() {
         "a signal reached the UI before its job ended"
     );
     // B carries out the pending restart after the job, as A would have.
-    wait_for("the restarted stand-in", SECS(20), || {
-        events(&read_record(&record), "listening")
-            .get(1)
-            .map(|_| ())
-    });
+    wait_record(&record, "listening", 2, SECS(20));
     assert_eq!(sandbox.property(UNIT, "MainPID"), main_pid);
     assert_eq!(sandbox.property(UNIT, "NRestarts"), "0");
 }
@@ -245,15 +235,9 @@ fn a_changed_unit_restarts_the_service_once_the_job_is_done() {
     );
     let main_pid = sandbox.property(UNIT, "MainPID");
     let record = conf.record.clone();
-    wait_for("the stand-in listening", SECS(20), || {
-        events(&read_record(&record), "listening")
-            .first()
-            .map(|_| ())
-    });
+    wait_record(&record, "listening", 1, SECS(20));
     let job = txt2img(conf.port, 6.0);
-    wait_for("the job started", SECS(10), || {
-        (!events(&read_record(&record), "job_start").is_empty()).then_some(())
-    });
+    wait_record(&record, "job_start", 1, SECS(10));
 
     conf.unit_fingerprint = Some("unit-2".into());
     std::fs::write(&config, conf.render()).expect("write the config");

@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::systemd::Sandbox;
-use support::{BIN, Conf, Scene, events, read_record, txt2img, wait_for};
+use support::{BIN, Conf, Scene, events, read_record, txt2img, wait_for, wait_record};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const UNIT: &str = "sd-webui-reload-test.service";
@@ -53,15 +53,9 @@ fn systemctl_reload_returns_at_once_and_the_restart_waits_for_the_job() {
     let daemon_pid = sandbox.property(UNIT, "MainPID");
 
     let record = scene.record.clone();
-    let first = wait_for("the stand-in listening", SECS(20), || {
-        events(&read_record(&record), "listening")
-            .first()
-            .map(|r| r.pid)
-    });
+    let first = wait_record(&record, "listening", 1, SECS(20)).pid;
     let job = txt2img(scene.port, 8.0);
-    wait_for("the job started", SECS(10), || {
-        (!events(&read_record(&record), "job_start").is_empty()).then_some(())
-    });
+    wait_record(&record, "job_start", 1, SECS(10));
 
     scene.extra_args = vec!["--cuda-malloc".into()];
     std::fs::write(&config, scene.render()).expect("write the new config");
@@ -111,11 +105,7 @@ fn systemctl_reload_returns_at_once_and_the_restart_waits_for_the_job() {
         events(&recs, "signal").iter().all(|s| s.t >= end.t),
         "a signal reached the UI before its job ended"
     );
-    let second = wait_for("a new stand-in listening", SECS(20), || {
-        events(&read_record(&record), "listening")
-            .get(1)
-            .map(|r| r.pid)
-    });
+    let second = wait_record(&record, "listening", 2, SECS(20)).pid;
     assert_ne!(second, first);
     let starts = read_record(&record);
     let new = events(&starts, "start")

@@ -50,7 +50,7 @@ pub use env::*;
 pub use http::{comfy_prompt, get_json, http, http_on, txt2img};
 pub use notify::{Notification, NotifySocket};
 pub use procs::*;
-pub use record::{Rec, Record, RecordTail, events, pid, read_record, t};
+pub use record::{Rec, Record, RecordTail, events, pid, read_record, t, wait_record};
 pub use scene::{Scenario, Scene};
 pub use stats::{Rng, percentile};
 pub use wait::{poll_until, wait_for, wait_for_with};

@@ -107,6 +107,15 @@ impl RecordTail {
     }
 }
 
+/// Waits for the `n`-th (1-based) `event` record in the record file at `path`.
+pub fn wait_record(path: &Path, event: &str, n: usize, timeout: Duration) -> Rec {
+    wait_for(&format!("{event} record #{n}"), timeout, || {
+        events(&read_record(path), event)
+            .get(n.saturating_sub(1))
+            .map(|r| (*r).clone())
+    })
+}
+
 /// The records of one kind.
 pub fn events<'a>(recs: &'a [Rec], event: &str) -> Vec<&'a Rec> {
     recs.iter().filter(|r| r.event == event).collect()
