@@ -4,13 +4,15 @@
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, ConfigError};
+use crate::front::FrontDoor;
 use crate::handoff::signals::{Signals, resend};
-use crate::handoff::state::{self, ControlFds, Envelope, GuardFd, Received, UiHandle};
+use crate::handoff::state::{self, ControlFds, Envelope, FrontFds, GuardFd, Received, UiHandle};
 use crate::notify::Notifier;
 use crate::supervisor::protocol::CoreHandle;
 use crate::supervisor::{Ended, Handover, Supervisor};
@@ -27,6 +29,9 @@ pub enum DaemonError {
     /// The control plane could not bind (socket in use, bus name taken, …).
     #[error("{0}")]
     Control(#[from] crate::control::ControlError),
+    /// The front door could not start (`ui.port` taken, credentials unreadable).
+    #[error("{0}")]
+    Front(#[from] crate::front::FrontError),
     /// The state handed over by the previous binary cannot be read.
     #[error("cannot take over from the previous binary: {0}")]
     Handoff(String),
@@ -109,6 +114,9 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
             }
         }
     };
+    let mut config = config;
+    let inherited_front = adoption.as_ref().map(|(r, _)| r.envelope.front);
+    let front_plan = plan_front(&mut config, inherited_front)?;
     let control_config = config.control.clone();
     let (mut core, handle, commands, events) = Supervisor::new(
         PathBuf::from(path),
@@ -131,6 +139,19 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     let control = match listeners {
         Some(l) => crate::control::start_inherited(handle.clone(), &control_config, l).await?,
         None => crate::control::start(handle.clone(), &control_config).await?,
+    };
+    let front = match front_plan {
+        Some(plan) => {
+            let listener = match plan.listener {
+                Some(l) => l,
+                None => crate::front::bind(plan.address)?,
+            };
+            let door = FrontDoor::start(listener, plan.settings, &handle)?;
+            handle.attach_front(door.stats());
+            core.watch_front(door.busy());
+            Some((door, plan.ui_port))
+        }
+        None => None,
     };
 
     let (stop, stopped) = oneshot::channel();
@@ -157,29 +178,95 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     signal_task.abort();
     drop(watcher);
     match ended {
-        Ended::Shutdown => {
+        Ended::Shutdown | Ended::ServiceRestart => {
+            if let Some((door, _)) = front {
+                door.shutdown(FRONT_STOP_GRACE).await;
+            }
             control.shutdown().await;
-            Ok(Step::Done(Exit::Stopped))
-        }
-        Ended::ServiceRestart => {
-            control.shutdown().await;
-            Ok(Step::Done(Exit::ServiceRestart))
+            Ok(Step::Done(if matches!(ended, Ended::Shutdown) {
+                Exit::Stopped
+            } else {
+                Exit::ServiceRestart
+            }))
         }
         Ended::Handoff(handover) => {
+            let front = match front {
+                Some((door, ui_port)) => Some((door.hand_over(FRONT_HANDOFF_GRACE).await, ui_port)),
+                None => None,
+            };
             let listeners = control.hand_over().await;
-            Ok(exec_new_binary(path, *handover, listeners))
+            Ok(exec_new_binary(path, *handover, listeners, front))
         }
     }
 }
 
+/// How long a stop lets the front door's answers in flight finish (the UI is
+/// already stopped by then: held requests get their 503 at once).
+const FRONT_STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a handoff lets requests finish that reached the front door after
+/// the core saw none in flight (the core waited for the others).
+const FRONT_HANDOFF_GRACE: Duration = Duration::from_secs(10);
+
+/// The front door of this generation, planned before the core is built (the
+/// UI's private port goes into the config in force), started after the
+/// control plane.
+struct FrontPlan {
+    address: std::net::SocketAddr,
+    listener: Option<std::net::TcpListener>,
+    settings: crate::front::Settings,
+    ui_port: u16,
+}
+
+/// Pins the UI's private port in `config` (the one the adopted UI runs on after
+/// a handoff, else `front.ui_port`, else a free one) and reads the front door's
+/// settings; `None` without a front door. `inherited`: `Some` after a handoff,
+/// holding what the previous binary's door handed over.
+fn plan_front(
+    config: &mut Config,
+    inherited: Option<Option<FrontFds>>,
+) -> Result<Option<FrontPlan>, DaemonError> {
+    let handed = inherited.flatten();
+    let listener = handed
+        .and_then(|f| own_fd(f.listener))
+        .map(std::net::TcpListener::from);
+    if config.front.enable && matches!(inherited, Some(None)) {
+        // The previous binary ran without a front door: the adopted UI itself
+        // listens on ui.port. The door comes with the next start of the service.
+        tracing::warn!(
+            "the previous supervisor ran no front door; the UI keeps ui.port until the service restarts"
+        );
+        config.front.enable = false;
+    }
+    if !config.front.enable {
+        return Ok(None);
+    }
+    let ui_port = match (handed, config.front.ui_port) {
+        (Some(f), _) => f.ui_port,
+        (None, Some(p)) => p,
+        (None, None) => crate::front::pick_ui_port()?,
+    };
+    config.front.ui_port = Some(ui_port);
+    let address = crate::front::address(config);
+    let listener = listener.filter(|l| l.local_addr().ok() == Some(address));
+    Ok(Some(FrontPlan {
+        address,
+        listener,
+        settings: crate::front::Settings::of(config)?,
+        ui_port,
+    }))
+}
+
+/// Owns descriptor `fd` if it is open.
+fn own_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only checks that the number is open.
+    (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+        // SAFETY: an open descriptor handed to this binary to own.
+        .then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The listeners named in a handoff document, owned again.
 fn take_listeners(fds: &ControlFds) -> Option<crate::control::Listeners> {
-    let open = |fd: RawFd| {
-        // SAFETY: F_GETFD only checks that the number is open.
-        (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
-            // SAFETY: an open descriptor handed to this binary to own.
-            .then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-    };
+    let open = own_fd;
     let unix = open(fds.unix?)?;
     Some(crate::control::Listeners {
         unix,
@@ -194,6 +281,7 @@ fn exec_new_binary(
     path: &Path,
     handover: Handover,
     listeners: Option<crate::control::Listeners>,
+    front: Option<(OwnedFd, u16)>,
 ) -> Step {
     // From here the document owns the descriptors (by number), whichever binary
     // reads it.
@@ -223,7 +311,11 @@ fn exec_new_binary(
         },
         None => ControlFds::default(),
     };
-    let envelope = Envelope::new(ui, control, Some(handover.config_text), &handover.state);
+    let mut envelope = Envelope::new(ui, control, Some(handover.config_text), &handover.state);
+    envelope.front = front.map(|(fd, ui_port)| FrontFds {
+        listener: raw(fd),
+        ui_port,
+    });
     let err = match state::write(&envelope) {
         Ok(memfd) => {
             let doc = memfd.as_raw_fd();

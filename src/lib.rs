@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod download;
+pub mod front;
 pub mod handoff;
 pub mod images;
 pub mod init;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::config::supervisor::SupervisorConfig;
-use crate::config::{Config, ControlConfig, DataConfig, RestartConfig, UiConfig};
+use crate::config::{Config, ControlConfig, DataConfig, FrontConfig, RestartConfig, UiConfig};
 use crate::ui::flavor::{Flavor, ModelKind};
 
 /// The classified difference between the running config and a new one.
@@ -125,6 +125,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         settings: old_settings,
         restart: old_restart,
         control: old_control,
+        front: old_front,
         supervisor: old_supervisor,
         downloads: old_downloads,
         images: old_images,
@@ -137,13 +138,14 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         settings: new_settings,
         restart: new_restart,
         control: new_control,
+        front: new_front,
         supervisor: new_supervisor,
         downloads: new_downloads,
         images: new_images,
     } = new;
 
     let mut d = ConfigDiff::default();
-    ui(&mut d, old_ui, new_ui);
+    ui(&mut d, old_ui, new_ui, old_front.enable);
     data(&mut d, old_data, new_data);
     note(
         &mut d.restart_reasons,
@@ -152,6 +154,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     );
     restart(&mut d, old_restart, new_restart);
     control(&mut d, old_control, new_control);
+    front(&mut d, old_front, new_front);
     supervisor(&mut d, old_supervisor, new_supervisor);
     // A new hash also changes the model's target (its cache file), which the
     // models diff sees; URLs, tokens and the limit are the download manager's.
@@ -179,7 +182,9 @@ fn note(list: &mut Vec<String>, name: &str, changed: bool) {
     }
 }
 
-fn ui(d: &mut ConfigDiff, old: &UiConfig, new: &UiConfig) {
+/// `behind_front`: `ui.port` and `ui.listen` are the front door's listener, set
+/// up once at start, not the UI's.
+fn ui(d: &mut ConfigDiff, old: &UiConfig, new: &UiConfig, behind_front: bool) {
     let UiConfig {
         flavor,
         command,
@@ -192,11 +197,16 @@ fn ui(d: &mut ConfigDiff, old: &UiConfig, new: &UiConfig) {
         startup_timeout,
         stop_timeout,
     } = new;
+    let address = if behind_front {
+        &mut d.next_start
+    } else {
+        &mut d.restart_reasons
+    };
+    note(address, "ui.listen", old.listen != *listen);
+    note(address, "ui.port", old.port != *port);
     let r = &mut d.restart_reasons;
     note(r, "ui.flavor", old.flavor != *flavor);
     note(r, "ui.command", old.command != *command);
-    note(r, "ui.listen", old.listen != *listen);
-    note(r, "ui.port", old.port != *port);
     note(r, "ui.extra_args", old.extra_args != *extra_args);
     note(r, "ui.environment", old.environment != *environment);
     note(r, "ui.gpus", old.gpus != *gpus);
@@ -236,6 +246,36 @@ fn restart(d: &mut ConfigDiff, old: &RestartConfig, new: &RestartConfig) {
         s,
         "restart.poll_interval",
         old.poll_interval != *poll_interval,
+    );
+}
+
+/// The whole of `[front]` is set up once, at start (like `[control]`); the
+/// config in force keeps the running values (see [`FrontConfig::carry_over`]).
+fn front(d: &mut ConfigDiff, old: &FrontConfig, new: &FrontConfig) {
+    let FrontConfig {
+        enable,
+        hold_timeout,
+        max_held,
+        max_connections,
+        auth_file,
+        ui_port,
+    } = new;
+    let s = &mut d.next_start;
+    note(s, "front.enable", old.enable != *enable);
+    note(s, "front.hold_timeout", old.hold_timeout != *hold_timeout);
+    note(s, "front.max_held", old.max_held != *max_held);
+    note(
+        s,
+        "front.max_connections",
+        old.max_connections != *max_connections,
+    );
+    note(s, "front.auth_file", old.auth_file != *auth_file);
+    // A picked port is pinned in the config in force; the file saying nothing
+    // is no change.
+    note(
+        s,
+        "front.ui_port",
+        ui_port.is_some() && old.ui_port != *ui_port,
     );
 }
 

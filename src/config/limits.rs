@@ -75,6 +75,13 @@ pub const POLL_INTERVAL: DurationLimit = DurationLimit {
     text: "1h",
 };
 
+/// `front.hold_timeout`: how long the front door holds an API request for a UI
+/// that is not ready.
+pub const HOLD_TIMEOUT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(24 * HOUR),
+    text: "24h",
+};
+
 /// Every duration key with its bound: `(section, key, limit)`. The docs and tests
 /// read this list; validation uses the same constants.
 pub const DURATIONS: &[(&str, &str, DurationLimit)] = &[
@@ -83,6 +90,7 @@ pub const DURATIONS: &[(&str, &str, DurationLimit)] = &[
     ("restart", "idle_grace", IDLE_GRACE),
     ("restart", "deadline", DEADLINE),
     ("restart", "poll_interval", POLL_INTERVAL),
+    ("front", "hold_timeout", HOLD_TIMEOUT),
 ];
 
 /// A string that becomes one argv element (or an environment value).

@@ -10,6 +10,7 @@ mod checker;
 mod diagnostics;
 pub mod diff;
 pub mod download;
+pub mod front;
 mod images;
 pub mod limits;
 mod raw;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use diagnostics::{ConfigError, Problem};
+pub use front::FrontConfig;
 pub use images::{ImageConfig, Txt2img, Workflow};
 
 use crate::ui::flavor::{Flavor, ModelKind};
@@ -46,6 +48,8 @@ pub struct Config {
     pub restart: RestartConfig,
     /// The control plane: socket, D-Bus, optional TCP.
     pub control: ControlConfig,
+    /// The front door: the supervisor's listener on `ui.port` in front of the UI.
+    pub front: FrontConfig,
     /// Self-upgrade: the binary to run and the unit's fingerprint.
     pub supervisor: supervisor::SupervisorConfig,
     /// Declared images (`[images.<name>]`), rendered by the running UI.
@@ -231,21 +235,36 @@ impl Config {
         }
     }
 
+    /// The port the UI process itself listens on: its private loopback port
+    /// behind the front door (`ui.port` until one is pinned), else `ui.port`.
+    pub fn ui_own_port(&self) -> u16 {
+        match (self.front.enable, self.front.ui_port) {
+            (true, Some(port)) => port,
+            _ => self.ui.port,
+        }
+    }
+
+    /// Whether the UI process binds every address: never behind the front door,
+    /// which alone faces the network.
+    pub fn ui_own_listen(&self) -> bool {
+        self.ui.listen && !self.front.enable
+    }
+
     /// Full argv of the UI: command, managed flavor arguments, then `extra_args`.
     pub fn ui_argv(&self) -> Vec<String> {
         let mut argv = self.ui.command.clone();
-        argv.extend(
-            self.ui
-                .flavor
-                .managed_args(&self.data.dir, self.ui.port, self.ui.listen),
-        );
+        argv.extend(self.ui.flavor.managed_args(
+            &self.data.dir,
+            self.ui_own_port(),
+            self.ui_own_listen(),
+        ));
         argv.extend(self.ui.extra_args.iter().cloned());
         argv
     }
 }
 
 /// Serde helpers that print durations the way the config file spells them.
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

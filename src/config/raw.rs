@@ -95,6 +95,7 @@ pub struct RawConfig {
     pub settings: toml::Table,
     pub restart: RawRestart,
     pub control: RawControl,
+    pub front: super::front::RawFront,
     pub supervisor: super::supervisor::RawSupervisor,
     pub downloads: RawDownloads,
     /// `[images.<name>]`, read image by image.
@@ -150,6 +151,11 @@ pub const SECTIONS: &[Section] = &[
         name: "control",
         keys: RawControl::KEYS,
         read: |de, raw| RawControl::deserialize(de).map(|v| raw.control = v),
+    },
+    Section {
+        name: "front",
+        keys: super::front::RawFront::KEYS,
+        read: |de, raw| super::front::RawFront::deserialize(de).map(|v| raw.front = v),
     },
     Section {
         name: "supervisor",

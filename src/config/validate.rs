@@ -79,6 +79,17 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             );
         }
     }
+    let front = super::front::validate(&mut c, raw.front, ui.as_ref().map(|u| u.port));
+    if let (true, Some(addr), Some(port)) = (front.enable, control.http_listen, front.ui_port)
+        && addr.port() == port
+    {
+        c.value(
+            ["control", "http_listen"],
+            format!(
+                "port {port} is front.ui_port: the UI and the control API cannot both listen there"
+            ),
+        );
+    }
     let supervisor = super::supervisor::validate(raw.supervisor, c.problems);
     Some(Config {
         ui: ui?,
@@ -88,6 +99,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         settings,
         restart,
         control,
+        front,
         supervisor,
         downloads: DownloadsConfig {
             max_concurrent,

@@ -33,6 +33,20 @@ pub struct Envelope {
     pub config_text: Option<String>,
     /// The versioned body ([`CoreState`] for version 1).
     pub state: serde_json::Value,
+    /// The front door's listener and the UI's private port, when a front door
+    /// runs (absent from the documents of binaries without one).
+    #[serde(default)]
+    pub front: Option<FrontFds>,
+}
+
+/// The front door across a self-upgrade: its listening socket (connections wait
+/// in the kernel's queue meanwhile) and the private port the adopted UI runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrontFds {
+    /// The listener on `ui.port`.
+    pub listener: RawFd,
+    /// The UI's private loopback port.
+    pub ui_port: u16,
 }
 
 /// The UI process the new binary adopts.
@@ -166,6 +180,7 @@ impl Envelope {
             control,
             config_text,
             state: serde_json::to_value(state).unwrap_or(serde_json::Value::Null),
+            front: None,
         }
     }
 

@@ -62,6 +62,9 @@ pub struct Handover {
 #[derive(Debug)]
 pub(super) struct Planned {
     exe: PathBuf,
+    /// When it was planned: the wait for the front door's requests is bounded
+    /// from here.
+    at: Instant,
     /// The reload announced `RELOADING=1`; the new binary sends `READY=1`.
     announced: bool,
 }
@@ -161,6 +164,7 @@ impl Supervisor {
                 outcome.applied_live = vec!["supervisor.executable".into()];
                 self.handoff = Some(Planned {
                     exe,
+                    at: Instant::now(),
                     announced: reply.announced(),
                 });
                 self.reload_rejected = None;
@@ -178,12 +182,31 @@ impl Supervisor {
     }
 
     /// Whether the loop should end now: a planned handoff (not while a stop
-    /// task holds the UI) or a service restart.
+    /// task holds the UI, nor while the front door has requests in flight, up to
+    /// `front.hold_timeout`) or a service restart.
     pub(super) fn should_end(&self) -> bool {
         self.exit_service
             || (self.handoff.is_some()
                 && self.reloads_in_flight == 0
-                && !matches!(self.ui, Ui::Stopping { .. }))
+                && !matches!(self.ui, Ui::Stopping { .. })
+                && (self.front_in_flight == 0
+                    || self
+                        .handoff_front_bound()
+                        .is_some_and(|t| Instant::now() >= t)))
+    }
+
+    /// When a planned handoff stops waiting for the front door's requests.
+    pub(super) fn handoff_front_bound(&self) -> Option<Instant> {
+        let plan = self.handoff.as_ref()?;
+        (self.front_in_flight > 0)
+            .then(|| super::timers::after(plan.at, self.config.front.hold_timeout))
+            .flatten()
+    }
+
+    /// Lets a self-upgrade wait for the front door's requests in flight.
+    pub fn watch_front(&mut self, busy: tokio::sync::watch::Receiver<usize>) {
+        self.front_in_flight = *busy.borrow();
+        self.front = Some(busy);
     }
 
     /// The loop ended for a handoff: give the UI up and export the state.
@@ -333,13 +356,13 @@ impl Supervisor {
             }
         };
         let auth = prepared.and_then(|p| p.auth);
-        let probe = Probe::new(self.config.ui.flavor, self.config.ui.port, auth);
+        let probe = Probe::new(self.config.ui.flavor, self.config.ui_own_port(), auth);
         tracing::info!(pid = handle.pid, ready, "adopted the running UI");
         self.timers.probe_at(Some(Instant::now()));
         self.ui = if ready {
             let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
                 let events = self.signals.clone();
-                QueueSignal::start(self.config.ui.port, move |n| {
+                QueueSignal::start(self.config.ui_own_port(), move |n| {
                     let _ = events.send(Event::QueueChanged(n));
                 })
             });

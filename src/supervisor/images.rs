@@ -50,7 +50,7 @@ impl Images {
 impl Supervisor {
     /// A UI was launched: renders go to it (with its credentials).
     pub(super) fn images_ui_launched(&mut self, auth: Option<ApiAuth>) {
-        self.images.renderer = Some(Renderer::new(self.config.ui.port, auth));
+        self.images.renderer = Some(Renderer::new(self.config.ui_own_port(), auth));
         self.images.book.ui_started();
         self.images_due();
     }

@@ -70,7 +70,7 @@ impl Supervisor {
             };
             // Something else listening on the UI's port: our UI could not bind it,
             // and the probes would talk to that program.
-            let ui_port = config.ui.port;
+            let ui_port = config.ui_own_port();
             let port_held = tokio::task::spawn_blocking(move || {
                 port::held_by(ui_port).map(|h| port::held_message(ui_port, &h))
             })
@@ -222,11 +222,15 @@ impl Supervisor {
             Ok(proc) => {
                 self.transient.succeeded();
                 self.refresh.forget_routes();
-                tracing::info!(ui_pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui.port, "UI launched");
+                tracing::info!(ui_pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui_own_port(), "UI launched");
                 if let Some(reason) = self.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
                 }
-                let probe = Probe::new(config.ui.flavor, config.ui.port, prepared.auth.clone());
+                let probe = Probe::new(
+                    config.ui.flavor,
+                    config.ui_own_port(),
+                    prepared.auth.clone(),
+                );
                 self.images_ui_launched(prepared.auth);
                 self.probing = super::Probing::default();
                 let now = Instant::now();
@@ -441,7 +445,7 @@ impl Supervisor {
         self.ready_since_unix = Some(unix_now());
         let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
             let events = self.signals.clone();
-            QueueSignal::start(self.config.ui.port, move |n| {
+            QueueSignal::start(self.config.ui_own_port(), move |n| {
                 let _ = events.send(Event::QueueChanged(n));
             })
         });
@@ -584,7 +588,7 @@ impl Supervisor {
     fn spawn_probe(&mut self, probe: Probe, readiness_of: Option<i32>) {
         self.probing.in_flight = true;
         let sent = Instant::now();
-        let ui_port = self.config.ui.port;
+        let ui_port = self.config.ui_own_port();
         self.tasks.spawn(async move {
             if let Some(group) = readiness_of {
                 let answers = probe.ready().await;

@@ -178,6 +178,11 @@ pub struct Supervisor {
     downloaded: std::collections::BTreeSet<crate::ui::flavor::ModelKind>,
     /// Declared images: their state and the render in progress.
     images: images::Images,
+    /// Requests in flight at the front door, when one runs: a self-upgrade
+    /// waits for none (see `handoff.rs`).
+    front: Option<watch::Receiver<usize>>,
+    /// The last count read from `front`.
+    front_in_flight: usize,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -248,6 +253,7 @@ impl Supervisor {
             refresh_failures: 0,
             draining: false,
             images: crate::images::ImagesStatus::default(),
+            front: None,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let images = images::Images::new(&config);
@@ -289,6 +295,8 @@ impl Supervisor {
             layout_transient: false,
             draining: false,
             images,
+            front: None,
+            front_in_flight: 0,
         };
         (
             sup,
@@ -314,10 +322,22 @@ impl Supervisor {
             Some(adopting) => self.finish_adoption(adopting),
             None => self.start_ui(),
         }
+        let mut front = self.front.take();
         while !self.should_end() {
             self.publish();
             let wake = tokio::time::Instant::from_std(self.next_wakeup());
+            let front_changed = async {
+                let Some(rx) = front.as_mut() else {
+                    return std::future::pending().await;
+                };
+                match rx.changed().await {
+                    Ok(()) => *rx.borrow_and_update(),
+                    // The door is gone (the daemon is ending): nothing in flight.
+                    Err(_) => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                n = front_changed => self.front_in_flight = n,
                 () = &mut shutdown => break,
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 ev = self.tasks.next() => self.on_event(ev),
@@ -358,6 +378,7 @@ impl Supervisor {
                 pending.and_then(Pending::deadline),
                 pending.and_then(|p| p.grace_end(grace)),
                 self.next_progress(now),
+                self.handoff_front_bound(),
             ],
         )
     }
@@ -487,6 +508,7 @@ impl Supervisor {
             refresh_failures: self.refresh.failures,
             draining: self.draining,
             images: self.images.book.status(),
+            front: None,
         }
     }
 

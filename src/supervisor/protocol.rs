@@ -6,6 +6,7 @@
 //! These types are the protocol between the core and its adapters.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -214,6 +215,10 @@ pub struct Snapshot {
     pub draining: bool,
     /// Declared images: declared, rendered, pending, failed (with the UI's error).
     pub images: crate::images::ImagesStatus,
+    /// The front door's counters, when one runs (filled in by
+    /// [`CoreHandle::snapshot`]: the door counts, the core does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front: Option<crate::front::FrontStatus>,
 }
 
 impl Snapshot {
@@ -304,6 +309,8 @@ pub enum HandleError {
 pub struct CoreHandle {
     commands: mpsc::Sender<CoreCommand>,
     snapshots: watch::Receiver<Snapshot>,
+    /// The front door's counters, shared by every clone once set.
+    front: Arc<OnceLock<Arc<crate::front::Stats>>>,
 }
 
 impl CoreHandle {
@@ -312,12 +319,21 @@ impl CoreHandle {
         CoreHandle {
             commands,
             snapshots,
+            front: Arc::new(OnceLock::new()),
         }
     }
 
-    /// The latest snapshot.
+    /// Makes every snapshot read through this handle (and its clones) carry the
+    /// front door's counters. Once; a second call is ignored.
+    pub fn attach_front(&self, stats: Arc<crate::front::Stats>) {
+        let _ = self.front.set(stats);
+    }
+
+    /// The latest snapshot, with the front door's counters.
     pub fn snapshot(&self) -> Snapshot {
-        self.snapshots.borrow().clone()
+        let mut s = self.snapshots.borrow().clone();
+        s.front = self.front.get().map(|f| f.status());
+        s
     }
 
     /// A receiver that wakes on every new snapshot.

@@ -130,7 +130,8 @@ impl Supervisor {
             Some(going_on) => going_on,
             None => return,
         };
-        let new = match parsed.map_or_else(|| Config::from_bytes(&self.path, &text), |c| Ok(*c)) {
+        let mut new = match parsed.map_or_else(|| Config::from_bytes(&self.path, &text), |c| Ok(*c))
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload rejected, keeping the running config:\n{e}");
@@ -141,6 +142,7 @@ impl Supervisor {
             }
         };
         let change = diff(&self.config, &new);
+        crate::config::FrontConfig::carry_over(&self.config, &mut new);
         let unit_changed = Supervisor::unit_changed(&self.config, &new);
         let running_flavor = matches!(self.ui, Ui::Ready { .. }).then_some(self.config.ui.flavor);
         self.config = new;

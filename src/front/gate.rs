@@ -1,0 +1,73 @@
+//! Whether the front door lets requests through to the UI, read from the core's
+//! snapshots: open while the UI is ready, closed while it starts, restarts, backs
+//! off after a crash or waits for its GPU (requests are held), failed when it
+//! will not start by itself (requests are answered 503 at once).
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::supervisor::protocol::{Phase, Snapshot};
+
+/// The door's state for one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// The UI answers: forward.
+    Open,
+    /// Not yet: hold API requests, show browsers the restarting page.
+    Closed {
+        /// The status line to show.
+        status: String,
+        /// How long the last start took, as a guess for this one.
+        expected: Option<Duration>,
+    },
+    /// The UI will not come back by itself.
+    Failed {
+        /// The status line to show.
+        status: String,
+    },
+}
+
+impl Gate {
+    /// The gate a snapshot implies.
+    pub fn of(s: &Snapshot) -> Gate {
+        match s.state {
+            Phase::Ready => Gate::Open,
+            Phase::Failed => Gate::Failed {
+                status: s.status_line.clone(),
+            },
+            Phase::Starting | Phase::Backoff | Phase::Waiting | Phase::Stopping => Gate::Closed {
+                status: s.status_line.clone(),
+                expected: s.last_time_to_ready_ms.map(Duration::from_millis),
+            },
+        }
+    }
+}
+
+/// Why a hold ended without the UI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldEnd {
+    /// `front.hold_timeout` passed.
+    TimedOut,
+    /// The UI failed; the status line says why.
+    Failed(String),
+    /// The supervisor is stopping.
+    Stopped,
+}
+
+/// Waits until the gate opens or `until`.
+pub async fn wait_open(rx: &mut watch::Receiver<Snapshot>, until: Instant) -> Result<(), HoldEnd> {
+    loop {
+        match Gate::of(&rx.borrow_and_update()) {
+            Gate::Open => return Ok(()),
+            Gate::Failed { status } => return Err(HoldEnd::Failed(status)),
+            Gate::Closed { .. } => {}
+        }
+        match tokio::time::timeout_at(until, rx.changed()).await {
+            Err(_) => return Err(HoldEnd::TimedOut),
+            Ok(Err(_)) => return Err(HoldEnd::Stopped),
+            Ok(Ok(())) => {}
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The front door (docs/front-door.md): the supervisor listens on `ui.port` and
+//! passes requests to the UI on a private loopback port, so a restart of the UI
+//! is never "connection refused". While the UI is not ready, API requests are
+//! held and sent on once it is, browsers get a page that reloads itself, and
+//! websockets are closed with a code that makes the frontends reconnect.
+//!
+//! The door reads the core only through its snapshots (the [`gate`]) and holds
+//! no state of the core's; the core sees the door only through the number of
+//! requests in flight ([`FrontDoor::busy`]), which a self-upgrade waits on.
+//! Its listener is handed to the next binary with the rest
+//! ([`FrontDoor::hand_over`]): connections wait in the kernel's queue meanwhile.
+
+pub mod auth;
+mod forward;
+pub mod gate;
+mod page;
+mod serve;
+pub mod stats;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::supervisor::protocol::CoreHandle;
+
+pub use auth::{AuthError, Credentials};
+pub use page::STATUS_PATH;
+pub use stats::{FrontStatus, Stats};
+
+/// Longest wait for a request head; also how long a kept-alive connection may
+/// idle (nginx keeps 75 s).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(75);
+/// Pause after a failed `accept` (EMFILE): the error repeats until an fd frees up.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why the front door cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// Binding `ui.port` failed.
+    #[error(
+        "front door: cannot listen on {addr} (ui.port): {source}; is the UI or another supervisor still running there? (front.enable = false lets the UI bind it itself)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No private port could be had for the UI.
+    #[error("front door: cannot pick a private port for the UI: {0}")]
+    PickPort(#[source] std::io::Error),
+    /// The credentials file is unusable.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// Turning the socket into a tokio one failed.
+    #[error("front door: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The address the front door listens on: `ui.port` on loopback, or on every
+/// IPv4 address with `ui.listen` (what the UIs' own `--listen` binds).
+pub fn address(config: &Config) -> SocketAddr {
+    let ip = if config.ui.listen {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    };
+    SocketAddr::new(ip, config.ui.port)
+}
+
+/// Binds the front door's listener.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, FrontError> {
+    std::net::TcpListener::bind(addr).map_err(|source| FrontError::Bind { addr, source })
+}
+
+/// A free loopback port for the UI, as the kernel hands out ephemeral ports.
+pub fn pick_ui_port() -> Result<u16, FrontError> {
+    let probe =
+        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(FrontError::PickPort)?;
+    Ok(probe.local_addr().map_err(FrontError::PickPort)?.port())
+}
+
+/// The settings the door runs with (from `[front]`, read once at start).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The UI's private loopback port.
+    pub ui_port: u16,
+    /// `front.hold_timeout`.
+    pub hold_timeout: Duration,
+    /// `front.max_held`.
+    pub max_held: usize,
+    /// `front.max_connections`.
+    pub max_connections: usize,
+    /// `front.auth_file`, read.
+    pub auth: Option<Credentials>,
+}
+
+impl Settings {
+    /// Reads the settings of `config` (the credentials file among them);
+    /// `ui_port` must be the port pinned in the config.
+    pub fn of(config: &Config) -> Result<Settings, FrontError> {
+        let auth = match &config.front.auth_file {
+            Some(path) => Some(Credentials::load(path)?),
+            None => None,
+        };
+        Ok(Settings {
+            ui_port: config.ui_own_port(),
+            hold_timeout: config.front.hold_timeout,
+            max_held: config.front.max_held,
+            max_connections: config.front.max_connections,
+            auth,
+        })
+    }
+}
+
+/// The running front door.
+pub struct FrontDoor {
+    stop: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    /// A second descriptor of the listener, kept for a handoff.
+    kept: OwnedFd,
+    stats: Arc<Stats>,
+    busy: watch::Receiver<usize>,
+    local: SocketAddr,
+}
+
+impl FrontDoor {
+    /// Serves `listener` (bound by [`bind`] or inherited) in front of the UI.
+    pub fn start(
+        listener: std::net::TcpListener,
+        settings: Settings,
+        core: &CoreHandle,
+    ) -> Result<FrontDoor, FrontError> {
+        let local = listener.local_addr()?;
+        let kept: OwnedFd = listener.try_clone()?.into();
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (busy, busy_rx) = watch::channel(0usize);
+        let stats = Arc::new(Stats::default());
+        let max_connections = settings.max_connections;
+        let shared = Arc::new(serve::Shared {
+            ui_port: settings.ui_port,
+            hold_timeout: settings.hold_timeout,
+            max_held: settings.max_held,
+            auth: settings.auth,
+            limiter: Mutex::new(auth::Limiter::default()),
+            snapshots: core.subscribe(),
+            stats: stats.clone(),
+            busy,
+            stop: stop_rx.clone(),
+        });
+        let accept = tokio::spawn(accept_loop(listener, shared, max_connections, stop_rx));
+        tracing::info!(address = %local, ui_port = settings.ui_port, "front door listening");
+        Ok(FrontDoor {
+            stop,
+            accept,
+            kept,
+            stats,
+            busy: busy_rx,
+            local,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The counters, for status, metrics and D-Bus.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Requests in flight (proxied or held), for the core's handoff decision.
+    pub fn busy(&self) -> watch::Receiver<usize> {
+        self.busy.clone()
+    }
+
+    /// Stops accepting (new connections wait in the kernel's queue), ends every
+    /// connection once its current answer is sent, waits up to `grace` for the
+    /// requests in flight, and returns the listener for the next binary.
+    pub async fn hand_over(self, grace: Duration) -> OwnedFd {
+        self.finish(grace).await;
+        self.kept
+    }
+
+    /// Like [`FrontDoor::hand_over`], for a stop: the listener closes.
+    pub async fn shutdown(self, grace: Duration) {
+        self.finish(grace).await;
+    }
+
+    async fn finish(&self, grace: Duration) {
+        let _ = self.stop.send(true);
+        self.accept.abort();
+        let mut busy = self.busy.clone();
+        let drained = tokio::time::timeout(grace, busy.wait_for(|n| *n == 0)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = *self.busy.borrow(),
+                "front door: requests still in flight after the grace; they are cut off"
+            );
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<serve::Shared>,
+    max: usize,
+    stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(max));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let mut refused: u64 = 0;
+    loop {
+        let (io, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "front door: cannot accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(io);
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    max,
+                    refused,
+                    "front door: connection limit reached; closing new connections (front.max_connections)"
+                );
+            }
+            continue;
+        };
+        let _ = io.set_nodelay(true);
+        let shared = shared.clone();
+        let mut stop = stop.clone();
+        let conn = builder.serve_connection(
+            TokioIo::new(io),
+            service_fn(move |req| serve::handle(shared.clone(), peer.ip(), req)),
+        );
+        tokio::spawn(async move {
+            let conn = conn.with_upgrades();
+            tokio::pin!(conn);
+            let stopped = tokio::select! {
+                _ = conn.as_mut() => false,
+                r = stop.wait_for(|s| *s) => r.is_ok(),
+            };
+            if stopped {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+            drop(slot);
+        });
+    }
+}
