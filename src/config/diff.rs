@@ -197,6 +197,8 @@ fn ui(d: &mut ConfigDiff, old: &UiConfig, new: &UiConfig, behind_front: bool) {
         startup_timeout,
         stop_timeout,
     } = new;
+    note(&mut d.restart_reasons, "ui.flavor", old.flavor != *flavor);
+    note(&mut d.restart_reasons, "ui.command", old.command != *command);
     let address = if behind_front {
         &mut d.next_start
     } else {
@@ -205,8 +207,6 @@ fn ui(d: &mut ConfigDiff, old: &UiConfig, new: &UiConfig, behind_front: bool) {
     note(address, "ui.listen", old.listen != *listen);
     note(address, "ui.port", old.port != *port);
     let r = &mut d.restart_reasons;
-    note(r, "ui.flavor", old.flavor != *flavor);
-    note(r, "ui.command", old.command != *command);
     note(r, "ui.extra_args", old.extra_args != *extra_args);
     note(r, "ui.environment", old.environment != *environment);
     note(r, "ui.gpus", old.gpus != *gpus);

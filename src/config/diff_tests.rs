@@ -34,6 +34,11 @@ controlnet = "/ext/controlnet"
 [settings]
 CLIP_stop_at_last_layers = 2
 sd_vae = "Automatic"
+
+# The rows below are those of a UI that binds ui.port itself; the front door's
+# have tests of their own at the end.
+[front]
+enable = false
 "#;
 
 fn base() -> Config {
@@ -419,6 +424,10 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     token_file: control.3,
                     max_connections: 128,
                 },
+                front: crate::config::FrontConfig {
+                    enable: false,
+                    ..Default::default()
+                },
                 supervisor: Default::default(),
                 downloads: Default::default(),
                 images: BTreeMap::new(),
@@ -537,4 +546,67 @@ proptest! {
         }
         prop_assert!(d.restart_reasons.iter().all(|n| RESTART.contains(&n.as_str())));
     }
+}
+
+// ---- behind the front door ----
+
+fn fronted() -> Config {
+    let mut c = base();
+    c.front = crate::config::FrontConfig::default();
+    c.front.pin_ui_port(41234);
+    c
+}
+
+#[test]
+fn behind_the_front_door_the_address_and_front_take_effect_at_the_next_start() {
+    let old = fronted();
+    let mut new = fronted();
+    new.ui.port = 7000;
+    new.ui.listen = true;
+    new.front.hold_timeout = Duration::from_secs(9);
+    new.front.max_held = 7;
+    new.front.auth_file = Some(PathBuf::from("/run/keys/front"));
+    let d = diff(&old, &new);
+    assert!(!d.needs_restart(), "{d}");
+    assert_eq!(
+        d.next_start,
+        [
+            "ui.listen",
+            "ui.port",
+            "front.hold_timeout",
+            "front.max_held",
+            "front.auth_file"
+        ]
+    );
+    // The config in force keeps the running door's settings and address.
+    crate::config::FrontConfig::carry_over(&old, &mut new);
+    assert_eq!(new.front, old.front);
+    assert_eq!((new.ui.port, new.ui.listen), (old.ui.port, old.ui.listen));
+    assert!(diff(&old, &new).is_empty());
+}
+
+#[test]
+fn a_file_without_ui_port_does_not_undo_the_picked_one() {
+    let old = fronted();
+    let mut new = fronted();
+    new.front.ui_port = None;
+    assert!(diff(&old, &new).is_empty());
+    crate::config::FrontConfig::carry_over(&old, &mut new);
+    assert_eq!(new.ui_own_port(), 41234);
+    new.front.ui_port = Some(41000);
+    assert_eq!(diff(&old, &new).next_start, ["front.ui_port"]);
+}
+
+#[test]
+fn the_ui_runs_on_its_private_loopback_port_behind_the_front_door() {
+    let mut c = fronted();
+    c.ui.listen = true;
+    assert_eq!(c.ui_own_port(), 41234);
+    assert!(!c.ui_own_listen());
+    let argv = c.ui_argv().join(" ");
+    assert!(argv.contains("--port 41234"), "{argv}");
+    assert!(!argv.contains("--listen"), "{argv}");
+    c.front.enable = false;
+    assert_eq!(c.ui_own_port(), c.ui.port);
+    assert!(c.ui_own_listen());
 }

@@ -57,6 +57,9 @@ pub struct Conf {
     pub ui_extra: toml::Table,
     /// More `[control]` keys, written as given (e.g. `http_listen`).
     pub control_extra: toml::Table,
+    /// `[front]` keys, written as given (none: the daemon's defaults, the front
+    /// door on).
+    pub front: toml::Table,
     /// `[supervisor] executable` (self-upgrade), if set.
     pub executable: Option<PathBuf>,
     /// `[supervisor] unit_fingerprint`, if set.
@@ -96,6 +99,7 @@ impl Conf {
             poll_interval: None,
             ui_extra: toml::Table::new(),
             control_extra: toml::Table::new(),
+            front: toml::Table::new(),
             executable: None,
             unit_fingerprint: None,
             downloads: toml::Table::new(),
@@ -209,6 +213,9 @@ impl Conf {
         }
         doc.insert("restart".into(), T::Table(restart));
         doc.insert("control".into(), T::Table(control));
+        if !self.front.is_empty() {
+            doc.insert("front".into(), T::Table(self.front.clone()));
+        }
         let mut supervisor = Table::new();
         if let Some(exe) = &self.executable {
             supervisor.insert("executable".into(), T::String(exe.display().to_string()));
