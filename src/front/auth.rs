@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
-/// Failed attempts an address may make within [`WINDOW`] before it is answered
-/// 429 without a check.
+/// Wrong credentials an address may send within [`WINDOW`] before it is
+/// answered 429 without a check (a request without any is no attempt).
 pub const MAX_FAILURES: u32 = 10;
 /// The window failed attempts are counted in.
 pub const WINDOW: Duration = Duration::from_secs(60);

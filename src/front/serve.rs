@@ -107,12 +107,14 @@ pub async fn handle(
             stats.rejected(Rejected::RateLimited);
             return Ok(forward::own(page::rate_limited(WINDOW.as_secs())));
         }
-        let ok = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .is_some_and(|h| creds.accepts(h.as_bytes()));
+        let offered = req.headers().get(header::AUTHORIZATION);
+        let ok = offered.is_some_and(|h| creds.accepts(h.as_bytes()));
         if !ok {
-            limiter.failed(peer, now);
+            // Only a wrong credential is a guess; a browser's first request
+            // carries none.
+            if offered.is_some() {
+                limiter.failed(peer, now);
+            }
             stats.rejected(Rejected::Unauthorized);
             return Ok(forward::own(page::unauthorized()));
         }

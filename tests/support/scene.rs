@@ -284,6 +284,31 @@ impl Scenario {
             .expect("a start record for the listening stand-in")
     }
 
+    /// Runs a client command of the binary under test against this scenario's
+    /// control socket (`status --json`, `restart --now`, …): exit code and
+    /// stdout+stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = std::process::Command::new(super::env::BIN)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.conf.socket)
+            .output()
+            .expect("run the CLI");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// `status --json`, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let (code, text) = self.cli(&["status", "--json"]);
+        assert_eq!(code, 0, "status failed: {text}\n{}", self.diagnostics());
+        serde_json::from_str(&text).expect("status --json is JSON")
+    }
+
     /// Daemon log tail, `STATUS=` lines and record tail for a failure message.
     pub fn diagnostics(&self) -> String {
         let mut s = String::new();
