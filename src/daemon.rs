@@ -115,7 +115,7 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
         }
     };
     let mut config = config;
-    let inherited_front = adoption.as_ref().map(|(r, _)| r.envelope.front);
+    let inherited_front = adoption.as_ref().map(|(r, _)| r.envelope.front.clone());
     let front_plan = plan_front(&mut config, inherited_front)?;
     let control_config = config.control.clone();
     let (mut core, handle, commands, events) = Supervisor::new(
@@ -191,7 +191,10 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
         }
         Ended::Handoff(handover) => {
             let front = match front {
-                Some((door, ui_port)) => Some((door.hand_over(FRONT_HANDOFF_GRACE).await, ui_port)),
+                Some((door, ui_port)) => {
+                    let (fd, stats) = door.hand_over(FRONT_HANDOFF_GRACE).await;
+                    Some((fd, ui_port, stats))
+                }
                 None => None,
             };
             let listeners = control.hand_over().await;
@@ -225,11 +228,13 @@ fn plan_front(
     config: &mut Config,
     inherited: Option<Option<FrontFds>>,
 ) -> Result<Option<FrontPlan>, DaemonError> {
+    let ran_without = matches!(inherited, Some(None));
     let handed = inherited.flatten();
     let listener = handed
+        .as_ref()
         .and_then(|f| own_fd(f.listener))
         .map(std::net::TcpListener::from);
-    if config.front.enable && matches!(inherited, Some(None)) {
+    if config.front.enable && ran_without {
         // The previous binary ran without a front door: the adopted UI itself
         // listens on ui.port. The door comes with the next start of the service.
         tracing::warn!(
@@ -240,7 +245,7 @@ fn plan_front(
     if !config.front.enable {
         return Ok(None);
     }
-    let ui_port = match (handed, config.front.ui_port) {
+    let ui_port = match (&handed, config.front.ui_port) {
         (Some(f), _) => f.ui_port,
         (None, Some(p)) => p,
         (None, None) => crate::front::pick_ui_port()?,
@@ -248,10 +253,12 @@ fn plan_front(
     config.front.ui_port = Some(ui_port);
     let address = crate::front::address(config);
     let listener = listener.filter(|l| l.local_addr().ok() == Some(address));
+    let mut settings = crate::front::Settings::of(config)?;
+    settings.resumed = handed.and_then(|f| f.stats);
     Ok(Some(FrontPlan {
         address,
         listener,
-        settings: crate::front::Settings::of(config)?,
+        settings,
         ui_port,
     }))
 }
@@ -281,7 +288,7 @@ fn exec_new_binary(
     path: &Path,
     handover: Handover,
     listeners: Option<crate::control::Listeners>,
-    front: Option<(OwnedFd, u16)>,
+    front: Option<(OwnedFd, u16, crate::front::FrontStatus)>,
 ) -> Step {
     // From here the document owns the descriptors (by number), whichever binary
     // reads it.
@@ -312,9 +319,10 @@ fn exec_new_binary(
         None => ControlFds::default(),
     };
     let mut envelope = Envelope::new(ui, control, Some(handover.config_text), &handover.state);
-    envelope.front = front.map(|(fd, ui_port)| FrontFds {
+    envelope.front = front.map(|(fd, ui_port, stats)| FrontFds {
         listener: raw(fd),
         ui_port,
+        stats: Some(stats),
     });
     let err = match state::write(&envelope) {
         Ok(memfd) => {

@@ -198,7 +198,11 @@ fn ui(d: &mut ConfigDiff, old: &UiConfig, new: &UiConfig, behind_front: bool) {
         stop_timeout,
     } = new;
     note(&mut d.restart_reasons, "ui.flavor", old.flavor != *flavor);
-    note(&mut d.restart_reasons, "ui.command", old.command != *command);
+    note(
+        &mut d.restart_reasons,
+        "ui.command",
+        old.command != *command,
+    );
     let address = if behind_front {
         &mut d.next_start
     } else {

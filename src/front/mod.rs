@@ -101,6 +101,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// `front.auth_file`, read.
     pub auth: Option<Credentials>,
+    /// The previous binary's counters, after a handoff.
+    pub resumed: Option<FrontStatus>,
 }
 
 impl Settings {
@@ -117,6 +119,7 @@ impl Settings {
             max_held: config.front.max_held,
             max_connections: config.front.max_connections,
             auth,
+            resumed: None,
         })
     }
 }
@@ -145,7 +148,12 @@ impl FrontDoor {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop, stop_rx) = watch::channel(false);
         let (busy, busy_rx) = watch::channel(0usize);
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(
+            settings
+                .resumed
+                .as_ref()
+                .map_or_else(Stats::default, Stats::resumed),
+        );
         let max_connections = settings.max_connections;
         let shared = Arc::new(serve::Shared {
             ui_port: settings.ui_port,
@@ -187,10 +195,11 @@ impl FrontDoor {
 
     /// Stops accepting (new connections wait in the kernel's queue), ends every
     /// connection once its current answer is sent, waits up to `grace` for the
-    /// requests in flight, and returns the listener for the next binary.
-    pub async fn hand_over(self, grace: Duration) -> OwnedFd {
+    /// requests in flight, and returns the listener and the counters for the
+    /// next binary.
+    pub async fn hand_over(self, grace: Duration) -> (OwnedFd, FrontStatus) {
         self.finish(grace).await;
-        self.kept
+        (self.kept, self.stats.status())
     }
 
     /// Like [`FrontDoor::hand_over`], for a stop: the listener closes.

@@ -132,6 +132,34 @@ impl Stats {
             .store(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
     }
 
+    /// Counters that go on from `before` (what the previous binary counted);
+    /// the gauges start at zero, as nothing is held or open in a new binary.
+    pub fn resumed(before: &FrontStatus) -> Stats {
+        let s = Stats::default();
+        let p = &before.proxied;
+        for (slot, n) in s.proxied.iter().zip([
+            p.informational,
+            p.success,
+            p.redirect,
+            p.client_error,
+            p.server_error,
+        ]) {
+            slot.store(n, Relaxed);
+        }
+        s.held_total.store(before.held_total, Relaxed);
+        for r in Rejected::ALL {
+            let n = before.rejected.get(r.name()).copied().unwrap_or(0);
+            s.rejected[r.index()].store(n, Relaxed);
+        }
+        s.websockets_total.store(before.websockets_total, Relaxed);
+        for (slot, n) in s.buckets.iter().zip(&before.latency_buckets) {
+            slot.store(*n, Relaxed);
+        }
+        let us = (before.latency_sum_seconds * 1e6).clamp(0.0, u64::MAX as f64) as u64;
+        s.latency_sum_us.store(us, Relaxed);
+        s
+    }
+
     /// A copy of every counter.
     pub fn status(&self) -> FrontStatus {
         let load = |a: &AtomicU64| a.load(Relaxed);
@@ -248,5 +276,7 @@ mod tests {
         assert_eq!(st.held_total, 1);
         assert_eq!(st.held_now, 0);
         assert_eq!(st.rejected["hold-full"], 1);
+        let again = Stats::resumed(&st).status();
+        assert_eq!(again, st, "the counters go on across a handoff");
     }
 }

@@ -41,12 +41,15 @@ pub struct Envelope {
 
 /// The front door across a self-upgrade: its listening socket (connections wait
 /// in the kernel's queue meanwhile) and the private port the adopted UI runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FrontFds {
     /// The listener on `ui.port`.
     pub listener: RawFd,
     /// The UI's private loopback port.
     pub ui_port: u16,
+    /// The door's counters, so metrics do not restart at zero on an upgrade.
+    #[serde(default)]
+    pub stats: Option<crate::front::FrontStatus>,
 }
 
 /// The UI process the new binary adopts.
