@@ -396,6 +396,7 @@ fn while_the_ui_starts_requests_are_held_pages_shown_and_websockets_closed() {
     assert!(ended.is_ok(), "the websocket ends with the UI: {ended:?}");
 
     let st = s.status_json();
+    support::control::assert_fits_schema(&st);
     let f = &st["front"]["rejected"];
     assert_eq!(f["restarting-page"], 1, "{f}");
     assert_eq!(f["websocket-closed"], 1, "{f}");
@@ -530,6 +531,43 @@ fn with_auth_every_route_and_the_websocket_need_credentials() {
             "the config holds only the file's path"
         );
     }
+    // The counters as an operator scrapes them.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--unix-socket"])
+        .arg(&s.conf.socket)
+        .arg("http://localhost/metrics")
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let scrape = support::control::scrape(&text);
+    let sample = |name: &str, label: (&str, &str)| {
+        scrape
+            .samples
+            .iter()
+            .find(|x| x.metric == name && x.labels.get(label.0) == Some(label.1))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => -1.0,
+            })
+    };
+    let p = "sd_webui_supervisor_front";
+    assert!(
+        sample(&format!("{p}_rejected_total"), ("reason", "unauthorized")).unwrap() >= 11.0,
+        "{text}"
+    );
+    assert!(
+        sample(&format!("{p}_rejected_total"), ("reason", "rate-limited")).unwrap() >= 3.0,
+        "{text}"
+    );
+    assert!(
+        sample(&format!("{p}_requests_total"), ("class", "2xx")).unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        support::control::has_metric(&text, &format!("{p}_latency_seconds_count")),
+        "{text}"
+    );
+    assert!(!text.contains(secret_pw) && !text.contains(token));
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.daemon().pid())).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains(secret_pw));
 }

@@ -225,6 +225,34 @@ impl Supervisor1 {
     async fn ui_pid(&self) -> u32 {
         self.props().ui_pid
     }
+
+    /// Requests the UI answered through the front door (0 without one). Read on
+    /// demand: it changes with every request, so no change signal is sent.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn front_requests(&self) -> u64 {
+        self.front().map_or(0, |f| {
+            f.proxied.classes().iter().map(|(_, n)| *n).sum()
+        })
+    }
+
+    /// Requests the front door holds now, waiting for the UI.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn front_held(&self) -> u64 {
+        self.front().map_or(0, |f| f.held_now)
+    }
+
+    /// Requests the front door answered itself (401, 429, 502, 503, the
+    /// restarting page, closed websockets); `Status()` has them by reason.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn front_rejected(&self) -> u64 {
+        self.front().map_or(0, |f| f.rejected.values().sum())
+    }
+}
+
+impl Supervisor1 {
+    fn front(&self) -> Option<crate::front::FrontStatus> {
+        self.core.snapshot().front
+    }
 }
 
 /// The interface being served: the connection and its change announcer.

@@ -144,7 +144,74 @@ pub fn render(s: &Snapshot) -> String {
     ] {
         out.sample("images", &[("state", state)], n as f64);
     }
+    if let Some(f) = &s.front {
+        front(&mut out, f);
+    }
     out.text
+}
+
+/// The front door's families; present only while a front door runs.
+fn front(out: &mut Exposition, f: &crate::front::FrontStatus) {
+    out.labelled_counter(
+        "front_requests_total",
+        "Requests the UI answered through the front door, by status class.",
+        "class",
+        f.proxied.classes(),
+    );
+    out.labelled_counter(
+        "front_rejected_total",
+        "Requests the front door answered itself, by reason.",
+        "reason",
+        crate::front::stats::Rejected::ALL.map(|r| {
+            (r.name(), f.rejected.get(r.name()).copied().unwrap_or(0))
+        }),
+    );
+    out.single(
+        "front_held_total",
+        "counter",
+        "Requests the front door held while the UI was not ready.",
+        f.held_total as f64,
+    );
+    out.single(
+        "front_held",
+        "gauge",
+        "Requests held now, waiting for the UI.",
+        f.held_now as f64,
+    );
+    out.single(
+        "front_in_flight",
+        "gauge",
+        "Requests proxied or held now (a self-upgrade waits for none).",
+        f.in_flight as f64,
+    );
+    out.single(
+        "front_websockets_total",
+        "counter",
+        "Websockets relayed to the UI.",
+        f.websockets_total as f64,
+    );
+    out.single(
+        "front_websockets",
+        "gauge",
+        "Websockets relayed now.",
+        f.websockets_open as f64,
+    );
+    let name = "front_latency_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Seconds from a request's head to the UI's answer head (holds included).",
+    );
+    let mut cumulative = 0u64;
+    for (i, n) in f.latency_buckets.iter().enumerate() {
+        cumulative = cumulative.saturating_add(*n);
+        let le = crate::front::stats::LATENCY_BUCKETS
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+        out.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative as f64);
+    }
+    out.sample(&format!("{name}_sum"), &[], f.latency_sum_seconds);
+    out.sample(&format!("{name}_count"), &[], cumulative as f64);
 }
 
 /// Per-model download progress; the families appear once a model is declared

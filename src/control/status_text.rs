@@ -55,6 +55,17 @@ where
         None => "unknown (UI not ready)".to_owned(),
     };
     line("Queue:", queue);
+    if let Some(f) = &s.front {
+        let answered: u64 = f.proxied.classes().iter().map(|(_, n)| *n).sum();
+        let rejected: u64 = f.rejected.values().sum();
+        line(
+            "Front:",
+            format!(
+                "{answered} answered by the UI, {} held now ({} ever), {rejected} answered by the front door, {} websockets open",
+                f.held_now, f.held_total, f.websockets_open
+            ),
+        );
+    }
     if s.draining {
         line(
             "Draining:",
