@@ -571,3 +571,21 @@ fn with_auth_every_route_and_the_websocket_need_credentials() {
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.daemon().pid())).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains(secret_pw));
 }
+
+#[test]
+fn a_taken_ui_port_stops_the_daemon_at_start_with_the_reason() {
+    let s = support::Scene::new("front-taken");
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", s.conf.port)).expect("bind");
+    let mut d = s.daemon().spawn();
+    let status = d.wait_exit(SECS(20));
+    assert!(!status.success(), "{status:?}");
+    let log = d.log();
+    assert!(
+        log.contains(&format!(
+            "front door: cannot listen on 127.0.0.1:{} (ui.port)",
+            s.conf.port
+        )),
+        "{log}"
+    );
+    assert!(s.record().starts().is_empty(), "no UI launched");
+}

@@ -66,6 +66,12 @@ fn reload_cli(s: &Scenario) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// The port the first UI listens on (its private one, behind the front door).
+fn ui_port(s: &Scenario) -> u16 {
+    let listening = s.wait_event("listening", 1, SECS(20));
+    u16::try_from(listening.v["port"].as_u64().expect("a port")).expect("a port number")
+}
+
 /// Starts a forge stand-in under copy A with `executable = A`.
 fn start_on_a(name: &str) -> (Scenario, PathBuf, PathBuf) {
     let mut s = Scenario::new(name, "forge");
@@ -82,7 +88,9 @@ fn a_new_binary_takes_over_while_a_job_runs() {
     let first = s.wait_listening(1, SECS(20));
     let pid = s.daemon().pid();
     assert_eq!(exe_of(pid), a);
-    let job = txt2img(s.conf.port, 4.0);
+    // Straight to the UI's own port, past the front door: a handoff waits for
+    // the front door's requests (tests/front_door.rs); this is about the UI's job.
+    let job = txt2img(ui_port(&s), 4.0);
     s.wait_event("job_start", 1, SECS(10));
     s.wait(SECS(5), "the busy queue in status", || {
         let st = status(&s);
@@ -186,7 +194,7 @@ fn the_ui_keeps_its_output_relayed_and_redacted_after_the_handoff() {
 fn a_pending_restart_survives_the_handoff() {
     let (mut s, _a, b) = start_on_a("handoff-pending");
     let first = s.wait_listening(1, SECS(20));
-    let job = txt2img(s.conf.port, 5.0);
+    let job = txt2img(ui_port(&s), 5.0);
     s.wait_event("job_start", 1, SECS(10));
     s.conf.extra_args = vec!["--cuda-malloc".into()];
     s.reload();

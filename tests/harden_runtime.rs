@@ -105,10 +105,20 @@ impl Drop for Foreign {
 // ---------------------------------------------------------------------------------
 // Item 2: the UI's port
 
+/// A scene whose UI runs on a pinned private port (behind the front door, which
+/// owns ui.port): the port these tests take away from the UI.
+fn pinned_ui_port(mut scene: Scene) -> (Scene, u16) {
+    let port = free_port();
+    scene
+        .front
+        .insert("ui_port".into(), toml::Value::Integer(i64::from(port)));
+    (scene, port)
+}
+
 #[test]
 fn a_held_port_is_reported_and_the_ui_launched_once_it_is_free() {
-    let scene = Scene::new("port-held");
-    let foreign = Foreign::bind(scene.port);
+    let (scene, ui_port) = pinned_ui_port(Scene::new("port-held"));
+    let foreign = Foreign::bind(ui_port);
     let notify = NotifySocket::bind(scene.dir());
     let _daemon = scene.daemon().notify(&notify).spawn();
     let record = scene.record();
@@ -117,8 +127,7 @@ fn a_held_port_is_reported_and_the_ui_launched_once_it_is_free() {
     let me = std::process::id();
     assert!(
         line.starts_with(&format!(
-            "waiting: port {} is held by another process (pid {me}",
-            scene.port
+            "waiting: port {ui_port} is held by another process (pid {me}",
         )),
         "{line}"
     );
@@ -140,13 +149,14 @@ fn a_held_port_is_reported_and_the_ui_launched_once_it_is_free() {
 
 #[test]
 fn a_foreign_listener_that_answers_never_makes_the_ui_ready() {
-    let scene = Scene::new("port-foreign").env("STANDIN_START_DELAY", 6);
+    let (scene, ui_port) = pinned_ui_port(Scene::new("port-foreign"));
+    let scene = scene.env("STANDIN_START_DELAY", 6);
     let notify = NotifySocket::bind(scene.dir());
     let _daemon = scene.daemon().notify(&notify).spawn();
     let record = scene.record();
     record.wait_starts(1, START);
     // Launched, still "importing torch": another program takes the port and answers.
-    let _foreign = Foreign::bind(scene.port);
+    let _foreign = Foreign::bind(ui_port);
     std::thread::sleep(Duration::from_secs(4));
     let statuses = notify.statuses();
     assert!(
