@@ -55,7 +55,21 @@ let
   # fills it with store paths that change with every nixpkgs bump, and the
   # supervisor runs nothing from it. A changed fingerprint makes the
   # supervisor restart the whole service once the UI is idle.
+  #
+  # It also covers the front door: [front], and behind it ui.port and
+  # ui.listen (its address), which the supervisor sets up once at start and
+  # a reload only reports under next_start. A switch that changes them would
+  # otherwise do nothing until the next boot (a new port not listened on, a
+  # new front.authFile not in force); so they restart the service once the
+  # UI is idle, under restart.policy, as a unit change does. ([control]
+  # also waits for the next start, but concerns the supervisor's own
+  # clients only; it stays out.)
   service = config.systemd.services.${serviceName};
+  frontDoor =
+    shared.frontToml {
+      inherit cfg credentialPath;
+    }
+    // lib.optionalAttrs cfg.front.enable { inherit (cfg) port listen; };
   maskBin = v: if builtins.isString v then lib.replaceStrings [ supervisorBin ] [ "@supervisor@" ] v else v;
   unitFingerprint = builtins.hashString "sha256" (
     builtins.toJSON {
@@ -69,6 +83,7 @@ let
             if builtins.isList e then map maskBin e else maskBin e;
         };
       environment = removeAttrs (service.environment or { }) [ "PATH" ];
+      inherit frontDoor;
     }
   );
 
@@ -76,6 +91,7 @@ let
     lib.filterAttrs (_: v: v != null) {
       api-auth = cfg.apiAuthFile;
       control-token = cfg.control.tokenFile;
+      front-auth = cfg.front.authFile;
     }
     // shared.downloadCredentials cfg;
 

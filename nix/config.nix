@@ -61,6 +61,21 @@ let
       cfg_scale = img.cfgScale;
       sampler_name = img.samplerName;
     };
+  # [front] of the config file: only the keys the options set, so a default
+  # config has no [front] and the supervisor's own defaults apply.
+  frontToml =
+    { cfg, credentialPath }:
+    let
+      f = cfg.front;
+    in
+    lib.filterAttrs (_: v: v != null) {
+      enable = if f.enable then null else false;
+      hold_timeout = f.holdTimeout;
+      max_held = f.maxHeld;
+      max_connections = f.maxConnections;
+      auth_file = if f.authFile == null then null else credentialPath "front-auth";
+      ui_port = f.uiPort;
+    };
   flavorsFor = kind: builtins.filter (f: builtins.elem kind kindsOf.${f}) (builtins.attrNames kindsOf);
 
   # Models the supervisor downloads at run time are attribute sets; paths and
@@ -97,7 +112,7 @@ in
 
   # The config file's content for `cfg` (config.services.sd-webui-forge).
   # credentialPath: where the process finds the file for a secret
-  # ("api-auth", "control-token") at run time: systemd's credentials
+  # ("api-auth", "control-token", "front-auth") at run time: systemd's credentials
   # directory on a host, a mounted secret in a container. dbus: overrides
   # control.dbus (a container has no system bus).
   toml =
@@ -150,7 +165,11 @@ in
         http_listen = cfg.control.httpListen;
         token_file = credentialPath "control-token";
       };
+      front = frontToml { inherit cfg credentialPath; };
     };
+
+  # [front]: only what the options set; the supervisor's defaults apply to the rest.
+  inherit frontToml;
 
   # The checks on `cfg` beyond the option types, as NixOS assertions.
   assertions =
@@ -251,6 +270,19 @@ in
       {
         assertion = cfg.control.tokenFile == null || cfg.control.httpListen != null;
         message = "services.sd-webui-forge.control.tokenFile is only used with services.sd-webui-forge.control.httpListen; set that too, or remove the token file.";
+      }
+      {
+        assertion = cfg.front.uiPort == null || cfg.front.uiPort != cfg.port;
+        message = "services.sd-webui-forge.front.uiPort: ${toString cfg.front.uiPort} is services.sd-webui-forge.port, where the front door listens; the UI needs another port (or leave uiPort null to have one picked).";
+      }
+      {
+        assertion = cfg.front.authFile == null || cfg.front.enable;
+        message = "services.sd-webui-forge.front.authFile needs services.sd-webui-forge.front.enable: without the front door nothing checks the credentials, and the UI would be open. Enable the front door, or remove authFile (Forge/A1111 have apiAuthFile of their own).";
+      }
+      {
+        assertion =
+          cfg.front.authFile == null || !lib.hasPrefix builtins.storeDir (toString cfg.front.authFile);
+        message = "services.sd-webui-forge.front.authFile: ${toString cfg.front.authFile} is in the Nix store, which every user can read; give the path of a file outside it as a string (e.g. \"/run/secrets/sd-webui-front-auth\" from agenix or sops-nix).";
       }
       {
         assertion =

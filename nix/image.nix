@@ -9,8 +9,9 @@
 #
 # Differences from the module, forced by the container:
 # - control.dbus is "off" (no system bus);
-# - apiAuthFile and control.tokenFile are paths *inside the container* where
-#   the secret is mounted at run time (a Kubernetes Secret, `podman secret`):
+# - apiAuthFile, control.tokenFile and front.authFile are paths *inside the
+#   container* where the secret is mounted at run time (a Kubernetes Secret,
+#   `podman secret`):
 #   strings, never Nix paths, so a secret never enters the store or image;
 # - user, group, openFirewall and the unit's hardening have no meaning here.
 #
@@ -56,6 +57,7 @@ let
   secretFiles = {
     api-auth = cfg.apiAuthFile;
     control-token = cfg.control.tokenFile;
+    front-auth = cfg.front.authFile;
   }
   // shared.downloadCredentials cfg;
   credentialPath = id: toString secretFiles.${id};

@@ -274,20 +274,32 @@ in
     listen = mkOption {
       type = types.bool;
       default = false;
-      description = "Whether the UI listens on all interfaces; when false, on loopback only.";
+      description = ''
+        Whether the UI is reached on all interfaces; when false, on loopback
+        only. With {option}`front.enable` (the default) this is the
+        supervisor's own listener, and the UI itself always binds loopback.
+      '';
     };
 
     port = mkOption {
       type = types.port;
       default = if cfg.flavor == "comfyui" then 8188 else 7860;
       defaultText = lib.literalExpression ''if flavor == "comfyui" then 8188 else 7860'';
-      description = "The UI's HTTP port.";
+      description = ''
+        The UI's HTTP port, where clients and browsers connect. With
+        {option}`front.enable` (the default) the supervisor listens here and
+        the UI runs behind it on {option}`front.uiPort`.
+      '';
     };
 
     openFirewall = mkOption {
       type = types.bool;
       default = false;
-      description = "Whether to open {option}`port` in the firewall (useful with {option}`listen`).";
+      description = ''
+        Whether to open {option}`port` in the firewall (useful with
+        {option}`listen`). Only that port: the UI's private port
+        ({option}`front.uiPort`) is on loopback and stays closed.
+      '';
     };
 
     extraArgs = mkOption {
@@ -528,6 +540,87 @@ in
         type = types.nullOr types.path;
         default = null;
         description = "File with the bearer token for {option}`control.httpListen`, loaded with `LoadCredential`.";
+      };
+    };
+
+    # [front]: every option null (or enable true) leaves the key out of the
+    # config file, so the supervisor's own default applies.
+    front = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether the supervisor itself listens on {option}`port` (the front
+          door) and runs the UI behind it on a private loopback port. A
+          restart of the UI or a self-upgrade of the supervisor is then never
+          "connection refused": API requests are held until the UI is ready
+          again, browsers get a page that reloads itself, websockets are
+          closed with 1012 so that their clients reconnect. `false`: the UI
+          binds {option}`port` itself, as in earlier versions.
+
+          The front door is set up once, at start: a switch that changes a
+          `front.*` option, or {option}`port` or {option}`listen` behind the
+          front door, restarts the whole service once the UI is idle
+          ({option}`restart.policy`), as a change of the unit does.
+        '';
+      };
+      holdTimeout = mkOption {
+        type = types.nullOr durationType;
+        default = null;
+        example = "15m";
+        description = ''
+          Longest time an API request is held while the UI is not ready
+          (starting, restarting, waiting for its GPU); then it is answered
+          503 with `Retry-After`. Long enough to cover a restart with a
+          model load, so clients see a slow answer instead of an error. At
+          most `"24h"`. `null`: the supervisor's default, `"5m"`.
+        '';
+      };
+      maxHeld = mkOption {
+        type = types.nullOr (types.ints.between 1 65536);
+        default = null;
+        description = ''
+          Most requests held at once; more are answered 503 at once, so a
+          client retrying in a loop cannot pile up connections while the UI
+          is away. `null`: the supervisor's default, 1024.
+        '';
+      };
+      maxConnections = mkOption {
+        type = types.nullOr (types.ints.between 1 65536);
+        default = null;
+        description = ''
+          Most client connections served at once; more are closed on
+          accept, so a flood cannot use up the supervisor's file
+          descriptors. `null`: the supervisor's default, 4096.
+        '';
+      };
+      authFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = "/run/secrets/sd-webui-front-auth";
+        description = ''
+          File of credentials every request to {option}`port` must carry,
+          one a line: `user:password` (HTTP Basic, browsers prompt for it)
+          or a bare token (`Authorization: Bearer <token>`, for API clients).
+          Every route is checked, websockets included; ComfyUI has no
+          authentication of its own, so this is how to put it on a network.
+          Give a path on the machine as a string (agenix, sops-nix,
+          {file}`/run/secrets`): it is read by systemd (`LoadCredential`), so
+          it may be readable by root only, and it must never be in the Nix
+          store (a path literal in a flake is). Read once at start. Needs
+          {option}`front.enable`. `null`: no authentication.
+        '';
+      };
+      uiPort = mkOption {
+        type = types.nullOr (types.ints.between 1 65535);
+        default = null;
+        example = 17860;
+        description = ''
+          The UI's private port on loopback, behind the front door; not
+          {option}`port`. Pin it when something else on the machine must
+          reach the UI directly. `null`: the supervisor picks a free port at
+          start and keeps it, across a self-upgrade too.
+        '';
       };
     };
 

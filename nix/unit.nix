@@ -230,7 +230,12 @@ in
     # and the UIs read to size their thread pools and memory offloading.
     ProcSubset = "all";
     # AF_UNIX: the control socket, D-Bus and journald. AF_INET/AF_INET6: the
-    # UI's web server and the supervisor's probes of it. AF_NETLINK: glibc's
+    # front door (the supervisor's listener on ui.port), the UI's web server
+    # on its private loopback port, the proxy's and the probes' connections
+    # to it. No IPAddressDeny=/SocketBindAllow=: the front door binds
+    # ui.port and the UI a port the supervisor picks at start (ephemeral,
+    # unknown when the unit is built); ports below 1024 are out of reach
+    # anyway (no CAP_NET_BIND_SERVICE). AF_NETLINK: glibc's
     # getaddrinfo(AI_ADDRCONFIG) asks the kernel over netlink which address
     # families are configured; without it, resolving "localhost" in the UI's
     # HTTP stack fails.

@@ -278,6 +278,10 @@ fn every_duration_bound_is_documented_and_enforced() {
             let line = format!("{key} = \"{value}\"\n");
             let (ui, restart) = match *section {
                 "ui" => (line, "deadline = \"never\"\n".to_string()),
+                "front" => (
+                    String::new(),
+                    format!("deadline = \"never\"\n[front]\n{line}"),
+                ),
                 _ if *key == "deadline" => (String::new(), line),
                 _ => (String::new(), format!("deadline = \"never\"\n{line}")),
             };

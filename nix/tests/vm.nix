@@ -122,7 +122,11 @@ in
           state = machine.succeed(f"systemctl show -P ActiveState {unit}").strip()
           assert state == "activating", f"unit is {state} while the UI is still starting"
           assert status_text().startswith("starting"), status_text()
-          machine.fail(f"{curl} -sf {ui_url}/internal/ping")
+          # The front door owns the port: a browser gets the restarting page.
+          page = machine.succeed(
+              f"{curl} -s -o /dev/null -w '%{{http_code}}' -H 'Accept: text/html' {ui_url}/"
+          ).strip()
+          assert page == "503", f"the restarting page answered {page}"
           machine.wait_for_unit(unit)
           # READY=1 came after the readiness probe answered: so does the ping.
           machine.succeed(f"{curl} -sf {ui_url}/internal/ping")

@@ -8,6 +8,8 @@
 #   5. the rendered unit under a real systemd (scripts/systemd-sandbox):
 #      loads without warnings, `systemd-analyze security` exposure <= 2.5,
 #      DeviceAllow= for /dev/nvidiactl, /dev/nvidia-uvm and the GPU nodes;
+#      and run for real with the stand-in UI (start, the front door on
+#      ui.port holding a call made during the start, reload, stop);
 #   6. module.nix evaluated with lib.evalModules (tests/nix/eval-module.nix)
 #      and flake.nix with a fake nixpkgs input (tests/nix/eval-flake.nix,
 #      which also evaluates the container images of nix/image.nix up to the
@@ -294,18 +296,39 @@ EOF
     return
   fi
   sleep 2
-  local active
+  local active held_pid
   active=$(in_sandbox systemctl show -P ActiveState "$name")
   if [ "$active" = activating ]; then
     pass "hardened unit: activating while the UI is still starting"
   else
     fail "hardened unit: activating while the UI is still starting (ActiveState=$active)"
   fi
+  # The front door (the config has no [front]: on by default) listens on
+  # ui.port from the start: an API call made while the UI still starts is
+  # held, then answered by the UI, instead of "connection refused".
+  "$python" -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/internal/ping', timeout=60).status)" \
+    >"$run/held.out" 2>&1 &
+  held_pid=$!
   for _ in $(seq 60); do
     active=$(in_sandbox systemctl show -P ActiveState "$name")
     [ "$active" = activating ] || break
     sleep 0.5
   done
+  if wait "$held_pid" && [ "$(cat "$run/held.out")" = 200 ]; then
+    pass "hardened unit: the front door holds an API call made during the start, then the UI answers it"
+  else
+    fail "hardened unit: the front door holds an API call made during the start: $(tail -1 "$run/held.out")"
+  fi
+  # ...and the UI itself runs behind it on a loopback port the supervisor
+  # picked: the unit's sandbox lets both bind.
+  local ui_argv
+  ui_argv=$(grep -m1 '"event": "start"' "$run/data/record.jsonl" 2>/dev/null || true)
+  case $ui_argv in
+    *'"--port", "'"$port"'"'*) fail "hardened unit: the UI binds ui.port itself, not behind the front door: $ui_argv" ;;
+    *'"--port", "'[0-9]*'"'*'"--server-name", "127.0.0.1"'*)
+      pass "hardened unit: the front door on ui.port $port, the UI behind it on loopback port $(echo "$ui_argv" | sed -n 's/.*"--port", "\([0-9]*\)".*/\1/p')" ;;
+    *) fail "hardened unit: the UI's argv names no private loopback port: $ui_argv" ;;
+  esac
   local status
   status=$(in_sandbox systemctl show -P StatusText "$name")
   if [ "$active" = active ] && "$python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/internal/ping', timeout=5)"; then

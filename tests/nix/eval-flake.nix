@@ -166,6 +166,19 @@ let
   };
   moduleValue = (moduleEvalWith (sharedSettings // { enable = true; }))
   .config.services.sd-webui-forge.configFile.env.unchecked.value;
+  frontAuthPath = "/run/secrets/sd-webui-forge/front-auth";
+  # ComfyUI (no authentication of its own) on a network behind the front door.
+  frontImage = ownPkgs.sd-webui-image {
+    settings = {
+      flavor = "comfyui";
+      package = fakeComfy;
+      listen = true;
+      front = {
+        authFile = frontAuthPath;
+        holdTimeout = "10m";
+      };
+    };
+  };
   imageThrows = settings: !(builtins.tryEval (ownPkgs.sd-webui-image { inherit settings; }).name).success;
 
   fetchArgs = {
@@ -186,6 +199,7 @@ in
   configs = {
     image-stand-in = bakedText standInImage;
     image-comfyui = bakedText comfyImage;
+    image-front = bakedText frontImage;
   };
   results = [
   (eq "flake: packages for x86_64-linux and aarch64-linux" (builtins.attrNames self.packages) [
@@ -300,6 +314,21 @@ in
     package = standIn;
     control.httpListen = "0.0.0.0:7870";
     control.tokenFile = ./eval-flake.nix;
+  }) "")
+  (eq "image: front.authFile is where the secret is mounted; only the UI's port is exposed" {
+    inherit ((bakedValue frontImage)) front;
+    ports = builtins.attrNames frontImage.config.ExposedPorts;
+  } {
+    front = {
+      auth_file = frontAuthPath;
+      hold_timeout = "10m";
+    };
+    ports = [ "8188/tcp" ];
+  })
+  (eq "image: no front options, no [front]" ((bakedValue standInImage) ? front) false)
+  (check "image: front.authFile as a Nix path (copied into the store) is refused" (imageThrows {
+    package = standIn;
+    front.authFile = ./eval-flake.nix;
   }) "")
   (check "image: the module's assertions hold (CUDA_VISIBLE_DEVICES refused)" (imageThrows {
     package = standIn;

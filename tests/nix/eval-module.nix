@@ -209,6 +209,18 @@ let
     models.embeddings."store.pt" = fakeModel;
     downloads.maxConcurrent = 3;
   };
+  # The front door with every option set.
+  withFront = {
+    listen = true;
+    openFirewall = true;
+    front = {
+      holdTimeout = "15m";
+      maxHeld = 64;
+      maxConnections = 512;
+      authFile = "/run/secrets/sd-webui-front-auth";
+      uiPort = 17860;
+    };
+  };
   tomlText = settings: (sd settings).configFile.env.unchecked.text;
   downloadCreds = builtins.filter (lib.hasPrefix "download-token-") (sc withDownloads).LoadCredential;
   withImages = realistic // {
@@ -282,6 +294,28 @@ let
       { systemd.services.sd-webui-forge.environment.PATH = "/nix/store/1111-coreutils/bin"; }
     ]) (fingerprintOf [ ]))
     (eq "RestartForceExitStatus=75 (the service-restart exit)" (sc { }).RestartForceExitStatus "75")
+    # The front door is set up once, at start: its changes restart the service
+    # once idle (the fingerprint), as a reload would only report them.
+    (check "front.* change: unit_fingerprint changes" (
+      fingerprintOf [ { services.sd-webui-forge.front.holdTimeout = "15m"; } ] != fingerprintOf [ ]
+      && fingerprintOf [ { services.sd-webui-forge.front.maxHeld = 8; } ] != fingerprintOf [ ]
+      && fingerprintOf [ { services.sd-webui-forge.front.uiPort = 17860; } ] != fingerprintOf [ ]
+    ) "")
+    (check "front.enable change: unit_fingerprint changes" (
+      fingerprintOf [ { services.sd-webui-forge.front.enable = false; } ] != fingerprintOf [ ]
+    ) "")
+    (check "port or listen change behind the front door (its address): unit_fingerprint changes" (
+      fingerprintOf [ { services.sd-webui-forge.port = 7861; } ] != fingerprintOf [ ]
+      && fingerprintOf [ { services.sd-webui-forge.listen = true; } ] != fingerprintOf [ ]
+    ) "")
+    (eq "port change without the front door (a UI restart when idle): unit_fingerprint unchanged" (
+      fingerprintOf [
+        {
+          services.sd-webui-forge.front.enable = false;
+          services.sd-webui-forge.port = 7861;
+        }
+      ]
+    ) (fingerprintOf [ { services.sd-webui-forge.front.enable = false; } ]))
 
     (check "download: token file loaded once with LoadCredential" (
       builtins.length downloadCreds == 1 && lib.hasSuffix ":/run/secrets/civitai-token" (builtins.head downloadCreds)
@@ -334,6 +368,14 @@ let
       httpListen = null;
       tokenFile = null;
     })
+    (eq "default front: on, every limit left to the supervisor" (sd { }).front {
+      enable = true;
+      holdTimeout = null;
+      maxHeld = null;
+      maxConnections = null;
+      authFile = null;
+      uiPort = null;
+    })
     (eq "default openFirewall" (sd { }).openFirewall false)
     (eq "default command is the package's main program" (sd { }).command [
       "${fakeUi}/bin/stand-in-ui"
@@ -368,6 +410,27 @@ let
     (eq "models: a package becomes its store path" (sd realistic).models.checkpoints."sd_xl_base_1.0.safetensors" fakeModel.outPath)
     (eq "models: an absolute path is kept" (sd realistic).models.loras."add-detail.safetensors" "/srv/models/add-detail.safetensors")
     (eq "dataDir: a trailing slash is dropped" (sd { dataDir = "/srv/forge/"; }).dataDir "/srv/forge")
+    (check "front.holdTimeout: not a duration is refused" (throws (sd { front.holdTimeout = "soon"; }).front.holdTimeout) "")
+    (check "front.maxHeld: 0 and 65537 are refused" (
+      throws (sd { front.maxHeld = 0; }).front.maxHeld && throws (sd { front.maxHeld = 65537; }).front.maxHeld
+    ) "")
+    (eq "front.maxHeld, front.maxConnections: 1 and 65536 are accepted" (
+      let
+        f = (sd {
+          front.maxHeld = 1;
+          front.maxConnections = 65536;
+        }).front;
+      in
+      [
+        f.maxHeld
+        f.maxConnections
+      ]
+    ) [ 1 65536 ])
+    (check "front.maxConnections: 0 is refused" (throws (sd { front.maxConnections = 0; }).front.maxConnections) "")
+    (check "front.uiPort: 0 and 65536 are refused" (
+      throws (sd { front.uiPort = 0; }).front.uiPort && throws (sd { front.uiPort = 65536; }).front.uiPort
+    ) "")
+    (check "front.authFile: a relative path is refused" (throws (sd { front.authFile = "secrets/auth"; }).front.authFile) "")
 
     # The generated TOML (docs/design.md#the-config-file).
     (eq "toml: ui" (toml realistic).ui {
@@ -441,6 +504,38 @@ let
         max_connections = 128;
       }
     )
+    # [front]: only what is set, the rest left to the supervisor's defaults.
+    (eq "toml: a default config has no [front] (the supervisor's defaults: on, 5m, 1024, 4096)" (
+      (toml { }) ? front
+    ) false)
+    (eq "toml: front.enable = true as set explicitly renders nothing either" ((toml { front.enable = true; }) ? front) false)
+    (eq "toml: front, every option set; authFile as its credential" (toml withFront).front {
+      hold_timeout = "15m";
+      max_held = 64;
+      max_connections = 512;
+      auth_file = "/run/credentials/sd-webui-forge.service/front-auth";
+      ui_port = 17860;
+    })
+    (eq "toml: front.enable = false is written, nothing else" (toml { front.enable = false; }).front {
+      enable = false;
+    })
+    (eq "toml: [ui] port and listen stay as set behind the front door" (
+      let
+        t = toml withFront;
+      in
+      {
+        inherit (t.ui) port listen;
+      }
+    ) {
+      port = 7860;
+      listen = true;
+    })
+    (check "toml: front.authFile's own path is not in the config (only the credential's)" (
+      !(lib.hasInfix "/run/secrets/sd-webui-front-auth" (tomlText withFront))
+      && mentions [ ''["front"]'' ''"auth_file" = "/run/credentials/sd-webui-forge.service/front-auth"'' ] (
+        tomlText withFront
+      )
+    ) (tomlText withFront))
     (eq "toml stand-in: the written text reads back as the same value" (builtins.fromTOML
       (sd realistic).configFile.env.unchecked.text
     ) (toml realistic))
@@ -554,6 +649,42 @@ let
         "comfyui"
       ]
     ) [ [ "git-2.51.0" ] [ "git-2.51.0" ] [ ] ])
+    (eq "unit: LoadCredential for front.authFile" (sc withFront).LoadCredential [
+      "front-auth:/run/secrets/sd-webui-front-auth"
+    ])
+    (eq "unit: LoadCredential for every secret at once" (sc (
+      realistic
+      // {
+        inherit (withFront) front;
+        control.httpListen = "127.0.0.1:7870";
+        control.tokenFile = "/run/secrets/control-token";
+      }
+    )).LoadCredential [
+      "api-auth:/run/secrets/forge-api-auth"
+      "control-token:/run/secrets/control-token"
+      "front-auth:/run/secrets/sd-webui-front-auth"
+    ])
+    (eq "unit: the front door can bind ui.port and the UI a loopback port (IPv4 and IPv6, no bind or address filter)" (
+      let
+        s = sc withFront;
+      in
+      {
+        inet = builtins.filter (f: f == "AF_INET" || f == "AF_INET6") s.RestrictAddressFamilies;
+        filters = builtins.filter (k: builtins.hasAttr k s) [
+          "SocketBindAllow"
+          "SocketBindDeny"
+          "IPAddressDeny"
+          "IPAddressAllow"
+          "PrivateNetwork"
+        ];
+      }
+    ) {
+      inet = [
+        "AF_INET"
+        "AF_INET6"
+      ];
+      filters = [ ];
+    })
     (eq "unit: LoadCredential for apiAuthFile" (sc realistic).LoadCredential [
       "api-auth:/run/secrets/forge-api-auth"
     ])
@@ -623,6 +754,10 @@ let
     (eq "control.dbus = off: no D-Bus policy" (cfgOf { control.dbus = "off"; }).services.dbus.packages [ ])
     (eq "openFirewall opens the port" (cfgOf realistic).networking.firewall.allowedTCPPorts [ 7860 ])
     (eq "firewall closed by default" (cfgOf { }).networking.firewall.allowedTCPPorts [ ])
+    (eq "openFirewall behind the front door opens ui.port, never the UI's private port" (cfgOf withFront)
+      .networking.firewall.allowedTCPPorts
+      [ 7860 ]
+    )
     (check "warning: openFirewall without listen" (
       builtins.length (cfgOf { openFirewall = true; }).warnings == 1
     ) (cfgOf { openFirewall = true; }).warnings)
@@ -685,6 +820,21 @@ let
         lib.concatStrings f
       )
     ) "")
+    (eq "no assertion fails with every front option set" (failed withFront) [ ])
+    (check "assertion: front.uiPort is not port" (
+      lib.any (mentions [ "front.uiPort" "7860" "services.sd-webui-forge.port" ]) (failed { front.uiPort = 7860; })
+    ) (failed { front.uiPort = 7860; }))
+    (check "assertion: front.authFile needs the front door" (
+      lib.any (mentions [ "front.authFile" "front.enable" ]) (failed {
+        front.enable = false;
+        front.authFile = "/run/secrets/auth";
+      })
+    ) "")
+    (check "assertion: front.authFile in the Nix store is refused" (
+      lib.any (mentions [ "front.authFile" "Nix store" ]) (failed {
+        front.authFile = "/nix/store/00000000000000000000000000000000-source/front-auth";
+      })
+    ) "")
     (check "assertion: dataDir must be a directory of its own" (
       lib.any (mentions [ "dataDir" ]) (failed { dataDir = "/var/lib"; })
     ) "")
@@ -706,6 +856,11 @@ let
       dataPermissions = "0750";
     }).configFile.env.unchecked.text;
     default = (sd { }).configFile.env.unchecked.text;
+    front = (sd withFront).configFile.env.unchecked.text;
+    front-off = (sd {
+      front.enable = false;
+      port = 7861;
+    }).configFile.env.unchecked.text;
     downloads = (sd withDownloads).configFile.env.unchecked.text;
     realistic = (sd realistic).configFile.env.unchecked.text;
     images = (sd withImages).configFile.env.unchecked.text;
@@ -721,13 +876,19 @@ let
   };
 
   # The module's build-time check, to run as the build would, with a config
-  # that passes the module's own checks and one that only check-config can
-  # reject (idle_grace longer than deadline).
+  # that passes the module's own checks and ones that only check-config can
+  # reject (idle_grace longer than deadline, a hold timeout above 24h).
   badRestart = {
     restart.idleGrace = "3h";
     restart.deadline = "1h";
   };
+  badFront.front.holdTimeout = "25h";
   builds = {
+    bad-front = {
+      inherit ((sd badFront).configFile) script;
+      config = (sd badFront).configFile.env.unchecked.text;
+      expect = "front.hold_timeout";
+    };
     good = {
       inherit ((sd realistic).configFile) script;
       config = configs.realistic;
@@ -743,7 +904,11 @@ let
   messages =
     failed { models.diffusion_models."flux1-dev.safetensors" = "/srv/flux1-dev.safetensors"; }
     ++ failed { models.checkpoints."../escape.safetensors" = "/srv/a"; }
-    ++ failed { extraArgs = "--port 9000"; };
+    ++ failed { extraArgs = "--port 9000"; }
+    ++ failed {
+      front.enable = false;
+      front.authFile = "/run/secrets/auth";
+    };
 in
 {
   inherit
