@@ -14,9 +14,10 @@
 
 mod support;
 
+use support::env::binary_copy;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,21 +26,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use support::env::BIN;
 use support::http::{Answer, request};
 use support::record::events;
 use support::scene::Scenario;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
-
-/// A hard link (or copy) of the binary under test: another path for a self-upgrade.
-fn binary_copy(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    if std::fs::hard_link(BIN, &path).is_err() {
-        std::fs::copy(BIN, &path).expect("copy the binary");
-    }
-    path
-}
 
 /// The UI's pid as the status says, once the UI is ready.
 fn ready_pid(s: &Scenario) -> Option<i64> {

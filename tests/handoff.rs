@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::env::binary_copy;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,16 +22,6 @@ use support::scene::Scenario;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-/// A copy of the binary under test at `dir/name` (a hard link: same content,
-/// another path, which is all a handoff looks at).
-fn binary_copy(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    if std::fs::hard_link(BIN, &path).is_err() {
-        std::fs::copy(BIN, &path).expect("copy the binary");
-    }
-    path
-}
-
 /// `/proc/PID/exe`.
 fn exe_of(pid: i32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).expect("read /proc/PID/exe")
@@ -37,33 +29,12 @@ fn exe_of(pid: i32) -> PathBuf {
 
 /// `status --json` through the control socket.
 fn status(s: &Scenario) -> Value {
-    let out = Command::new(BIN)
-        .args(["status", "--json", "--socket"])
-        .arg(&s.conf.socket)
-        .output()
-        .expect("run status");
-    assert!(
-        out.status.success(),
-        "status failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        s.diagnostics()
-    );
-    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    s.status_json()
 }
 
 /// `reload` through the control socket: exit code and stderr+stdout.
 fn reload_cli(s: &Scenario) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(["reload", "--socket"])
-        .arg(&s.conf.socket)
-        .output()
-        .expect("run reload");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    s.cli(&["reload"])
 }
 
 /// The port the first UI listens on (its private one, behind the front door).

@@ -16,6 +16,8 @@
 
 mod support;
 
+use support::env::binary_copy;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,15 +47,6 @@ fn scene(name: &str) -> Scene {
 /// Boots the sandbox for `scene`, or `None` (skipped) where this machine cannot.
 fn boot(scene: &Scene) -> Option<Sandbox> {
     Sandbox::boot(&scene.path("sandbox"), &[scene.dir()], &[])
-}
-
-/// A hard link (or copy) of the binary under test at `dir/name`.
-fn binary_copy(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    if std::fs::hard_link(BIN, &path).is_err() {
-        std::fs::copy(BIN, &path).expect("copy the binary");
-    }
-    path
 }
 
 /// The unit: `exe` as ExecStart, `env` as an extra `Environment=` line.

@@ -67,6 +67,16 @@ pub fn now_unix() -> f64 {
     unix_secs(SystemTime::now())
 }
 
+/// A copy of the binary under test at `dir/name` (a hard link: same content,
+/// another path, which is all a self-upgrade looks at).
+pub fn binary_copy(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    if fs::hard_link(BIN, &path).is_err() {
+        fs::copy(BIN, &path).expect("copy the binary");
+    }
+    path
+}
+
 /// Writes an executable shell script.
 pub fn write_script(path: &Path, body: &str) {
     fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write script");
