@@ -230,9 +230,8 @@ impl Supervisor1 {
     /// demand: it changes with every request, so no change signal is sent.
     #[zbus(property(emits_changed_signal = "false"))]
     async fn front_requests(&self) -> u64 {
-        self.front().map_or(0, |f| {
-            f.proxied.classes().iter().map(|(_, n)| *n).sum()
-        })
+        self.front()
+            .map_or(0, |f| f.proxied.classes().iter().map(|(_, n)| *n).sum())
     }
 
     /// Requests the front door holds now, waiting for the UI.

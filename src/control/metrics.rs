@@ -162,9 +162,8 @@ fn front(out: &mut Exposition, f: &crate::front::FrontStatus) {
         "front_rejected_total",
         "Requests the front door answered itself, by reason.",
         "reason",
-        crate::front::stats::Rejected::ALL.map(|r| {
-            (r.name(), f.rejected.get(r.name()).copied().unwrap_or(0))
-        }),
+        crate::front::stats::Rejected::ALL
+            .map(|r| (r.name(), f.rejected.get(r.name()).copied().unwrap_or(0))),
     );
     out.single(
         "front_held_total",
