@@ -22,10 +22,12 @@
 //! - [`download_server`]: a loopback file server for the download tests (Range,
 //!   token check, redirects, dropped connections, slow mode).
 //! - [`systemd`]: a real systemd as PID 1 in private namespaces.
+//! - [`browser`]: a real headless Chromium driven over the DevTools protocol.
 //!
 //! Each test binary uses a different subset.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod config;
 pub mod container;
 pub mod control;
