@@ -323,21 +323,31 @@ impl Supervisor {
             None => self.start_ui(),
         }
         let mut front = self.front.take();
-        while !self.should_end() {
+        loop {
+            // The door's count is read here, not on each of its changes: only a
+            // planned handoff waits for it, and a wake per request would cost
+            // every proxied request a turn of this loop.
+            if let Some(rx) = front.as_mut() {
+                self.front_in_flight = *rx.borrow_and_update();
+            }
+            if self.should_end() {
+                break;
+            }
             self.publish();
             let wake = tokio::time::Instant::from_std(self.next_wakeup());
+            let handoff_waits = self.handoff.is_some() && self.front_in_flight > 0;
             let front_changed = async {
-                let Some(rx) = front.as_mut() else {
-                    return std::future::pending().await;
+                let gone = match front.as_mut() {
+                    Some(rx) => rx.changed().await.is_err(),
+                    None => true,
                 };
-                match rx.changed().await {
-                    Ok(()) => *rx.borrow_and_update(),
-                    // The door is gone (the daemon is ending): nothing in flight.
-                    Err(_) => std::future::pending().await,
+                // No door, or it is gone (the daemon is ending).
+                if gone {
+                    std::future::pending::<()>().await;
                 }
             };
             tokio::select! {
-                n = front_changed => self.front_in_flight = n,
+                () = front_changed, if handoff_waits => {}
                 () = &mut shutdown => break,
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 ev = self.tasks.next() => self.on_event(ev),
