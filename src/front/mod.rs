@@ -39,6 +39,9 @@ pub use stats::{FrontStatus, Stats};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(75);
 /// Pause after a failed `accept` (EMFILE): the error repeats until an fd frees up.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the door looks whether it served anything and is idle now, to hand
+/// the memory its buffers freed back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the front door cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,11 @@ impl FrontDoor {
             busy,
             stop: stop_rx.clone(),
         });
+        tokio::spawn(release_memory_when_idle(
+            stats.clone(),
+            busy_rx.clone(),
+            stop_rx.clone(),
+        ));
         let accept = tokio::spawn(accept_loop(listener, shared, max_connections, stop_rx));
         tracing::info!(address = %local, ui_port = settings.ui_port, "front door listening");
         Ok(FrontDoor {
@@ -217,6 +225,34 @@ impl FrontDoor {
                 in_flight = *self.busy.borrow(),
                 "front door: requests still in flight after the grace; they are cut off"
             );
+        }
+    }
+}
+
+/// A 20 MB answer or a thousand held requests leave freed memory in the
+/// allocator's heap, which it keeps: the daemon's idle RSS would stay raised
+/// after one busy minute. Every [`TRIM_EVERY`], if the door served anything
+/// since the last look and nothing is in flight now, the free memory goes back
+/// to the kernel (`malloc_trim`; glibc only, a no-op elsewhere).
+async fn release_memory_when_idle(
+    stats: Arc<Stats>,
+    busy: watch::Receiver<usize>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen = stats.status().answered();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TRIM_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = stats.status().answered();
+        if now != seen && *busy.borrow() == 0 {
+            seen = now;
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 }

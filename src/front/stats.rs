@@ -214,6 +214,15 @@ pub struct ProxiedByClass {
     pub server_error: u64,
 }
 
+impl FrontStatus {
+    /// Every request the door has answered, forwarded or with one of its own.
+    pub fn answered(&self) -> u64 {
+        let proxied: u64 = self.proxied.classes().iter().map(|(_, n)| n).sum();
+        let rejected: u64 = self.rejected.values().sum();
+        proxied.saturating_add(rejected)
+    }
+}
+
 impl ProxiedByClass {
     /// `(label, count)` pairs in metrics order.
     pub fn classes(&self) -> [(&'static str, u64); 5] {
