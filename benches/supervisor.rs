@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use support::procs::status_bytes;
 use support::{NotifySocket, Scene, pid, t};
 
 const MB: f64 = 1024.0 * 1024.0;
@@ -51,16 +52,6 @@ fn cpu_secs(pid: i32) -> f64 {
     // majflt cmajflt utime(11) stime(12).
     let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
     ticks / clk_tck()
-}
-
-/// A `kB` field of /proc/<pid>/status, in bytes.
-fn status_bytes(pid: i32, field: &str) -> f64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb * 1024.0)
 }
 
 /// Proportional set size (shared pages split among their users) from

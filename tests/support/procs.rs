@@ -7,6 +7,17 @@ use std::path::Path;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
+/// A `kB` field of /proc/<pid>/status (`VmRSS`, `VmHWM`), in bytes; 0 when the
+/// process or the field is gone (the benchmarks' memory figures).
+pub fn status_bytes(pid: i32, field: &str) -> f64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb * 1024.0)
+}
+
 /// `/proc/<pid>/stat`: (state, ppid, pgrp), or `None` when the process is gone.
 pub fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
