@@ -314,3 +314,92 @@ dbus = "off"
         "{layouts} layouts for 6 cached models:\n{output}"
     );
 }
+
+/// A download that finishes while the UI is starting (launched, not yet
+/// listening) is linked, and the UI — which lists its models once, at start,
+/// before the link was there — is asked to rescan once it is ready. (Seen in
+/// review: the link landed 40 ms before ready and no refresh followed.)
+#[tokio::test]
+async fn a_download_that_lands_while_the_ui_starts_is_refreshed_once_ready() {
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i >> 3) as u8).collect();
+    let hex = hex::encode(sha2::Sha256::digest(&body));
+    let srv = Server::start("127.0.0.1", body);
+    *srv.behaviour.slow.lock().unwrap() = Some(Duration::from_millis(100));
+
+    let dir = tempfile::Builder::new()
+        .prefix("download-starting-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let d = dir.path();
+    let socket = d.join("control.sock");
+    let data = d.join("data");
+    let record = data.join("record.jsonl");
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[ui]
+flavor = "forge"
+command = ["python3", "{stand_in}"]
+port = {port}
+environment = {{ STANDIN_RECORD = "{record}", STANDIN_START_DELAY = "4" }}
+startup_timeout = "1m"
+[data]
+dir = "{data}"
+[control]
+socket = "{socket}"
+dbus = "off"
+[models.checkpoints]
+"late.safetensors" = {{ url = "{url}", sha256 = "{hex}" }}
+"#,
+            stand_in = stand_in().display(),
+            port = free_port(),
+            record = record.display(),
+            data = data.display(),
+            socket = socket.display(),
+            url = srv.url("/file"),
+        ),
+    )
+    .unwrap();
+    let daemon = DaemonBuilder::new(
+        config,
+        d.join("daemon.log"),
+        format!("STANDIN_RECORD={}", record.display()),
+    )
+    .spawn();
+    let client = Client::new(&socket);
+
+    // The UI is launched (its start record) while the download crawls; then
+    // the download is let go and lands while the UI still starts.
+    wait_status(&client, "the UI launched, the download running", |s| {
+        s.state == Phase::Starting
+            && s.ui_pid.is_some()
+            && model(s, "late.safetensors").state == Dl::Downloading
+    })
+    .await;
+    *srv.behaviour.slow.lock().unwrap() = None;
+    let link = data.join("models/Stable-diffusion/late.safetensors");
+    let s = wait_status(&client, "the download linked", |_| {
+        std::fs::symlink_metadata(&link).is_ok()
+    })
+    .await;
+    let linked_before_ready = s.state == Phase::Starting;
+    assert!(
+        linked_before_ready,
+        "the link should land while the UI starts (STANDIN_START_DELAY=4): {s:#?}"
+    );
+    wait_status(&client, "the UI ready", |s| s.state == Phase::Ready).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !recorded_paths(&record)
+        .iter()
+        .any(|p| p == "/sdapi/v1/refresh-checkpoints")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refresh-checkpoints after ready; the UI listed its checkpoints before the link landed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    daemon.terminate(Duration::from_secs(20));
+}

@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 
 use super::work::Event;
 use super::{Supervisor, Ui};
-use crate::config::diff::ConfigDiff;
 use crate::download::{self, Manager, ModelProgress};
 
 /// How often the snapshot is refreshed while downloads run (progress, rate).
@@ -68,18 +67,17 @@ impl Supervisor {
             tracing::error!(error = %e, "relayout after a download failed");
             return;
         }
-        let Ui::Ready { probe, .. } = &self.ui else {
-            return; // the next start lays out and loads everything
-        };
-        let change = ConfigDiff {
-            models_changed: kinds.into_iter().collect(),
-            ..ConfigDiff::default()
+        let probe = match &self.ui {
+            Ui::Ready { probe, .. } => probe,
+            // Launched but not ready: it has listed its models already.
+            Ui::Starting { .. } => {
+                self.refresh.refresh_once_ready(kinds);
+                return;
+            }
+            _ => return, // the next start lays out and loads everything
         };
         let probe = probe.clone();
-        let endpoints = self
-            .refresh
-            .callable(change.refresh_endpoints(self.config.ui.flavor));
-        self.spawn_refresh(probe, endpoints);
+        self.refresh_kinds(probe, kinds);
     }
 
     /// `retry-downloads`: failed downloads start again; returns how many.

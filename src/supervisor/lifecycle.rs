@@ -232,6 +232,7 @@ impl Supervisor {
                     prepared.auth.clone(),
                 );
                 self.images_ui_launched(prepared.auth);
+                self.refresh.ui_launched();
                 self.probing = super::Probing::default();
                 let now = Instant::now();
                 self.timers.probe_at(after(now, FIRST_PROBE));

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::Supervisor;
 use super::work::Event;
+use crate::config::diff::ConfigDiff;
 use crate::ui::api::Probe;
+use crate::ui::flavor::ModelKind;
 
 /// What the core knows about the running UI's refresh routes and their failures.
 #[derive(Debug, Default)]
@@ -19,12 +21,25 @@ pub(super) struct RefreshState {
     failed: BTreeMap<&'static str, String>,
     /// Failed refresh calls since the supervisor started.
     pub(super) failures: u64,
+    /// Model kinds linked while the UI was starting: it listed its models
+    /// before they were there, so they are refreshed once it is ready.
+    after_ready: BTreeSet<ModelKind>,
 }
 
 impl RefreshState {
     /// Forgets the routes of a UI that is gone (a new one may differ).
     pub(super) fn forget_routes(&mut self) {
         self.routes = None;
+    }
+
+    /// A new UI process starts: it lists every model linked so far itself.
+    pub(super) fn ui_launched(&mut self) {
+        self.after_ready.clear();
+    }
+
+    /// `kinds` were linked after the starting UI listed its models.
+    pub(super) fn refresh_once_ready(&mut self, kinds: impl IntoIterator<Item = ModelKind>) {
+        self.after_ready.extend(kinds);
     }
 
     /// The endpoints among `wanted` the running UI has.
@@ -55,6 +70,7 @@ impl Supervisor {
     /// back as [`Event::Routes`].
     pub(super) fn learn_routes(&mut self, probe: Probe) {
         if !self.config.ui.flavor.has_options_api() {
+            self.refresh_linked_while_starting(probe);
             return;
         }
         self.tasks.spawn(async move {
@@ -82,6 +98,32 @@ impl Supervisor {
             }
         }
         self.refresh.routes = routes;
+        if let super::Ui::Ready { probe, .. } = &self.ui {
+            let probe = probe.clone();
+            self.refresh_linked_while_starting(probe);
+        }
+    }
+
+    /// The UI is ready and its routes known: rescans the kinds linked while it
+    /// was starting ([`RefreshState::refresh_once_ready`]).
+    fn refresh_linked_while_starting(&mut self, probe: Probe) {
+        let kinds = std::mem::take(&mut self.refresh.after_ready);
+        if !kinds.is_empty() {
+            tracing::info!(kinds = ?kinds, "refreshing the models linked while the UI started");
+            self.refresh_kinds(probe, kinds);
+        }
+    }
+
+    /// Asks the UI to rescan the lists of `kinds` it has refresh routes for.
+    pub(super) fn refresh_kinds(&mut self, probe: Probe, kinds: BTreeSet<ModelKind>) {
+        let change = ConfigDiff {
+            models_changed: kinds,
+            ..ConfigDiff::default()
+        };
+        let endpoints = self
+            .refresh
+            .callable(change.refresh_endpoints(self.config.ui.flavor));
+        self.spawn_refresh(probe, endpoints);
     }
 
     /// Calls `endpoints` one after the other in a task (they wait for the UI's
