@@ -145,14 +145,17 @@ async fn daemon_control_plane_end_to_end() {
     let human = text(&out.stdout);
     assert!(human.contains("Restart:   pending:"), "{human}");
     assert!(human.contains("Queue:     1 running"), "{human}");
+    // A requested restart reads as one, not as a changed key called "requested".
+    assert!(
+        human.contains("restart pending (restart requested), waits for idle"),
+        "{human}"
+    );
     let out = cli(&["status", "--json", "--socket", socket_arg]);
     assert_fits_schema(&out.stdout);
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        !json["restart_pending"]["reasons"]
-            .as_array()
-            .unwrap()
-            .is_empty(),
+    assert_eq!(
+        json["restart_pending"]["reasons"],
+        serde_json::json!(["requested"]),
         "{json:#}"
     );
 
@@ -332,6 +335,11 @@ async fn systemd_unit_serves_dbus_and_the_socket() {
     let human = sandbox.run(&[BIN, "status", "--socket", socket]);
     assert!(human.contains("Restart:   pending:"), "{human}");
     assert!(human.contains("Queue:     1 running"), "{human}");
+    // A requested restart reads as one, not as a changed key called "requested".
+    assert!(
+        human.contains("restart pending (restart requested), waits for idle"),
+        "{human}"
+    );
     let json = sandbox.exec(&[BIN, "status", "--json", "--socket", socket]);
     assert_fits_schema(&json.stdout);
     let pending = sandbox.run(&[

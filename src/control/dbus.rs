@@ -63,7 +63,10 @@ impl Props {
             restart_reason: s
                 .restart_pending
                 .as_ref()
-                .map(|r| r.reasons.join(", "))
+                .map(|r| {
+                    let names: Vec<&str> = r.reasons.iter().map(|c| c.name()).collect();
+                    names.join(", ")
+                })
                 .unwrap_or_default(),
             ui_pid: s.ui_pid.unwrap_or(0),
         }

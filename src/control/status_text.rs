@@ -81,7 +81,13 @@ where
                 Some(d) => format!("deadline {} (passed)", at(d)),
                 None => "no deadline".to_owned(),
             };
-            line("Restart:", format!("pending: {}", r.reasons.join(", ")));
+            line(
+                "Restart:",
+                format!(
+                    "pending: {}",
+                    crate::supervisor::protocol::RestartCause::describe_all(&r.reasons)
+                ),
+            );
             line(
                 "",
                 format!(

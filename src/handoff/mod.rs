@@ -29,7 +29,3 @@ pub const STATE_VERSION: u32 = 1;
 /// `RestartForceExitStatus=`, so systemd starts the service again with the new
 /// unit. 75 is `EX_TEMPFAIL`: "try again".
 pub const EXIT_SERVICE_RESTART: u8 = 75;
-
-/// The pending-restart reason of a changed unit; status shows
-/// `restart pending (service unit changed)`.
-pub const UNIT_CHANGED: &str = "service unit";

@@ -137,8 +137,8 @@ pub struct CoreState {
 /// A pending restart as carried across.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingState {
-    /// Why.
-    pub reasons: Vec<String>,
+    /// Why (each as its JSON name).
+    pub reasons: Vec<crate::supervisor::protocol::RestartCause>,
     /// Effective policy.
     pub policy: RestartPolicy,
     /// Unix seconds it became pending.

@@ -20,19 +20,15 @@ use super::reconfigure::Reply;
 use super::work::Event;
 use super::{Probing, Supervisor, Ui};
 use crate::config::{Config, RestartPolicy};
-use crate::handoff::UNIT_CHANGED;
 use crate::handoff::check::{CheckError, check_binary};
 use crate::handoff::state::{CoreState, Received, UiHandle};
 use crate::supervisor::protocol::ReloadOutcome;
+use crate::supervisor::protocol::RestartCause;
 use crate::ui::api::Probe;
 use crate::ui::comfy_ws::QueueSignal;
 use crate::ui::flavor::Flavor;
 use crate::ui::guard::GroupGuard;
 use crate::ui::process::{HandedOver, UiProcess};
-
-/// The pending-restart reason when the new binary could not read the state and
-/// cannot tell which config the running UI has.
-const UNKNOWN_CONFIG: &str = "supervisor upgrade (running config unknown)";
 
 /// Why [`Supervisor::run`] returned.
 #[derive(Debug)]
@@ -324,7 +320,7 @@ impl Supervisor {
         let (to, _) = oneshot::channel();
         self.reload_bytes(Ok(file_text), Reply::new(to, announce));
         if config_unknown && matches!(self.ui, Ui::Starting { .. } | Ui::Ready { .. }) {
-            self.schedule(vec![UNKNOWN_CONFIG.into()], RestartPolicy::WhenIdle);
+            self.schedule(vec![RestartCause::ConfigUnknown], RestartPolicy::WhenIdle);
         }
     }
 
@@ -389,8 +385,8 @@ impl Supervisor {
     }
 
     /// Whether carrying out the pending restart means restarting the service.
-    pub(super) fn restart_is_service(reasons: &[String]) -> bool {
-        reasons.iter().any(|r| r == UNIT_CHANGED)
+    pub(super) fn restart_is_service(reasons: &[RestartCause]) -> bool {
+        reasons.contains(&RestartCause::UnitChanged)
     }
 
     /// The UI is stopped for a service restart: end the loop.

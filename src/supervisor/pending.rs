@@ -9,11 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::protocol::{PendingRestart, Queue, RestartPolicy, RestartReason};
+use super::protocol::{PendingRestart, Queue, RestartCause, RestartPolicy, RestartReason};
 use super::timers::{after, unix_after, unix_now};
-
-/// The reason a `restart` request adds (the others are config keys).
-pub const REQUESTED: &str = "requested";
 
 /// Probe period while a restart waits for a busy UI (goal: the queue is seen
 /// empty within 250 ms of emptying).
@@ -46,8 +43,8 @@ pub enum Decision {
 /// A restart owed to the UI.
 #[derive(Debug, Clone)]
 pub struct Pending {
-    /// Why, one entry per change (config keys, or [`REQUESTED`]).
-    pub reasons: Vec<String>,
+    /// Why, one entry per cause.
+    pub reasons: Vec<RestartCause>,
     /// Effective policy (an explicit `restart --when-idle` waits even under `manual`).
     pub policy: RestartPolicy,
     since_unix: u64,
@@ -75,7 +72,7 @@ impl Pending {
     }
 
     /// Merges another request into this one (several reloads make one restart).
-    pub fn merge(&mut self, reasons: Vec<String>, policy: RestartPolicy) {
+    pub fn merge(&mut self, reasons: Vec<RestartCause>, policy: RestartPolicy) {
         if policy != RestartPolicy::Manual {
             self.policy = policy;
         }
@@ -88,7 +85,7 @@ impl Pending {
 
     /// The counter a restart for these reasons goes to.
     pub fn counter(&self) -> RestartReason {
-        if self.reasons.iter().all(|r| r == REQUESTED) {
+        if self.reasons.iter().all(|r| *r == RestartCause::Requested) {
             RestartReason::Requested
         } else {
             RestartReason::Config
@@ -340,13 +337,13 @@ mod tests {
     fn merged_reloads_make_one_restart_and_manual_does_not_override() {
         let t0 = Instant::now();
         let mut p = Pending::new(t0, RestartPolicy::WhenIdle, None);
-        p.merge(vec![REQUESTED.into()], RestartPolicy::WhenIdle);
+        p.merge(vec![RestartCause::Requested], RestartPolicy::WhenIdle);
         assert_eq!(p.counter(), RestartReason::Requested);
         p.merge(
-            vec!["extensions".into(), REQUESTED.into()],
+            vec!["extensions".into(), RestartCause::Requested],
             RestartPolicy::Manual,
         );
-        assert_eq!(p.reasons, [REQUESTED, "extensions"]);
+        assert_eq!(p.reasons, [RestartCause::Requested, "extensions".into()]);
         assert_eq!(p.policy, RestartPolicy::WhenIdle);
         assert_eq!(p.counter(), RestartReason::Config);
         let manual = Pending::new(t0, RestartPolicy::Manual, None);

@@ -47,11 +47,104 @@ impl Phase {
     }
 }
 
+/// Why a restart is owed: a config key that changed, or one of the causes that
+/// are not keys. In JSON (status, the handoff's state) each is one string: the
+/// key, or `requested`, `service unit`, `supervisor upgrade (running config
+/// unknown)`, the names earlier binaries used, so a handoff carries them across.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum RestartCause {
+    /// A changed config key (`ui.extra_args`, `extensions`, `models.loras`, …).
+    Key(String),
+    /// `restart` (`--when-idle`, or `--now` merged into one pending).
+    Requested,
+    /// The service unit changed (the service restarts, not only the UI).
+    UnitChanged,
+    /// A self-upgrade from a binary that could not say which config runs.
+    ConfigUnknown,
+}
+
+impl RestartCause {
+    /// The JSON name.
+    pub fn name(&self) -> &str {
+        match self {
+            RestartCause::Key(k) => k,
+            RestartCause::Requested => "requested",
+            RestartCause::UnitChanged => "service unit",
+            RestartCause::ConfigUnknown => "supervisor upgrade (running config unknown)",
+        }
+    }
+
+    /// How the status line says it (keys are listed as "… changed").
+    pub fn describe(&self) -> &str {
+        match self {
+            RestartCause::Key(k) => k,
+            RestartCause::Requested => "restart requested",
+            RestartCause::UnitChanged => "service unit changed",
+            RestartCause::ConfigUnknown => "supervisor upgraded, running config unknown",
+        }
+    }
+
+    /// Every cause in `causes`, keys together: `a, b changed; restart requested`.
+    pub fn describe_all(causes: &[RestartCause]) -> String {
+        let keys: Vec<&str> = causes
+            .iter()
+            .filter_map(|c| match c {
+                RestartCause::Key(k) => Some(k.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut parts = Vec::new();
+        if !keys.is_empty() {
+            parts.push(format!("{} changed", keys.join(", ")));
+        }
+        parts.extend(
+            causes
+                .iter()
+                .filter(|c| !matches!(c, RestartCause::Key(_)))
+                .map(|c| c.describe().to_owned()),
+        );
+        parts.join("; ")
+    }
+}
+
+impl From<String> for RestartCause {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "requested" => RestartCause::Requested,
+            "service unit" => RestartCause::UnitChanged,
+            "supervisor upgrade (running config unknown)" => RestartCause::ConfigUnknown,
+            _ => RestartCause::Key(s),
+        }
+    }
+}
+
+impl From<&str> for RestartCause {
+    fn from(s: &str) -> Self {
+        RestartCause::from(s.to_owned())
+    }
+}
+
+impl From<RestartCause> for String {
+    fn from(c: RestartCause) -> Self {
+        match c {
+            RestartCause::Key(k) => k,
+            other => other.name().to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for RestartCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A restart the supervisor owes the UI because of config changes or a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingRestart {
-    /// Why, one entry per change (`ui.extra_args`, `extensions`, `requested`, …).
-    pub reasons: Vec<String>,
+    /// Why, one entry per cause.
+    pub reasons: Vec<RestartCause>,
     /// The policy it waits under (an explicit `restart --when-idle` waits even
     /// under `manual`).
     pub policy: RestartPolicy,

@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::pending::{Pending, REQUESTED};
+use super::pending::Pending;
+use super::protocol::RestartCause;
 use super::timers::unix_now;
 use super::work::{AfterStop, Event};
 use super::{LayoutWaiter, Supervisor, Ui, config_hash};
 use crate::config::diff::diff;
 use crate::config::{Config, RestartPolicy};
-use crate::handoff::UNIT_CHANGED;
 use crate::supervisor::protocol::{ReloadOutcome, ReloadResult, RestartReason, RestartWhen};
 
 /// A reload whose config is in force and waits for its layout.
@@ -162,7 +162,9 @@ impl Supervisor {
             .extend(change.supervisor_only.iter().cloned());
         outcome.needs_restart = change.restart_reasons.clone();
         if unit_changed {
-            outcome.needs_restart.push(UNIT_CHANGED.into());
+            outcome
+                .needs_restart
+                .push(RestartCause::UnitChanged.name().to_owned());
         }
         outcome.next_start = change.next_start.clone();
         if !outcome.next_start.is_empty() {
@@ -182,11 +184,15 @@ impl Supervisor {
                 .unwrap_or_default(),
         };
         if change.needs_restart() {
-            self.schedule(change.restart_reasons.clone(), self.config.restart.policy);
+            let causes = change
+                .restart_reasons
+                .iter()
+                .map(|k| RestartCause::Key(k.clone()));
+            self.schedule(causes.collect(), self.config.restart.policy);
         }
         if unit_changed {
             tracing::info!("the service unit changed: a service restart is pending");
-            self.schedule(vec![UNIT_CHANGED.into()], self.config.restart.policy);
+            self.schedule(vec![RestartCause::UnitChanged], self.config.restart.policy);
         }
         self.request_layout(Some(LayoutWaiter::Reload(applying)));
     }
@@ -245,7 +251,7 @@ impl Supervisor {
     }
 
     /// Adds reasons to the pending restart (merging several reloads into one).
-    pub(super) fn schedule(&mut self, reasons: Vec<String>, policy: RestartPolicy) {
+    pub(super) fn schedule(&mut self, reasons: Vec<RestartCause>, policy: RestartPolicy) {
         match self.ui {
             Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. } => {}
             _ => {
@@ -278,7 +284,7 @@ impl Supervisor {
     /// Carries out the pending restart now.
     pub(super) fn restart_now(&mut self, counter: RestartReason) {
         let Some(p) = self.pending.take() else { return };
-        let why = format!("restarting for {}", p.reasons.join(", "));
+        let why = format!("restarting: {}", RestartCause::describe_all(&p.reasons));
         self.start_reason = Some(counter);
         let service = Supervisor::restart_is_service(&p.reasons);
         if matches!(self.ui, Ui::Stopping { .. }) {
@@ -303,13 +309,13 @@ impl Supervisor {
             (Ui::Ready { .. } | Ui::Starting { .. }, RestartWhen::Now) => {
                 self.pending.get_or_insert_with(|| {
                     let mut p = Pending::new(Instant::now(), RestartPolicy::Immediately, None);
-                    p.merge(vec![REQUESTED.into()], RestartPolicy::Immediately);
+                    p.merge(vec![RestartCause::Requested], RestartPolicy::Immediately);
                     p
                 });
                 self.restart_now(RestartReason::Requested);
             }
             (Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. }, RestartWhen::Idle) => {
-                self.schedule(vec![REQUESTED.into()], RestartPolicy::WhenIdle);
+                self.schedule(vec![RestartCause::Requested], RestartPolicy::WhenIdle);
             }
             (Ui::Stopping { .. }, RestartWhen::Now) => {}
             _ => {

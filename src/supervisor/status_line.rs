@@ -2,7 +2,7 @@
 //! `sd-webui-supervisor status` (docs/design.md#users-and-their-flows), e.g.
 //! `ready; busy: 1 running, 2 queued; restart pending (ui.extra_args changed), waits for idle, deadline 14:05`.
 
-use crate::supervisor::protocol::{PendingRestart, Phase, Queue, RestartPolicy};
+use crate::supervisor::protocol::{PendingRestart, Phase, Queue, RestartCause, RestartPolicy};
 
 /// What the status line is made of.
 #[derive(Debug, Clone, Default)]
@@ -72,7 +72,10 @@ pub fn render(s: &StatusInput<'_>) -> String {
         parts.push(d.to_string());
     }
     if let Some(p) = s.pending {
-        let mut line = format!("restart pending ({} changed)", p.reasons.join(", "));
+        let mut line = format!(
+            "restart pending ({})",
+            RestartCause::describe_all(&p.reasons)
+        );
         match p.policy {
             RestartPolicy::Manual => line.push_str(", manual: run 'sd-webui-supervisor restart'"),
             _ => {
@@ -152,9 +155,37 @@ mod tests {
     }
 
     #[test]
+    fn causes_that_are_not_config_keys_read_as_what_they_are() {
+        let p = PendingRestart {
+            reasons: vec![
+                RestartCause::Key("ui.extra_args".into()),
+                RestartCause::Requested,
+                RestartCause::UnitChanged,
+                RestartCause::ConfigUnknown,
+            ],
+            policy: RestartPolicy::WhenIdle,
+            since_unix: 0,
+            deadline_unix: None,
+        };
+        let s = StatusInput {
+            pending: Some(&p),
+            ..base()
+        };
+        assert_eq!(
+            render(&s),
+            "ready; forge on GPU 0; 12 models; restart pending (ui.extra_args changed; \
+             restart requested; service unit changed; supervisor upgraded, running config unknown), \
+             waits for idle"
+        );
+    }
+
+    #[test]
     fn busy_with_pending_restart() {
         let p = PendingRestart {
-            reasons: vec!["ui.extra_args".into(), "extensions".into()],
+            reasons: vec![
+                RestartCause::Key("ui.extra_args".into()),
+                RestartCause::Key("extensions".into()),
+            ],
             policy: RestartPolicy::WhenIdle,
             since_unix: 0,
             deadline_unix: Some(1),
