@@ -13,7 +13,7 @@ use super::transient::{io_transient, is_transient};
 use super::work::{AfterStop, Event};
 use super::{LayoutWaiter, Supervisor, Ui};
 use crate::supervisor::protocol::RestartReason;
-use crate::ui::api::{Probe, ProbeError};
+use crate::ui::api::Probe;
 use crate::ui::comfy_ws::QueueSignal;
 use crate::ui::flavor::Flavor;
 use crate::ui::gpu::{Preflight, preflight};
@@ -65,8 +65,8 @@ impl Supervisor {
         self.tasks.spawn(async move {
             let preflight = preflight(&gpu, config.ui.gpus.as_deref()).await;
             let launch = match preflight {
-                Preflight::Ok => launch::prepare(&config),
-                Preflight::Waiting(_) => Err(String::new()),
+                Preflight::Ok => Some(launch::prepare(&config)),
+                Preflight::Waiting(_) => None,
             };
             // Something else listening on the UI's port: our UI could not bind it,
             // and the probes would talk to that program.
@@ -89,7 +89,7 @@ impl Supervisor {
         &mut self,
         start: u64,
         preflight: Preflight,
-        launch: Result<Prepared, String>,
+        launch: Option<Result<Prepared, launch::PrepareError>>,
         port_held: Option<String>,
     ) {
         if !matches!(self.ui, Ui::Preparing { start: s, .. } if s == start) {
@@ -115,7 +115,7 @@ impl Supervisor {
         }
         self.ui = Ui::Preparing {
             start,
-            prepared: Some(launch),
+            prepared: launch,
             waiting: None,
         };
         self.request_layout(Some(LayoutWaiter::Start(start)));
@@ -211,7 +211,7 @@ impl Supervisor {
             }
             (None, Some(Ok(p))) => p,
             (None, Some(Err(why))) => {
-                self.ui = failed(why);
+                self.ui = failed(why.to_string());
                 self.ready_once();
                 return;
             }
@@ -605,10 +605,7 @@ impl Supervisor {
                 }
                 Event::Ready(ours)
             } else {
-                Event::Queue(
-                    probe.queue().await.map_err(|e: ProbeError| e.to_string()),
-                    sent,
-                )
+                Event::Queue(probe.queue().await, sent)
             }
         });
     }

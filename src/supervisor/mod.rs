@@ -59,7 +59,7 @@ enum Ui {
     /// layout; `prepared` once the first part is done.
     Preparing {
         start: u64,
-        prepared: Option<Result<Prepared, String>>,
+        prepared: Option<Result<Prepared, crate::ui::launch::PrepareError>>,
         /// A re-check of a waiting supervisor keeps showing why it waits
         /// until the check says otherwise.
         waiting: Option<String>,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::Supervisor;
 use super::work::Event;
 use crate::config::diff::ConfigDiff;
-use crate::ui::api::Probe;
+use crate::ui::api::{Probe, ProbeError};
 use crate::ui::flavor::ModelKind;
 
 /// What the core knows about the running UI's refresh routes and their failures.
@@ -135,23 +135,16 @@ impl Supervisor {
         self.tasks.spawn(async move {
             let mut results = Vec::new();
             for endpoint in endpoints {
-                let result = probe.refresh(endpoint).await.map_err(|e| match e {
-                    crate::ui::api::ProbeError::Status { status, body, .. } => {
-                        let body: String = body.chars().take(120).collect();
-                        format!("HTTP {status}: {body}")
-                    }
-                    other => other.to_string(),
-                });
-                results.push((endpoint, result));
+                results.push((endpoint, probe.refresh(endpoint).await));
             }
             Event::Refreshed(results)
         });
     }
 
     /// Counts and reports refresh results; logs only when the condition changes.
-    pub(super) fn on_refreshed(&mut self, results: Vec<(&'static str, Result<(), String>)>) {
+    pub(super) fn on_refreshed(&mut self, results: Vec<(&'static str, Result<(), ProbeError>)>) {
         for (endpoint, result) in results {
-            self.on_refresh_result(endpoint, result);
+            self.on_refresh_result(endpoint, result.map_err(|e| refresh_failure(&e)));
         }
     }
 
@@ -173,5 +166,19 @@ impl Supervisor {
                 self.refresh.failed.insert(endpoint, why);
             }
         }
+    }
+}
+
+/// How a failed refresh reads in the status: the UI's error status and the
+/// start of its answer (real Forge's lora and embedding refresh routes fail,
+/// ui-apis.md §10),
+/// or the transport error.
+fn refresh_failure(e: &ProbeError) -> String {
+    match e {
+        ProbeError::Status { status, body, .. } => {
+            let body: String = body.chars().take(120).collect();
+            format!("HTTP {status}: {body}")
+        }
+        other => other.to_string(),
     }
 }

@@ -22,7 +22,8 @@ pub enum Event {
     Prepared {
         start: u64,
         preflight: Preflight,
-        launch: Result<Prepared, String>,
+        /// `None`: the preflight says wait, nothing was prepared.
+        launch: Option<Result<Prepared, crate::ui::launch::PrepareError>>,
         /// Who listens on the UI's port, when something already does.
         port_held: Option<String>,
     },
@@ -43,7 +44,7 @@ pub enum Event {
     Ready(bool),
     /// A queue probe finished; `sent` is when it was sent (a restart may act only
     /// on a reading taken after the idle grace ended).
-    Queue(Result<Queue, String>, Instant),
+    Queue(Result<Queue, crate::ui::api::ProbeError>, Instant),
     /// ComfyUI broadcast its queue length (`/ws`): probe now if a restart waits.
     QueueChanged(u32),
     /// Managed settings were brought in line with the running UI.
@@ -64,7 +65,7 @@ pub enum Event {
     /// The running UI's POST routes (`None`: it has no route list).
     Routes(Option<std::collections::BTreeSet<String>>),
     /// Model-list refresh calls finished, each with its outcome.
-    Refreshed(Vec<(&'static str, Result<(), String>)>),
+    Refreshed(Vec<(&'static str, Result<(), crate::ui::api::ProbeError>)>),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process.

@@ -19,19 +19,35 @@ pub struct Prepared {
     pub redactor: Redactor,
 }
 
+/// Why the UI's launch cannot be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// `ui.api_auth_file` is unreadable, or not one `user:password` line.
+    #[error("ui.api_auth_file {}: {reason}", path.display())]
+    AuthFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
 /// Builds the launch for `config`. Reads `ui.api_auth_file` (a small file, but
 /// I/O: call it from a task, not from the core's loop). The credentials go into the
 /// UI's `COMMANDLINE_ARGS` (Forge and A1111 append it to their argv, ui-apis.md
 /// §7.1), never onto its command line: `/proc/PID/cmdline` is world-readable,
 /// `/proc/PID/environ` is not. The password is masked in the UI's relayed output.
-pub fn prepare(config: &Config) -> Result<Prepared, String> {
+pub fn prepare(config: &Config) -> Result<Prepared, PrepareError> {
     let auth = match &config.ui.api_auth_file {
         None => None,
         Some(path) => Some(
             std::fs::read_to_string(path)
                 .map_err(|e| e.to_string())
                 .and_then(|t| ApiAuth::parse(&t))
-                .map_err(|e| format!("ui.api_auth_file {}: {e}", path.display()))?,
+                .map_err(|reason| PrepareError::AuthFile {
+                    path: path.clone(),
+                    reason,
+                })?,
         ),
     };
     let argv = config.ui_argv();
