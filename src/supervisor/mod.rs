@@ -7,21 +7,25 @@
 //! back as events, so the loop answers a reload or a status within milliseconds
 //! even while the UI hangs. `docs/architecture.md` maps the files.
 //!
-//! This file is the loop and the snapshot; [`lifecycle`] starts, watches and stops
-//! the UI, [`reconfigure`] reloads and restarts, [`pending`] decides when a
+//! This file is the loop and the snapshot; [`start`] starts the UI, [`probe`]
+//! watches it, [`stop`] sees it end and stops it, [`events`] routes the tasks'
+//! reports, [`reconfigure`] reloads and restarts, [`pending`] decides when a
 //! deferred restart is due, [`crash`] keeps the crash record and backoff,
 //! [`timers`] the clock, [`status_line`] the one-line truth.
 
 mod crash;
 mod downloads;
+mod events;
 mod handoff;
 mod images;
-mod lifecycle;
 mod pending;
+mod probe;
 pub mod protocol;
 mod reconfigure;
 mod refresh;
+mod start;
 pub mod status_line;
+mod stop;
 mod timers;
 mod transient;
 mod work;
@@ -352,7 +356,7 @@ impl Supervisor {
                 Some(cmd) = commands.recv() => self.on_command(cmd),
                 ev = self.tasks.next() => self.on_event(ev),
                 Some(ev) = events.0.recv() => self.on_event(ev),
-                status = lifecycle::child_exit(&mut self.ui) => self.on_exit(status),
+                status = stop::child_exit(&mut self.ui) => self.on_exit(status),
                 () = tokio::time::sleep_until(wake) => self.on_tick(),
             }
         }

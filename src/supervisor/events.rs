@@ -1,0 +1,78 @@
+//! The core's dispatch of the events its tasks report ([`super::work::Event`]):
+//! each goes to the concern that owns it.
+
+use std::time::Instant;
+
+use super::work::{AfterStop, Event};
+use super::{Supervisor, Ui};
+use crate::ui::process::describe_exit;
+
+impl Supervisor {
+    /// Routes one task's event to its handler (stale ones, of a start or a UI
+    /// that is gone, are dropped by the handlers).
+    pub(super) fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Prepared {
+                start,
+                preflight,
+                launch,
+                port_held,
+            } => self.on_prepared(start, preflight, launch, port_held),
+            Event::LaidOut { report, transient } => self.on_laid_out(report, transient),
+            Event::Routes(routes) => self.on_routes(routes),
+            Event::Refreshed(results) => self.on_refreshed(results),
+            Event::ConfigRead { text, reply } => {
+                self.reloads_in_flight = self.reloads_in_flight.saturating_sub(1);
+                self.reload_bytes(text, reply)
+            }
+            Event::Ready(ok) => {
+                self.probing.in_flight = false;
+                if let (true, Ui::Starting { .. }) = (ok, &self.ui) {
+                    self.became_ready();
+                }
+            }
+            Event::Queue(result, sent) => {
+                self.probing.in_flight = false;
+                self.probing.sent = Some(sent);
+                if !matches!(self.ui, Ui::Ready { .. }) {
+                    return;
+                }
+                match result {
+                    Ok(q) => self.probing.queue = Some(q),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "queue probe failed");
+                        self.probing.queue = None;
+                    }
+                }
+                self.check_pending(Instant::now());
+                self.maybe_render();
+            }
+            Event::ImageDone {
+                name,
+                fingerprint,
+                result,
+            } => self.on_image_done(&name, &fingerprint, result),
+            Event::QueueChanged(remaining) => {
+                if self.pending.is_some() && matches!(self.ui, Ui::Ready { .. }) {
+                    tracing::debug!(remaining, "queue broadcast: probing now");
+                    self.timers.probe_at(Some(Instant::now()));
+                }
+            }
+            Event::Download(ev) => self.on_download(ev),
+            Event::SettingsSynced(done) => self.on_settings_synced(done),
+            Event::HandoffChecked(checked) => self.on_handoff_checked(checked),
+            Event::Gone { status, then } => {
+                if let Ok(s) = &status {
+                    tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");
+                }
+                self.ui = Ui::Down;
+                match then {
+                    AfterStop::Start => self.start_ui(),
+                    AfterStop::Crash { why, counter } => self.record_crash(why, counter),
+                    AfterStop::Exit => {}
+                    AfterStop::ExitService => self.exit_for_service_restart(),
+                }
+            }
+        }
+    }
+}
