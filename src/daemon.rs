@@ -1,8 +1,7 @@
 //! The `run` command: wires the core to the outside world — signals, the config
 //! watcher, the control plane — and runs until SIGTERM/SIGINT.
 
-use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,10 +11,10 @@ use tokio::sync::oneshot;
 use crate::config::{Config, ConfigError};
 use crate::front::FrontDoor;
 use crate::handoff::signals::{Signals, resend};
-use crate::handoff::state::{self, ControlFds, Envelope, FrontFds, GuardFd, Received, UiHandle};
+use crate::handoff::state::{self, FrontFds, Received};
 use crate::notify::Notifier;
 use crate::supervisor::protocol::CoreHandle;
-use crate::supervisor::{Ended, Handover, Supervisor};
+use crate::supervisor::{Ended, Supervisor};
 use crate::ui::gpu::GpuEnv;
 use crate::ui::process::become_subreaper;
 use crate::watch::{Changes, ConfigWatcher, Debounce};
@@ -127,7 +126,7 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     );
     let listeners = adoption
         .as_ref()
-        .and_then(|(r, _)| take_listeners(&r.envelope.control));
+        .and_then(|(r, _)| r.envelope.control.take_listeners());
     if let Some((received, unknown)) = adoption {
         tracing::info!(config = %path.display(), state_known = received.state.is_some(), "supervisor taking over from the previous binary");
         core.adopt(received, unknown, file_text.clone());
@@ -198,7 +197,9 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
                 None => None,
             };
             let listeners = control.hand_over().await;
-            Ok(exec_new_binary(path, *handover, listeners, front))
+            Ok(Step::ExecFailed(Box::new(
+                crate::handoff::send::exec_new_binary(path, *handover, listeners, front),
+            )))
         }
     }
 }
@@ -232,7 +233,7 @@ fn plan_front(
     let handed = inherited.flatten();
     let listener = handed
         .as_ref()
-        .and_then(|f| own_fd(f.listener))
+        .and_then(|f| state::own_fd(f.listener))
         .map(std::net::TcpListener::from);
     if config.front.enable && ran_without {
         // The previous binary ran without a front door: the adopted UI itself
@@ -261,87 +262,6 @@ fn plan_front(
         settings,
         ui_port,
     }))
-}
-
-/// Owns descriptor `fd` if it is open.
-fn own_fd(fd: RawFd) -> Option<OwnedFd> {
-    // SAFETY: F_GETFD only checks that the number is open.
-    (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
-        // SAFETY: an open descriptor handed to this binary to own.
-        .then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The listeners named in a handoff document, owned again.
-fn take_listeners(fds: &ControlFds) -> Option<crate::control::Listeners> {
-    let open = own_fd;
-    let unix = open(fds.unix?)?;
-    Some(crate::control::Listeners {
-        unix,
-        socket_id: fds.socket_id.unwrap_or_default(),
-        tcp: fds.tcp.and_then(open),
-    })
-}
-
-/// Writes the state document and execs the new binary; returns only when the
-/// exec failed, with the state for this binary to take back.
-fn exec_new_binary(
-    path: &Path,
-    handover: Handover,
-    listeners: Option<crate::control::Listeners>,
-    front: Option<(OwnedFd, u16, crate::front::FrontStatus)>,
-) -> Step {
-    // From here the document owns the descriptors (by number), whichever binary
-    // reads it.
-    let mut keep: Vec<RawFd> = Vec::new();
-    let mut raw = |fd: OwnedFd| {
-        let n = fd.into_raw_fd();
-        keep.push(n);
-        n
-    };
-    let ui = handover.ui.map(|h| UiHandle {
-        pid: h.pid,
-        guard: h.guard.map(|g| {
-            let (gpid, fd) = g.into_parts();
-            GuardFd {
-                pid: gpid,
-                fd: raw(fd),
-            }
-        }),
-        stdout_fd: h.stdout.map(&mut raw),
-        stderr_fd: h.stderr.map(&mut raw),
-    });
-    let control = match listeners {
-        Some(l) => ControlFds {
-            socket_id: Some(l.socket_id),
-            unix: Some(raw(l.unix)),
-            tcp: l.tcp.map(&mut raw),
-        },
-        None => ControlFds::default(),
-    };
-    let mut envelope = Envelope::new(ui, control, Some(handover.config_text), &handover.state);
-    envelope.front = front.map(|(fd, ui_port, stats)| FrontFds {
-        listener: raw(fd),
-        ui_port,
-        stats: Some(stats),
-    });
-    let err = match state::write(&envelope) {
-        Ok(memfd) => {
-            let doc = memfd.as_raw_fd();
-            keep.push(doc);
-            let args: Vec<OsString> = vec![
-                "run".into(),
-                "--config".into(),
-                path.as_os_str().to_owned(),
-                "--handoff-fd".into(),
-                doc.to_string().into(),
-            ];
-            tracing::info!(executable = %handover.exe.display(), "exec");
-            crate::handoff::exec::exec(&handover.exe, &args, &keep).to_string()
-        }
-        Err(e) => e.to_string(),
-    };
-    tracing::error!(executable = %handover.exe.display(), error = %err, "cannot exec the new binary; this one carries on");
-    Step::ExecFailed(Box::new(envelope.receive()))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit: systemd's default soft limit

@@ -11,12 +11,15 @@
 //! - [`exec`]: the `execve` itself: only the handed-over descriptors lose
 //!   `FD_CLOEXEC`, from the main thread (the UI's parent-death signal follows
 //!   the thread that forked it).
+//! - [`send`]: the old binary's side: the core's handover and the descriptors
+//!   into the document, then the exec (and the way back when it fails).
 //! - [`adopt`]: waiting for a UI the new binary did not spawn, by pidfd.
 //! - [`signals`]: SIGHUP/SIGTERM/SIGINT by signalfd, so none is lost in between.
 
 pub mod adopt;
 pub mod check;
 pub mod exec;
+pub mod send;
 pub mod signals;
 pub mod state;
 

@@ -238,6 +238,26 @@ pub fn read(fd: RawFd) -> Result<Received, StateError> {
     Ok(envelope.receive())
 }
 
+/// Owns descriptor `fd` if it is open.
+pub fn own_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only checks that the number is open.
+    (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+        // SAFETY: an open descriptor handed to this binary to own.
+        .then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl ControlFds {
+    /// The listeners named in a handoff document, owned again.
+    pub fn take_listeners(&self) -> Option<crate::control::Listeners> {
+        let unix = own_fd(self.unix?)?;
+        Some(crate::control::Listeners {
+            unix,
+            socket_id: self.socket_id.unwrap_or_default(),
+            tcp: self.tcp.and_then(own_fd),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
