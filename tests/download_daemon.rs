@@ -403,3 +403,77 @@ dbus = "off"
     }
     daemon.terminate(Duration::from_secs(20));
 }
+
+/// A reload that drops a downloaded model unlinks it and the core sweeps its
+/// file from the cache (the layout itself knows nothing of downloads).
+#[tokio::test]
+async fn a_reload_that_drops_a_download_removes_its_cached_file() {
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i >> 2) as u8).collect();
+    let hex = hex::encode(sha2::Sha256::digest(&body));
+    let srv = Server::start("127.0.0.1", body);
+    let dir = tempfile::Builder::new()
+        .prefix("download-dropped-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let d = dir.path();
+    let socket = d.join("control.sock");
+    let data = d.join("data");
+    let record = data.join("record.jsonl");
+    let config = d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[ui]
+flavor = "forge"
+command = ["python3", "{stand_in}"]
+port = {port}
+environment = {{ STANDIN_RECORD = "{record}" }}
+[data]
+dir = "{data}"
+[control]
+socket = "{socket}"
+dbus = "off"
+[models.checkpoints]
+"kept.safetensors" = {{ url = "{url}", sha256 = "{hex}" }}
+"#,
+            stand_in = stand_in().display(),
+            port = free_port(),
+            record = record.display(),
+            data = data.display(),
+            socket = socket.display(),
+            url = srv.url("/file"),
+        ),
+    )
+    .unwrap();
+    let daemon = DaemonBuilder::new(
+        config.clone(),
+        d.join("daemon.log"),
+        format!("STANDIN_RECORD={}", record.display()),
+    )
+    .spawn();
+    let client = Client::new(&socket);
+    let link = data.join("models/Stable-diffusion/kept.safetensors");
+    let cached = data.join(".sd-webui-supervisor/downloads").join(&hex);
+    wait_status(&client, "the download linked", |s| {
+        s.state == Phase::Ready
+            && model(s, "kept.safetensors").state == Dl::Done
+            && std::fs::symlink_metadata(&link).is_ok()
+    })
+    .await;
+    assert!(cached.is_file(), "the cached file is there");
+
+    // The reload keeps the port: the same text with no model.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let dropped: String = text
+        .lines()
+        .filter(|l| !l.starts_with("\"kept.safetensors\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, dropped).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_status(&client, "the link and the cached file gone", |_| {
+        std::fs::symlink_metadata(&link).is_err() && !cached.exists()
+    })
+    .await;
+    daemon.terminate(Duration::from_secs(20));
+}

@@ -35,6 +35,23 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// [`sweep`] after a layout, its outcome logged (a failed sweep only leaves
+/// files behind for the next one). Called by whoever laid out: the core's
+/// layout task, the `layout` and `fetch-models` commands.
+pub fn sweep_after_layout(config: &Config) {
+    match sweep(config) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(
+                "removed {} undeclared downloads: {}",
+                removed.len(),
+                removed.join(", ")
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot sweep the download cache: {e}"),
+    }
+}
+
 /// Removes cached files (finished or partial) whose digest no model declares.
 /// Called after the layout that dropped their links, so no managed link is
 /// left pointing at a removed file. Returns the names removed.

@@ -31,6 +31,8 @@ pub fn command(config: &Path, dry_run: bool) -> ExitCode {
     }
     match super::apply(&config) {
         Ok(report) => {
+            // Links to cached downloads no longer declared are gone now.
+            crate::download::cache::sweep_after_layout(&config);
             for c in &report.conflicts {
                 eprintln!("conflict: {c}");
             }

@@ -132,18 +132,6 @@ pub fn apply(config: &Config) -> Result<LayoutReport, LayoutError> {
         fsio::Lock::acquire(&state_dir).map_err(|e| LayoutError::io("lock", &state_dir, e))?;
     let mut report = exec::execute(decide(config)?)?;
     report.actions_applied += prepared;
-    // Links to cached downloads no longer declared are gone now: drop the files.
-    match crate::download::cache::sweep(config) {
-        Ok(removed) if !removed.is_empty() => {
-            tracing::info!(
-                "removed {} undeclared downloads: {}",
-                removed.len(),
-                removed.join(", ")
-            )
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cannot sweep the download cache: {e}"),
-    }
     Ok(report)
 }
 

@@ -148,7 +148,8 @@ impl Supervisor {
         self.config = new;
         self.config_hash = hash;
         self.config_text = text;
-        // Before the relayout, whose sweep removes the files of dropped downloads.
+        // Before the relayout, after which the core sweeps the files of dropped
+        // downloads.
         self.apply_downloads();
         self.reload_rejected = None;
         self.images_config_changed();

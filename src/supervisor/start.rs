@@ -112,7 +112,15 @@ impl Supervisor {
         self.tasks.spawn(async move {
             let began = Instant::now();
             let mut transient = false;
-            let report = tokio::task::spawn_blocking(move || crate::layout::apply(&config))
+            let report = tokio::task::spawn_blocking(move || {
+                let report = crate::layout::apply(&config);
+                // Links to cached downloads no longer declared are gone now:
+                // the files go too.
+                if report.is_ok() {
+                    crate::download::cache::sweep_after_layout(&config);
+                }
+                report
+            })
                 .await
                 .map_err(|e| format!("layout task failed: {e}"))
                 .and_then(|r| {
