@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use super::protocol::{self, Alive, Readiness};
+use super::wire::{self, Alive, Readiness};
 use crate::supervisor::protocol::CoreHandle;
 
 /// How long the core's loop may take to answer a liveness ping. Its loop never
@@ -25,8 +25,8 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
 /// The two routes, without authentication; merge them beside the guarded API.
 pub fn router(handle: CoreHandle) -> Router {
     Router::new()
-        .route(protocol::HEALTHZ, get(healthz))
-        .route(protocol::READYZ, get(readyz))
+        .route(wire::HEALTHZ, get(healthz))
+        .route(wire::READYZ, get(readyz))
         .with_state(handle)
 }
 

@@ -2,7 +2,7 @@
 //! [`CoreHandle`] calls and the answers into status codes. No logic of its own.
 //!
 //! The same [`router`] serves the unix socket (guarded by its file mode) and the
-//! optional TCP listener (wrapped by [`super::auth::require_token`]).
+//! optional TCP listener (wrapped by [`super::token::require_token`]).
 
 use axum::Json;
 use axum::Router;
@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::metrics;
-use super::protocol::{
+use super::wire::{
     self, ErrorBody, GenerateReply, GenerateRequest, RestartReply, RestartRequest, WaitIdleQuery,
     parse_timeout,
 };
@@ -25,14 +25,14 @@ use crate::supervisor::protocol::{CoreHandle, HandleError, ReloadOutcome, Reload
 /// The control API's routes over one core; serve it or drive it with `oneshot` in tests.
 pub fn router(handle: CoreHandle) -> Router {
     Router::new()
-        .route(protocol::STATUS, get(status))
-        .route(protocol::RELOAD, post(reload))
-        .route(protocol::RESTART, post(restart))
-        .route(protocol::WAIT_IDLE, get(wait_idle))
-        .route(protocol::RETRY_DOWNLOADS, post(retry_downloads))
-        .route(protocol::DRAIN, post(drain))
-        .route(protocol::GENERATE, post(generate))
-        .route(protocol::METRICS, get(prometheus))
+        .route(wire::STATUS, get(status))
+        .route(wire::RELOAD, post(reload))
+        .route(wire::RESTART, post(restart))
+        .route(wire::WAIT_IDLE, get(wait_idle))
+        .route(wire::RETRY_DOWNLOADS, post(retry_downloads))
+        .route(wire::DRAIN, post(drain))
+        .route(wire::GENERATE, post(generate))
+        .route(wire::METRICS, get(prometheus))
         .fallback(not_found)
         .with_state(handle)
 }
@@ -119,9 +119,9 @@ async fn restart(
 /// 401 or a full disk is not retried by itself).
 async fn retry_downloads(
     State(core): State<CoreHandle>,
-) -> Result<Json<protocol::RetryReply>, ApiError> {
+) -> Result<Json<wire::RetryReply>, ApiError> {
     let retried = core.retry_downloads().await?;
-    Ok(Json(protocol::RetryReply { retried }))
+    Ok(Json(wire::RetryReply { retried }))
 }
 
 /// `POST /v1/generate` with `{"names": [...], "force": bool}`: 200 with the paths

@@ -6,16 +6,16 @@
 //! from the one [`Snapshot`](crate::supervisor::protocol::Snapshot) the core publishes. The daemon
 //! calls [`start`] once everything else is up and [`Control::shutdown`] on the way out.
 
-pub mod auth;
 pub mod client;
 pub mod dbus;
 pub mod health;
 pub mod http;
 pub mod metrics;
-pub mod protocol;
 mod serve;
 mod socket;
 pub mod status_text;
+pub mod token;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -177,7 +177,7 @@ async fn start_inner(
     inherited: Option<Listeners>,
 ) -> Result<Control, ControlError> {
     let token = match (&config.http_listen, &config.token_file) {
-        (Some(_), Some(path)) => Some(auth::Token::read(path)?),
+        (Some(_), Some(path)) => Some(token::Token::read(path)?),
         (Some(_), None) => return Err(ControlError::TokenMissing),
         (None, _) => None,
     };
@@ -213,7 +213,7 @@ async fn start_inner(
         tcp_addr = tcp.local_addr().ok();
         kept_tcp = dup(tcp.as_fd());
         // The health routes need no token: a kubelet's probe has none.
-        let guarded = health.merge(auth::require_token(router, token));
+        let guarded = health.merge(token::require_token(router, token));
         servers.push(serve::serve(tcp, guarded, max, stopped));
     }
     let mut control = Control {

@@ -17,7 +17,7 @@ use reqwest::StatusCode;
 use reqwest::header::CONTENT_RANGE;
 use tokio::sync::mpsc;
 
-use super::http::{self, chain};
+use super::http_get::{self, chain};
 use super::writer::{Partial, WRITE_CHUNK, write_all};
 use super::{Failure, cache, redact};
 use crate::config::download::{Download, Sha256, cache_path};
@@ -84,7 +84,7 @@ pub async fn attempt(
     let (mut file, mut partial) = blocking(move || open_part(&place2, &part2)).await?;
     progress.done.store(partial.len(), Ordering::Relaxed);
 
-    let (mut resp, url) = match http::get(client, download, partial.len()).await {
+    let (mut resp, url) = match http_get::get(client, download, partial.len()).await {
         Ok(answer) => answer,
         Err(failure) => {
             forget_empty(&part_path, partial.len()).await;

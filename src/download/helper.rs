@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use super::Failure;
 use super::fetch::{self, Progress, UNKNOWN};
-use super::http;
+use super::http_get;
 use super::worker::{Job, REPORT_EVERY, Report};
 
 /// Runs the helper; the exit code is 0 whenever a result was reported.
@@ -41,7 +41,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let client = http::client()?;
+        let client = http_get::client()?;
         let progress = Arc::new(Progress::default());
         let ticking = Arc::clone(&progress);
         let ticker = tokio::spawn(async move {

@@ -8,7 +8,7 @@
 //! restart, and after each failed attempt, its prefix is re-hashed once from the
 //! disk (SHA-256 state is not persisted), never fetched again.
 //!
-//! [`http`] sends requests (token only to the URL's own origin, redirects followed
+//! [`http_get`] sends requests (token only to the URL's own origin, redirects followed
 //! by hand), [`fetch`] runs one attempt, in a helper process of its own
 //! ([`worker`] starts it and reads its reports, [`helper`] is its side), [`writer`] appends and hashes on two
 //! threads, [`cache`] owns the files, and
@@ -18,7 +18,7 @@ pub mod cache;
 pub mod command;
 mod fetch;
 pub mod helper;
-mod http;
+mod http_get;
 pub mod manager;
 pub mod summary;
 mod worker;

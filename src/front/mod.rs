@@ -14,7 +14,7 @@ pub mod auth;
 mod forward;
 pub mod gate;
 mod page;
-mod serve;
+mod request;
 pub mod stats;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -158,7 +158,7 @@ impl FrontDoor {
                 .map_or_else(Stats::default, Stats::resumed),
         );
         let max_connections = settings.max_connections;
-        let shared = Arc::new(serve::Shared {
+        let shared = Arc::new(request::Shared {
             ui_port: settings.ui_port,
             hold_timeout: settings.hold_timeout,
             max_held: settings.max_held,
@@ -259,7 +259,7 @@ async fn release_memory_when_idle(
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    shared: Arc<serve::Shared>,
+    shared: Arc<request::Shared>,
     max: usize,
     stop: watch::Receiver<bool>,
 ) {
@@ -295,7 +295,7 @@ async fn accept_loop(
         let mut stop = stop.clone();
         let conn = builder.serve_connection(
             TokioIo::new(io),
-            service_fn(move |req| serve::handle(shared.clone(), peer.ip(), req)),
+            service_fn(move |req| request::handle(shared.clone(), peer.ip(), req)),
         );
         tokio::spawn(async move {
             let conn = conn.with_upgrades();

@@ -8,7 +8,7 @@
 //!   descriptors that travel with it (guard pipe, control listeners).
 //! - [`check`]: `handoff-check --state-version N`, run on the new binary before
 //!   anything is given up, and the old binary's side of it.
-//! - [`exec`]: the `execve` itself: only the handed-over descriptors lose
+//! - [`execve`]: the `execve` itself: only the handed-over descriptors lose
 //!   `FD_CLOEXEC`, from the main thread (the UI's parent-death signal follows
 //!   the thread that forked it).
 //! - [`send`]: the old binary's side: the core's handover and the descriptors
@@ -18,7 +18,7 @@
 
 pub mod adopt;
 pub mod check;
-pub mod exec;
+pub mod execve;
 pub mod send;
 pub mod signals;
 pub mod state;

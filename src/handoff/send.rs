@@ -65,7 +65,7 @@ pub fn exec_new_binary(
                 doc.to_string().into(),
             ];
             tracing::info!(executable = %handover.exe.display(), "exec");
-            super::exec::exec(&handover.exe, &args, &keep).to_string()
+            super::execve::exec(&handover.exe, &args, &keep).to_string()
         }
         Err(e) => e.to_string(),
     };

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::files::Outputs;
 use super::fingerprint::{fingerprint, models_used};
-use super::output::Outputs;
 use super::render::RenderError;
 use crate::config::{Config, ImageConfig};
 

@@ -4,16 +4,16 @@
 //! sidecar. A Nix build cannot make them (no GPU in the sandbox); the supervisor
 //! can, because it owns the UI and knows when it is idle.
 //!
-//! [`fingerprint`] says when a picture is stale, [`output`] reads and writes the
+//! [`fingerprint`] says when a picture is stale, [`files`] reads and writes the
 //! files, [`render`] talks to the UI, [`task`] is one render as the core runs it, and [`book`] is the core's per-image state.
 
 pub mod book;
+pub mod files;
 pub mod fingerprint;
-pub mod output;
 pub mod render;
 pub mod task;
 
 pub use book::{Book, FailedImage, GenerateError, GenerateResult, ImagesStatus, Job};
+pub use files::{Outputs, Sidecar};
 pub use fingerprint::fingerprint;
-pub use output::{Outputs, Sidecar};
 pub use render::{RenderError, Rendered, Renderer};

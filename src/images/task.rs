@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::book::Job;
+use super::files::{Outputs, Sidecar};
 use super::fingerprint::declaration;
-use super::output::{Outputs, Sidecar};
 use super::render::{RenderError, Renderer};
 use crate::ui::flavor::Flavor;
 

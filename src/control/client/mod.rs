@@ -20,9 +20,7 @@ use tokio::net::UnixStream;
 
 pub use commands::{ClientAction, run};
 
-use super::protocol::{
-    self, ErrorBody, GenerateReply, GenerateRequest, RestartReply, RestartRequest,
-};
+use super::wire::{self, ErrorBody, GenerateReply, GenerateRequest, RestartReply, RestartRequest};
 use crate::config::{Config, DEFAULT_SOCKET};
 use crate::supervisor::protocol::{ReloadOutcome, RestartWhen, Snapshot};
 
@@ -136,27 +134,21 @@ impl Client {
 
     /// `GET /v1/status` as raw JSON text (what `status --json` prints).
     pub async fn status_json(&self) -> Result<serde_json::Value, ClientError> {
-        let (status, body) = self
-            .call(Method::GET, protocol::STATUS, None, QUICK)
-            .await?;
+        let (status, body) = self.call(Method::GET, wire::STATUS, None, QUICK).await?;
         self.expect_ok(status, &body)?;
         self.decode(status, &body)
     }
 
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<Snapshot, ClientError> {
-        let (status, body) = self
-            .call(Method::GET, protocol::STATUS, None, QUICK)
-            .await?;
+        let (status, body) = self.call(Method::GET, wire::STATUS, None, QUICK).await?;
         self.expect_ok(status, &body)?;
         self.decode(status, &body)
     }
 
     /// `POST /v1/reload`; a rejected reload is an `Ok` outcome with `result = "rejected"`.
     pub async fn reload(&self) -> Result<ReloadOutcome, ClientError> {
-        let (status, body) = self
-            .call(Method::POST, protocol::RELOAD, None, RELOAD)
-            .await?;
+        let (status, body) = self.call(Method::POST, wire::RELOAD, None, RELOAD).await?;
         if status != StatusCode::UNPROCESSABLE_ENTITY {
             self.expect_ok(status, &body)?;
         }
@@ -167,7 +159,7 @@ impl Client {
     pub async fn restart(&self, when: RestartWhen) -> Result<String, ClientError> {
         let body = serde_json::to_vec(&RestartRequest { when }).unwrap_or_default();
         let (status, body) = self
-            .call(Method::POST, protocol::RESTART, Some(body), QUICK)
+            .call(Method::POST, wire::RESTART, Some(body), QUICK)
             .await?;
         self.expect_ok(status, &body)?;
         self.decode::<RestartReply>(status, &body)
@@ -177,21 +169,21 @@ impl Client {
     /// `POST /v1/retry-downloads`; returns how many failed downloads restarted.
     pub async fn retry_downloads(&self) -> Result<usize, ClientError> {
         let (status, body) = self
-            .call(Method::POST, protocol::RETRY_DOWNLOADS, None, QUICK)
+            .call(Method::POST, wire::RETRY_DOWNLOADS, None, QUICK)
             .await?;
         self.expect_ok(status, &body)?;
-        self.decode::<protocol::RetryReply>(status, &body)
+        self.decode::<wire::RetryReply>(status, &body)
             .map(|r| r.retried)
     }
 
     /// `GET /v1/wait-idle`, without limit when `timeout` is `None`.
     pub async fn wait_idle(&self, timeout: Option<Duration>) -> Result<WaitIdle, ClientError> {
-        self.wait(Method::GET, protocol::WAIT_IDLE, timeout).await
+        self.wait(Method::GET, wire::WAIT_IDLE, timeout).await
     }
 
     /// `POST /v1/drain`: draining from now on; waits like [`Client::wait_idle`].
     pub async fn drain(&self, timeout: Option<Duration>) -> Result<WaitIdle, ClientError> {
-        self.wait(Method::POST, protocol::DRAIN, timeout).await
+        self.wait(Method::POST, wire::DRAIN, timeout).await
     }
 
     /// A request that answers with a snapshot once the daemon is idle, or 504.
@@ -231,7 +223,7 @@ impl Client {
         };
         let body = serde_json::to_vec(&request).unwrap_or_default();
         let (status, body) = self
-            .call(Method::POST, protocol::GENERATE, Some(body), Duration::MAX)
+            .call(Method::POST, wire::GENERATE, Some(body), Duration::MAX)
             .await?;
         if (status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST)
             && let Ok(e) = serde_json::from_slice::<ErrorBody>(&body)
@@ -245,9 +237,7 @@ impl Client {
 
     /// `GET /metrics` as text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        let (status, body) = self
-            .call(Method::GET, protocol::METRICS, None, QUICK)
-            .await?;
+        let (status, body) = self.call(Method::GET, wire::METRICS, None, QUICK).await?;
         self.expect_ok(status, &body)?;
         Ok(String::from_utf8_lossy(&body).into_owned())
     }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::ControlError;
-use super::protocol::ErrorBody;
+use super::wire::ErrorBody;
 
 /// The shared secret of the TCP listener.
 #[derive(Clone)]
