@@ -21,9 +21,13 @@ impl Supervisor {
             Event::LaidOut { report, transient } => self.on_laid_out(report, transient),
             Event::Routes(routes) => self.on_routes(routes),
             Event::Refreshed(results) => self.on_refreshed(results),
-            Event::ConfigRead { text, reply } => {
+            Event::ConfigRead {
+                text,
+                parsed,
+                reply,
+            } => {
                 self.reloads_in_flight = self.reloads_in_flight.saturating_sub(1);
-                self.reload_bytes(text, reply)
+                self.reload_parsed(text, parsed, reply)
             }
             Event::Ready(ok) => {
                 self.probing.in_flight = false;

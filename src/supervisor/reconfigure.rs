@@ -51,6 +51,9 @@ impl Reply {
     }
 }
 
+/// A config file's parse: the config, or everything wrong with it.
+pub(super) type Parsed = Result<Box<Config>, crate::config::ConfigError>;
+
 impl Supervisor {
     /// Reloads the config: `RELOADING=1`+`MONOTONIC_USEC` now, `READY=1` once
     /// validation, scheduling and the layout are done (never the queue, never the
@@ -77,13 +80,26 @@ impl Supervisor {
             announced,
         };
         match text {
-            Some(text) => self.reload_parsed(Ok(text), parsed, reply),
+            Some(text) => self.reload_parsed(Ok(text), parsed.map(Ok), reply),
             None => {
                 self.reloads_in_flight = self.reloads_in_flight.saturating_add(1);
                 let path = self.path.clone();
                 self.tasks.spawn(async move {
+                    let text = tokio::fs::read(&path).await;
+                    let parsed = match &text {
+                        Ok(bytes) => {
+                            let bytes = bytes.clone();
+                            tokio::task::spawn_blocking(move || {
+                                Config::from_bytes(&path, &bytes).map(Box::new)
+                            })
+                            .await
+                            .ok()
+                        }
+                        Err(_) => None,
+                    };
                     Event::ConfigRead {
-                        text: tokio::fs::read(&path).await,
+                        text,
+                        parsed,
                         reply,
                     }
                 });
@@ -96,11 +112,12 @@ impl Supervisor {
         self.reload_parsed(text, None, reply);
     }
 
-    /// [`Self::reload_bytes`] with the bytes' parse when the reader made one.
-    fn reload_parsed(
+    /// [`Self::reload_bytes`] with the bytes' parse when the reader made one
+    /// (`None`: parsed here).
+    pub(super) fn reload_parsed(
         &mut self,
         text: std::io::Result<Vec<u8>>,
-        parsed: Option<Box<Config>>,
+        parsed: Option<Parsed>,
         reply: Reply,
     ) {
         let mut outcome = ReloadOutcome {
@@ -130,9 +147,9 @@ impl Supervisor {
             Some(going_on) => going_on,
             None => return,
         };
-        let mut new = match parsed.map_or_else(|| Config::from_bytes(&self.path, &text), |c| Ok(*c))
-        {
-            Ok(c) => c,
+        let parsed = parsed.unwrap_or_else(|| Config::from_bytes(&self.path, &text).map(Box::new));
+        let mut new = match parsed {
+            Ok(c) => *c,
             Err(e) => {
                 tracing::error!("reload rejected, keeping the running config:\n{e}");
                 let summary = e.summary();

@@ -30,6 +30,9 @@ pub enum Event {
     /// The config file was read for a reload.
     ConfigRead {
         text: io::Result<Vec<u8>>,
+        /// The bytes' parse, made in the task too (a large or hostile config
+        /// takes the parser a while: not on the core's loop).
+        parsed: Option<super::reconfigure::Parsed>,
         reply: super::reconfigure::Reply,
     },
     /// A layout of the config in force finished; `transient` when its failure
