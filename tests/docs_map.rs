@@ -43,3 +43,54 @@ fn the_architecture_page_lists_every_source_file_and_no_other() {
         "docs/architecture.md \"Every file\": add {missing:?}, remove {stale:?}"
     );
 }
+
+/// The part of `page` from `heading` to the next `## ` heading.
+fn section<'a>(page: &'a str, heading: &str) -> &'a str {
+    let start = page
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in the page"));
+    let rest = &page[start + heading.len()..];
+    rest.find("\n## ").map_or(rest, |end| &rest[..end])
+}
+
+#[test]
+fn the_design_lists_every_command_and_every_config_section() {
+    let root = support::env::repo_root();
+    let design = std::fs::read_to_string(root.join("docs/design.md")).expect("read the design");
+    let help = std::process::Command::new(support::env::BIN)
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .expect("--help lists commands")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        // A command's line starts with two spaces; a wrapped description with more.
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 10, "{commands:?} from {help}");
+    let table = section(&design, "## Commands");
+    let missing: Vec<_> = commands
+        .iter()
+        .filter(|c| !table.contains(&format!("| `{c}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/design.md \"Commands\" lacks {missing:?}"
+    );
+
+    let config = section(&design, "## The config file");
+    let missing: Vec<_> = sd_webui_supervisor::config::section_names()
+        .filter(|s| !config.contains(&format!("`[{s}]`")) && !config.contains(&format!("`[{s}.")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/design.md \"The config file\" lacks the sections {missing:?}"
+    );
+}

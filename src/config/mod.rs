@@ -27,6 +27,12 @@ use serde::Serialize;
 
 pub use diagnostics::{ConfigError, Problem};
 pub use front::FrontConfig;
+
+/// The names of the config file's top-level sections, in the order the file
+/// documents them (the docs are checked against this list).
+pub fn section_names() -> impl Iterator<Item = &'static str> {
+    raw::SECTIONS.iter().map(|s| s.name)
+}
 pub use images::{ImageConfig, Txt2img, Workflow};
 
 use crate::ui::flavor::{Flavor, ModelKind};
