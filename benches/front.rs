@@ -46,13 +46,6 @@ const MB: f64 = 1024.0 * 1024.0;
 const BIG: usize = 20 * 1024 * 1024;
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// One GET on a new connection (`Connection: close`), read to the end; the
 /// answer's status and its length in bytes.
 fn get(port: u16, path: &str) -> std::io::Result<(u16, usize)> {
@@ -276,10 +269,10 @@ fn ws_pings(p: Path3, n: usize) -> Vec<f64> {
 }
 
 fn main() {
-    let gets = env_count("FRONT_BENCH_GETS", 2000);
-    let big_runs = env_count("FRONT_BENCH_BIG_RUNS", 30);
-    let pings = env_count("FRONT_BENCH_PINGS", 2000);
-    let held = env_count("FRONT_BENCH_HELD", 1000);
+    let gets = support::env::env_or("FRONT_BENCH_GETS", 2000);
+    let big_runs = support::env::env_or("FRONT_BENCH_BIG_RUNS", 30);
+    let pings = support::env::env_or("FRONT_BENCH_PINGS", 2000);
+    let held = support::env::env_or("FRONT_BENCH_HELD", 1000);
     // 1,000 held requests are 1,000 sockets here (the daemon raises its own).
     raise_open_files();
 

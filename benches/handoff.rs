@@ -32,13 +32,6 @@ use support::scene::Scenario;
 use support::stats::percentile;
 use support::wait::poll_until;
 
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// `GET /v1/status` over the control socket; true on a 200 answer.
 fn status_answers(socket: &Path) -> bool {
     let Ok(mut s) = UnixStream::connect(socket) else {
@@ -114,8 +107,8 @@ fn copy_of(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn main() {
-    let runs = env_count("HANDOFF_BENCH_RUNS", 20);
-    let restarts = env_count("HANDOFF_BENCH_RESTARTS", 5);
+    let runs = support::env::env_or("HANDOFF_BENCH_RUNS", 20);
+    let restarts = support::env::env_or("HANDOFF_BENCH_RESTARTS", 5);
     let mut s = Scenario::new("bench-handoff", "forge");
     let bins = [
         copy_of(s.dir(), "supervisor-a"),

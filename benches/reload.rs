@@ -22,13 +22,6 @@ use support::{RecordTail, Scenario, comfy_prompt, now_unix, percentile, txt2img,
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT MET" }
 }
@@ -211,8 +204,8 @@ fn main() {
         "reload benchmarks ({profile}; {} CPUs)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    bench_write_to_post(env_count("RELOAD_BENCH_CHANGES", 200));
-    let runs = env_count("RELOAD_BENCH_RUNS", 10);
+    bench_write_to_post(support::env::env_or("RELOAD_BENCH_CHANGES", 200));
+    let runs = support::env::env_or("RELOAD_BENCH_RUNS", 10);
     bench_idle_to_stop("forge", "1s", "100ms", runs);
     bench_idle_to_stop("forge", "1s", "2s", runs);
     bench_idle_to_stop("comfyui", "1s", "2s", runs);

@@ -30,13 +30,6 @@ use support::{NotifySocket, Scene, pid, t};
 
 const MB: f64 = 1024.0 * 1024.0;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Clock ticks per second for /proc/<pid>/stat.
 fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -143,7 +136,7 @@ fn idle_daemon(scene: &Scene, bin: &Path) -> (support::Daemon, NotifySocket) {
 }
 
 fn bench_idle(release: &Path, debug: Option<&Path>) {
-    let secs = env_u64("SDWS_BENCH_IDLE_SECS", 60);
+    let secs = support::env::env_or("SDWS_BENCH_IDLE_SECS", 60);
     println!("\n== idle supervision: {secs} s with an idle stand-in (queue probe every 2 s) ==");
     let mut builds = vec![("release", release.to_path_buf())];
     if let Some(d) = debug {
@@ -215,7 +208,7 @@ fn stats(label: &str, mut v: Vec<f64>, goal_ms: Option<f64>, note: &str) {
 }
 
 fn bench_restart(bin: &Path) {
-    let rounds = env_u64("SDWS_BENCH_RESTARTS", 12) as usize;
+    let rounds = support::env::env_or("SDWS_BENCH_RESTARTS", 12) as usize;
     println!(
         "\n== restart downtime: {rounds} restarts by ui.extra_args change + SIGHUP, restart.policy = \"immediately\" =="
     );

@@ -326,52 +326,19 @@ async fn a_download_that_lands_while_the_ui_starts_is_refreshed_once_ready() {
     let srv = Server::start("127.0.0.1", body);
     *srv.behaviour.slow.lock().unwrap() = Some(Duration::from_millis(100));
 
-    let dir = tempfile::Builder::new()
-        .prefix("download-starting-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let d = dir.path();
-    let socket = d.join("control.sock");
-    let data = d.join("data");
-    let record = data.join("record.jsonl");
-    let config = d.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[ui]
-flavor = "forge"
-command = ["python3", "{stand_in}"]
-port = {port}
-environment = {{ STANDIN_RECORD = "{record}", STANDIN_START_DELAY = "4" }}
-startup_timeout = "1m"
-[data]
-dir = "{data}"
-[control]
-socket = "{socket}"
-dbus = "off"
-[models.checkpoints]
-"late.safetensors" = {{ url = "{url}", sha256 = "{hex}" }}
-"#,
-            stand_in = stand_in().display(),
-            port = free_port(),
-            record = record.display(),
-            data = data.display(),
-            socket = socket.display(),
-            url = srv.url("/file"),
+    let scene = ForgeScene::start(
+        "download-starting-",
+        r#", STANDIN_START_DELAY = "4""#,
+        &format!(
+            r#""late.safetensors" = {{ url = "{}", sha256 = "{hex}" }}"#,
+            srv.url("/file")
         ),
-    )
-    .unwrap();
-    let daemon = DaemonBuilder::new(
-        config,
-        d.join("daemon.log"),
-        format!("STANDIN_RECORD={}", record.display()),
-    )
-    .spawn();
-    let client = Client::new(&socket);
+    );
+    let (client, data, record) = (&scene.client, &scene.data, &scene.record);
 
     // The UI is launched (its start record) while the download crawls; then
     // the download is let go and lands while the UI still starts.
-    wait_status(&client, "the UI launched, the download running", |s| {
+    wait_status(client, "the UI launched, the download running", |s| {
         s.state == Phase::Starting
             && s.ui_pid.is_some()
             && model(s, "late.safetensors").state == Dl::Downloading
@@ -379,7 +346,7 @@ dbus = "off"
     .await;
     *srv.behaviour.slow.lock().unwrap() = None;
     let link = data.join("models/Stable-diffusion/late.safetensors");
-    let s = wait_status(&client, "the download linked", |_| {
+    let s = wait_status(client, "the download linked", |_| {
         std::fs::symlink_metadata(&link).is_ok()
     })
     .await;
@@ -388,10 +355,10 @@ dbus = "off"
         linked_before_ready,
         "the link should land while the UI starts (STANDIN_START_DELAY=4): {s:#?}"
     );
-    wait_status(&client, "the UI ready", |s| s.state == Phase::Ready).await;
+    wait_status(client, "the UI ready", |s| s.state == Phase::Ready).await;
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !recorded_paths(&record)
+    while !recorded_paths(record)
         .iter()
         .any(|p| p == "/sdapi/v1/refresh-checkpoints")
     {
@@ -401,7 +368,7 @@ dbus = "off"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    daemon.terminate(Duration::from_secs(20));
+    scene.daemon.terminate(Duration::from_secs(20));
 }
 
 /// A reload that drops a downloaded model unlinks it and the core sweeps its
@@ -411,50 +378,18 @@ async fn a_reload_that_drops_a_download_removes_its_cached_file() {
     let body: Vec<u8> = (0..200_000u32).map(|i| (i >> 2) as u8).collect();
     let hex = hex::encode(sha2::Sha256::digest(&body));
     let srv = Server::start("127.0.0.1", body);
-    let dir = tempfile::Builder::new()
-        .prefix("download-dropped-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap();
-    let d = dir.path();
-    let socket = d.join("control.sock");
-    let data = d.join("data");
-    let record = data.join("record.jsonl");
-    let config = d.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[ui]
-flavor = "forge"
-command = ["python3", "{stand_in}"]
-port = {port}
-environment = {{ STANDIN_RECORD = "{record}" }}
-[data]
-dir = "{data}"
-[control]
-socket = "{socket}"
-dbus = "off"
-[models.checkpoints]
-"kept.safetensors" = {{ url = "{url}", sha256 = "{hex}" }}
-"#,
-            stand_in = stand_in().display(),
-            port = free_port(),
-            record = record.display(),
-            data = data.display(),
-            socket = socket.display(),
-            url = srv.url("/file"),
+    let scene = ForgeScene::start(
+        "download-dropped-",
+        "",
+        &format!(
+            r#""kept.safetensors" = {{ url = "{}", sha256 = "{hex}" }}"#,
+            srv.url("/file")
         ),
-    )
-    .unwrap();
-    let daemon = DaemonBuilder::new(
-        config.clone(),
-        d.join("daemon.log"),
-        format!("STANDIN_RECORD={}", record.display()),
-    )
-    .spawn();
-    let client = Client::new(&socket);
+    );
+    let (client, data, config) = (&scene.client, &scene.data, &scene.config);
     let link = data.join("models/Stable-diffusion/kept.safetensors");
     let cached = data.join(".sd-webui-supervisor/downloads").join(&hex);
-    wait_status(&client, "the download linked", |s| {
+    wait_status(client, "the download linked", |s| {
         s.state == Phase::Ready
             && model(s, "kept.safetensors").state == Dl::Done
             && std::fs::symlink_metadata(&link).is_ok()
@@ -463,17 +398,82 @@ dbus = "off"
     assert!(cached.is_file(), "the cached file is there");
 
     // The reload keeps the port: the same text with no model.
-    let text = std::fs::read_to_string(&config).unwrap();
+    let text = std::fs::read_to_string(config).unwrap();
     let dropped: String = text
         .lines()
         .filter(|l| !l.starts_with("\"kept.safetensors\""))
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(&config, dropped).unwrap();
-    daemon.signal(nix::sys::signal::Signal::SIGHUP);
-    wait_status(&client, "the link and the cached file gone", |_| {
+    std::fs::write(config, dropped).unwrap();
+    scene.daemon.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_status(client, "the link and the cached file gone", |_| {
         std::fs::symlink_metadata(&link).is_err() && !cached.exists()
     })
     .await;
-    daemon.terminate(Duration::from_secs(20));
+    scene.daemon.terminate(Duration::from_secs(20));
+}
+
+/// The daemon on a Forge stand-in in a scratch dir of its own, with `environment`
+/// added to the UI's (`KEY = "value", …`) and `checkpoints` as the
+/// `[models.checkpoints]` lines.
+struct ForgeScene {
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    data: std::path::PathBuf,
+    record: std::path::PathBuf,
+    daemon: support::Daemon,
+    client: Client,
+}
+
+impl ForgeScene {
+    fn start(prefix: &str, environment: &str, checkpoints: &str) -> ForgeScene {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let d = dir.path();
+        let socket = d.join("control.sock");
+        let data = d.join("data");
+        let record = data.join("record.jsonl");
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[ui]
+flavor = "forge"
+command = ["python3", "{stand_in}"]
+port = {port}
+environment = {{ STANDIN_RECORD = "{record}"{environment} }}
+startup_timeout = "1m"
+[data]
+dir = "{data}"
+[control]
+socket = "{socket}"
+dbus = "off"
+[models.checkpoints]
+{checkpoints}
+"#,
+                stand_in = stand_in().display(),
+                port = free_port(),
+                record = record.display(),
+                data = data.display(),
+                socket = socket.display(),
+            ),
+        )
+        .unwrap();
+        let daemon = DaemonBuilder::new(
+            config.clone(),
+            d.join("daemon.log"),
+            format!("STANDIN_RECORD={}", record.display()),
+        )
+        .spawn();
+        ForgeScene {
+            client: Client::new(&socket),
+            _dir: dir,
+            config,
+            data,
+            record,
+            daemon,
+        }
+    }
 }

@@ -108,3 +108,11 @@ pub fn skip(why: &str) {
             .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
     }
 }
+
+/// A benchmark's count from the environment (`FRONT_BENCH_GETS=…`), else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
