@@ -161,8 +161,14 @@ fn ten_restarts_and_no_client_sees_a_failed_request() {
             "crash" => {
                 // Between two jobs: a job in flight would die with the UI (and
                 // rightly be answered 502); small GETs are in flight all the time.
+                // The next job waits until the daemon has seen the UI gone: one
+                // sent while the killed process is still being torn down could
+                // be accepted by its socket and lost with it (also rightly 502).
                 let _between = job.lock().unwrap();
                 kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill the UI");
+                s.wait(SECS(10), "the daemon to see the UI gone", || {
+                    (ready_pid(&s) != Some(pid)).then_some(())
+                });
                 drop(_between);
                 pid = wait_new_ui(&s, pid, "the UI restarted after its crash");
             }
@@ -170,6 +176,10 @@ fn ten_restarts_and_no_client_sees_a_failed_request() {
                 let _between = job.lock().unwrap();
                 let (code, text) = s.cli(&["restart", "--now"]);
                 assert_eq!(code, 0, "restart --now: {text}");
+                // As for the crash: the next job once the UI is seen stopping.
+                s.wait(SECS(10), "the daemon to stop the UI", || {
+                    (ready_pid(&s) != Some(pid)).then_some(())
+                });
                 drop(_between);
                 pid = wait_new_ui(&s, pid, "the UI restarted at once");
             }
