@@ -27,13 +27,10 @@ pub(super) struct RefreshState {
 }
 
 impl RefreshState {
-    /// Forgets the routes of a UI that is gone (a new one may differ).
-    pub(super) fn forget_routes(&mut self) {
-        self.routes = None;
-    }
-
-    /// A new UI process starts: it lists every model linked so far itself.
+    /// A new UI process starts: its routes are learned again (they may differ
+    /// from the last one's), and it lists every model linked so far itself.
     pub(super) fn ui_launched(&mut self) {
+        self.routes = None;
         self.after_ready.clear();
     }
 
@@ -171,8 +168,7 @@ impl Supervisor {
 
 /// How a failed refresh reads in the status: the UI's error status and the
 /// start of its answer (real Forge's lora and embedding refresh routes fail,
-/// ui-apis.md §10),
-/// or the transport error.
+/// ui-apis.md §10), or the transport error.
 fn refresh_failure(e: &ProbeError) -> String {
     match e {
         ProbeError::Status { status, body, .. } => {

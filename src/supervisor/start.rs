@@ -208,7 +208,6 @@ impl Supervisor {
         match UiProcess::spawn(&prepared.launch, &prepared.redactor) {
             Ok(proc) => {
                 self.transient.succeeded();
-                self.refresh.forget_routes();
                 tracing::info!(ui_pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui_own_port(), "UI launched");
                 if let Some(reason) = self.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
