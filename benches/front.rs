@@ -37,6 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::env::free_port;
+use support::http::{read_head, ws_frame};
 use support::procs::status_bytes;
 use support::scene::Scenario;
 use support::stats::percentile;
@@ -200,25 +201,6 @@ fn big_gets(paths: &[Path3], runs: usize) -> Vec<Vec<f64>> {
     tp
 }
 
-/// Reads one websocket frame from the server: (opcode, payload).
-fn ws_frame(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h)?;
-    let mut len = u64::from(h[1] & 0x7f);
-    if len == 126 {
-        let mut l = [0u8; 2];
-        s.read_exact(&mut l)?;
-        len = u64::from(u16::from_be_bytes(l));
-    } else if len == 127 {
-        let mut l = [0u8; 8];
-        s.read_exact(&mut l)?;
-        len = u64::from_be_bytes(l);
-    }
-    let mut payload = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    s.read_exact(&mut payload)?;
-    Ok((h[0] & 0x0f, payload))
-}
-
 /// Websocket pings through `p`: round trips in µs.
 fn ws_pings(p: Path3, n: usize) -> Vec<f64> {
     let mut s = TcpStream::connect(("127.0.0.1", p.port)).expect("connect for the websocket");
@@ -232,18 +214,12 @@ fn ws_pings(p: Path3, n: usize) -> Vec<f64> {
         p.port
     )
     .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut byte).unwrap(),
-            1,
-            "websocket head via {}",
-            p.name
-        );
-        head.push(byte[0]);
-    }
-    assert_eq!(status_of(&head), 101, "websocket via {}", p.name);
+    let head = read_head(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 101"),
+        "websocket via {}: {head}",
+        p.name
+    );
     // The UI's first message: its status.
     let (op, _) = ws_frame(&mut s).expect("the status message");
     assert_eq!(op, 1, "a text frame first via {}", p.name);

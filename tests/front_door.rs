@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use support::http::{Answer, request};
+use support::http::{Answer, read_head, request, ws_frame};
 use support::record::events;
 use support::scene::Scenario;
 
@@ -243,19 +243,6 @@ fn ten_restarts_and_no_client_sees_a_failed_request() {
     );
 }
 
-/// Reads one HTTP answer head from a raw stream (for the websocket handshakes).
-fn read_head(s: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
-        if s.read(&mut byte).unwrap_or(0) == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 /// Opens a websocket to `path` with extra header lines; returns the answer head
 /// and the stream.
 fn ws_handshake(port: u16, path: &str, extra: &str) -> (String, TcpStream) {
@@ -269,25 +256,6 @@ fn ws_handshake(port: u16, path: &str, extra: &str) -> (String, TcpStream) {
     .unwrap();
     let head = read_head(&mut s);
     (head, s)
-}
-
-/// The first frame a server sends: (opcode, payload).
-fn ws_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).ok()?;
-    let mut len = u64::from(h[1] & 0x7f);
-    if len == 126 {
-        let mut l = [0u8; 2];
-        s.read_exact(&mut l).ok()?;
-        len = u64::from(u16::from_be_bytes(l));
-    } else if len == 127 {
-        let mut l = [0u8; 8];
-        s.read_exact(&mut l).ok()?;
-        len = u64::from_be_bytes(l);
-    }
-    let mut payload = vec![0u8; usize::try_from(len).ok()?];
-    s.read_exact(&mut payload).ok()?;
-    Some((h[0] & 0x0f, payload))
 }
 
 #[test]

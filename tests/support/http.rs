@@ -199,3 +199,38 @@ fn dechunk(mut b: &[u8]) -> std::io::Result<Vec<u8>> {
         b = b.get(size + 2..).ok_or_else(bad)?;
     }
 }
+
+/// Reads one HTTP answer head from a raw stream (the websocket handshakes), at
+/// most 16 KiB.
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        if s.read(&mut byte).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// One websocket frame from the server (unmasked, as servers send them):
+/// (opcode, payload).
+pub fn ws_frame(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h)?;
+    let mut len = u64::from(h[1] & 0x7f);
+    if len == 126 {
+        let mut l = [0u8; 2];
+        s.read_exact(&mut l)?;
+        len = u64::from(u16::from_be_bytes(l));
+    } else if len == 127 {
+        let mut l = [0u8; 8];
+        s.read_exact(&mut l)?;
+        len = u64::from_be_bytes(l);
+    }
+    let len = usize::try_from(len).map_err(std::io::Error::other)?;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload)?;
+    Ok((h[0] & 0x0f, payload))
+}
