@@ -16,6 +16,9 @@ Environment:
   STANDIN_START_DELAY    seconds to wait before listening (like a slow start)
   STANDIN_JOB_SECONDS    seconds one job holds the queue (default 1); a txt2img body or
                          a /prompt body may override it with "stand_in_seconds"
+                         Any request's query may add "stand_in_body_delay=S": the answer's
+                         head is sent, then S seconds pass before its body (a slow answer
+                         that a UI exiting meanwhile cuts off)
   STANDIN_CRASH_AFTER    exit with STANDIN_EXIT_CODE (default 1) N seconds after start
   STANDIN_HANG_AFTER     after N seconds accept connections but never answer
   STANDIN_IGNORE_SIGINT  1: SIGINT is ignored (SIG_IGN), like a UI that inherited it
@@ -83,6 +86,14 @@ COMFY = FLAVOR == "comfyui"
 def env_float(name, default=None):
     value = os.environ.get(name, "").strip()
     return float(value) if value else default
+
+
+def text_float(text):
+    """A number of seconds from a query value; 0 when absent or not a number."""
+    try:
+        return max(0.0, float(text or 0))
+    except ValueError:
+        return 0.0
 
 
 JOB_SECONDS = env_float("STANDIN_JOB_SECONDS", 1.0)
@@ -353,6 +364,11 @@ class Handler(BaseHTTPRequestHandler):
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.end_headers()
+                # A slow answer (a large picture to a slow client): the head is
+                # out, the body follows; a UI that exits meanwhile cuts it off.
+                delay = text_float(query.get("stand_in_body_delay"))
+                if delay > 0:
+                    time.sleep(delay)
                 self.wfile.write(reply.body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True

@@ -147,7 +147,7 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
             };
             let door = FrontDoor::start(listener, plan.settings, &handle)?;
             handle.attach_front(door.stats());
-            core.watch_front(door.busy());
+            core.watch_front(door.busy(), door.answers());
             Some((door, plan.ui_port))
         }
         None => None,

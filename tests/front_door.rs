@@ -7,6 +7,8 @@
 //! - while the UI is not ready an API request is held (bounded in number and
 //!   time, then 503 with `Retry-After`), a browser gets the restarting page, a
 //!   websocket is closed with 1012; once ready a websocket is relayed;
+//! - a planned restart (`restart`, `restart --now`, a config change) lets the
+//!   answers the UI is sending finish before it stops the UI, within a bound;
 //! - a request with a body whose UI crashes under it is answered 502, not sent twice;
 //! - with `front.auth_file`, every route and the websocket are refused without
 //!   credentials, failed attempts are rate-limited, and no secret reaches the log
@@ -19,7 +21,7 @@ use support::env::binary_copy;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,7 +29,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use support::http::{Answer, read_head, request, ws_frame};
-use support::record::events;
+use support::record::{Rec, events};
 use support::scene::Scenario;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -59,12 +61,23 @@ impl Tally {
     }
 }
 
-/// Small GETs without pause until `stop`, each on its own connection.
-fn get_loop(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) -> JoinHandle<()> {
+/// Small GETs without pause until `stop`, each on its own connection. Each
+/// holds `crash` for reading while it is out: the test takes it for writing
+/// to SIGKILL the UI between answers (an answer the UI is sending when it is
+/// killed is cut off, and no proxy can mend that).
+fn get_loop(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    crash: Arc<RwLock<()>>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let deadline = Instant::now() + SECS(600);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            match request(port, "GET", "/sdapi/v1/options", &[], b"", SECS(120)) {
+            let out = crash.read().unwrap();
+            let answer = request(port, "GET", "/sdapi/v1/options", &[], b"", SECS(120));
+            drop(out);
+            match answer {
                 Ok(a) if a.status == 200 && serde_json::from_slice::<Value>(&a.body).is_ok() => {
                     tally.gets.fetch_add(1, Ordering::Relaxed);
                 }
@@ -137,9 +150,10 @@ fn ten_restarts_and_no_client_sees_a_failed_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let job = Arc::new(Mutex::new(()));
+    let crash = Arc::new(RwLock::new(()));
     let clients = [
-        get_loop(port, stop.clone(), tally.clone()),
-        get_loop(port, stop.clone(), tally.clone()),
+        get_loop(port, stop.clone(), tally.clone(), crash.clone()),
+        get_loop(port, stop.clone(), tally.clone(), crash.clone()),
         job_loop(port, stop.clone(), tally.clone(), job.clone()),
     ];
     std::thread::sleep(SECS(2));
@@ -165,7 +179,9 @@ fn ten_restarts_and_no_client_sees_a_failed_request() {
                 // sent while the killed process is still being torn down could
                 // be accepted by its socket and lost with it (also rightly 502).
                 let _between = job.lock().unwrap();
+                let no_get_out = crash.write().unwrap();
                 kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill the UI");
+                drop(no_get_out);
                 s.wait(SECS(10), "the daemon to see the UI gone", || {
                     (ready_pid(&s) != Some(pid)).then_some(())
                 });
@@ -173,6 +189,7 @@ fn ten_restarts_and_no_client_sees_a_failed_request() {
                 pid = wait_new_ui(&s, pid, "the UI restarted after its crash");
             }
             "now" => {
+                // GETs stay out: the stop lets their answers finish first.
                 let _between = job.lock().unwrap();
                 let (code, text) = s.cli(&["restart", "--now"]);
                 assert_eq!(code, 0, "restart --now: {text}");
@@ -241,6 +258,56 @@ fn ten_restarts_and_no_client_sees_a_failed_request() {
         9,
         "1 start + 8 restarts (2 upgrades keep the UI)"
     );
+}
+
+/// The UI is stopped only once the answers it is sending are out: a slow GET in
+/// flight at `restart` and at `restart --now` arrives whole. An answer that
+/// takes longer than the bound does not keep the UI from restarting.
+#[test]
+fn a_planned_restart_lets_the_answers_in_flight_finish() {
+    let mut s = Scenario::new("front-drain", "forge");
+    s.start();
+    let port = s.conf.port;
+    let mut pid = ready_pid(&s).expect("ready after READY=1");
+    for how in [&["restart"][..], &["restart", "--now"][..]] {
+        let path = "/sdapi/v1/options?stand_in_body_delay=2";
+        let slow = std::thread::spawn(move || request(port, "GET", path, &[], b"", SECS(60)));
+        s.wait(SECS(10), "the UI to get the slow GET", || {
+            let asked = s.requests("GET", "/sdapi/v1/options");
+            let slow = |r: &&Rec| r.v["query"].as_str().is_some_and(|q| q.contains("delay"));
+            asked
+                .iter()
+                .filter(slow)
+                .any(|r| i64::from(r.pid) == pid)
+                .then_some(())
+        });
+        let (code, text) = s.cli(how);
+        assert_eq!(code, 0, "{how:?}: {text}");
+        let answer = slow.join().unwrap();
+        match answer {
+            Ok(a) if a.status == 200 => {
+                let v: Value = serde_json::from_slice(&a.body).expect("the whole JSON");
+                assert!(v.is_object(), "{v}");
+            }
+            other => panic!("{how:?}: the slow answer: {other:?}\n{}", s.diagnostics()),
+        }
+        pid = wait_new_ui(&s, pid, "the UI restarted");
+    }
+    // An answer longer than the bound: the restart goes ahead without it.
+    let path = "/sdapi/v1/options?stand_in_body_delay=600";
+    let _endless = std::thread::spawn(move || request(port, "GET", path, &[], b"", SECS(700)));
+    s.wait(SECS(10), "the UI to get the endless GET", || {
+        let asked = s.requests("GET", "/sdapi/v1/options");
+        let endless = |r: &&Rec| r.v["query"].as_str().is_some_and(|q| q.contains("=600"));
+        asked
+            .iter()
+            .filter(endless)
+            .any(|r| i64::from(r.pid) == pid)
+            .then_some(())
+    });
+    let (code, text) = s.cli(&["restart"]);
+    assert_eq!(code, 0, "restart: {text}");
+    wait_new_ui(&s, pid, "the UI restarted past the endless answer");
 }
 
 /// Opens a websocket to `path` with extra header lines; returns the answer head

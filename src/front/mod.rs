@@ -6,7 +6,9 @@
 //!
 //! The door reads the core only through its snapshots (the [`gate`]) and holds
 //! no state of the core's; the core sees the door only through the number of
-//! requests in flight ([`FrontDoor::busy`]), which a self-upgrade waits on.
+//! requests in flight ([`FrontDoor::busy`]), which a self-upgrade waits on, and
+//! the answers the UI is sending ([`Answers`]), which a planned stop of the UI
+//! lets finish.
 //! Its listener is handed to the next binary with the rest
 //! ([`FrontDoor::hand_over`]): connections wait in the kernel's queue meanwhile.
 
@@ -28,7 +30,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::supervisor::protocol::CoreHandle;
+use crate::supervisor::protocol::{CoreHandle, Snapshot};
 
 pub use auth::{AuthError, Credentials};
 pub use page::STATUS_PATH;
@@ -84,11 +86,52 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, FrontError> {
     std::net::TcpListener::bind(addr).map_err(|source| FrontError::Bind { addr, source })
 }
 
-/// A free loopback port for the UI, as the kernel hands out ephemeral ports.
+/// Where the kernel's ephemeral ports begin when `ip_local_port_range` cannot
+/// be read (its default).
+const EPHEMERAL_FROM: u16 = 32768;
+/// How many ports below the ephemeral range the UI's private port is picked from.
+const PRIVATE_SPAN: u16 = 10_000;
+
+/// A free loopback port for the UI, picked just below the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`). A port from that range could be
+/// taken between the pick and the UI's bind by any outgoing connection on the
+/// machine, the door's own connections to the UI among them. The search starts
+/// at a place of this process's own, so supervisors starting side by side
+/// rarely try the same port.
 pub fn pick_ui_port() -> Result<u16, FrontError> {
-    let probe =
-        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(FrontError::PickPort)?;
-    Ok(probe.local_addr().map_err(FrontError::PickPort)?.port())
+    let (from, to) = private_band(ephemeral_start());
+    let span = u32::from(to - from);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    let mut last = None;
+    for i in 0..span {
+        let port = from + u16::try_from((start + i) % span).unwrap_or(0);
+        match std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(FrontError::PickPort(last.unwrap_or_else(|| {
+        std::io::Error::other(format!("no free port in {from}..{to}"))
+    })))
+}
+
+/// The first ephemeral port, from `/proc/sys/net/ipv4/ip_local_port_range`.
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(EPHEMERAL_FROM)
+}
+
+/// The ports the private port is picked from, `[from, to)`: the
+/// [`PRIVATE_SPAN`] below `ephemeral` and above the privileged ones. With an
+/// ephemeral range set that low, every port is ephemeral; the top ones then.
+fn private_band(ephemeral: u16) -> (u16, u16) {
+    if ephemeral >= 1024 + PRIVATE_SPAN {
+        (ephemeral - PRIVATE_SPAN, ephemeral)
+    } else {
+        (u16::MAX - PRIVATE_SPAN, u16::MAX)
+    }
 }
 
 /// The settings the door runs with (from `[front]`, read once at start).
@@ -127,6 +170,37 @@ impl Settings {
     }
 }
 
+/// The answers the UI is sending through the door. A planned stop of the UI
+/// (a restart, `restart --now`, the supervisor's stop) closes the gate, so new
+/// requests are held, and waits for these before its signal: the UIs exit at
+/// once on SIGINT, cutting off whatever they were sending.
+#[derive(Clone)]
+pub struct Answers {
+    sending: watch::Receiver<usize>,
+    snapshots: watch::Receiver<Snapshot>,
+}
+
+impl Answers {
+    /// Waits, at most `bound`, until the core's snapshot has closed the gate
+    /// and no request is on its way to the UI or being answered; whether all
+    /// were answered.
+    pub async fn finished(mut self, bound: Duration) -> bool {
+        let all = async {
+            let _ = self
+                .snapshots
+                .wait_for(|s| gate::Gate::of(s) != gate::Gate::Open)
+                .await;
+            let _ = self.sending.wait_for(|n| *n == 0).await;
+        };
+        tokio::time::timeout(bound, all).await.is_ok()
+    }
+
+    /// How many answers are on their way now.
+    pub fn now(&self) -> usize {
+        *self.sending.borrow()
+    }
+}
+
 /// The running front door.
 pub struct FrontDoor {
     stop: watch::Sender<bool>,
@@ -135,6 +209,7 @@ pub struct FrontDoor {
     kept: OwnedFd,
     stats: Arc<Stats>,
     busy: watch::Receiver<usize>,
+    answers: Answers,
     local: SocketAddr,
 }
 
@@ -151,6 +226,11 @@ impl FrontDoor {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop, stop_rx) = watch::channel(false);
         let (busy, busy_rx) = watch::channel(0usize);
+        let (sending, sending_rx) = watch::channel(0usize);
+        let answers = Answers {
+            sending: sending_rx,
+            snapshots: core.subscribe(),
+        };
         let stats = Arc::new(
             settings
                 .resumed
@@ -167,6 +247,7 @@ impl FrontDoor {
             snapshots: core.subscribe(),
             stats: stats.clone(),
             busy,
+            sending,
             stop: stop_rx.clone(),
         });
         tokio::spawn(release_memory_when_idle(
@@ -182,6 +263,7 @@ impl FrontDoor {
             kept,
             stats,
             busy: busy_rx,
+            answers,
             local,
         })
     }
@@ -199,6 +281,11 @@ impl FrontDoor {
     /// Requests in flight (proxied or held), for the core's handoff decision.
     pub fn busy(&self) -> watch::Receiver<usize> {
         self.busy.clone()
+    }
+
+    /// The answers the UI is sending, for the core's planned stops.
+    pub fn answers(&self) -> Answers {
+        self.answers.clone()
     }
 
     /// Stops accepting (new connections wait in the kernel's queue), ends every
@@ -310,5 +397,21 @@ async fn accept_loop(
             }
             drop(slot);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_private_port_lies_below_the_ephemeral_range() {
+        assert_eq!(private_band(32768), (22768, 32768));
+        assert_eq!(private_band(11024), (1024, 11024));
+        assert_eq!(private_band(2000), (55535, 65535));
+        let port = pick_ui_port().expect("a free port");
+        let (from, to) = private_band(ephemeral_start());
+        assert!((from..to).contains(&port), "{port} not in {from}..{to}");
+        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("still free");
     }
 }

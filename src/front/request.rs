@@ -55,6 +55,9 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Requests in flight (proxied or held): a self-upgrade waits for zero.
     pub busy: watch::Sender<usize>,
+    /// Requests sent to the UI whose answers are not out yet: a planned stop
+    /// of the UI waits for zero ([`super::Answers`]).
+    pub sending: watch::Sender<usize>,
     /// Turns true on a stop or a handoff: relayed websockets end.
     pub stop: watch::Receiver<bool>,
 }
@@ -74,6 +77,23 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.busy.send_modify(|n| *n = n.saturating_sub(1));
         self.0.stats.set_in_flight(*self.0.busy.borrow());
+    }
+}
+
+/// Counts one request on its way to the UI, from just before the gate is read
+/// until its answer is out (or it is held after all).
+pub struct Sending(Arc<Shared>);
+
+impl Sending {
+    fn new(shared: &Arc<Shared>) -> Sending {
+        shared.sending.send_modify(|n| *n = n.saturating_add(1));
+        Sending(shared.clone())
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.sending.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -142,9 +162,13 @@ pub async fn handle(
     let mut snapshots = shared.snapshots.clone();
     let mut held = None;
     let mut sends = 0u32;
-    let response = loop {
+    let (response, sending) = loop {
+        // Counted before the gate is read: a stop that closed the gate and
+        // then sees no request sending cannot miss one that saw it open.
+        let sending = Sending::new(&shared);
         let gate = Gate::of(&snapshots.borrow_and_update());
         if gate != Gate::Open {
+            drop(sending);
             if upgrade {
                 stats.rejected(Rejected::WebsocketClosed);
                 return Ok(close_websocket(&parts, on_client));
@@ -168,7 +192,8 @@ pub async fn handle(
                 held = Some(stats.hold());
             }
             match gate::wait_open(&mut snapshots, deadline).await {
-                Ok(()) => {}
+                // Read the gate again, counted as sending.
+                Ok(()) => continue,
                 Err(end) => {
                     let gate = Gate::of(&snapshots.borrow());
                     let (why, msg) = match end {
@@ -200,6 +225,7 @@ pub async fn handle(
                 if held.is_none() {
                     held = Some(stats.hold());
                 }
+                drop(sending);
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
@@ -215,11 +241,12 @@ pub async fn handle(
         *up.headers_mut() = parts.headers.clone();
         sends += 1;
         match sender.send_request(up).await {
-            Ok(r) => break r,
+            Ok(r) => break (r, sending),
             Err(_) if replayable && sends < MAX_SENDS && Instant::now() < deadline => {
                 if held.is_none() {
                     held = Some(stats.hold());
                 }
+                drop(sending);
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
             Err(_) => {
@@ -241,7 +268,7 @@ pub async fn handle(
                 stats.websocket_closed();
             });
         }
-        drop(flight);
+        drop((flight, sending));
         let (mut rparts, _) = response.into_parts();
         forward::strip_hop_by_hop(&mut rparts.headers, true);
         let empty = Empty::<Bytes>::new().map_err(|never| match never {});
@@ -254,7 +281,7 @@ pub async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let guard = (!(event_stream && is_session_stream(&path))).then_some(flight);
+    let guard = (!(event_stream && is_session_stream(&path))).then_some((flight, sending));
     Ok(Response::from_parts(
         rparts,
         Tracked::new(rbody, guard).boxed_unsync(),

@@ -199,10 +199,16 @@ impl Supervisor {
             .flatten()
     }
 
-    /// Lets a self-upgrade wait for the front door's requests in flight.
-    pub fn watch_front(&mut self, busy: tokio::sync::watch::Receiver<usize>) {
+    /// Lets a self-upgrade wait for the front door's requests in flight, and a
+    /// planned stop for the answers the UI is sending.
+    pub fn watch_front(
+        &mut self,
+        busy: tokio::sync::watch::Receiver<usize>,
+        answers: crate::front::Answers,
+    ) {
         self.front_in_flight = *busy.borrow();
         self.front = Some(busy);
+        self.front_answers = Some(answers);
     }
 
     /// The loop ended for a handoff: give the UI up and export the state.

@@ -187,6 +187,9 @@ pub struct Supervisor {
     front: Option<watch::Receiver<usize>>,
     /// The last count read from `front`.
     front_in_flight: usize,
+    /// The answers the UI is sending through the front door: a planned stop
+    /// lets them finish first (see `stop.rs`).
+    front_answers: Option<crate::front::Answers>,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -301,6 +304,7 @@ impl Supervisor {
             images,
             front: None,
             front_in_flight: 0,
+            front_answers: None,
         };
         (
             sup,

@@ -18,6 +18,9 @@ const NOT_READY_GRACE: Duration = Duration::from_secs(3);
 const SIGINT_RESEND: Duration = Duration::from_secs(2);
 /// How long a crash reason waits for the UI's last output to be relayed.
 const LAST_WORDS_WAIT: Duration = Duration::from_secs(1);
+/// Longest wait of a planned stop for the answers the UI is sending through
+/// the front door (a picture to a slow client) before its SIGINT cuts them.
+const ANSWERS_WAIT: Duration = Duration::from_secs(5);
 
 /// Resolves when the running UI's main process exits; never while none runs.
 pub async fn child_exit(ui: &mut Ui) -> io::Result<ExitStatus> {
@@ -79,7 +82,7 @@ impl Supervisor {
     /// Stops the running UI in a task; `then` decides what follows.
     pub(super) fn begin_stop(&mut self, why: String, then: AfterStop) {
         let stop_timeout = self.config.ui.stop_timeout;
-        let (proc, plan) = match std::mem::replace(&mut self.ui, Ui::Down) {
+        let (proc, plan, answers) = match std::mem::replace(&mut self.ui, Ui::Down) {
             // Not ready: it cannot be running a job, and a Forge importing torch
             // would lose the SIGINT anyway.
             Ui::Starting { proc, .. } => (
@@ -88,6 +91,7 @@ impl Supervisor {
                     grace: stop_timeout.min(NOT_READY_GRACE),
                     resend: Some(SIGINT_RESEND.min(NOT_READY_GRACE / 2)),
                 },
+                None,
             ),
             Ui::Ready { proc, .. } => (
                 proc,
@@ -100,6 +104,7 @@ impl Supervisor {
                         .may_lose_sigint()
                         .then_some(SIGINT_RESEND),
                 },
+                self.front_answers.clone(),
             ),
             other => {
                 self.ui = other;
@@ -113,7 +118,19 @@ impl Supervisor {
             why,
         };
         self.probing.queue = None;
+        let bound = ANSWERS_WAIT.min(stop_timeout);
         self.tasks.spawn(async move {
+            let mut proc = proc;
+            if let Some(answers) = answers {
+                // The gate closes with the snapshot this stop publishes: new
+                // requests are held for the next UI meanwhile.
+                tokio::select! {
+                    all = answers.clone().finished(bound) => if !all {
+                        tracing::warn!(cut = answers.now(), waited = ?bound, "answers still being sent when the UI is stopped");
+                    },
+                    _ = proc.wait() => {}
+                }
+            }
             let status = proc.stop(plan).await;
             Event::Gone { status, then }
         });

@@ -533,6 +533,22 @@ class LifecycleTests(StandInCase):
         self.assertEqual(ui.events("exit")[0]["code"], 0)
         self.assertEqual(ui.events("job_end"), [])
 
+    def test_a_slow_answer_is_cut_off_by_sigint(self):
+        ui = self.start()
+        self.assertEqual(ui.get("/sdapi/v1/options?stand_in_body_delay=0.2")[0], 200)
+        conn = socket.create_connection(("127.0.0.1", ui.port), timeout=5)
+        conn.sendall(b"GET /sdapi/v1/options?stand_in_body_delay=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        self.assertIn(b"200 OK", head)
+        ui.proc.send_signal(signal.SIGINT)
+        self.assertEqual(ui.wait_exit(3), 0)
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        while chunk := conn.recv(4096):
+            rest += chunk
+        self.assertEqual(rest, b"", "the body never came")
+
     @staticmethod
     def swallow(fn, *args):
         try:

@@ -47,12 +47,30 @@ pub fn python3() -> PathBuf {
     .clone()
 }
 
-/// A TCP port that was free a moment ago (bind 127.0.0.1:0, read it, close).
+/// A TCP port that was free a moment ago, never the same twice in one test
+/// process. Not from the kernel's ephemeral range (`bind :0`): a port from there
+/// may be taken by any outgoing connection before the daemon binds it, and with
+/// many daemons and UIs connecting side by side that happens. Not from the band
+/// just below it either, where the daemon picks its UIs' private ports; the
+/// 7,000 ports below that, from a place of this process's own.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const SPAN: u32 = 7_000;
+    let ephemeral: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let from = ephemeral.saturating_sub(10_000 + SPAN).max(1024);
+    let offset = std::process::id().wrapping_mul(7919);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(from + offset.wrapping_add(n) % SPAN).expect("a port");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{}", from + SPAN)
 }
 
 /// Seconds since the epoch, like the stand-in's `t` (`time.time()`).

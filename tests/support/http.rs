@@ -175,6 +175,18 @@ pub fn parse_answer(raw: &[u8]) -> std::io::Result<Answer> {
         .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     if chunked {
         body = dechunk(&body)?;
+    } else if let Some(want) = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        && body.len() < want
+    {
+        // The server (or a proxy) closed before the whole body: a cut answer,
+        // not a short one.
+        return Err(std::io::Error::other(format!(
+            "answer {status} cut off: {} of {want} body bytes",
+            body.len()
+        )));
     }
     Ok(Answer {
         status,
