@@ -19,6 +19,15 @@ Environment:
                          Any request's query may add "stand_in_body_delay=S": the answer's
                          head is sent, then S seconds pass before its body (a slow answer
                          that a UI exiting meanwhile cuts off)
+  STANDIN_STALL_AFTER    a job's progress stops S seconds into it (Forge/A1111: the sampling
+                         step in /sdapi/v1/progress; ComfyUI: its "progress" messages on
+                         /ws) and the job runs until interrupted, like a UI whose sampler
+                         hangs
+  STANDIN_STALL_DEAF     1: the interrupt does not end a stalled job either (a UI stuck in
+                         a CUDA call never checks its interrupt flag)
+  STANDIN_JOB_OUTPUT     a line printed on stderr when a job starts, the way a UI prints a
+                         traceback (e.g. "RuntimeError: CUDA error: an illegal memory
+                         access was encountered")
   STANDIN_CRASH_AFTER    exit with STANDIN_EXIT_CODE (default 1) N seconds after start
   STANDIN_HANG_AFTER     after N seconds accept connections but never answer
   STANDIN_IGNORE_SIGINT  1: SIGINT is ignored (SIG_IGN), like a UI that inherited it
@@ -97,6 +106,35 @@ def text_float(text):
 
 
 JOB_SECONDS = env_float("STANDIN_JOB_SECONDS", 1.0)
+STALL_AFTER = env_float("STANDIN_STALL_AFTER")
+STALL_DEAF = os.environ.get("STANDIN_STALL_DEAF") == "1"
+
+
+def run_job(stop, seconds, on_step=None, steps=10):
+    """Waits out one job of `seconds` in `steps` (`on_step(i, steps)` after each),
+    or until `stop` is set (an interrupt): True when it completed. With
+    STANDIN_STALL_AFTER it stalls instead."""
+    if os.environ.get("STANDIN_JOB_OUTPUT"):
+        say(os.environ["STANDIN_JOB_OUTPUT"], sys.stderr)
+    stall = STALL_AFTER if STALL_AFTER is not None and STALL_AFTER < seconds else None
+    started = time.time()
+    for i in range(1, steps + 1):
+        due = started + seconds * i / steps
+        if stall is not None and due > started + stall:
+            break
+        if stop.wait(max(0.0, due - time.time())):
+            return False
+        if on_step is not None:
+            on_step(i, steps)
+    else:
+        return True
+    if stop.wait(max(0.0, started + stall - time.time())):
+        return False
+    record("job_stalled")
+    if STALL_DEAF:
+        threading.Event().wait()  # stuck for good; only a stop of the process ends it
+    stop.wait()
+    return False
 
 
 def image_error():
@@ -619,6 +657,8 @@ class ForgeApp:
                 return fastapi_json({"progress": 0.0, "eta_relative": 0.0, "state": self.state,
                                      "current_image": None, "textinfo": None})
             elapsed = time.time() - self.job_started
+            if STALL_AFTER is not None:
+                elapsed = min(elapsed, STALL_AFTER)
             steps = self.state["sampling_steps"]
             self.state["sampling_step"] = min(steps, int(steps * elapsed / max(self.job_seconds, 1e-6)))
             progress = min(1.0, 0.01 + self.state["job_no"] / self.state["job_count"]
@@ -662,7 +702,7 @@ class ForgeApp:
                                   sampling_steps=steps, skipped=False, interrupted=False, stopping_generation=False,
                                   job_timestamp=datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
             record("job_start", id=task_id, kind="txt2img")
-            completed = not stop.wait(seconds)
+            completed = run_job(stop, seconds)
             error = image_error() if completed else None
             record("job_end", id=task_id, kind="txt2img", completed=completed and not error)
             with self.mutex:
@@ -1012,7 +1052,14 @@ class ComfyApp:
                 self.send(*messages[0], client)
             record("job_start", id=prompt_id, kind="prompt")
             started = time.time()
-            completed = not stop.wait(seconds)
+            node = item[4][0]  # like the real worker, one node at a time: here the output node
+
+            def on_step(i, steps, prompt_id=prompt_id, client=client, node=node):
+                # main.py hijack_progress: to the prompt's client, to all without one
+                self.send("progress", {"value": i, "max": steps, "prompt_id": prompt_id, "node": node}, client)
+
+            self.send("executing", {"node": node, "display_node": node, "prompt_id": prompt_id}, client)
+            completed = run_job(stop, seconds, on_step)
             error = image_error() if completed else None
             record("job_end", id=prompt_id, kind="prompt", completed=completed and not error)
             outputs = {}

@@ -166,6 +166,12 @@ in
         token_file = credentialPath "control-token";
       };
       front = frontToml { inherit cfg credentialPath; };
+      # [health]: only what the options set.
+      health = lib.filterAttrs (_: v: v != null) {
+        stall_timeout = cfg.health.stallTimeout;
+        stall_grace = cfg.health.stallGrace;
+        gpu_errors = cfg.health.gpuErrors;
+      };
     };
 
   # [front]: only what the options set; the supervisor's defaults apply to the rest.

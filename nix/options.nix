@@ -624,6 +624,42 @@ in
       };
     };
 
+    # [health]: every option null leaves the key out of the config file, so the
+    # supervisor's own default applies. All of it applies live on a switch.
+    health = {
+      stallTimeout = mkOption {
+        type = types.nullOr (types.either durationType (types.enum [ "off" ]));
+        default = null;
+        example = "20m";
+        description = ''
+          A running job whose progress (Forge/A1111: the sampling step;
+          ComfyUI: its progress messages, for prompts sent without a
+          `client_id`) has not advanced for this long is interrupted. At most
+          `"24h"`; `"off"` never interrupts. `null`: the supervisor's
+          default, `"10m"`.
+        '';
+      };
+      stallGrace = mkOption {
+        type = types.nullOr durationType;
+        default = null;
+        example = "2m";
+        description = ''
+          A stalled job still without progress this long after its interrupt
+          (a UI stuck in a CUDA call) restarts the UI at once. At most `"1h"`.
+          `null`: the supervisor's default, `"1m"`.
+        '';
+      };
+      gpuErrors = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = ''
+          Whether a CUDA error in the UI's output ("an illegal memory
+          access", an out-of-memory error no progress followed) restarts the
+          UI once its queue is idle. `null`: the supervisor's default, `true`.
+        '';
+      };
+    };
+
     checkConfig = mkOption {
       type = types.bool;
       default = true;

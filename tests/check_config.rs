@@ -278,9 +278,9 @@ fn every_duration_bound_is_documented_and_enforced() {
             let line = format!("{key} = \"{value}\"\n");
             let (ui, restart) = match *section {
                 "ui" => (line, "deadline = \"never\"\n".to_string()),
-                "front" => (
+                "front" | "health" => (
                     String::new(),
-                    format!("deadline = \"never\"\n[front]\n{line}"),
+                    format!("deadline = \"never\"\n[{section}]\n{line}"),
                 ),
                 _ if *key == "deadline" => (String::new(), line),
                 _ => (String::new(), format!("deadline = \"never\"\n{line}")),

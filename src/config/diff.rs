@@ -126,6 +126,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart: old_restart,
         control: old_control,
         front: old_front,
+        health: old_health,
         supervisor: old_supervisor,
         downloads: old_downloads,
         images: old_images,
@@ -139,6 +140,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart: new_restart,
         control: new_control,
         front: new_front,
+        health: new_health,
         supervisor: new_supervisor,
         downloads: new_downloads,
         images: new_images,
@@ -156,6 +158,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     control(&mut d, old_control, new_control);
     front(&mut d, old_front, new_front);
     supervisor(&mut d, old_supervisor, new_supervisor);
+    // The core reads `[health]` on each probe: live, nothing happens to the UI.
+    note(&mut d.supervisor_only, "health", old_health != new_health);
     // A new hash also changes the model's target (its cache file), which the
     // models diff sees; URLs, tokens and the limit are the download manager's.
     note(

@@ -428,6 +428,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     enable: false,
                     ..Default::default()
                 },
+                health: Default::default(),
                 supervisor: Default::default(),
                 downloads: Default::default(),
                 images: BTreeMap::new(),

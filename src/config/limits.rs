@@ -82,6 +82,17 @@ pub const HOLD_TIMEOUT: DurationLimit = DurationLimit {
     text: "24h",
 };
 
+/// `health.stall_timeout`.
+pub const STALL_TIMEOUT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(24 * HOUR),
+    text: "24h",
+};
+/// `health.stall_grace`: between the interrupt of a stalled job and the restart.
+pub const STALL_GRACE: DurationLimit = DurationLimit {
+    max: Duration::from_secs(HOUR),
+    text: "1h",
+};
+
 /// Every duration key with its bound: `(section, key, limit)`. The docs and tests
 /// read this list; validation uses the same constants.
 pub const DURATIONS: &[(&str, &str, DurationLimit)] = &[
@@ -91,6 +102,8 @@ pub const DURATIONS: &[(&str, &str, DurationLimit)] = &[
     ("restart", "deadline", DEADLINE),
     ("restart", "poll_interval", POLL_INTERVAL),
     ("front", "hold_timeout", HOLD_TIMEOUT),
+    ("health", "stall_timeout", STALL_TIMEOUT),
+    ("health", "stall_grace", STALL_GRACE),
 ];
 
 /// A string that becomes one argv element (or an environment value).

@@ -96,6 +96,7 @@ pub struct RawConfig {
     pub restart: RawRestart,
     pub control: RawControl,
     pub front: super::front::RawFront,
+    pub health: super::health::RawHealth,
     pub supervisor: super::supervisor::RawSupervisor,
     pub downloads: RawDownloads,
     /// `[images.<name>]`, read image by image.
@@ -156,6 +157,11 @@ pub const SECTIONS: &[Section] = &[
         name: "front",
         keys: super::front::RawFront::KEYS,
         read: |de, raw| super::front::RawFront::deserialize(de).map(|v| raw.front = v),
+    },
+    Section {
+        name: "health",
+        keys: super::health::RawHealth::KEYS,
+        read: |de, raw| super::health::RawHealth::deserialize(de).map(|v| raw.health = v),
     },
     Section {
         name: "supervisor",

@@ -90,6 +90,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             ),
         );
     }
+    let health = super::health::validate(&mut c, raw.health);
     let supervisor = super::supervisor::validate(raw.supervisor, c.problems);
     Some(Config {
         ui: ui?,
@@ -100,6 +101,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         restart,
         control,
         front,
+        health,
         supervisor,
         downloads: DownloadsConfig {
             max_concurrent,

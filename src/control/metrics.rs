@@ -120,6 +120,24 @@ pub fn render(s: &Snapshot) -> String {
         s.refresh_failures as f64,
     );
     out.single(
+        "stalled_jobs_total",
+        "counter",
+        "Jobs interrupted for making no progress within health.stall_timeout.",
+        s.health.stalled_jobs as f64,
+    );
+    out.single(
+        "job_stalled",
+        "gauge",
+        "1 while the running job has made no progress within health.stall_timeout, else 0.",
+        bool_value(s.health.stalled_since_unix.is_some()),
+    );
+    out.single(
+        "gpu_faults_total",
+        "counter",
+        "CUDA faults (errors, out of memory) in the UI's output.",
+        s.health.gpu_faults as f64,
+    );
+    out.single(
         "draining",
         "gauge",
         "1 while the supervisor drains for a stop (/readyz answers 503), else 0.",

@@ -42,7 +42,10 @@ impl Supervisor {
                     return;
                 }
                 match result {
-                    Ok(q) => self.probing.queue = Some(q),
+                    Ok(r) => {
+                        self.probing.queue = Some(r.queue);
+                        self.watch_reading(&r, sent);
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "queue probe failed");
                         self.probing.queue = None;
@@ -62,6 +65,11 @@ impl Supervisor {
                     self.timers.probe_at(Some(Instant::now()));
                 }
             }
+            Event::Progressed(prompt) => self.watch_progress(prompt),
+            Event::Interrupted(Err(e)) => {
+                tracing::warn!(error = %e, "could not interrupt the stalled job");
+            }
+            Event::Interrupted(Ok(())) => {}
             Event::Download(ev) => self.on_download(ev),
             Event::SettingsSynced(done) => self.on_settings_synced(done),
             Event::HandoffChecked(checked) => self.on_handoff_checked(checked),

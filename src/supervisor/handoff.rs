@@ -364,8 +364,8 @@ impl Supervisor {
         self.ui = if ready {
             let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
                 let events = self.signals.clone();
-                QueueSignal::start(self.config.ui_own_port(), move |n| {
-                    let _ = events.send(Event::QueueChanged(n));
+                QueueSignal::start(self.config.ui_own_port(), move |news| {
+                    let _ = events.send(Event::from(news));
                 })
             });
             Ui::Ready {

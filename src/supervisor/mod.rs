@@ -23,11 +23,13 @@ mod probe;
 pub mod protocol;
 mod reconfigure;
 mod refresh;
+mod stall;
 mod start;
 pub mod status_line;
 mod stop;
 mod timers;
 mod transient;
+mod watchdog;
 mod work;
 
 use std::collections::BTreeMap;
@@ -190,6 +192,8 @@ pub struct Supervisor {
     /// The answers the UI is sending through the front door: a planned stop
     /// lets them finish first (see `stop.rs`).
     front_answers: Option<crate::front::Answers>,
+    /// `[health]`: stalls and CUDA faults of the running UI.
+    watchdog: watchdog::Watchdog,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -260,6 +264,7 @@ impl Supervisor {
             refresh_failures: 0,
             draining: false,
             images: crate::images::ImagesStatus::default(),
+            health: Default::default(),
             front: None,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
@@ -305,6 +310,7 @@ impl Supervisor {
             front: None,
             front_in_flight: 0,
             front_answers: None,
+            watchdog: watchdog::Watchdog::default(),
         };
         (
             sup,
@@ -474,6 +480,20 @@ impl Supervisor {
         };
         let downloads = self.download_progress();
         let download_part = crate::download::summary::status_part(&downloads);
+        let health = self
+            .watchdog
+            .status(Instant::now(), timers::unix_now(), &self.config.health);
+        let stalled = health.stalled_since_unix.map(|since| {
+            let interrupted = if health.stall_interrupted {
+                ", interrupted"
+            } else {
+                ""
+            };
+            format!(
+                "job stalled: no progress since {}{interrupted}",
+                local_hhmm(since)
+            )
+        });
         let status_line = render(&StatusInput {
             phase: Some(phase),
             reason: reason.as_deref(),
@@ -496,6 +516,7 @@ impl Supervisor {
             conflicts: self.conflicts.len(),
             downloads: download_part.as_deref(),
             missing_targets: self.missing_targets.len(),
+            stalled: stalled.as_deref(),
         });
         Snapshot {
             state: phase,
@@ -526,6 +547,7 @@ impl Supervisor {
             refresh_failures: self.refresh.failures,
             draining: self.draining,
             images: self.images.book.status(),
+            health,
             front: None,
         }
     }

@@ -83,9 +83,15 @@ impl Pending {
         }
     }
 
-    /// The counter a restart for these reasons goes to.
+    /// The counter a restart for these reasons goes to: a health reason
+    /// first (it is why the restart could not wait), then `requested` when
+    /// that is all, else `config`.
     pub fn counter(&self) -> RestartReason {
-        if self.reasons.iter().all(|r| *r == RestartCause::Requested) {
+        if self.reasons.contains(&RestartCause::Stalled) {
+            RestartReason::Stall
+        } else if self.reasons.contains(&RestartCause::GpuError) {
+            RestartReason::GpuError
+        } else if self.reasons.iter().all(|r| *r == RestartCause::Requested) {
             RestartReason::Requested
         } else {
             RestartReason::Config

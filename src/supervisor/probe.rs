@@ -33,6 +33,7 @@ impl Supervisor {
                             why,
                             counter: RestartReason::StartupTimeout,
                         },
+                        Duration::ZERO,
                     );
                 } else if probe_due {
                     let probe = probe.clone();
@@ -123,7 +124,7 @@ impl Supervisor {
                 if deadline_passed {
                     tracing::warn!(reasons = ?p.reasons, "restart deadline passed; restarting although the UI may be busy");
                 }
-                self.restart_now(reason);
+                self.restart_now(reason, !deadline_passed);
             }
         }
     }

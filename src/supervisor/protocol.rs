@@ -62,6 +62,10 @@ pub enum RestartCause {
     UnitChanged,
     /// A self-upgrade from a binary that could not say which config runs.
     ConfigUnknown,
+    /// A job made no progress through its interrupt (`[health]`).
+    Stalled,
+    /// A CUDA fault in the UI's output (`health.gpu_errors`).
+    GpuError,
 }
 
 impl RestartCause {
@@ -72,6 +76,8 @@ impl RestartCause {
             RestartCause::Requested => "requested",
             RestartCause::UnitChanged => "service unit",
             RestartCause::ConfigUnknown => "supervisor upgrade (running config unknown)",
+            RestartCause::Stalled => "job stalled",
+            RestartCause::GpuError => "GPU error",
         }
     }
 
@@ -82,6 +88,8 @@ impl RestartCause {
             RestartCause::Requested => "restart requested",
             RestartCause::UnitChanged => "service unit changed",
             RestartCause::ConfigUnknown => "supervisor upgraded, running config unknown",
+            RestartCause::Stalled => "a job stalled",
+            RestartCause::GpuError => "CUDA error in the UI's output",
         }
     }
 
@@ -114,6 +122,8 @@ impl From<String> for RestartCause {
             "requested" => RestartCause::Requested,
             "service unit" => RestartCause::UnitChanged,
             "supervisor upgrade (running config unknown)" => RestartCause::ConfigUnknown,
+            "job stalled" => RestartCause::Stalled,
+            "GPU error" => RestartCause::GpuError,
             _ => RestartCause::Key(s),
         }
     }
@@ -202,15 +212,21 @@ pub enum RestartReason {
     Crash,
     /// The UI did not answer within `ui.startup_timeout`.
     StartupTimeout,
+    /// A job stalled through its interrupt (`[health]`).
+    Stall,
+    /// A CUDA fault in the UI's output (`health.gpu_errors`).
+    GpuError,
 }
 
 impl RestartReason {
     /// Every reason, in the order metrics list them.
-    pub const ALL: [RestartReason; 4] = [
+    pub const ALL: [RestartReason; 6] = [
         RestartReason::Config,
         RestartReason::Requested,
         RestartReason::Crash,
         RestartReason::StartupTimeout,
+        RestartReason::Stall,
+        RestartReason::GpuError,
     ];
 
     /// The name used in JSON, metrics and the CLI.
@@ -220,6 +236,8 @@ impl RestartReason {
             RestartReason::Requested => "requested",
             RestartReason::Crash => "crash",
             RestartReason::StartupTimeout => "startup-timeout",
+            RestartReason::Stall => "stall",
+            RestartReason::GpuError => "gpu-error",
         }
     }
 }
@@ -248,6 +266,24 @@ pub struct ReloadOutcome {
     /// Changes that take effect when the daemon next starts (`control.*`).
     #[serde(default)]
     pub next_start: Vec<String>,
+}
+
+/// The health watch's findings (`[health]`, docs/design.md "Health").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// Unix seconds of the running job's last progress, once it has gone
+    /// `health.stall_timeout` without; `None` while no job stalls.
+    pub stalled_since_unix: Option<u64>,
+    /// Whether the stalled job was interrupted (the UI is restarted if it
+    /// still does not move `health.stall_grace` later).
+    pub stall_interrupted: bool,
+    /// Jobs interrupted for a stall since the supervisor started.
+    pub stalled_jobs: u64,
+    /// The CUDA fault that made the UI unhealthy (its line, redacted), until
+    /// the restart it scheduled.
+    pub gpu_error: Option<String>,
+    /// CUDA faults seen in the UI's output since the supervisor started.
+    pub gpu_faults: u64,
 }
 
 /// Everything the supervisor tells the world about itself.
@@ -308,6 +344,9 @@ pub struct Snapshot {
     pub draining: bool,
     /// Declared images: declared, rendered, pending, failed (with the UI's error).
     pub images: crate::images::ImagesStatus,
+    /// What `[health]` sees: stalls, CUDA faults.
+    #[serde(default)]
+    pub health: HealthStatus,
     /// The front door's counters, when one runs (filled in by
     /// [`CoreHandle::snapshot`]: the door counts, the core does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -293,14 +293,15 @@ impl Supervisor {
         // A UI still counted as starting may already have accepted a job (it
         // answers before our next readiness probe): it waits like a ready one.
         if p.policy == RestartPolicy::Immediately {
-            self.restart_now(RestartReason::Config);
+            self.restart_now(RestartReason::Config, false);
         } else {
             self.check_pending(Instant::now());
         }
     }
 
-    /// Carries out the pending restart now.
-    pub(super) fn restart_now(&mut self, counter: RestartReason) {
+    /// Carries out the pending restart now; `planned`: see
+    /// [`Supervisor::answers_wait`].
+    pub(super) fn restart_now(&mut self, counter: RestartReason, planned: bool) {
         let Some(p) = self.pending.take() else { return };
         let why = format!("restarting: {}", RestartCause::describe_all(&p.reasons));
         self.start_reason = Some(counter);
@@ -318,7 +319,8 @@ impl Supervisor {
         } else {
             AfterStop::Start
         };
-        self.begin_stop(why, then);
+        let wait = self.answers_wait(planned);
+        self.begin_stop(why, then, wait);
     }
 
     /// `restart --now` / `--when-idle` from the control plane.
@@ -330,7 +332,7 @@ impl Supervisor {
                     p.merge(vec![RestartCause::Requested], RestartPolicy::Immediately);
                     p
                 });
-                self.restart_now(RestartReason::Requested);
+                self.restart_now(RestartReason::Requested, true);
             }
             (Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. }, RestartWhen::Idle) => {
                 self.schedule(vec![RestartCause::Requested], RestartPolicy::WhenIdle);

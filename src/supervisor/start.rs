@@ -275,8 +275,8 @@ impl Supervisor {
         self.ready_since_unix = Some(unix_now());
         let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
             let events = self.signals.clone();
-            QueueSignal::start(self.config.ui_own_port(), move |n| {
-                let _ = events.send(Event::QueueChanged(n));
+            QueueSignal::start(self.config.ui_own_port(), move |news| {
+                let _ = events.send(Event::from(news));
             })
         });
         self.ui = Ui::Ready {

@@ -36,6 +36,8 @@ pub struct StatusInput<'a> {
     pub downloads: Option<&'a str>,
     /// Number of declared model files whose target does not exist.
     pub missing_targets: usize,
+    /// The running job's stall in words (`job stalled: no progress since 12:01`).
+    pub stalled: Option<&'a str>,
 }
 
 /// Renders the status line.
@@ -67,6 +69,9 @@ pub fn render(s: &StatusInput<'_>) -> String {
                 None => head.to_string(),
             });
         }
+    }
+    if let Some(stall) = s.stalled {
+        parts.push(stall.to_string());
     }
     if let Some(d) = s.downloads {
         parts.push(d.to_string());

@@ -51,6 +51,7 @@ impl Supervisor {
         };
         tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
         self.images_ui_gone();
+        self.watch_ui_gone();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
@@ -79,8 +80,23 @@ impl Supervisor {
         });
     }
 
-    /// Stops the running UI in a task; `then` decides what follows.
-    pub(super) fn begin_stop(&mut self, why: String, then: AfterStop) {
+    /// How long a stop now lets the answers in flight finish: [`ANSWERS_WAIT`]
+    /// when it is `planned` (it waited for idle, or `restart --now` and
+    /// `systemctl stop`) and the queue was last seen idle; else not at all —
+    /// a stop that kills a running job (a passed deadline, `immediately`, a
+    /// stall) would wait for an answer that never comes.
+    pub(super) fn answers_wait(&self, planned: bool) -> Duration {
+        let idle = self.probing.queue.is_some_and(|q| q.is_idle()) && !self.images.busy();
+        if planned && idle {
+            ANSWERS_WAIT
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Stops the running UI in a task; `then` decides what follows; a ready
+    /// UI's answers in flight at the front door get up to `answers_wait`.
+    pub(super) fn begin_stop(&mut self, why: String, then: AfterStop, answers_wait: Duration) {
         let stop_timeout = self.config.ui.stop_timeout;
         let (proc, plan, answers) = match std::mem::replace(&mut self.ui, Ui::Down) {
             // Not ready: it cannot be running a job, and a Forge importing torch
@@ -113,12 +129,13 @@ impl Supervisor {
         };
         tracing::info!(ui_pid = proc.pid(), reason = %why, grace = ?plan.grace, "stopping the UI");
         self.images_ui_gone();
+        self.watch_ui_gone();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,
         };
         self.probing.queue = None;
-        let bound = ANSWERS_WAIT.min(stop_timeout);
+        let bound = answers_wait.min(stop_timeout);
         self.tasks.spawn(async move {
             let mut proc = proc;
             if let Some(answers) = answers {
@@ -174,7 +191,8 @@ impl Supervisor {
         self.notifier.stopping();
         tracing::info!("shutting down");
         if matches!(self.ui, Ui::Starting { .. } | Ui::Ready { .. }) {
-            self.begin_stop("supervisor is shutting down".into(), AfterStop::Exit);
+            let wait = self.answers_wait(true);
+            self.begin_stop("supervisor is shutting down".into(), AfterStop::Exit, wait);
         }
         if matches!(self.ui, Ui::Stopping { .. }) {
             self.publish();

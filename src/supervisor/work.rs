@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::task::JoinSet;
 
-use super::protocol::{Queue, RestartReason};
+use super::protocol::RestartReason;
 use crate::layout::LayoutReport;
 use crate::ui::gpu::Preflight;
 use crate::ui::launch::Prepared;
@@ -47,9 +47,16 @@ pub enum Event {
     Ready(bool),
     /// A queue probe finished; `sent` is when it was sent (a restart may act only
     /// on a reading taken after the idle grace ended).
-    Queue(Result<Queue, crate::ui::api::ProbeError>, Instant),
+    Queue(
+        Result<crate::ui::api::QueueReading, crate::ui::api::ProbeError>,
+        Instant,
+    ),
     /// ComfyUI broadcast its queue length (`/ws`): probe now if a restart waits.
     QueueChanged(u32),
+    /// ComfyUI said on `/ws` that a prompt (when named) moves.
+    Progressed(Option<String>),
+    /// The interrupt of a stalled job was sent, or not.
+    Interrupted(Result<(), crate::ui::api::ProbeError>),
     /// Managed settings were brought in line with the running UI.
     SettingsSynced(Synced),
     /// The new binary of a self-upgrade passed its check, or not.
@@ -169,6 +176,15 @@ impl<W> LayoutLane<W> {
         } else {
             self.running = false;
             Some(std::mem::take(&mut self.waiters))
+        }
+    }
+}
+
+impl From<crate::ui::comfy_ws::WsNews> for Event {
+    fn from(news: crate::ui::comfy_ws::WsNews) -> Event {
+        match news {
+            crate::ui::comfy_ws::WsNews::Queue(n) => Event::QueueChanged(n),
+            crate::ui::comfy_ws::WsNews::Progress(prompt) => Event::Progressed(prompt),
         }
     }
 }

@@ -29,6 +29,22 @@ impl Queue {
     }
 }
 
+/// One queue probe: the queue, and what tells one running job and its
+/// progress from another reading (the stall watchdog compares them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueReading {
+    /// The queue.
+    pub queue: Queue,
+    /// Which job runs: Forge/A1111 its start time and name
+    /// (`state.job_timestamp`, `state.job`), ComfyUI its prompt id; `None`
+    /// when none runs.
+    pub job: Option<String>,
+    /// How far it got, where the UI reports it over HTTP (Forge/A1111:
+    /// `state.job_no`, `sampling_step`, `sampling_steps`); ComfyUI reports
+    /// progress on `/ws` only.
+    pub mark: Option<String>,
+}
+
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -124,27 +140,53 @@ impl Probe {
         }
     }
 
-    /// The queue right now.
-    pub async fn queue(&self) -> Result<Queue, ProbeError> {
+    /// The queue right now, with the running job and its progress.
+    pub async fn queue(&self) -> Result<QueueReading, ProbeError> {
         match self.flavor {
             Flavor::Forge | Flavor::A1111 => {
                 let progress = self
                     .get("/sdapi/v1/progress?skip_current_image=true")
                     .await?;
                 let pending = self.get("/internal/pending-tasks").await?;
-                forge_queue(&progress, &pending).map_err(|detail| ProbeError::Shape {
-                    path: "/sdapi/v1/progress".into(),
-                    detail,
-                })
+                let queue =
+                    forge_queue(&progress, &pending).map_err(|detail| ProbeError::Shape {
+                        path: "/sdapi/v1/progress".into(),
+                        detail,
+                    })?;
+                let (job, mark) = forge_progress(&progress, queue);
+                Ok(QueueReading { queue, job, mark })
             }
             Flavor::Comfyui => {
-                let queue = self.get("/queue").await?;
-                comfyui_queue(&queue).map_err(|detail| ProbeError::Shape {
+                let answer = self.get("/queue").await?;
+                let queue = comfyui_queue(&answer).map_err(|detail| ProbeError::Shape {
                     path: "/queue".into(),
                     detail,
+                })?;
+                let job = comfyui_running_prompt(&answer).filter(|_| queue.running > 0);
+                Ok(QueueReading {
+                    queue,
+                    job,
+                    mark: None,
                 })
             }
         }
+    }
+
+    /// Interrupts the running job (Forge/A1111 `POST /sdapi/v1/interrupt`,
+    /// ComfyUI `POST /interrupt`, naming `prompt` where known so that a newer
+    /// prompt is never hit). Neither waits for the queue lock.
+    pub async fn interrupt(&self, prompt: Option<&str>) -> Result<(), ProbeError> {
+        let (path, body) = match self.flavor {
+            Flavor::Forge | Flavor::A1111 => ("/sdapi/v1/interrupt", None),
+            Flavor::Comfyui => (
+                "/interrupt",
+                Some(prompt.map_or_else(
+                    || serde_json::json!({}),
+                    |p| serde_json::json!({ "prompt_id": p }),
+                )),
+            ),
+        };
+        self.post(path, body, PROBE_TIMEOUT).await.map(|_| ())
     }
 
     /// `GET /sdapi/v1/options` (Forge/A1111): the keys the UI knows, with values.
@@ -271,6 +313,43 @@ pub fn forge_queue(progress: &Value, pending: &Value) -> Result<Queue, String> {
     })
 }
 
+/// Forge/A1111: the running job (`state.job_timestamp` and `state.job`) and
+/// its progress (`state.job_no`/`job_count`, `sampling_step`/`sampling_steps`);
+/// both `None` while `queue` says nothing runs.
+pub fn forge_progress(progress: &Value, queue: Queue) -> (Option<String>, Option<String>) {
+    if queue.running == 0 {
+        return (None, None);
+    }
+    let state = progress.get("state");
+    let field = |key: &str| {
+        state
+            .and_then(|s| s.get(key))
+            .map_or_else(String::new, |v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+    };
+    let job = format!("{} {}", field("job_timestamp"), field("job"));
+    let mark = format!(
+        "{}/{} {}/{}",
+        field("job_no"),
+        field("job_count"),
+        field("sampling_step"),
+        field("sampling_steps")
+    );
+    (Some(job), Some(mark))
+}
+
+/// ComfyUI: the prompt id of `/queue`'s running item (`[number, prompt_id, …]`).
+pub fn comfyui_running_prompt(queue: &Value) -> Option<String> {
+    queue
+        .get("queue_running")?
+        .get(0)?
+        .get(1)?
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// The paths of an OpenAPI document that have a `post` operation.
 pub fn openapi_post_paths(schema: &Value) -> Result<BTreeSet<String>, String> {
     let paths = schema
@@ -334,6 +413,49 @@ mod tests {
             })
         );
         assert!(forge_queue(&serde_json::json!({}), &pending).is_err());
+    }
+
+    #[test]
+    fn forge_progress_names_the_job_and_its_step() {
+        let busy = data("forge-progress-busy-extras.json");
+        let running = Queue {
+            running: 1,
+            pending: 0,
+        };
+        assert_eq!(
+            forge_progress(&busy, running),
+            (Some("20261121235626 extras".into()), Some("1/1 0/0".into()))
+        );
+        let mut later = busy.clone();
+        later["state"]["sampling_step"] = serde_json::json!(7);
+        assert_ne!(
+            forge_progress(&later, running).1,
+            forge_progress(&busy, running).1
+        );
+        assert_eq!(
+            forge_progress(&later, running).0,
+            forge_progress(&busy, running).0
+        );
+        assert_eq!(forge_progress(&busy, Queue::default()), (None, None));
+        // A shape without state still names a job (the stall watch then sees
+        // no progress, never a crash of the probe).
+        assert!(forge_progress(&serde_json::json!({}), running).0.is_some());
+    }
+
+    #[test]
+    fn comfyui_running_prompt_is_the_running_items_id() {
+        assert_eq!(
+            comfyui_running_prompt(&data("comfyui-queue-busy.json")).as_deref(),
+            Some("978bfa58-63d0-49ab-b2a5-a9ab8fe31fb2")
+        );
+        assert_eq!(
+            comfyui_running_prompt(&data("comfyui-queue-idle.json")),
+            None
+        );
+        assert_eq!(
+            comfyui_running_prompt(&serde_json::json!({"queue_running": [[0, 5]]})),
+            None
+        );
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! The signal only makes the supervisor probe at once; the HTTP reading stays
 //! the authority, so a lost, late or missing message costs latency, never a
 //! wrong decision, and a UI without `/ws` is simply polled.
+//!
+//! The same socket carries the progress of prompts sent without a `client_id`
+//! (ComfyUI sends `progress`, `executing` and the like to the prompt's client,
+//! to every socket when it has none): the stall watchdog's only view of a
+//! ComfyUI job's progress, since `/queue` shows none.
 
 use std::time::Duration;
 
@@ -18,6 +23,16 @@ use tokio_tungstenite::tungstenite::Message;
 /// Pause before connecting again after the connection failed or closed.
 const RECONNECT: Duration = Duration::from_secs(1);
 
+/// What one message on `/ws` says that the supervisor cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsNews {
+    /// `status`: the queue's length (`queue_remaining`).
+    Queue(u32),
+    /// `execution_start`, `executing` a node, `progress`, `progress_state`,
+    /// `executed`, `execution_cached`: the prompt (when named) is moving.
+    Progress(Option<String>),
+}
+
 /// A connection to the UI's `/ws`, kept up until dropped.
 #[derive(Debug)]
 pub struct QueueSignal {
@@ -25,9 +40,9 @@ pub struct QueueSignal {
 }
 
 impl QueueSignal {
-    /// Listens on `ws://127.0.0.1:<port>/ws` and calls `on_change` with each
-    /// `queue_remaining` the UI broadcasts. Must be called inside a tokio runtime.
-    pub fn start(port: u16, on_change: impl Fn(u32) + Send + 'static) -> QueueSignal {
+    /// Listens on `ws://127.0.0.1:<port>/ws` and calls `on_change` with the
+    /// news of each message. Must be called inside a tokio runtime.
+    pub fn start(port: u16, on_change: impl Fn(WsNews) + Send + 'static) -> QueueSignal {
         let url = format!("ws://127.0.0.1:{port}/ws");
         let task = tokio::spawn(listen(url, on_change));
         QueueSignal {
@@ -42,7 +57,7 @@ impl Drop for QueueSignal {
     }
 }
 
-async fn listen(url: String, on_change: impl Fn(u32)) {
+async fn listen(url: String, on_change: impl Fn(WsNews)) {
     loop {
         match tokio_tungstenite::connect_async(url.as_str()).await {
             Ok((mut ws, _)) => {
@@ -50,8 +65,8 @@ async fn listen(url: String, on_change: impl Fn(u32)) {
                 while let Some(msg) = ws.next().await {
                     match msg {
                         Ok(Message::Text(text)) => {
-                            if let Some(n) = queue_remaining(text.as_str()) {
-                                on_change(n);
+                            if let Some(news) = news(text.as_str()) {
+                                on_change(news);
                             }
                         }
                         Ok(Message::Close(_)) => break,
@@ -69,6 +84,31 @@ async fn listen(url: String, on_change: impl Fn(u32)) {
         }
         tokio::time::sleep(RECONNECT).await;
     }
+}
+
+/// What a text message says: its queue length or the progress of a prompt;
+/// `None` for anything else (previews are binary messages, never here).
+pub fn news(text: &str) -> Option<WsNews> {
+    if let Some(n) = queue_remaining(text) {
+        return Some(WsNews::Queue(n));
+    }
+    let msg: Value = serde_json::from_str(text).ok()?;
+    let data = msg.get("data");
+    let moving = match msg.get("type")?.as_str()? {
+        "execution_start" | "progress" | "progress_state" | "executed" | "execution_cached" => true,
+        // `executing` with no node is the prompt's end, not progress.
+        "executing" => data
+            .and_then(|d| d.get("node"))
+            .is_some_and(|n| !n.is_null()),
+        _ => false,
+    };
+    moving.then(|| {
+        WsNews::Progress(
+            data.and_then(|d| d.get("prompt_id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        )
+    })
 }
 
 /// `queue_remaining` of a `status` message; `None` for any other message.
@@ -94,6 +134,24 @@ mod tests {
         let broadcast =
             r#"{"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}}}}"#;
         assert_eq!(queue_remaining(broadcast), Some(0));
+    }
+
+    #[test]
+    fn progress_messages_name_their_prompt() {
+        let id = Some("p1".to_string());
+        for text in [
+            r#"{"type": "progress", "data": {"value": 3, "max": 20, "prompt_id": "p1", "node": "3"}}"#,
+            r#"{"type": "executing", "data": {"node": "3", "display_node": "3", "prompt_id": "p1"}}"#,
+            r#"{"type": "execution_start", "data": {"prompt_id": "p1", "timestamp": 1}}"#,
+            r#"{"type": "executed", "data": {"node": "9", "output": {}, "prompt_id": "p1"}}"#,
+        ] {
+            assert_eq!(news(text), Some(WsNews::Progress(id.clone())), "{text}");
+        }
+        let end = r#"{"type": "executing", "data": {"node": null, "prompt_id": "p1"}}"#;
+        assert_eq!(news(end), None);
+        let status = r#"{"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}"#;
+        assert_eq!(news(status), Some(WsNews::Queue(1)));
+        assert_eq!(news(r#"{"type": "crystools.monitor", "data": {}}"#), None);
     }
 
     #[test]

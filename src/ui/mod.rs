@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod comfy_ws;
+pub mod cuda_faults;
 pub mod flavor;
 pub mod gpu;
 pub mod guard;

@@ -13,8 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::cuda_faults::{self, CudaFault};
+
 /// Lines kept for [`OutputTail::summary`].
 const TAIL_LINES: usize = 40;
+/// CUDA faults kept until the core takes them (a traceback repeats its line).
+const MAX_FAULTS: usize = 8;
 /// A line longer than this is relayed in pieces (progress bars redraw with `\r`).
 const MAX_LINE: usize = 16 * 1024;
 /// What a secret becomes in relayed output.
@@ -100,6 +104,8 @@ impl Redactor {
 pub struct OutputTail {
     lines: Arc<Mutex<VecDeque<(Stream, String)>>>,
     open: Arc<tokio::sync::watch::Sender<u32>>,
+    /// CUDA faults seen and not yet taken by the core (the newest few).
+    faults: Arc<Mutex<VecDeque<CudaFault>>>,
 }
 
 impl Default for OutputTail {
@@ -107,18 +113,35 @@ impl Default for OutputTail {
         OutputTail {
             lines: Arc::default(),
             open: Arc::new(tokio::sync::watch::channel(0).0),
+            faults: Arc::default(),
         }
     }
 }
 
 impl OutputTail {
     fn push(&self, stream: Stream, line: String) {
+        if let Some(fault) = cuda_faults::classify(&line)
+            && let Ok(mut faults) = self.faults.lock()
+        {
+            if faults.len() == MAX_FAULTS {
+                faults.pop_front();
+            }
+            faults.push_back(fault);
+        }
         if let Ok(mut lines) = self.lines.lock() {
             if lines.len() == TAIL_LINES {
                 lines.pop_front();
             }
             lines.push_back((stream, line));
         }
+    }
+
+    /// The CUDA faults printed since the last call, oldest first (redacted).
+    pub fn take_faults(&self) -> Vec<CudaFault> {
+        self.faults
+            .lock()
+            .map(|mut f| f.drain(..).collect())
+            .unwrap_or_default()
     }
 
     /// The lines kept, oldest first.

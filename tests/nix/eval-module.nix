@@ -509,6 +509,19 @@ let
       (toml { }) ? front
     ) false)
     (eq "toml: front.enable = true as set explicitly renders nothing either" ((toml { front.enable = true; }) ? front) false)
+    (eq "toml: a default config has no [health]" ((toml { }) ? health) false)
+    (eq "toml: health, every option set" (toml {
+      health = {
+        stallTimeout = "off";
+        stallGrace = "2m";
+        gpuErrors = false;
+      };
+    }).health {
+      stall_timeout = "off";
+      stall_grace = "2m";
+      gpu_errors = false;
+    })
+    (check "health.stallTimeout: not a duration is refused" (throws (sd { health.stallTimeout = "soon"; }).health.stallTimeout) "")
     (eq "toml: front, every option set; authFile as its credential" (toml withFront).front {
       hold_timeout = "15m";
       max_held = 64;

@@ -533,6 +533,27 @@ class LifecycleTests(StandInCase):
         self.assertEqual(ui.events("exit")[0]["code"], 0)
         self.assertEqual(ui.events("job_end"), [])
 
+    def test_a_stalled_job_stops_progressing_until_interrupted(self):
+        for deaf in ("0", "1"):
+            ui = self.start(env={"STANDIN_STALL_AFTER": "0.3", "STANDIN_STALL_DEAF": deaf}, subdir=f"deaf{deaf}")
+            done = []
+            threading.Thread(target=lambda: done.append(ui.post("/sdapi/v1/txt2img", {"stand_in_seconds": 5,
+                                                                                     "steps": 20}, timeout=20)),
+                             daemon=True).start()
+            wait_until(lambda: ui.events("job_stalled"))
+            step = ui.get("/sdapi/v1/progress")[1]["state"]["sampling_step"]
+            time.sleep(0.5)
+            self.assertEqual(ui.get("/sdapi/v1/progress")[1]["state"]["sampling_step"], step, "frozen")
+            self.assertLess(step, 20)
+            ui.post("/sdapi/v1/interrupt")
+            time.sleep(0.5)
+            if deaf == "1":
+                self.assertEqual(done, [], "a deaf stall ignores the interrupt")
+                self.assertEqual(ui.get("/sdapi/v1/progress")[1]["state"]["job_count"], 1)
+            else:
+                wait_until(lambda: done)
+                self.assertEqual(ui.events("job_end")[0]["completed"], False)
+
     def test_a_slow_answer_is_cut_off_by_sigint(self):
         ui = self.start()
         self.assertEqual(ui.get("/sdapi/v1/options?stand_in_body_delay=0.2")[0], 200)
@@ -547,6 +568,7 @@ class LifecycleTests(StandInCase):
         rest = head.split(b"\r\n\r\n", 1)[1]
         while chunk := conn.recv(4096):
             rest += chunk
+        conn.close()
         self.assertEqual(rest, b"", "the body never came")
 
     @staticmethod
@@ -679,20 +701,27 @@ class ComfyTests(StandInCase):
 
             first = ui.post("/prompt", {"prompt": self.PROMPT, "client_id": "me", "stand_in_seconds": 0.8})[1]
             seen = [ws.recv_json(), ws.recv_json()]  # enqueue and dequeue
-            ui.post("/prompt", {"prompt": self.PROMPT, "stand_in_seconds": 0.2})
+            second = ui.post("/prompt", {"prompt": self.PROMPT, "stand_in_seconds": 0.2})[1]
+            others = []  # a prompt without client_id: its progress goes to every socket
             while len(seen) < 6:
-                seen.append(ws.recv_json(timeout=5))
-            self.assertEqual([m["type"] for m in seen], ["status"] * 6)
+                message = ws.recv_json(timeout=5)
+                (seen if message["type"] == "status" else others).append(message)
+            self.assertEqual({m["data"]["prompt_id"] for m in others}, {second["prompt_id"]})
+            self.assertIn("progress", [m["type"] for m in others])
             self.assertTrue(all("sid" not in m["data"] for m in seen))
             self.assertEqual([m["data"]["status"]["exec_info"]["queue_remaining"] for m in seen], [1, 1, 2, 1, 1, 0])
 
             events = []
-            while len(events) < 3:
+            while not events or events[-1] != ("executing", first["prompt_id"], None):
                 message = mine.recv_json()
                 if message["type"] != "status":
-                    events.append((message["type"], message["data"].get("prompt_id")))
-            self.assertEqual(events, [("execution_start", first["prompt_id"]),
-                                      ("execution_success", first["prompt_id"]), ("executing", first["prompt_id"])])
+                    data = message["data"]
+                    events.append((message["type"], data.get("prompt_id"), data.get("node", "-")))
+            kinds = [e[0] for e in events]
+            self.assertEqual(kinds[:2], ["execution_start", "executing"])
+            self.assertEqual(kinds[-2:], ["execution_success", "executing"])
+            self.assertEqual(set(kinds[2:-2]), {"progress"})
+            self.assertEqual({e[1] for e in events}, {first["prompt_id"]}, "only its own prompt's")
             ws.send(0x8, struct.pack("!H", 1000))
             self.assertEqual(ws.recv()[0], 0x8)
         finally:

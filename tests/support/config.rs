@@ -60,6 +60,8 @@ pub struct Conf {
     /// `[front]` keys, written as given (none: the daemon's defaults, the front
     /// door on).
     pub front: toml::Table,
+    /// More sections, each written as given (`health` → its keys).
+    pub sections: BTreeMap<String, toml::Table>,
     /// `[supervisor] executable` (self-upgrade), if set.
     pub executable: Option<PathBuf>,
     /// `[supervisor] unit_fingerprint`, if set.
@@ -100,6 +102,7 @@ impl Conf {
             ui_extra: toml::Table::new(),
             control_extra: toml::Table::new(),
             front: toml::Table::new(),
+            sections: BTreeMap::new(),
             executable: None,
             unit_fingerprint: None,
             downloads: toml::Table::new(),
@@ -213,6 +216,9 @@ impl Conf {
         }
         doc.insert("restart".into(), T::Table(restart));
         doc.insert("control".into(), T::Table(control));
+        for (name, keys) in &self.sections {
+            doc.insert(name.clone(), T::Table(keys.clone()));
+        }
         if !self.front.is_empty() {
             doc.insert("front".into(), T::Table(self.front.clone()));
         }

@@ -179,6 +179,7 @@ pub fn ready_idle() -> Snapshot {
         refresh_failures: 0,
         draining: false,
         images: ImagesStatus::default(),
+        health: Default::default(),
         front: None,
     }
 }
