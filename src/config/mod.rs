@@ -11,6 +11,7 @@ mod diagnostics;
 pub mod diff;
 pub mod download;
 pub mod front;
+pub mod gpu;
 mod images;
 pub mod limits;
 mod raw;
@@ -27,6 +28,7 @@ use serde::Serialize;
 
 pub use diagnostics::{ConfigError, Problem};
 pub use front::FrontConfig;
+pub use gpu::GpuConfig;
 
 /// The names of the config file's top-level sections, in the order the file
 /// documents them (the docs are checked against this list).
@@ -56,6 +58,9 @@ pub struct Config {
     pub control: ControlConfig,
     /// The front door: the supervisor's listener on `ui.port` in front of the UI.
     pub front: FrontConfig,
+    /// What the supervisor does for the machine while the UI works on its GPUs
+    /// (the sleep inhibitor).
+    pub gpu: GpuConfig,
     /// Self-upgrade: the binary to run and the unit's fingerprint.
     pub supervisor: supervisor::SupervisorConfig,
     /// Declared images (`[images.<name>]`), rendered by the running UI.

@@ -90,6 +90,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             ),
         );
     }
+    let gpu = super::gpu::validate(&mut c, raw.gpu);
     let supervisor = super::supervisor::validate(raw.supervisor, c.problems);
     Some(Config {
         ui: ui?,
@@ -100,6 +101,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         restart,
         control,
         front,
+        gpu,
         supervisor,
         downloads: DownloadsConfig {
             max_concurrent,
