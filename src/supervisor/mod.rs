@@ -261,6 +261,8 @@ impl Supervisor {
             draining: false,
             images: crate::images::ImagesStatus::default(),
             front: None,
+            inhibit_sleep: config.gpu.inhibit_sleep,
+            sleep_inhibited: None,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let images = images::Images::new(&config);
@@ -527,6 +529,8 @@ impl Supervisor {
             draining: self.draining,
             images: self.images.book.status(),
             front: None,
+            inhibit_sleep: self.config.gpu.inhibit_sleep,
+            sleep_inhibited: None,
         }
     }
 

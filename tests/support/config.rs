@@ -60,6 +60,8 @@ pub struct Conf {
     /// `[front]` keys, written as given (none: the daemon's defaults, the front
     /// door on).
     pub front: toml::Table,
+    /// `[gpu]` keys, written as given (none: the daemon's defaults).
+    pub gpu: toml::Table,
     /// `[supervisor] executable` (self-upgrade), if set.
     pub executable: Option<PathBuf>,
     /// `[supervisor] unit_fingerprint`, if set.
@@ -100,6 +102,7 @@ impl Conf {
             ui_extra: toml::Table::new(),
             control_extra: toml::Table::new(),
             front: toml::Table::new(),
+            gpu: toml::Table::new(),
             executable: None,
             unit_fingerprint: None,
             downloads: toml::Table::new(),
@@ -215,6 +218,9 @@ impl Conf {
         doc.insert("control".into(), T::Table(control));
         if !self.front.is_empty() {
             doc.insert("front".into(), T::Table(self.front.clone()));
+        }
+        if !self.gpu.is_empty() {
+            doc.insert("gpu".into(), T::Table(self.gpu.clone()));
         }
         let mut supervisor = Table::new();
         if let Some(exe) = &self.executable {
