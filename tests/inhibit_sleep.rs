@@ -7,7 +7,8 @@
 //!   its why (renewed when the count changes), its descriptor close-on-exec;
 //!   once idle it is gone; `gpu.inhibit_sleep = false` (by a reload) takes none
 //!   while a job runs, and turning it on again by a reload does; `systemctl
-//!   stop` in the middle of a job lets go. Skipped with the reason where the
+//!   stop` in the middle of a job lets go; a user logind refuses (no polkit)
+//!   gets one warning for many jobs, which run on. Skipped with the reason where the
 //!   sandbox cannot boot (not root, systemd < 254), except under `CI=true`.
 //! - Without a system bus (containers, CI): the daemon runs its jobs as
 //!   always, says once at `info` that it does not inhibit sleep, and the
@@ -84,14 +85,15 @@ fn poll(timeout: Duration, f: impl FnMut() -> Option<()>) -> Option<()> {
     support::poll_until(timeout, f)
 }
 
-/// A `Type=notify-reload` unit for the scene's config (root, as the sandbox's
-/// services run; logind lets root take a block lock without polkit).
-fn write_unit(scene: &Scene, name: &str) -> PathBuf {
+/// A `Type=notify-reload` unit for the scene's config, as root (logind lets
+/// root take a block lock without polkit) unless `user` says.
+fn write_unit(scene: &Scene, name: &str, user: Option<&str>) -> PathBuf {
     let config = scene.write_config();
     let unit = scene.dir().join(name);
+    let user = user.map(|u| format!("User={u}\n")).unwrap_or_default();
     let text = format!(
         "[Unit]\nDescription=sd-webui-supervisor sleep inhibitor test\n\n\
-         [Service]\nType=notify-reload\nNotifyAccess=main\n\
+         [Service]\nType=notify-reload\nNotifyAccess=main\n{user}\
          ExecStart={bin} run --config {config}\n\
          Environment=RUST_LOG=info NO_COLOR=1\n\
          KillMode=mixed\nTimeoutStartSec=60\nTimeoutStopSec=30\n",
@@ -122,7 +124,7 @@ fn systemd_logind_lists_the_lock_while_jobs_run_and_a_reload_switches_it() {
     // Probe the queue often: a job shows within 200 ms.
     scene.poll_interval = Some("200ms".into());
     let unit = "sdws-test-inhibit.service";
-    let file = write_unit(&scene, unit);
+    let file = write_unit(&scene, unit, None);
     let Some(sandbox) = Sandbox::boot(&scene.path("sandbox"), &[scene.dir()], &[]) else {
         return;
     };
@@ -228,6 +230,66 @@ fn systemd_logind_lists_the_lock_while_jobs_run_and_a_reload_switches_it() {
             "{warning:?} in the journal:\n{journal}"
         );
     }
+}
+
+#[test]
+fn systemd_logind_refusing_a_user_is_warned_once_and_jobs_run_on() {
+    let mut scene = Scene::in_target_dir("inhibit-denied");
+    scene.poll_interval = Some("200ms".into());
+    // A system user without polkit's permission: logind says no.
+    let Ok(Some(user)) = nix::unistd::User::from_name("daemon") else {
+        support::skip("no user \"daemon\" to run the unit as");
+        return;
+    };
+    nix::unistd::chown(scene.dir(), Some(user.uid), Some(user.gid)).expect("chown the scene");
+    let unit = "sdws-test-inhibit-denied.service";
+    let file = write_unit(&scene, unit, Some("daemon"));
+    let Some(sandbox) = Sandbox::boot(&scene.path("sandbox"), &[scene.dir()], &[]) else {
+        return;
+    };
+    if let Err(why) = sandbox.start_logind() {
+        support::skip(&why);
+        return;
+    }
+    sandbox.install(&[&file]);
+    sandbox.run(&["systemctl", "start", unit]);
+    let socket = scene.socket.clone();
+    wait_status(&socket, "sleep_inhibited", Value::Bool(false));
+    for _ in 0..2 {
+        let job = txt2img(scene.port, 2.0);
+        wait_status(
+            &socket,
+            "queue",
+            serde_json::json!({"running": 1, "pending": 0}),
+        );
+        assert_eq!(job.join().expect("job"), Ok(200));
+        wait_status(
+            &socket,
+            "queue",
+            serde_json::json!({"running": 0, "pending": 0}),
+        );
+    }
+    assert!(ours(&sandbox).is_empty(), "{:?}", sandbox.inhibitors());
+    let status = status_at(&socket);
+    assert_eq!(status["state"], "ready", "{status:#}");
+    assert_eq!(status["sleep_inhibited"], Value::Bool(false), "{status:#}");
+    let journal = sandbox.journal(unit);
+    let warned: Vec<&str> = journal
+        .lines()
+        .filter(|l| l.contains("cannot take a sleep inhibitor lock"))
+        .collect();
+    eprintln!(
+        "the supervisor's warnings about sleep:\n{}",
+        warned.join("\n")
+    );
+    assert_eq!(
+        warned.len(),
+        1,
+        "one warning for two refused jobs:\n{journal}"
+    );
+    assert!(warned[0].contains("polkit"), "{}", warned[0]);
+    sandbox.run(&["systemctl", "stop", unit]);
+    assert_eq!(sandbox.property(unit, "Result"), "success");
 }
 
 #[test]

@@ -71,6 +71,18 @@ impl LogindError {
         }
     }
 
+    /// Whether logind (polkit, for it) refused the caller: a service not
+    /// running as root needs `org.freedesktop.login1.inhibit-block-sleep`.
+    pub fn denied(&self) -> bool {
+        matches!(
+            self,
+            LogindError::Bus(zbus::Error::FDO(e)) if matches!(
+                **e,
+                fdo::Error::AccessDenied(_) | fdo::Error::InteractiveAuthorizationRequired(_)
+            )
+        )
+    }
+
     /// Whether the connection is gone, so the next attempt needs a new one.
     pub fn connection_lost(&self) -> bool {
         matches!(
@@ -223,6 +235,8 @@ mod tests {
             .unavailable()
         );
         assert!(!LogindError::Timeout(TIMEOUT).unavailable());
+        assert!(fdo(fdo::Error::AccessDenied("polkit".into())).denied());
+        assert!(!LogindError::NoLogind.denied());
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl Task {
                 if e.connection_lost() {
                     self.bus = Bus::Unknown;
                 }
-                let what = match &self.lock {
+                let mut what = match &self.lock {
                     Some(old) => format!(
                         "cannot renew the sleep inhibitor lock; the one for {} job(s) stays",
                         old.jobs
@@ -204,6 +204,12 @@ impl Task {
                             .into()
                     }
                 };
+                if e.denied() {
+                    what.push_str(
+                        " (a supervisor not running as root needs polkit's \
+                         org.freedesktop.login1.inhibit-block-sleep; or set gpu.inhibit_sleep = false)",
+                    );
+                }
                 self.warn(&what, &e);
             }
         }
