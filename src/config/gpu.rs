@@ -8,7 +8,7 @@
 //!   restart of anything.
 //!
 //! A key added here goes into [`RawGpu`] (and its `KEYS`), [`GpuConfig`], the
-//! checks in [`validate`] and the diff's `gpu` function, which does not compile
+//! checks in `validate` and the diff's `gpu` function, which does not compile
 //! until the new field is classified.
 
 use serde::{Deserialize, Serialize};

@@ -7,7 +7,7 @@
 //! snapshots (the queue, and `gpu.inhibit_sleep` of the config in force, so a
 //! reload switches it at once): the core never waits for it, nor for logind.
 //! What it wants for a snapshot is the pure [`Want::of`]; the task makes the
-//! calls ([`logind`]) and publishes whether it holds the lock, which
+//! calls (`logind.rs`) and publishes whether it holds the lock, which
 //! [`CoreHandle::snapshot`] adds to the status as `sleep_inhibited`.
 //!
 //! Without a system bus or logind (a container, a host without systemd) it says
@@ -36,6 +36,10 @@ pub enum Want {
     Idle,
     /// This many jobs run or wait: a lock whose `why` says so.
     Busy(u32),
+    /// The UI is ready but its last queue probe failed (or none came back
+    /// yet): keep what is held, as one lost probe is no reason to let the
+    /// machine sleep in the middle of a job.
+    Unknown,
 }
 
 impl Want {
@@ -50,6 +54,7 @@ impl Want {
             (Phase::Ready, Some(q)) if !q.is_idle() => {
                 Want::Busy(q.running.saturating_add(q.pending))
             }
+            (Phase::Ready, None) => Want::Unknown,
             _ => Want::Idle,
         }
     }
@@ -90,6 +95,11 @@ impl Inhibitor {
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
+        if *self.held.borrow() == Some(true) {
+            tracing::info!(
+                "sleep no longer held off (inhibitor lock closed: the supervisor stops or hands over)"
+            );
+        }
     }
 }
 
@@ -156,12 +166,23 @@ impl Task {
                 }
             }
             Want::Busy(jobs) => self.take(jobs).await,
+            // Nothing is taken or closed: a ready UI whose queue is not known
+            // yet has no lock (the start), one that had jobs keeps it.
+            Want::Unknown => {
+                if self.lock.is_none() && self.connected().await.is_some() {
+                    self.publish(Some(false));
+                }
+            }
         }
     }
 
     /// Takes a lock for `jobs`, then closes the one it replaces (a new count
     /// gets a new `why`; the old lock holds until the new one is there).
     async fn take(&mut self, jobs: u32) {
+        if self.lock.as_ref().is_some_and(|l| l.jobs == jobs) {
+            // Back from an unknown queue to the count the lock says.
+            return;
+        }
         let why = why(jobs);
         let mut result = match self.connected().await {
             Some(bus) => bus.inhibit(&why).await,
@@ -314,7 +335,8 @@ mod tests {
             Want::Busy(1)
         );
         assert_eq!(Want::of(&snapshot(Phase::Ready, q(0, 0), true)), Want::Idle);
-        assert_eq!(Want::of(&snapshot(Phase::Ready, None, true)), Want::Idle);
+        // A failed queue probe: not known, not idle.
+        assert_eq!(Want::of(&snapshot(Phase::Ready, None, true)), Want::Unknown);
         // A UI that stops or restarts finishes no job: the machine may sleep.
         for phase in [
             Phase::Stopping,
