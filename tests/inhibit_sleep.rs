@@ -6,8 +6,9 @@
 //!   lists the supervisor's `sleep` lock in `block` mode with the job count as
 //!   its why (renewed when the count changes), its descriptor close-on-exec;
 //!   once idle it is gone; `gpu.inhibit_sleep = false` (by a reload) takes none
-//!   while a job runs, and turning it on again by a reload does; `systemctl
-//!   stop` in the middle of a job lets go; a user logind refuses (no polkit)
+//!   while a job runs, and turning it on again by a reload does; after a
+//!   self-upgrade in the middle of a job one lock is held, the new binary's;
+//!   `systemctl stop` in the middle of a job lets go; a user logind refuses (no polkit)
 //!   gets one warning for many jobs, which run on. Skipped with the reason where the
 //!   sandbox cannot boot (not root, systemd < 254), except under `CI=true`.
 //! - Without a system bus (containers, CI): the daemon runs its jobs as
@@ -102,6 +103,11 @@ fn write_unit(scene: &Scene, name: &str, user: Option<&str>) -> PathBuf {
     );
     std::fs::write(&unit, text).expect("write the unit");
     unit
+}
+
+/// How many lines of `text` contain `needle`.
+fn count(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
 }
 
 /// The open flags of `pid`'s descriptor that refers to logind's lock (a FIFO
@@ -202,8 +208,35 @@ fn systemd_logind_lists_the_lock_while_jobs_run_and_a_reload_switches_it() {
     scene.write_config();
     sandbox.run(&["systemctl", "reload", unit]);
     wait_status(&socket, "sleep_inhibited", Value::Bool(false));
-    let last = txt2img(scene.port, 30.0);
+    // Straight to the UI's private port, past the front door: a handoff waits
+    // for the door's own requests to finish (tests/front_door.rs).
+    let listening = scene.record().of("listening");
+    let ui_port = listening[0]["port"].as_u64().expect("the UI's port");
+    let last = txt2img(u16::try_from(ui_port).expect("a port"), 30.0);
     wait_lock(&sandbox, "1 generation job(s) running");
+
+    // A self-upgrade in the middle of the job: the old binary's lock does not
+    // live on in the new one (close-on-exec), which takes its own: one lock,
+    // same PID, one "holding off" line per binary.
+    let held_before = count(&sandbox.journal(unit), "holding off sleep");
+    scene.executable = Some(support::env::binary_copy(scene.dir(), "supervisor-next"));
+    scene.write_config();
+    sandbox.run(&["systemctl", "reload", unit]);
+    wait_for("the new binary's own lock", SECS(15), || {
+        (count(&sandbox.journal(unit), "holding off sleep") > held_before).then_some(())
+    });
+    let lock = wait_lock(&sandbox, "1 generation job(s) running");
+    assert_eq!(lock.pid, main, "the same process, a new binary: {lock:?}");
+    let journal = sandbox.journal(unit);
+    assert!(
+        journal.contains("taking over from the previous binary"),
+        "{journal}"
+    );
+    assert_eq!(
+        lock_fd_flags(&sandbox, main).len(),
+        1,
+        "one lock descriptor"
+    );
 
     // The supervisor stops in the middle of the job: the lock goes with it.
     sandbox.run(&["systemctl", "stop", unit]);
