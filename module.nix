@@ -163,6 +163,13 @@ in
 
     services.dbus.packages = optional (cfg.control.dbus == "system") dbusPackage;
 
+    # The sleep inhibitor (gpu.inhibitSleep) needs polkit's yes for the
+    # service's user (./nix/polkit.nix). The rule only matters where polkit
+    # runs; the module does not turn polkit on.
+    security.polkit.extraConfig = lib.optionalString cfg.gpu.inhibitSleep (
+      import ./nix/polkit.nix { inherit (cfg) user; }
+    );
+
     networking.firewall.allowedTCPPorts = optional cfg.openFirewall cfg.port;
   };
 }

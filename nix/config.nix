@@ -166,6 +166,8 @@ in
         token_file = credentialPath "control-token";
       };
       front = frontToml { inherit cfg credentialPath; };
+      # [gpu]: only what differs from the supervisor's defaults.
+      gpu = optionalAttrs (!cfg.gpu.inhibitSleep) { inhibit_sleep = false; };
       # [health]: only what the options set.
       health = lib.filterAttrs (_: v: v != null) {
         stall_timeout = cfg.health.stallTimeout;

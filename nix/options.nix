@@ -624,6 +624,29 @@ in
       };
     };
 
+    # [gpu]: only what differs from the supervisor's defaults is written.
+    gpu = {
+      inhibitSleep = mkOption {
+        type = types.bool;
+        default = true;
+        description = ''
+          Whether the supervisor holds a systemd-logind sleep inhibitor lock
+          while the UI's queue has jobs (running or waiting), so the machine
+          does not suspend in the middle of a generation
+          ({command}`systemd-inhibit --list` shows it while it is held).
+
+          logind lets a service that does not run as root take the lock only
+          with polkit's permission `org.freedesktop.login1.inhibit-block-sleep`:
+          the module grants it to {option}`user` with a rule in
+          {option}`security.polkit.extraConfig`, which takes effect where
+          polkit is on ({option}`security.polkit.enable`, which desktop
+          environments turn on). Without polkit the supervisor logs one
+          warning and runs on without the lock. A switch that changes this
+          applies at once (a reload), nothing restarts.
+        '';
+      };
+    };
+
     # [health]: every option null leaves the key out of the config file, so the
     # supervisor's own default applies. All of it applies live on a switch.
     health = {

@@ -98,6 +98,9 @@ for file in tests/*.rs; do
     need "$t (systemd)" python systemd -- cargo test --test "$t" systemd_ ;;
   control_dbus)
     need "$t" dbus -- cargo test --test "$t" ;;
+  inhibit_sleep)
+    need "$t (daemon)" python -- cargo test --test "$t" -- --skip systemd_
+    need "$t (systemd)" python systemd -- cargo test --test "$t" systemd_ ;;
   check_config | layout_* | control_cli | control_http | control_socket | watch)
     suite "$t" cargo test --test "$t" ;;
   *)

@@ -12,6 +12,7 @@ use crate::config::{Config, ConfigError};
 use crate::front::FrontDoor;
 use crate::handoff::signals::{Signals, resend};
 use crate::handoff::state::{self, FrontFds, Received};
+use crate::inhibit::Inhibitor;
 use crate::notify::Notifier;
 use crate::supervisor::protocol::CoreHandle;
 use crate::supervisor::{Ended, Supervisor};
@@ -152,6 +153,10 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
         }
         None => None,
     };
+    // Beside the core like the front door: it reads the snapshots, the core
+    // never waits for it.
+    let inhibitor = Inhibitor::start(&handle);
+    handle.attach_inhibitor(inhibitor.held());
 
     let (stop, stopped) = oneshot::channel();
     let signal_task = tokio::spawn(dispatch_signals(signals, handle.clone(), stop));
@@ -176,6 +181,8 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     // From here signals stay pending, for this binary's end or the next one.
     signal_task.abort();
     drop(watcher);
+    // The UI is stopped, or the next binary takes over and takes its own lock.
+    inhibitor.stop().await;
     match ended {
         Ended::Shutdown | Ended::ServiceRestart => {
             if let Some((door, _)) = front {

@@ -12,6 +12,7 @@ pub mod download;
 pub mod front;
 pub mod handoff;
 pub mod images;
+pub mod inhibit;
 pub mod init;
 pub mod layout;
 pub mod logging;

@@ -10,7 +10,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::config::supervisor::SupervisorConfig;
-use crate::config::{Config, ControlConfig, DataConfig, FrontConfig, RestartConfig, UiConfig};
+use crate::config::{
+    Config, ControlConfig, DataConfig, FrontConfig, GpuConfig, RestartConfig, UiConfig,
+};
 use crate::ui::flavor::{Flavor, ModelKind};
 
 /// The classified difference between the running config and a new one.
@@ -126,6 +128,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart: old_restart,
         control: old_control,
         front: old_front,
+        gpu: old_gpu,
         health: old_health,
         supervisor: old_supervisor,
         downloads: old_downloads,
@@ -140,6 +143,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         restart: new_restart,
         control: new_control,
         front: new_front,
+        gpu: new_gpu,
         health: new_health,
         supervisor: new_supervisor,
         downloads: new_downloads,
@@ -157,6 +161,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     restart(&mut d, old_restart, new_restart);
     control(&mut d, old_control, new_control);
     front(&mut d, old_front, new_front);
+    gpu(&mut d, old_gpu, new_gpu);
     supervisor(&mut d, old_supervisor, new_supervisor);
     // The core reads `[health]` on each probe: live, nothing happens to the UI.
     note(&mut d.supervisor_only, "health", old_health != new_health);
@@ -284,6 +289,17 @@ fn front(d: &mut ConfigDiff, old: &FrontConfig, new: &FrontConfig) {
         s,
         "front.ui_port",
         ui_port.is_some() && old.ui_port != *ui_port,
+    );
+}
+
+/// `[gpu]` is the supervisor's own business and applies live: the sleep
+/// inhibitor reads `inhibit_sleep` from the core's next snapshot.
+fn gpu(d: &mut ConfigDiff, old: &GpuConfig, new: &GpuConfig) {
+    let GpuConfig { inhibit_sleep } = new;
+    note(
+        &mut d.supervisor_only,
+        "gpu.inhibit_sleep",
+        old.inhibit_sleep != *inhibit_sleep,
     );
 }
 

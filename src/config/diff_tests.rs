@@ -216,6 +216,18 @@ fn timeouts_permissions_restart_and_control_are_supervisor_only() {
 }
 
 #[test]
+fn gpu_inhibit_sleep_applies_live_to_the_supervisor() {
+    let old = base();
+    assert!(old.gpu.inhibit_sleep, "on by default");
+    let mut new = old.clone();
+    new.gpu.inhibit_sleep = false;
+    let d = diff(&old, &new);
+    assert_eq!(d.supervisor_only, ["gpu.inhibit_sleep"]);
+    assert!(!d.needs_restart() && d.next_start.is_empty(), "{d}");
+    assert_eq!(d.to_string(), "supervisor: gpu.inhibit_sleep");
+}
+
+#[test]
 fn a_new_flavor_or_data_dir_makes_settings_and_models_moot() {
     for change in [
         (|c: &mut Config| c.ui.flavor = Flavor::A1111) as fn(&mut Config),
@@ -304,6 +316,9 @@ fn fields() -> Vec<(&'static str, Take)> {
         ("control.token_file", |c, b| {
             c.control.token_file = b.control.token_file.clone()
         }),
+        ("gpu.inhibit_sleep", |c, b| {
+            c.gpu.inhibit_sleep = b.gpu.inhibit_sleep
+        }),
     ]
 }
 
@@ -384,57 +399,62 @@ fn arb_config() -> impl Strategy<Value = Config> {
         prop::option::of(Just(SocketAddr::from(([127, 0, 0, 1], 7870)))),
         prop::option::of(paths(&["/t1", "/t2"])),
     );
-    (ui, data, models, extensions, settings, restart, control).prop_map(
-        |(ui, data, models, extensions, settings, restart, control)| {
-            use crate::config::{ControlConfig, DataConfig, RestartConfig, UiConfig};
-            Config {
-                ui: UiConfig {
-                    flavor: ui.0,
-                    command: ui.1.into_iter().map(String::from).collect(),
-                    listen: ui.2,
-                    port: ui.3,
-                    extra_args: ui.4.into_iter().map(String::from).collect(),
-                    environment: ui
-                        .5
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    gpus: ui.6,
-                    api_auth_file: ui.7,
-                    startup_timeout: ui.8,
-                    stop_timeout: ui.9,
-                },
-                data: DataConfig {
-                    dir: data.0,
-                    permissions: data.1,
-                },
-                models,
-                extensions,
-                settings: settings.into_iter().collect(),
-                restart: RestartConfig {
-                    policy: restart.0,
-                    idle_grace: restart.1,
-                    deadline: restart.2,
-                    poll_interval: restart.3,
-                },
-                control: ControlConfig {
-                    socket: control.0,
-                    dbus: control.1,
-                    http_listen: control.2,
-                    token_file: control.3,
-                    max_connections: 128,
-                },
-                front: crate::config::FrontConfig {
-                    enable: false,
-                    ..Default::default()
-                },
-                health: Default::default(),
-                supervisor: Default::default(),
-                downloads: Default::default(),
-                images: BTreeMap::new(),
-            }
-        },
+    let gpu = any::<bool>();
+    (
+        ui, data, models, extensions, settings, restart, control, gpu,
     )
+        .prop_map(
+            |(ui, data, models, extensions, settings, restart, control, gpu)| {
+                use crate::config::{ControlConfig, DataConfig, RestartConfig, UiConfig};
+                Config {
+                    ui: UiConfig {
+                        flavor: ui.0,
+                        command: ui.1.into_iter().map(String::from).collect(),
+                        listen: ui.2,
+                        port: ui.3,
+                        extra_args: ui.4.into_iter().map(String::from).collect(),
+                        environment: ui
+                            .5
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        gpus: ui.6,
+                        api_auth_file: ui.7,
+                        startup_timeout: ui.8,
+                        stop_timeout: ui.9,
+                    },
+                    data: DataConfig {
+                        dir: data.0,
+                        permissions: data.1,
+                    },
+                    models,
+                    extensions,
+                    settings: settings.into_iter().collect(),
+                    restart: RestartConfig {
+                        policy: restart.0,
+                        idle_grace: restart.1,
+                        deadline: restart.2,
+                        poll_interval: restart.3,
+                    },
+                    control: ControlConfig {
+                        socket: control.0,
+                        dbus: control.1,
+                        http_listen: control.2,
+                        token_file: control.3,
+                        max_connections: 128,
+                    },
+                    front: crate::config::FrontConfig {
+                        enable: false,
+                        ..Default::default()
+                    },
+                    gpu: crate::config::GpuConfig { inhibit_sleep: gpu },
+                    health: Default::default(),
+                    supervisor: Default::default(),
+                    downloads: Default::default(),
+                    images: BTreeMap::new(),
+                }
+            },
+        )
 }
 
 /// `a` with the fields picked by `mask` taken from `b`: mostly small changes.

@@ -11,6 +11,7 @@ mod diagnostics;
 pub mod diff;
 pub mod download;
 pub mod front;
+pub mod gpu;
 pub mod health;
 mod images;
 pub mod limits;
@@ -28,6 +29,7 @@ use serde::Serialize;
 
 pub use diagnostics::{ConfigError, Problem};
 pub use front::FrontConfig;
+pub use gpu::GpuConfig;
 pub use health::HealthConfig;
 
 /// The names of the config file's top-level sections, in the order the file
@@ -58,6 +60,9 @@ pub struct Config {
     pub control: ControlConfig,
     /// The front door: the supervisor's listener on `ui.port` in front of the UI.
     pub front: FrontConfig,
+    /// What the supervisor does for the machine while the UI works on its GPUs
+    /// (the sleep inhibitor).
+    pub gpu: GpuConfig,
     /// What is done about a UI that answers but no longer works.
     pub health: HealthConfig,
     /// Self-upgrade: the binary to run and the unit's fingerprint.

@@ -96,6 +96,7 @@ pub struct RawConfig {
     pub restart: RawRestart,
     pub control: RawControl,
     pub front: super::front::RawFront,
+    pub gpu: super::gpu::RawGpu,
     pub health: super::health::RawHealth,
     pub supervisor: super::supervisor::RawSupervisor,
     pub downloads: RawDownloads,
@@ -157,6 +158,11 @@ pub const SECTIONS: &[Section] = &[
         name: "front",
         keys: super::front::RawFront::KEYS,
         read: |de, raw| super::front::RawFront::deserialize(de).map(|v| raw.front = v),
+    },
+    Section {
+        name: "gpu",
+        keys: super::gpu::RawGpu::KEYS,
+        read: |de, raw| super::gpu::RawGpu::deserialize(de).map(|v| raw.gpu = v),
     },
     Section {
         name: "health",

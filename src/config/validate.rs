@@ -90,6 +90,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             ),
         );
     }
+    let gpu = super::gpu::validate(&mut c, raw.gpu);
     let health = super::health::validate(&mut c, raw.health);
     let supervisor = super::supervisor::validate(raw.supervisor, c.problems);
     Some(Config {
@@ -101,6 +102,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         restart,
         control,
         front,
+        gpu,
         health,
         supervisor,
         downloads: DownloadsConfig {

@@ -266,6 +266,8 @@ impl Supervisor {
             images: crate::images::ImagesStatus::default(),
             health: Default::default(),
             front: None,
+            inhibit_sleep: config.gpu.inhibit_sleep,
+            sleep_inhibited: None,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let images = images::Images::new(&config);
@@ -549,6 +551,8 @@ impl Supervisor {
             images: self.images.book.status(),
             health,
             front: None,
+            inhibit_sleep: self.config.gpu.inhibit_sleep,
+            sleep_inhibited: None,
         }
     }
 

@@ -351,6 +351,24 @@ pub struct Snapshot {
     /// [`CoreHandle::snapshot`]: the door counts, the core does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub front: Option<crate::front::FrontStatus>,
+    /// `gpu.inhibit_sleep` of the config in force. The sleep inhibitor
+    /// ([`crate::inhibit`]) reads it here, so a reload switches it at once
+    /// without a channel of its own. Not in the status document, where
+    /// `sleep_inhibited` says what the inhibitor does (a snapshot read back
+    /// from JSON has the key's default).
+    #[serde(skip, default = "inhibit_sleep_default")]
+    pub inhibit_sleep: bool,
+    /// Whether a logind sleep inhibitor lock is held now: `Some(true)` while
+    /// jobs run, `Some(false)` while none does, `None` when the supervisor takes
+    /// none (`gpu.inhibit_sleep = false`, no logind or no system bus). Filled in
+    /// by [`CoreHandle::snapshot`]: the inhibitor knows, the core does not.
+    #[serde(default)]
+    pub sleep_inhibited: Option<bool>,
+}
+
+/// `gpu.inhibit_sleep` when the config does not say.
+fn inhibit_sleep_default() -> bool {
+    crate::config::GpuConfig::default().inhibit_sleep
 }
 
 impl Snapshot {
@@ -443,6 +461,8 @@ pub struct CoreHandle {
     snapshots: watch::Receiver<Snapshot>,
     /// The front door's counters, shared by every clone once set.
     front: Arc<OnceLock<Arc<crate::front::Stats>>>,
+    /// The sleep inhibitor's state, shared by every clone once set.
+    inhibitor: Arc<OnceLock<watch::Receiver<Option<bool>>>>,
 }
 
 impl CoreHandle {
@@ -452,6 +472,7 @@ impl CoreHandle {
             commands,
             snapshots,
             front: Arc::new(OnceLock::new()),
+            inhibitor: Arc::new(OnceLock::new()),
         }
     }
 
@@ -461,10 +482,21 @@ impl CoreHandle {
         let _ = self.front.set(stats);
     }
 
-    /// The latest snapshot, with the front door's counters.
+    /// Makes every snapshot read through this handle (and its clones) say
+    /// whether the sleep inhibitor holds its lock (`sleep_inhibited`). Once; a
+    /// second call is ignored.
+    pub fn attach_inhibitor(&self, held: watch::Receiver<Option<bool>>) {
+        let _ = self.inhibitor.set(held);
+    }
+
+    /// The latest snapshot, with the front door's counters and the sleep
+    /// inhibitor's state.
     pub fn snapshot(&self) -> Snapshot {
         let mut s = self.snapshots.borrow().clone();
         s.front = self.front.get().map(|f| f.status());
+        if let Some(held) = self.inhibitor.get() {
+            s.sleep_inhibited = *held.borrow();
+        }
         s
     }
 

@@ -9,7 +9,9 @@
 #      loads without warnings, `systemd-analyze security` exposure <= 2.5,
 #      DeviceAllow= for /dev/nvidiactl, /dev/nvidia-uvm and the GPU nodes;
 #      and run for real with the stand-in UI (start, the front door on
-#      ui.port holding a call made during the start, reload, stop);
+#      ui.port holding a call made during the start, the sleep inhibitor's
+#      lock in the sandbox's own logind while a job runs, granted by
+#      nix/polkit.nix's rule in a real polkitd, reload, stop);
 #   6. module.nix evaluated with lib.evalModules (tests/nix/eval-module.nix)
 #      and flake.nix with a fake nixpkgs input (tests/nix/eval-flake.nix,
 #      which also evaluates the container images of nix/image.nix up to the
@@ -203,6 +205,39 @@ state=$out/sandbox
 stop_sandbox() { "$sandbox" stop "$state" >/dev/null 2>&1 || true; }
 in_sandbox() { "$sandbox" exec "$state" "$@"; }
 
+# The sandbox's own logind and polkitd, polkit with the rule module.nix
+# installs for user $1 (nix/polkit.nix), bound over /etc/polkit-1/rules.d in
+# the sandbox's mount namespace only. Prints why not and fails where this
+# host lacks one of them.
+start_logind_polkit() {
+  local user=$1 rules=$out/polkit-rules
+  if ! in_sandbox systemctl cat systemd-logind.service polkit.service >/dev/null 2>&1 ||
+    ! in_sandbox test -d /etc/polkit-1/rules.d; then
+    echo "needs systemd-logind and polkit (apt-get install polkitd)"
+    return 1
+  fi
+  mkdir -p "$rules"
+  if ! nix-instantiate --eval --strict --json -E "import $root/nix/polkit.nix { user = \"$user\"; }" |
+    jq -r . >"$rules/50-sd-webui-forge.rules"; then
+    echo "cannot render nix/polkit.nix"
+    return 1
+  fi
+  chmod 0755 "$rules" && chmod 0644 "$rules/50-sd-webui-forge.rules"
+  if ! in_sandbox mount --bind "$rules" /etc/polkit-1/rules.d ||
+    ! in_sandbox systemctl start systemd-logind.service polkit.service; then
+    echo "logind or polkitd does not start in the sandbox"
+    return 1
+  fi
+}
+
+# The sleep lock of uid $1 by sd-webui-supervisor that logind lists, as
+# "what/why/mode"; nothing when there is none.
+inhibitor_of() {
+  in_sandbox busctl --json=short call org.freedesktop.login1 /org/freedesktop/login1 \
+    org.freedesktop.login1.Manager ListInhibitors 2>/dev/null |
+    jq -r --argjson uid "$1" '.data[0][] | select(.[1] == "sd-webui-supervisor" and .[4] == $uid) | "\(.[0])/\(.[2])/\(.[3])"'
+}
+
 # The same hardened unit, run for real: the cargo-built supervisor and the
 # stand-in UI (python3) as an existing system user, data under target/.
 # Shows that the hardening leaves them working: `activating` until the UI
@@ -284,6 +319,9 @@ EOF
     fail "unit without git on PATH: install and start $name"
   fi
 
+  local polkit_gap=""
+  polkit_gap=$(start_logind_polkit "$user") || true
+
   if ! render_real_unit "[ \"$seen$run/path/git\" ]"; then
     fail "render the unit for a real run"
     return
@@ -338,6 +376,41 @@ EOF
     in_sandbox journalctl -u "$name" --no-pager -n 40 | sed 's/^/        /'
     in_sandbox systemctl stop "$name" || true
     return
+  fi
+
+  # The sleep inhibitor under the hardening (PrivateUsers=, the syscall
+  # filter, a non-root user): logind lists its lock while a job runs, by
+  # polkit's leave (nix/polkit.nix), and not once the queue is idle.
+  if [ -n "$polkit_gap" ]; then
+    skip "hardened unit: the sleep inhibitor's lock in logind: $polkit_gap"
+  else
+    local uid lock="" job_pid
+    uid=$(id -u "$user")
+    "$python" -c "import json, urllib.request; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:$port/sdapi/v1/txt2img', json.dumps({'prompt': 'x', 'stand_in_seconds': 6}).encode(), {'Content-Type': 'application/json'}), timeout=60)" \
+      >"$run/job.out" 2>&1 &
+    job_pid=$!
+    for _ in $(seq 50); do
+      lock=$(inhibitor_of "$uid")
+      [ -n "$lock" ] && break
+      sleep 0.2
+    done
+    if [ "$lock" = "sleep/1 generation job(s) running/block" ]; then
+      pass "hardened unit as $user: logind lists the supervisor's sleep lock while a job runs: $lock"
+    else
+      fail "hardened unit as $user: logind lists the supervisor's sleep lock while a job runs (got: ${lock:-none})"
+      in_sandbox journalctl -u "$name" --no-pager -n 20 | grep -i sleep | sed 's/^/        /'
+    fi
+    wait "$job_pid" || true
+    for _ in $(seq 50); do
+      lock=$(inhibitor_of "$uid")
+      [ -z "$lock" ] && break
+      sleep 0.2
+    done
+    if [ -z "$lock" ]; then
+      pass "hardened unit as $user: the sleep lock is gone once the queue is idle"
+    else
+      fail "hardened unit as $user: the sleep lock is gone once the queue is idle (still: $lock)"
+    fi
   fi
 
   local t0 t1

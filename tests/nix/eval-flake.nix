@@ -126,6 +126,7 @@ let
             environment = mkOption { type = types.attrsOf types.unspecified; default = { }; };
             services.dbus = mkOption { type = types.attrsOf types.unspecified; default = { }; };
             networking = mkOption { type = types.attrsOf types.unspecified; default = { }; };
+            security = mkOption { type = types.attrsOf types.unspecified; default = { }; };
           };
         }
         self.nixosModules.default

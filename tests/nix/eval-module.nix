@@ -109,6 +109,10 @@ let
         type = types.listOf types.port;
         default = [ ];
       };
+      security.polkit.extraConfig = mkOption {
+        type = types.lines;
+        default = "";
+      };
     };
   };
 
@@ -376,6 +380,7 @@ let
       authFile = null;
       uiPort = null;
     })
+    (eq "default gpu: the sleep inhibitor on" (sd { }).gpu { inhibitSleep = true; })
     (eq "default openFirewall" (sd { }).openFirewall false)
     (eq "default command is the package's main program" (sd { }).command [
       "${fakeUi}/bin/stand-in-ui"
@@ -503,6 +508,30 @@ let
         token_file = "/run/credentials/sd-webui-forge.service/control-token";
         max_connections = 128;
       }
+    )
+    # [gpu]: only what differs from the supervisor's defaults.
+    (eq "toml: a default config has no [gpu] (inhibit_sleep defaults to true)" ((toml { }) ? gpu) false)
+    (eq "toml: gpu.inhibitSleep = false is written" (toml { gpu.inhibitSleep = false; }).gpu {
+      inhibit_sleep = false;
+    })
+    (check "gpu.inhibitSleep: not a bool is refused" (throws (sd { gpu.inhibitSleep = "yes"; }).gpu.inhibitSleep) "")
+    # A reload applies it: no restart of the service.
+    (eq "gpu.inhibitSleep change: unit_fingerprint unchanged" (fingerprintOf [
+      { services.sd-webui-forge.gpu.inhibitSleep = false; }
+    ]) (fingerprintOf [ ]))
+    (check "polkit: the service's user may take a sleep block lock" (
+      mentions [
+        ''"org.freedesktop.login1.inhibit-block-sleep"''
+        ''subject.user == "sd-webui-forge"''
+        "polkit.Result.YES"
+      ] (cfgOf { }).security.polkit.extraConfig
+    ) (cfgOf { }).security.polkit.extraConfig)
+    (check "polkit: the rule names a custom user" (
+      mentions [ ''subject.user == "painter"'' ] (cfgOf { user = "painter"; }).security.polkit.extraConfig
+    ) (cfgOf { user = "painter"; }).security.polkit.extraConfig)
+    (eq "polkit: no rule with gpu.inhibitSleep = false" (cfgOf { gpu.inhibitSleep = false; })
+      .security.polkit.extraConfig
+      ""
     )
     # [front]: only what is set, the rest left to the supervisor's defaults.
     (eq "toml: a default config has no [front] (the supervisor's defaults: on, 5m, 1024, 4096)" (
@@ -869,6 +898,7 @@ let
       dataPermissions = "0750";
     }).configFile.env.unchecked.text;
     default = (sd { }).configFile.env.unchecked.text;
+    gpu-off = (sd { gpu.inhibitSleep = false; }).configFile.env.unchecked.text;
     front = (sd withFront).configFile.env.unchecked.text;
     front-off = (sd {
       front.enable = false;

@@ -60,6 +60,8 @@ pub struct Conf {
     /// `[front]` keys, written as given (none: the daemon's defaults, the front
     /// door on).
     pub front: toml::Table,
+    /// `[gpu]` keys, written as given (none: the daemon's defaults).
+    pub gpu: toml::Table,
     /// More sections, each written as given (`health` → its keys).
     pub sections: BTreeMap<String, toml::Table>,
     /// `[supervisor] executable` (self-upgrade), if set.
@@ -102,6 +104,7 @@ impl Conf {
             ui_extra: toml::Table::new(),
             control_extra: toml::Table::new(),
             front: toml::Table::new(),
+            gpu: toml::Table::new(),
             sections: BTreeMap::new(),
             executable: None,
             unit_fingerprint: None,
@@ -221,6 +224,9 @@ impl Conf {
         }
         if !self.front.is_empty() {
             doc.insert("front".into(), T::Table(self.front.clone()));
+        }
+        if !self.gpu.is_empty() {
+            doc.insert("gpu".into(), T::Table(self.gpu.clone()));
         }
         let mut supervisor = Table::new();
         if let Some(exe) = &self.executable {

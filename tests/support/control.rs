@@ -181,6 +181,8 @@ pub fn ready_idle() -> Snapshot {
         images: ImagesStatus::default(),
         health: Default::default(),
         front: None,
+        inhibit_sleep: true,
+        sleep_inhibited: Some(false),
     }
 }
 
@@ -210,6 +212,7 @@ pub fn busy_pending() -> Snapshot {
         restarts: BTreeMap::from([(RestartReason::Config, 2), (RestartReason::Crash, 1)]),
         crashes: 1,
         reloads: BTreeMap::from([(ReloadResult::Applied, 3), (ReloadResult::Rejected, 1)]),
+        sleep_inhibited: Some(true),
         images: ImagesStatus {
             declared: 3,
             rendered: 1,
@@ -266,4 +269,17 @@ pub fn assert_fits_schema(doc: &serde_json::Value) {
 /// Whether a Prometheus exposition has a sample of `metric`.
 pub fn has_metric(text: &str, metric: &str) -> bool {
     scrape(text).samples.iter().any(|s| s.metric == metric)
+}
+
+/// `status --json` of the daemon at `socket`, from a client process of the
+/// binary under test (also for a daemon in the systemd sandbox: its socket is
+/// under the shared target dir).
+pub fn status_at(socket: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(super::env::BIN)
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .output()
+        .expect("run `status --json`");
+    assert!(out.status.success(), "status --json: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }

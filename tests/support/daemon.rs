@@ -110,6 +110,13 @@ impl DaemonBuilder {
             .or_else(|_| std::env::var("RUST_LOG"))
             .unwrap_or_else(|_| "info".into());
         cmd.env("RUST_LOG", level).env("NO_COLOR", "1");
+        // No system bus: the host's logind would list every test job's sleep
+        // lock. A test that wants a bus sets DBUS_SYSTEM_BUS_ADDRESS itself.
+        let no_bus = self.log.with_file_name("no-system-bus");
+        cmd.env(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            format!("unix:path={}", no_bus.display()),
+        );
         for (k, v) in &self.env {
             match v {
                 Some(v) => cmd.env(k, v),

@@ -18,10 +18,11 @@
 //! - [`stats`]: a seeded generator and percentiles (soak test, benchmarks).
 //! - [`layout`]: the data-dir checks of the layout tests.
 //! - [`mounts`]: a folder made read-only by a bind mount (root only).
-//! - [`control`]: a fake core for the control-plane tests, and [`schema`].
+//! - [`control`]: a fake core for the control-plane tests, `status --json` of a
+//!   daemon by its socket, and [`schema`].
 //! - [`download_server`]: a loopback file server for the download tests (Range,
 //!   token check, redirects, dropped connections, slow mode).
-//! - [`systemd`]: a real systemd as PID 1 in private namespaces.
+//! - [`systemd`]: a real systemd as PID 1 in private namespaces, and its logind.
 //! - [`browser`]: a real headless Chromium driven over the DevTools protocol.
 //!
 //! Each test binary uses a different subset.

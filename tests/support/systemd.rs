@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 use super::env::{repo_root, skip};
+use super::wait::poll_until;
 
 /// One sandbox at a time in a test binary: each boots its own systemd on the
 /// machine's one cgroup tree.
@@ -141,6 +142,86 @@ impl Sandbox {
     pub fn state(&self) -> &Path {
         &self.state
     }
+
+    /// Starts the sandbox's own systemd-logind (a static unit the sandbox's
+    /// target does not pull in) and waits until it answers on the system bus.
+    /// `Err(why)` where this systemd has no logind or it cannot run here.
+    pub fn start_logind(&self) -> Result<(), String> {
+        let unit = self.exec(&["systemctl", "cat", "systemd-logind.service"]);
+        if !unit.status.success() {
+            return Err(format!(
+                "this systemd has no systemd-logind.service: {}",
+                String::from_utf8_lossy(&unit.stderr).trim()
+            ));
+        }
+        let start = self.exec(&["systemctl", "start", "systemd-logind.service"]);
+        if !start.status.success() {
+            return Err(format!(
+                "systemd-logind does not start in the sandbox: {}\n{}",
+                String::from_utf8_lossy(&start.stderr).trim(),
+                self.journal("systemd-logind.service")
+            ));
+        }
+        let answers = poll_until(std::time::Duration::from_secs(10), || {
+            let call = self.exec(&LIST_INHIBITORS);
+            call.status.success().then_some(())
+        });
+        answers.ok_or_else(|| {
+            format!(
+                "systemd-logind runs but does not answer ListInhibitors:\n{}",
+                self.journal("systemd-logind.service")
+            )
+        })
+    }
+
+    /// logind's inhibitor locks now (`ListInhibitors`), every holder's.
+    pub fn inhibitors(&self) -> Vec<InhibitorLock> {
+        let out = self.run(&LIST_INHIBITORS);
+        let doc: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("ListInhibitors answered {out:?}: {e}"));
+        let rows = doc["data"][0].as_array().cloned().unwrap_or_default();
+        rows.iter()
+            .map(|r| {
+                let s = |i: usize| r[i].as_str().unwrap_or_default().to_string();
+                InhibitorLock {
+                    what: s(0),
+                    who: s(1),
+                    why: s(2),
+                    mode: s(3),
+                    uid: r[4].as_u64().unwrap_or(u64::MAX),
+                    pid: r[5].as_u64().unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `busctl call … ListInhibitors` with JSON output.
+const LIST_INHIBITORS: [&str; 7] = [
+    "busctl",
+    "--json=short",
+    "call",
+    "org.freedesktop.login1",
+    "/org/freedesktop/login1",
+    "org.freedesktop.login1.Manager",
+    "ListInhibitors",
+];
+
+/// One of logind's inhibitor locks, as `ListInhibitors` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InhibitorLock {
+    /// `sleep`, `shutdown`, `idle`, … (colon-separated).
+    pub what: String,
+    /// Who took it.
+    pub who: String,
+    /// Why, in the taker's words.
+    pub why: String,
+    /// `block` or `delay`.
+    pub mode: String,
+    /// The taker's uid.
+    pub uid: u64,
+    /// The taker's pid.
+    pub pid: u64,
 }
 
 impl Drop for Sandbox {
