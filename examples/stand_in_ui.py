@@ -509,6 +509,7 @@ class ForgeApp:
             "/sdapi/v1/cmd-flags": {"GET": lambda q, b, h: fastapi_json(vars(self.args))},
             "/sdapi/v1/sd-models": {"GET": lambda q, b, h: fastapi_json(self.checkpoints)},
             "/sdapi/v1/refresh-checkpoints": {"POST": self.refresh_checkpoints},
+            "/sdapi/v1/unload-checkpoint": {"POST": self.unload_checkpoint},
             "/sdapi/v1/refresh-vae": {"POST": self.locked_noop},
             "/sdapi/v1/refresh-embeddings": {"POST": self.refresh_embeddings},
             "/sdapi/v1/txt2img": {"POST": self.txt2img},
@@ -735,6 +736,13 @@ class ForgeApp:
                 "styles": [], "job_timestamp": self.state["job_timestamp"], "clip_skip": 1,
                 "is_using_inpainting_conditioning": False, "version": "stand-in"}
 
+    def unload_checkpoint(self, query, body, handler):
+        """api.py unloadapi: the weights leave VRAM (Forge loads them again for the
+        next job by itself; A1111 keeps them in RAM and reloads only on
+        reload-checkpoint). Recorded as "unload"."""
+        record("unload", flavor=FLAVOR)
+        return fastapi_json({})
+
     def interrupt(self, query, body, handler):
         with self.mutex:
             self.state["interrupted"] = True
@@ -856,6 +864,7 @@ class ComfyApp:
         self.cond = threading.Condition()
         self.pending = []  # queue items [number, prompt_id, prompt, extra_data, outputs]
         self.running = None  # (item, stop event)
+        self.free_flags = {}  # /free's flags, acted on after the running prompt
         self.seconds = {}
         self.history = collections.OrderedDict()
         self.number = 0
@@ -875,6 +884,7 @@ class ComfyApp:
             "/prompt": {"GET": lambda: aiohttp_json(self.queue_info()), "POST": lambda: self.submit(body)},
             "/queue": {"GET": self.get_queue, "POST": lambda: self.edit_queue(body)},
             "/interrupt": {"POST": lambda: self.interrupt(body)},
+            "/free": {"POST": lambda: self.free(body)},
             "/history": {"GET": lambda: self.get_history(query), "POST": lambda: self.edit_history(body)},
             "/models": {"GET": lambda: aiohttp_json(list(COMFY_MODEL_FOLDERS))},
             "/view": {"GET": lambda: self.view(query)},
@@ -1005,6 +1015,28 @@ class ComfyApp:
                 self.running[1].set()
         return Reply(200, b"", "application/octet-stream")
 
+    def free(self, body):
+        """server.py post_free: sets the prompt queue's flags, which the worker acts on
+        after the running prompt (at once when idle): unload_models (also implied by
+        free_memory) unloads every model; recorded as "free" then. A body that is not
+        a JSON object fails like aiohttp's request.json() / .get() do: 500."""
+        if not isinstance(body, dict):
+            return Reply(500, b"500 Internal Server Error\n\nServer got itself in trouble",
+                         "text/plain; charset=utf-8")
+        flags = {k: True for k in ("unload_models", "free_memory") if body.get(k)}
+        if flags:
+            with self.cond:
+                self.free_flags.update(flags)
+                if self.running is None:
+                    self.apply_free_flags()
+        return Reply(200, b"", "application/octet-stream")
+
+    def apply_free_flags(self):
+        """Under self.cond: main.py prompt_worker's handling of the flags."""
+        if self.free_flags:
+            record("free", **self.free_flags)
+            self.free_flags = {}
+
     def get_history(self, query):
         with self.cond:
             items = list(self.history.items())
@@ -1058,7 +1090,8 @@ class ComfyApp:
                 # main.py hijack_progress: to the prompt's client, to all without one
                 self.send("progress", {"value": i, "max": steps, "prompt_id": prompt_id, "node": node}, client)
 
-            self.send("executing", {"node": node, "display_node": node, "prompt_id": prompt_id}, client)
+            if client is not None:  # execution.py: only to the prompt's own client
+                self.send("executing", {"node": node, "display_node": node, "prompt_id": prompt_id}, client)
             completed = run_job(stop, seconds, on_step)
             error = image_error() if completed else None
             record("job_end", id=prompt_id, kind="prompt", completed=completed and not error)
@@ -1092,6 +1125,7 @@ class ComfyApp:
             with self.cond:
                 self.history[prompt_id] = {"prompt": item, "outputs": outputs, "status": status, "meta": meta}
                 self.running = None
+                self.apply_free_flags()
             self.queue_updated()
             if client is not None:
                 self.send("executing", {"node": None, "prompt_id": prompt_id}, client)

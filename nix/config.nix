@@ -167,7 +167,9 @@ in
       };
       front = frontToml { inherit cfg credentialPath; };
       # [gpu]: only what differs from the supervisor's defaults.
-      gpu = optionalAttrs (!cfg.gpu.inhibitSleep) { inhibit_sleep = false; };
+      gpu =
+        optionalAttrs (!cfg.gpu.inhibitSleep) { inhibit_sleep = false; }
+        // optionalAttrs (cfg.gpu.unloadAfter != null) { unload_after = cfg.gpu.unloadAfter; };
       # [health]: only what the options set.
       health = lib.filterAttrs (_: v: v != null) {
         stall_timeout = cfg.health.stallTimeout;

@@ -645,6 +645,18 @@ in
           applies at once (a reload), nothing restarts.
         '';
       };
+      unloadAfter = mkOption {
+        type = types.nullOr durationType;
+        default = null;
+        example = "30m";
+        description = ''
+          Once the UI's queue has been empty this long, its models are
+          unloaded from the GPU (ComfyUI `POST /free`, Forge
+          `POST /sdapi/v1/unload-checkpoint`), so a shared or desktop GPU gets
+          its memory back; the next job loads them again. Not for A1111 (the
+          config check refuses it). At most `"30d"`. `null`: never.
+        '';
+      };
     };
 
     # [health]: every option null leaves the key out of the config file, so the

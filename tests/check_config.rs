@@ -278,7 +278,7 @@ fn every_duration_bound_is_documented_and_enforced() {
             let line = format!("{key} = \"{value}\"\n");
             let (ui, restart) = match *section {
                 "ui" => (line, "deadline = \"never\"\n".to_string()),
-                "front" | "health" => (
+                "front" | "health" | "gpu" => (
                     String::new(),
                     format!("deadline = \"never\"\n[{section}]\n{line}"),
                 ),

@@ -295,11 +295,20 @@ fn front(d: &mut ConfigDiff, old: &FrontConfig, new: &FrontConfig) {
 /// `[gpu]` is the supervisor's own business and applies live: the sleep
 /// inhibitor reads `inhibit_sleep` from the core's next snapshot.
 fn gpu(d: &mut ConfigDiff, old: &GpuConfig, new: &GpuConfig) {
-    let GpuConfig { inhibit_sleep } = new;
+    let GpuConfig {
+        inhibit_sleep,
+        unload_after,
+    } = new;
     note(
         &mut d.supervisor_only,
         "gpu.inhibit_sleep",
         old.inhibit_sleep != *inhibit_sleep,
+    );
+    // The core reads it on each queue reading: live.
+    note(
+        &mut d.supervisor_only,
+        "gpu.unload_after",
+        old.unload_after != *unload_after,
     );
 }
 

@@ -447,7 +447,10 @@ fn arb_config() -> impl Strategy<Value = Config> {
                         enable: false,
                         ..Default::default()
                     },
-                    gpu: crate::config::GpuConfig { inhibit_sleep: gpu },
+                    gpu: crate::config::GpuConfig {
+                        inhibit_sleep: gpu,
+                        ..Default::default()
+                    },
                     health: Default::default(),
                     supervisor: Default::default(),
                     downloads: Default::default(),

@@ -93,6 +93,12 @@ pub const STALL_GRACE: DurationLimit = DurationLimit {
     text: "1h",
 };
 
+/// `gpu.unload_after`.
+pub const UNLOAD_AFTER: DurationLimit = DurationLimit {
+    max: Duration::from_secs(30 * 24 * HOUR),
+    text: "30d",
+};
+
 /// Every duration key with its bound: `(section, key, limit)`. The docs and tests
 /// read this list; validation uses the same constants.
 pub const DURATIONS: &[(&str, &str, DurationLimit)] = &[
@@ -102,6 +108,7 @@ pub const DURATIONS: &[(&str, &str, DurationLimit)] = &[
     ("restart", "deadline", DEADLINE),
     ("restart", "poll_interval", POLL_INTERVAL),
     ("front", "hold_timeout", HOLD_TIMEOUT),
+    ("gpu", "unload_after", UNLOAD_AFTER),
     ("health", "stall_timeout", STALL_TIMEOUT),
     ("health", "stall_grace", STALL_GRACE),
 ];

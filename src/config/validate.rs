@@ -90,7 +90,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             ),
         );
     }
-    let gpu = super::gpu::validate(&mut c, raw.gpu);
+    let gpu = super::gpu::validate(&mut c, raw.gpu, ui.as_ref().map(|u| u.flavor));
     let health = super::health::validate(&mut c, raw.health);
     let supervisor = super::supervisor::validate(raw.supervisor, c.problems);
     Some(Config {

@@ -132,6 +132,18 @@ pub fn render(s: &Snapshot) -> String {
         bool_value(s.health.stalled_since_unix.is_some()),
     );
     out.single(
+        "models_unloaded",
+        "gauge",
+        "1 while the models are unloaded from the GPU for idleness (gpu.unload_after), else 0.",
+        bool_value(s.vram.unloaded),
+    );
+    out.single(
+        "model_unloads_total",
+        "counter",
+        "Unloads of the models from the GPU after gpu.unload_after of idleness.",
+        s.vram.unloads as f64,
+    );
+    out.single(
         "gpu_faults_total",
         "counter",
         "CUDA faults (errors, out of memory) in the UI's output.",

@@ -45,6 +45,7 @@ impl Supervisor {
                     Ok(r) => {
                         self.probing.queue = Some(r.queue);
                         self.watch_reading(&r, sent);
+                        self.unload_reading(r.queue, sent);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "queue probe failed");
@@ -70,6 +71,7 @@ impl Supervisor {
                 tracing::warn!(error = %e, "could not interrupt the stalled job");
             }
             Event::Interrupted(Ok(())) => {}
+            Event::Unloaded(result) => self.on_unloaded(result),
             Event::Download(ev) => self.on_download(ev),
             Event::SettingsSynced(done) => self.on_settings_synced(done),
             Event::HandoffChecked(checked) => self.on_handoff_checked(checked),

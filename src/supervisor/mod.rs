@@ -29,6 +29,7 @@ pub mod status_line;
 mod stop;
 mod timers;
 mod transient;
+mod unload;
 mod watchdog;
 mod work;
 
@@ -194,6 +195,8 @@ pub struct Supervisor {
     front_answers: Option<crate::front::Answers>,
     /// `[health]`: stalls and CUDA faults of the running UI.
     watchdog: watchdog::Watchdog,
+    /// `gpu.unload_after`: the models unloaded from an idle UI.
+    idle_unload: unload::IdleUnload,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -265,6 +268,7 @@ impl Supervisor {
             draining: false,
             images: crate::images::ImagesStatus::default(),
             health: Default::default(),
+            vram: Default::default(),
             front: None,
             inhibit_sleep: config.gpu.inhibit_sleep,
             sleep_inhibited: None,
@@ -313,6 +317,7 @@ impl Supervisor {
             front_in_flight: 0,
             front_answers: None,
             watchdog: watchdog::Watchdog::default(),
+            idle_unload: unload::IdleUnload::default(),
         };
         (
             sup,
@@ -482,9 +487,11 @@ impl Supervisor {
         };
         let downloads = self.download_progress();
         let download_part = crate::download::summary::status_part(&downloads);
-        let health = self
-            .watchdog
-            .status(Instant::now(), timers::unix_now(), &self.config.health);
+        let health = self.watchdog.status(
+            Instant::now(),
+            std::time::SystemTime::now(),
+            &self.config.health,
+        );
         let stalled = health.stalled_since_unix.map(|since| {
             let interrupted = if health.stall_interrupted {
                 ", interrupted"
@@ -519,6 +526,7 @@ impl Supervisor {
             downloads: download_part.as_deref(),
             missing_targets: self.missing_targets.len(),
             stalled: stalled.as_deref(),
+            unloaded: self.idle_unload.status().unloaded,
         });
         Snapshot {
             state: phase,
@@ -550,6 +558,7 @@ impl Supervisor {
             draining: self.draining,
             images: self.images.book.status(),
             health,
+            vram: self.idle_unload.status(),
             front: None,
             inhibit_sleep: self.config.gpu.inhibit_sleep,
             sleep_inhibited: None,

@@ -286,6 +286,16 @@ pub struct HealthStatus {
     pub gpu_faults: u64,
 }
 
+/// Idle GPU memory (`gpu.unload_after`): whether the models were unloaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VramStatus {
+    /// The models were unloaded after `gpu.unload_after` of idleness and no
+    /// job has run since (the next one loads them again).
+    pub unloaded: bool,
+    /// Unloads since the supervisor started.
+    pub unloads: u64,
+}
+
 /// Everything the supervisor tells the world about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -347,6 +357,9 @@ pub struct Snapshot {
     /// What `[health]` sees: stalls, CUDA faults.
     #[serde(default)]
     pub health: HealthStatus,
+    /// Idle GPU memory: unloaded models (`gpu.unload_after`).
+    #[serde(default)]
+    pub vram: VramStatus,
     /// The front door's counters, when one runs (filled in by
     /// [`CoreHandle::snapshot`]: the door counts, the core does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]

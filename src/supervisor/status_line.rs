@@ -38,6 +38,8 @@ pub struct StatusInput<'a> {
     pub missing_targets: usize,
     /// The running job's stall in words (`job stalled: no progress since 12:01`).
     pub stalled: Option<&'a str>,
+    /// The models were unloaded from the GPU for idleness (`gpu.unload_after`).
+    pub unloaded: bool,
 }
 
 /// Renders the status line.
@@ -72,6 +74,9 @@ pub fn render(s: &StatusInput<'_>) -> String {
     }
     if let Some(stall) = s.stalled {
         parts.push(stall.to_string());
+    }
+    if s.unloaded && phase == Phase::Ready {
+        parts.push("models unloaded from the GPU (idle)".into());
     }
     if let Some(d) = s.downloads {
         parts.push(d.to_string());

@@ -52,6 +52,7 @@ impl Supervisor {
         tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
         self.images_ui_gone();
         self.watch_ui_gone();
+        self.unload_ui_gone();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
@@ -130,6 +131,7 @@ impl Supervisor {
         tracing::info!(ui_pid = proc.pid(), reason = %why, grace = ?plan.grace, "stopping the UI");
         self.images_ui_gone();
         self.watch_ui_gone();
+        self.unload_ui_gone();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,

@@ -28,16 +28,23 @@ pub(super) struct Watchdog {
 }
 
 impl Watchdog {
-    /// The findings, for the snapshot; `unix_now` is the wall clock at `now`.
+    /// The findings, for the snapshot; `wall` is the wall clock at `now`.
     pub(super) fn status(
         &self,
         now: Instant,
-        unix_now: u64,
+        wall: std::time::SystemTime,
         config: &crate::config::HealthConfig,
     ) -> HealthStatus {
         let stall = self.stall.stalled(now, config.stall_timeout);
+        // From the exact times, not whole seconds: the value stays the same
+        // from one snapshot to the next.
+        let since = |quiet: std::time::Duration| {
+            wall.checked_sub(quiet)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs())
+        };
         HealthStatus {
-            stalled_since_unix: stall.map(|(quiet, _)| unix_now.saturating_sub(quiet.as_secs())),
+            stalled_since_unix: stall.map(|(quiet, _)| since(quiet)),
             stall_interrupted: stall.is_some_and(|(_, interrupted)| interrupted),
             stalled_jobs: self.stall.interrupted_total,
             gpu_error: self.gpu_error.clone(),

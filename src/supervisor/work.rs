@@ -57,6 +57,8 @@ pub enum Event {
     Progressed(Option<String>),
     /// The interrupt of a stalled job was sent, or not.
     Interrupted(Result<(), crate::ui::api::ProbeError>),
+    /// The idle unload of the models answered (`gpu.unload_after`).
+    Unloaded(Result<(), crate::ui::api::ProbeError>),
     /// Managed settings were brought in line with the running UI.
     SettingsSynced(Synced),
     /// The new binary of a self-upgrade passed its check, or not.

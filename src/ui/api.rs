@@ -116,6 +116,8 @@ pub struct Probe {
 
 /// Timeout of readiness and queue probes: a loaded UI answers these in milliseconds.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of an unload: moving gigabytes of weights out of VRAM takes seconds.
+const UNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Probe {
     /// A client for the UI on `127.0.0.1:port`.
@@ -170,6 +172,24 @@ impl Probe {
                 })
             }
         }
+    }
+
+    /// Frees the GPU memory the loaded models hold (`gpu.unload_after`):
+    /// ComfyUI `POST /free {"unload_models": true, "free_memory": true}`
+    /// (acted on by its worker at once when idle, else after the running
+    /// prompt; it wants a JSON object, anything else is a 500), Forge
+    /// `POST /sdapi/v1/unload-checkpoint` (the next job loads it again by
+    /// itself). A1111 is refused by the config check: it would keep the
+    /// weights in RAM and run the next job there until `reload-checkpoint`.
+    pub async fn unload_models(&self) -> Result<(), ProbeError> {
+        let (path, body) = match self.flavor {
+            Flavor::Forge | Flavor::A1111 => ("/sdapi/v1/unload-checkpoint", None),
+            Flavor::Comfyui => (
+                "/free",
+                Some(serde_json::json!({ "unload_models": true, "free_memory": true })),
+            ),
+        };
+        self.post(path, body, UNLOAD_TIMEOUT).await.map(|_| ())
     }
 
     /// Interrupts the running job (Forge/A1111 `POST /sdapi/v1/interrupt`,

@@ -539,6 +539,7 @@ let
     ) false)
     (eq "toml: front.enable = true as set explicitly renders nothing either" ((toml { front.enable = true; }) ? front) false)
     (eq "toml: a default config has no [health]" ((toml { }) ? health) false)
+    (eq "toml: gpu.unloadAfter is written" (toml { gpu.unloadAfter = "30m"; }).gpu { unload_after = "30m"; })
     (eq "toml: health, every option set" (toml {
       health = {
         stallTimeout = "off";

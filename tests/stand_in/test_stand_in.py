@@ -554,6 +554,11 @@ class LifecycleTests(StandInCase):
                 wait_until(lambda: done)
                 self.assertEqual(ui.events("job_end")[0]["completed"], False)
 
+    def test_unload_checkpoint_answers_and_is_recorded(self):
+        ui = self.start()
+        self.assertEqual(ui.post("/sdapi/v1/unload-checkpoint"), (200, {}))
+        self.assertEqual(len(ui.events("unload")), 1)
+
     def test_a_slow_answer_is_cut_off_by_sigint(self):
         ui = self.start()
         self.assertEqual(ui.get("/sdapi/v1/options?stand_in_body_delay=0.2")[0], 200)
@@ -686,6 +691,22 @@ class ComfyTests(StandInCase):
         self.assertEqual(list(history), [ids[0]])
         self.assertEqual(history[ids[0]]["status"]["status_str"], "error")
 
+    def test_free_waits_for_the_running_prompt_and_wants_a_json_object(self):
+        ui = self.start("comfyui")
+        for bad in (None, [], "x"):
+            self.assertEqual(ui.post("/free", bad)[0], 500, bad)
+        self.assertEqual(ui.post("/free", {"unload_models": False})[0], 200)
+        self.assertEqual(ui.events("free"), [], "a false flag does nothing")
+        self.assertEqual(ui.post("/free", {"unload_models": True, "free_memory": True})[0], 200)
+        wait_until(lambda: ui.events("free"))
+        ui.post("/prompt", {"prompt": self.PROMPT, "stand_in_seconds": 1})
+        wait_until(lambda: ui.events("job_start"))
+        ui.post("/free", {"free_memory": True})
+        time.sleep(0.3)
+        self.assertEqual(len(ui.events("free")), 1, "not while a prompt runs")
+        wait_until(lambda: len(ui.events("free")) == 2)
+        self.assertGreater(ui.events("free")[1]["t"], ui.events("job_end")[0]["t"])
+
     def test_ws_status_messages(self):
         ui = self.start("comfyui")
         ws, mine = WsClient(ui.port), WsClient(ui.port, "/ws?clientId=me")
@@ -708,6 +729,7 @@ class ComfyTests(StandInCase):
                 (seen if message["type"] == "status" else others).append(message)
             self.assertEqual({m["data"]["prompt_id"] for m in others}, {second["prompt_id"]})
             self.assertIn("progress", [m["type"] for m in others])
+            self.assertNotIn("executing", [m["type"] for m in others], "sent to a prompt's own client only")
             self.assertTrue(all("sid" not in m["data"] for m in seen))
             self.assertEqual([m["data"]["status"]["exec_info"]["queue_remaining"] for m in seen], [1, 1, 2, 1, 1, 0])
 

@@ -180,6 +180,7 @@ pub fn ready_idle() -> Snapshot {
         draining: false,
         images: ImagesStatus::default(),
         health: Default::default(),
+        vram: Default::default(),
         front: None,
         inhibit_sleep: true,
         sleep_inhibited: Some(false),
