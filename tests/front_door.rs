@@ -260,6 +260,21 @@ fn ten_restarts_and_no_client_sees_a_failed_request() {
     );
 }
 
+/// Waits until the UI with `pid` got `GET path` (`/sdapi/v1/options?…`, told
+/// apart by its query).
+fn wait_for_options_get(s: &Scenario, pid: i64, path: &str, what: &str) {
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    s.wait(SECS(10), what, || {
+        let asked = s.requests("GET", "/sdapi/v1/options");
+        let this = |r: &&Rec| r.v["query"].as_str() == Some(query);
+        asked
+            .iter()
+            .filter(this)
+            .any(|r| i64::from(r.pid) == pid)
+            .then_some(())
+    });
+}
+
 /// The UI is stopped only once the answers it is sending are out: a slow GET in
 /// flight at `restart` (up to 5 s) and at `restart --now` (which does not wait
 /// for jobs: up to 1 s) arrives whole. An answer that takes longer than the
@@ -278,15 +293,7 @@ fn a_planned_restart_lets_the_answers_in_flight_finish() {
         ),
     ] {
         let slow = std::thread::spawn(move || request(port, "GET", path, &[], b"", SECS(60)));
-        s.wait(SECS(10), "the UI to get the slow GET", || {
-            let asked = s.requests("GET", "/sdapi/v1/options");
-            let slow = |r: &&Rec| r.v["query"].as_str().is_some_and(|q| q.contains("delay"));
-            asked
-                .iter()
-                .filter(slow)
-                .any(|r| i64::from(r.pid) == pid)
-                .then_some(())
-        });
+        wait_for_options_get(&s, pid, path, "the UI to get the slow GET");
         let (code, text) = s.cli(how);
         assert_eq!(code, 0, "{how:?}: {text}");
         let answer = slow.join().unwrap();
@@ -302,15 +309,7 @@ fn a_planned_restart_lets_the_answers_in_flight_finish() {
     // An answer longer than the bound: the restart goes ahead without it.
     let path = "/sdapi/v1/options?stand_in_body_delay=600";
     let _endless = std::thread::spawn(move || request(port, "GET", path, &[], b"", SECS(700)));
-    s.wait(SECS(10), "the UI to get the endless GET", || {
-        let asked = s.requests("GET", "/sdapi/v1/options");
-        let endless = |r: &&Rec| r.v["query"].as_str().is_some_and(|q| q.contains("=600"));
-        asked
-            .iter()
-            .filter(endless)
-            .any(|r| i64::from(r.pid) == pid)
-            .then_some(())
-    });
+    wait_for_options_get(&s, pid, path, "the UI to get the endless GET");
     let (code, text) = s.cli(&["restart"]);
     assert_eq!(code, 0, "restart: {text}");
     wait_new_ui(&s, pid, "the UI restarted past the endless answer");
