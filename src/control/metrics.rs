@@ -49,19 +49,33 @@ pub fn render(s: &Snapshot) -> String {
     }
     let queue_help =
         "while the UI is not ready the last probed queue is unknown and the sample is absent.";
-    out.family(
-        "queue_running",
-        "gauge",
-        &format!("Generation jobs running in the UI; {queue_help}"),
-    );
-    out.family(
-        "queue_pending",
-        "gauge",
-        &format!("Generation jobs waiting in the UI; {queue_help}"),
-    );
-    if let Some(q) = s.queue {
-        out.sample("queue_running", &[], q.running.into());
-        out.sample("queue_pending", &[], q.pending.into());
+    // Each family's sample right under its HELP and TYPE: the format wants
+    // the lines of one metric together.
+    let oldest_help = "How long the oldest waiting job has waited, 0 when none waits (timed from the first probe that listed it; with queue_pending what an autoscaler scales on)";
+    let queue = s.queue.map(|q| {
+        (
+            f64::from(q.running),
+            f64::from(q.pending),
+            s.queue_oldest_wait_seconds.unwrap_or(0.0),
+        )
+    });
+    for (name, help, value) in [
+        (
+            "queue_running",
+            "Generation jobs running in the UI",
+            queue.map(|q| q.0),
+        ),
+        (
+            "queue_pending",
+            "Generation jobs waiting in the UI",
+            queue.map(|q| q.1),
+        ),
+        ("queue_oldest_wait_seconds", oldest_help, queue.map(|q| q.2)),
+    ] {
+        out.family(name, "gauge", &format!("{help}; {queue_help}"));
+        if let Some(v) = value {
+            out.sample(name, &[], v);
+        }
     }
     out.labelled_counter(
         "restarts_total",

@@ -46,6 +46,7 @@ impl Supervisor {
                         self.probing.queue = Some(r.queue);
                         self.watch_reading(&r, sent);
                         self.unload_reading(r.queue, sent);
+                        self.queue_age.reading(sent, &r.waiting);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "queue probe failed");

@@ -21,6 +21,7 @@ mod images;
 mod pending;
 mod probe;
 pub mod protocol;
+mod queue_age;
 mod reconfigure;
 mod refresh;
 mod stall;
@@ -197,6 +198,8 @@ pub struct Supervisor {
     watchdog: watchdog::Watchdog,
     /// `gpu.unload_after`: the models unloaded from an idle UI.
     idle_unload: unload::IdleUnload,
+    /// How long the oldest waiting job has waited.
+    queue_age: queue_age::QueueAge,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -269,6 +272,7 @@ impl Supervisor {
             images: crate::images::ImagesStatus::default(),
             health: Default::default(),
             vram: Default::default(),
+            queue_oldest_wait_seconds: None,
             front: None,
             inhibit_sleep: config.gpu.inhibit_sleep,
             sleep_inhibited: None,
@@ -318,6 +322,7 @@ impl Supervisor {
             front_answers: None,
             watchdog: watchdog::Watchdog::default(),
             idle_unload: unload::IdleUnload::default(),
+            queue_age: queue_age::QueueAge::default(),
         };
         (
             sup,
@@ -559,6 +564,8 @@ impl Supervisor {
             images: self.images.book.status(),
             health,
             vram: self.idle_unload.status(),
+            queue_oldest_wait_seconds: queue
+                .map(|_| self.queue_age.oldest(Instant::now()).as_secs_f64()),
             front: None,
             inhibit_sleep: self.config.gpu.inhibit_sleep,
             sleep_inhibited: None,

@@ -360,6 +360,10 @@ pub struct Snapshot {
     /// Idle GPU memory: unloaded models (`gpu.unload_after`).
     #[serde(default)]
     pub vram: VramStatus,
+    /// Seconds the oldest waiting job has waited (0 when none waits), timed
+    /// from the first probe that listed it; `None` while the UI is not ready.
+    #[serde(default)]
+    pub queue_oldest_wait_seconds: Option<f64>,
     /// The front door's counters, when one runs (filled in by
     /// [`CoreHandle::snapshot`]: the door counts, the core does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]

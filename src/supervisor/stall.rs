@@ -174,6 +174,7 @@ mod tests {
             },
             job: Some(job.into()),
             mark: mark.map(str::to_owned),
+            waiting: Vec::new(),
         }
     }
 

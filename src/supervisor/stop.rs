@@ -53,6 +53,7 @@ impl Supervisor {
         self.images_ui_gone();
         self.watch_ui_gone();
         self.unload_ui_gone();
+        self.queue_age.clear();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
@@ -132,6 +133,7 @@ impl Supervisor {
         self.images_ui_gone();
         self.watch_ui_gone();
         self.unload_ui_gone();
+        self.queue_age.clear();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,

@@ -43,6 +43,10 @@ pub struct QueueReading {
     /// `state.job_no`, `sampling_step`, `sampling_steps`); ComfyUI reports
     /// progress on `/ws` only.
     pub mark: Option<String>,
+    /// The ids of the jobs waiting (Forge/A1111 `/internal/pending-tasks`
+    /// `tasks`, ComfyUI `/queue` `queue_pending`), for how long the oldest
+    /// has waited; empty where the UI does not list them.
+    pub waiting: Vec<String>,
 }
 
 /// Why a probe failed.
@@ -156,7 +160,12 @@ impl Probe {
                         detail,
                     })?;
                 let (job, mark) = forge_progress(&progress, queue);
-                Ok(QueueReading { queue, job, mark })
+                Ok(QueueReading {
+                    queue,
+                    job,
+                    mark,
+                    waiting: forge_waiting(&pending),
+                })
             }
             Flavor::Comfyui => {
                 let answer = self.get("/queue").await?;
@@ -169,6 +178,7 @@ impl Probe {
                     queue,
                     job,
                     mark: None,
+                    waiting: comfyui_waiting(&answer),
                 })
             }
         }
@@ -360,6 +370,35 @@ pub fn forge_progress(progress: &Value, queue: Queue) -> (Option<String>, Option
     (Some(job), Some(mark))
 }
 
+/// Forge/A1111: the task ids of `/internal/pending-tasks` (`tasks`, in queue order).
+pub fn forge_waiting(pending: &Value) -> Vec<String> {
+    pending
+        .get("tasks")
+        .and_then(Value::as_array)
+        .map(|tasks| {
+            tasks
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// ComfyUI: the prompt ids of `/queue`'s pending items (`[number, prompt_id, …]`).
+pub fn comfyui_waiting(queue: &Value) -> Vec<String> {
+    queue
+        .get("queue_pending")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get(1)?.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// ComfyUI: the prompt id of `/queue`'s running item (`[number, prompt_id, …]`).
 pub fn comfyui_running_prompt(queue: &Value) -> Option<String> {
     queue
@@ -476,6 +515,20 @@ mod tests {
             comfyui_running_prompt(&serde_json::json!({"queue_running": [[0, 5]]})),
             None
         );
+    }
+
+    #[test]
+    fn waiting_ids_come_from_the_queue_listings() {
+        let two = serde_json::json!({"size": 2, "tasks": ["task(a)", "task(b)"]});
+        assert_eq!(forge_waiting(&two), ["task(a)", "task(b)"]);
+        assert!(forge_waiting(&data("forge-pending-tasks-idle.json")).is_empty());
+        assert_eq!(
+            comfyui_waiting(&data("comfyui-queue-busy.json"))
+                .first()
+                .map(String::as_str),
+            Some("bed664d6-6cca-4ebd-b2de-81e482c5f39d")
+        );
+        assert!(comfyui_waiting(&serde_json::json!({"queue_pending": [[1, 2]]})).is_empty());
     }
 
     #[test]

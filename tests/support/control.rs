@@ -181,6 +181,7 @@ pub fn ready_idle() -> Snapshot {
         images: ImagesStatus::default(),
         health: Default::default(),
         vram: Default::default(),
+        queue_oldest_wait_seconds: None,
         front: None,
         inhibit_sleep: true,
         sleep_inhibited: Some(false),
