@@ -1092,6 +1092,11 @@ class ComfyApp:
 
             if client is not None:  # execution.py: only to the prompt's own client
                 self.send("executing", {"node": node, "display_node": node, "prompt_id": prompt_id}, client)
+            # comfy_execution/progress.py: each node's start and end, to the prompt's client
+            # or, without one, to every socket
+            self.send("progress_state", {"prompt_id": prompt_id, "nodes": {node: {
+                "value": 0.0, "max": 1.0, "state": "running", "node_id": node, "prompt_id": prompt_id,
+                "display_node_id": node, "parent_node_id": None, "real_node_id": node}}}, client)
             completed = run_job(stop, seconds, on_step)
             error = image_error() if completed else None
             record("job_end", id=prompt_id, kind="prompt", completed=completed and not error)

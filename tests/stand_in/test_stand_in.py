@@ -742,7 +742,7 @@ class ComfyTests(StandInCase):
             kinds = [e[0] for e in events]
             self.assertEqual(kinds[:2], ["execution_start", "executing"])
             self.assertEqual(kinds[-2:], ["execution_success", "executing"])
-            self.assertEqual(set(kinds[2:-2]), {"progress"})
+            self.assertEqual(set(kinds[2:-2]), {"progress_state", "progress"})
             self.assertEqual({e[1] for e in events}, {first["prompt_id"]}, "only its own prompt's")
             ws.send(0x8, struct.pack("!H", 1000))
             self.assertEqual(ws.recv()[0], 0x8)
