@@ -380,7 +380,10 @@ let
       authFile = null;
       uiPort = null;
     })
-    (eq "default gpu: the sleep inhibitor on" (sd { }).gpu { inhibitSleep = true; })
+    (eq "default gpu: the sleep inhibitor on, no idle unload" (sd { }).gpu {
+      inhibitSleep = true;
+      unloadAfter = null;
+    })
     (eq "default openFirewall" (sd { }).openFirewall false)
     (eq "default command is the package's main program" (sd { }).command [
       "${fakeUi}/bin/stand-in-ui"
