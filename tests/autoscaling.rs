@@ -112,11 +112,18 @@ fn the_keda_example_scales_the_deployment_on_served_metrics() {
 
     let mut s = Scenario::new("keda-metrics", "comfyui");
     s.start();
-    let served: Vec<String> = scrape(&metrics(&s))
-        .samples
-        .into_iter()
-        .map(|m| m.metric)
-        .collect();
+    // The queue gauges appear with the first queue probe.
+    let served: Vec<String> = s.wait(SECS(10), "the first queue probe", || {
+        let names: Vec<String> = scrape(&metrics(&s))
+            .samples
+            .into_iter()
+            .map(|m| m.metric)
+            .collect();
+        names
+            .iter()
+            .any(|m| m == "sd_webui_supervisor_queue_pending")
+            .then_some(names)
+    });
     let triggers = scaled["spec"]["triggers"].as_array().expect("triggers");
     assert!(triggers.len() >= 2, "depth and wait");
     for t in triggers {
