@@ -124,6 +124,19 @@ fn lock_fd_flags(sandbox: &Sandbox, pid: u64) -> Vec<u32> {
         .collect()
 }
 
+/// A systemd sandbox with logind running and `unit` (from `file`) started;
+/// `None` (skipped, with the reason) where the machine cannot run one.
+fn sandbox_with_logind(scene: &Scene, file: &std::path::Path, unit: &str) -> Option<Sandbox> {
+    let sandbox = Sandbox::boot(&scene.path("sandbox"), &[scene.dir()], &[])?;
+    if let Err(why) = sandbox.start_logind() {
+        support::skip(&why);
+        return None;
+    }
+    sandbox.install(&[file]);
+    sandbox.run(&["systemctl", "start", unit]);
+    Some(sandbox)
+}
+
 #[test]
 fn systemd_logind_lists_the_lock_while_jobs_run_and_a_reload_switches_it() {
     let mut scene = Scene::in_target_dir("inhibit-logind");
@@ -131,15 +144,9 @@ fn systemd_logind_lists_the_lock_while_jobs_run_and_a_reload_switches_it() {
     scene.poll_interval = Some("200ms".into());
     let unit = "sdws-test-inhibit.service";
     let file = write_unit(&scene, unit, None);
-    let Some(sandbox) = Sandbox::boot(&scene.path("sandbox"), &[scene.dir()], &[]) else {
+    let Some(sandbox) = sandbox_with_logind(&scene, &file, unit) else {
         return;
     };
-    if let Err(why) = sandbox.start_logind() {
-        support::skip(&why);
-        return;
-    }
-    sandbox.install(&[&file]);
-    sandbox.run(&["systemctl", "start", unit]);
     let socket = scene.socket.clone();
     let main: u64 = sandbox.property(unit, "MainPID").parse().expect("MainPID");
 
@@ -277,15 +284,9 @@ fn systemd_logind_refusing_a_user_is_warned_once_and_jobs_run_on() {
     nix::unistd::chown(scene.dir(), Some(user.uid), Some(user.gid)).expect("chown the scene");
     let unit = "sdws-test-inhibit-denied.service";
     let file = write_unit(&scene, unit, Some("daemon"));
-    let Some(sandbox) = Sandbox::boot(&scene.path("sandbox"), &[scene.dir()], &[]) else {
+    let Some(sandbox) = sandbox_with_logind(&scene, &file, unit) else {
         return;
     };
-    if let Err(why) = sandbox.start_logind() {
-        support::skip(&why);
-        return;
-    }
-    sandbox.install(&[&file]);
-    sandbox.run(&["systemctl", "start", unit]);
     let socket = scene.socket.clone();
     wait_status(&socket, "sleep_inhibited", Value::Bool(false));
     for _ in 0..2 {

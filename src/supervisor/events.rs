@@ -45,7 +45,7 @@ impl Supervisor {
                     Ok(r) => {
                         self.probing.queue = Some(r.queue);
                         self.watch_reading(&r, sent);
-                        self.unload_reading(r.queue, sent);
+                        self.unload_reading(sent);
                         self.queue_age.reading(sent, &r.waiting);
                     }
                     Err(e) => {

@@ -492,22 +492,12 @@ impl Supervisor {
         };
         let downloads = self.download_progress();
         let download_part = crate::download::summary::status_part(&downloads);
-        let health = self.watchdog.status(
-            Instant::now(),
-            std::time::SystemTime::now(),
-            &self.config.health,
-        );
-        let stalled = health.stalled_since_unix.map(|since| {
-            let interrupted = if health.stall_interrupted {
-                ", interrupted"
-            } else {
-                ""
-            };
-            format!(
-                "job stalled: no progress since {}{interrupted}",
-                local_hhmm(since)
-            )
-        });
+        let now = Instant::now();
+        let health = self
+            .watchdog
+            .status(now, std::time::SystemTime::now(), &self.config.health);
+        let stalled = watchdog::stall_words(&health);
+        let vram = self.idle_unload.status();
         let status_line = render(&StatusInput {
             phase: Some(phase),
             reason: reason.as_deref(),
@@ -531,7 +521,7 @@ impl Supervisor {
             downloads: download_part.as_deref(),
             missing_targets: self.missing_targets.len(),
             stalled: stalled.as_deref(),
-            unloaded: self.idle_unload.status().unloaded,
+            unloaded: vram.unloaded,
         });
         Snapshot {
             state: phase,
@@ -563,9 +553,8 @@ impl Supervisor {
             draining: self.draining,
             images: self.images.book.status(),
             health,
-            vram: self.idle_unload.status(),
-            queue_oldest_wait_seconds: queue
-                .map(|_| self.queue_age.oldest(Instant::now()).as_secs_f64()),
+            vram,
+            queue_oldest_wait_seconds: queue.map(|_| self.queue_age.oldest(now).as_secs_f64()),
             front: None,
             inhibit_sleep: self.config.gpu.inhibit_sleep,
             sleep_inhibited: None,

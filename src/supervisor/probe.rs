@@ -86,6 +86,12 @@ impl Supervisor {
         });
     }
 
+    /// Whether the UI was last seen idle: its queue probed empty and no
+    /// declared image rendering (a render is a job like any other).
+    pub(super) fn seen_idle(&self) -> bool {
+        self.probing.queue.is_some_and(|q| q.is_idle()) && !self.images.busy()
+    }
+
     /// Asks [`super::pending::Pending::decide`] whether the pending restart is due.
     pub(super) fn check_pending(&mut self, now: Instant) {
         if !matches!(self.ui, Ui::Ready { .. }) {

@@ -50,10 +50,7 @@ impl Supervisor {
             Err(e) => format!("wait failed: {e}"),
         };
         tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
-        self.images_ui_gone();
-        self.watch_ui_gone();
-        self.unload_ui_gone();
-        self.queue_age.clear();
+        self.forget_ui();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
@@ -88,12 +85,21 @@ impl Supervisor {
     /// a stop that kills a running job (a passed deadline, `immediately`, a
     /// stall) would wait for an answer that never comes.
     pub(super) fn answers_wait(&self, planned: bool) -> Duration {
-        let idle = self.probing.queue.is_some_and(|q| q.is_idle()) && !self.images.busy();
-        if planned && idle {
+        if planned && self.seen_idle() {
             ANSWERS_WAIT
         } else {
             Duration::ZERO
         }
+    }
+
+    /// The UI is stopping or gone: what each concern knew of it ends with it
+    /// (a render in progress, its stall and faults, its unloaded models, its
+    /// queue's waiting times).
+    fn forget_ui(&mut self) {
+        self.images_ui_gone();
+        self.watch_ui_gone();
+        self.unload_ui_gone();
+        self.queue_age.clear();
     }
 
     /// Stops the running UI in a task; `then` decides what follows; a ready
@@ -130,10 +136,7 @@ impl Supervisor {
             }
         };
         tracing::info!(ui_pid = proc.pid(), reason = %why, grace = ?plan.grace, "stopping the UI");
-        self.images_ui_gone();
-        self.watch_ui_gone();
-        self.unload_ui_gone();
-        self.queue_age.clear();
+        self.forget_ui();
         self.ui = Ui::Stopping {
             pid: proc.pid(),
             why,

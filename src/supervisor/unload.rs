@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::work::Event;
 use super::{Supervisor, Ui};
 use crate::supervisor::protocol::VramStatus;
-use crate::ui::api::{ProbeError, Queue};
+use crate::ui::api::ProbeError;
 
 /// Where the models are, as far as the supervisor knows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,10 +55,12 @@ impl IdleUnload {
 }
 
 impl Supervisor {
-    /// A queue reading probed at `sent`: idle time, and the unload when due.
-    pub(super) fn unload_reading(&mut self, queue: Queue, sent: Instant) {
+    /// A queue reading (in `probing`) probed at `sent`: idle time, and the
+    /// unload when due.
+    pub(super) fn unload_reading(&mut self, sent: Instant) {
+        let idle = self.seen_idle();
         let u = &mut self.idle_unload;
-        if !queue.is_idle() || self.images.busy() {
+        if !idle {
             u.idle_since = None;
             if u.models == Models::Unloaded {
                 // The job loads the models again.
@@ -102,15 +104,9 @@ impl Supervisor {
 
     /// A new UI (or none): its models are its own.
     pub(super) fn unload_ui_gone(&mut self) {
-        self.idle_unload = IdleUnload::default_keeping(self.idle_unload.unloads);
-    }
-}
-
-impl IdleUnload {
-    fn default_keeping(unloads: u64) -> IdleUnload {
-        IdleUnload {
-            unloads,
+        self.idle_unload = IdleUnload {
+            unloads: self.idle_unload.unloads,
             ..IdleUnload::default()
-        }
+        };
     }
 }

@@ -53,6 +53,20 @@ impl Watchdog {
     }
 }
 
+/// The stall for the status line: `job stalled: no progress since 12:01,
+/// interrupted`; `None` while no job stalls.
+pub(super) fn stall_words(health: &HealthStatus) -> Option<String> {
+    let since = super::local_hhmm(health.stalled_since_unix?);
+    let interrupted = if health.stall_interrupted {
+        ", interrupted"
+    } else {
+        ""
+    };
+    Some(format!(
+        "job stalled: no progress since {since}{interrupted}"
+    ))
+}
+
 impl Supervisor {
     /// A queue reading of the ready UI, probed at `sent`: progress, faults,
     /// then what to do.
