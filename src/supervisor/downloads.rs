@@ -19,16 +19,26 @@ use crate::download::{self, Manager, ModelProgress};
 /// How often the snapshot is refreshed while downloads run (progress, rate).
 pub(super) const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
+/// The core's part of downloads.
+#[derive(Default)]
+pub(super) struct Downloads {
+    /// Created when the config first declares a download.
+    pub(super) manager: Option<Manager>,
+    /// Model kinds whose downloads finished since the last relayout for them:
+    /// refreshed together once it is done.
+    pub(super) finished: std::collections::BTreeSet<crate::ui::flavor::ModelKind>,
+}
+
 impl Supervisor {
     /// Starts (or re-aims) the downloads for the config in force. The manager
     /// is created on first use; its events reach the core as [`Event::Download`].
     pub(super) fn apply_downloads(&mut self) {
-        if self.downloads.is_none() {
+        if self.downloads.manager.is_none() {
             if self.config.downloads.models.is_empty() {
                 return;
             }
             let (tx, mut rx) = mpsc::unbounded_channel();
-            self.downloads = Some(Manager::new(tx));
+            self.downloads.manager = Some(Manager::new(tx));
             // A bridge, not work: it ends when the manager (the only sender) is
             // dropped with the core, like ComfyUI's queue signal.
             let events = self.signals.clone();
@@ -40,7 +50,7 @@ impl Supervisor {
                 }
             });
         }
-        if let Some(manager) = &self.downloads {
+        if let Some(manager) = &self.downloads.manager {
             manager.apply(&self.config);
         }
     }
@@ -51,27 +61,29 @@ impl Supervisor {
         let download::Event::Done { models } = ev else {
             return;
         };
-        if matches!(self.ui, Ui::Preparing { prepared: None, .. }) {
+        if matches!(self.slot.ui, Ui::Preparing { prepared: None, .. }) {
             // The start's own layout is still to come and links it with the rest.
             return;
         }
-        self.downloaded.extend(models.iter().map(|(kind, _)| *kind));
+        self.downloads
+            .finished
+            .extend(models.iter().map(|(kind, _)| *kind));
         self.timers.relink_soon(Instant::now());
     }
 
     /// The relink's layout is done: Forge/A1111 are asked to rescan the kinds
     /// that arrived (ComfyUI rescans by itself), as tracked work.
     pub(super) fn downloads_linked(&mut self, layout_error: Option<&str>) {
-        let kinds = std::mem::take(&mut self.downloaded);
+        let kinds = std::mem::take(&mut self.downloads.finished);
         if let Some(e) = layout_error {
             tracing::error!(error = %e, "relayout after a download failed");
             return;
         }
-        let probe = match &self.ui {
+        let probe = match &self.slot.ui {
             Ui::Ready { probe, .. } => probe,
             // Launched but not ready: it has listed its models already.
             Ui::Starting { .. } => {
-                self.refresh.refresh_once_ready(kinds);
+                self.slot.refresh.refresh_once_ready(kinds);
                 return;
             }
             _ => return, // the next start lays out and loads everything
@@ -82,19 +94,20 @@ impl Supervisor {
 
     /// `retry-downloads`: failed downloads start again; returns how many.
     pub(super) fn retry_downloads(&mut self) -> usize {
-        self.downloads.as_ref().map_or(0, Manager::retry)
+        self.downloads.manager.as_ref().map_or(0, Manager::retry)
     }
 
     /// Every declared download with its progress.
     pub(super) fn download_progress(&self) -> Vec<ModelProgress> {
         self.downloads
+            .manager
             .as_ref()
             .map_or_else(Vec::new, Manager::snapshot)
     }
 
     /// When the snapshot should next be refreshed for progress, if anything runs.
     pub(super) fn next_progress(&self, now: Instant) -> Option<Instant> {
-        let active = self.downloads.as_ref().is_some_and(Manager::busy);
+        let active = self.downloads.manager.as_ref().is_some_and(Manager::busy);
         active.then(|| super::timers::after(now, PROGRESS_EVERY))?
     }
 }

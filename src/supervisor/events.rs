@@ -26,31 +26,31 @@ impl Supervisor {
                 parsed,
                 reply,
             } => {
-                self.reloads_in_flight = self.reloads_in_flight.saturating_sub(1);
+                self.reloads.in_flight = self.reloads.in_flight.saturating_sub(1);
                 self.reload_parsed(text, parsed, reply)
             }
             Event::Ready(ok) => {
-                self.probing.in_flight = false;
-                if let (true, Ui::Starting { .. }) = (ok, &self.ui) {
+                self.slot.probing.in_flight = false;
+                if let (true, Ui::Starting { .. }) = (ok, &self.slot.ui) {
                     self.became_ready();
                 }
             }
             Event::Queue(result, sent) => {
-                self.probing.in_flight = false;
-                self.probing.sent = Some(sent);
-                if !matches!(self.ui, Ui::Ready { .. }) {
+                self.slot.probing.in_flight = false;
+                self.slot.probing.sent = Some(sent);
+                if !matches!(self.slot.ui, Ui::Ready { .. }) {
                     return;
                 }
                 match result {
                     Ok(r) => {
-                        self.probing.queue = Some(r.queue);
+                        self.slot.probing.queue = Some(r.queue);
                         self.watch_reading(&r, sent);
                         self.unload_reading(sent);
-                        self.queue_age.reading(sent, &r.waiting);
+                        self.slot.queue_age.reading(sent, &r.waiting);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "queue probe failed");
-                        self.probing.queue = None;
+                        self.slot.probing.queue = None;
                     }
                 }
                 self.check_pending(Instant::now());
@@ -62,7 +62,7 @@ impl Supervisor {
                 result,
             } => self.on_image_done(&name, &fingerprint, result),
             Event::QueueChanged(remaining) => {
-                if self.pending.is_some() && matches!(self.ui, Ui::Ready { .. }) {
+                if self.pending.is_some() && matches!(self.slot.ui, Ui::Ready { .. }) {
                     tracing::debug!(remaining, "queue broadcast: probing now");
                     self.timers.probe_at(Some(Instant::now()));
                 }
@@ -80,7 +80,7 @@ impl Supervisor {
                 if let Ok(s) = &status {
                     tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");
                 }
-                self.ui = Ui::Down;
+                self.slot.ui = Ui::Down;
                 match then {
                     AfterStop::Start => self.start_ui(),
                     AfterStop::Crash { why, counter } => self.record_crash(why, counter),

@@ -115,7 +115,7 @@ impl Supervisor {
         reply: Reply,
         outcome: ReloadOutcome,
     ) -> Option<(Reply, ReloadOutcome)> {
-        if self.handoff.is_some() {
+        if self.upgrade.planned.is_some() {
             // A handoff is planned: the new binary applies this file too.
             let mut outcome = outcome;
             outcome.applied_live = vec!["supervisor.executable".into()];
@@ -125,8 +125,8 @@ impl Supervisor {
         let Some(exe) = executable_of(text).filter(|e| !is_running_binary(e)) else {
             return Some((reply, outcome));
         };
-        self.reloads_in_flight = self.reloads_in_flight.saturating_add(1);
-        let path = self.path.clone();
+        self.reloads.in_flight = self.reloads.in_flight.saturating_add(1);
+        let path = self.source.path.clone();
         self.tasks.spawn(async move {
             let result = check_binary(&exe, &path).await;
             Event::HandoffChecked(Checked {
@@ -148,8 +148,8 @@ impl Supervisor {
             reply,
             mut outcome,
         } = checked;
-        self.reloads_in_flight = self.reloads_in_flight.saturating_sub(1);
-        if self.handoff.is_some() {
+        self.reloads.in_flight = self.reloads.in_flight.saturating_sub(1);
+        if self.upgrade.planned.is_some() {
             outcome.applied_live = vec!["supervisor.executable".into()];
             reply.send_only(outcome);
             return;
@@ -158,12 +158,12 @@ impl Supervisor {
             Ok(()) => {
                 tracing::info!(executable = %exe.display(), "handing over to a new supervisor binary; the UI keeps running");
                 outcome.applied_live = vec!["supervisor.executable".into()];
-                self.handoff = Some(Planned {
+                self.upgrade.planned = Some(Planned {
                     exe,
                     at: Instant::now(),
                     announced: reply.announced(),
                 });
-                self.reload_rejected = None;
+                self.reloads.rejected = None;
                 reply.send_only(outcome);
             }
             Err(e) => {
@@ -181,11 +181,11 @@ impl Supervisor {
     /// task holds the UI, nor while the front door has requests in flight, up to
     /// `front.hold_timeout`) or a service restart.
     pub(super) fn should_end(&self) -> bool {
-        self.exit_service
-            || (self.handoff.is_some()
-                && self.reloads_in_flight == 0
-                && !matches!(self.ui, Ui::Stopping { .. })
-                && (self.front_in_flight == 0
+        self.life.exit_service
+            || (self.upgrade.planned.is_some()
+                && self.reloads.in_flight == 0
+                && !matches!(self.slot.ui, Ui::Stopping { .. })
+                && (self.front.in_flight == 0
                     || self
                         .handoff_front_bound()
                         .is_some_and(|t| Instant::now() >= t)))
@@ -193,8 +193,8 @@ impl Supervisor {
 
     /// When a planned handoff stops waiting for the front door's requests.
     pub(super) fn handoff_front_bound(&self) -> Option<Instant> {
-        let plan = self.handoff.as_ref()?;
-        (self.front_in_flight > 0)
+        let plan = self.upgrade.planned.as_ref()?;
+        (self.front.in_flight > 0)
             .then(|| super::timers::after(plan.at, self.config.front.hold_timeout))
             .flatten()
     }
@@ -206,51 +206,51 @@ impl Supervisor {
         busy: tokio::sync::watch::Receiver<usize>,
         answers: crate::front::Answers,
     ) {
-        self.front_in_flight = *busy.borrow();
-        self.front = Some(busy);
-        self.front_answers = Some(answers);
+        self.front.in_flight = *busy.borrow();
+        self.front.busy = Some(busy);
+        self.front.answers = Some(answers);
     }
 
     /// The loop ended for a handoff: give the UI up and export the state.
     pub(super) fn take_handoff(&mut self) -> Option<Handover> {
-        let plan = self.handoff.take()?;
+        let plan = self.upgrade.planned.take()?;
         let now = Instant::now();
-        let (ui, ready, since) = match std::mem::replace(&mut self.ui, Ui::Down) {
+        let (ui, ready, since) = match std::mem::replace(&mut self.slot.ui, Ui::Down) {
             Ui::Starting { proc, since, .. } => (Some(proc.into_handoff()), false, since),
             Ui::Ready { proc, since, .. } => (Some(proc.into_handoff()), true, since),
             other => {
-                self.ui = other;
+                self.slot.ui = other;
                 (None, false, now)
             }
         };
         // Nothing the tasks would report can reach the new binary.
         self.tasks.abort_all();
-        let (crash_ages_ms, consecutive_crashes) = self.crashes.handed_over(now);
+        let (crash_ages_ms, consecutive_crashes) = self.slot.crashes.handed_over(now);
         let state = CoreState {
             ui_ready: ready,
             ui_age_ms: ms(now.saturating_duration_since(since)),
-            ready_since_unix: self.ready_since_unix,
-            queue: self.probing.queue,
-            config_generation: self.config_hash.clone(),
+            ready_since_unix: self.slot.ready_since_unix,
+            queue: self.slot.probing.queue,
+            config_generation: self.source.hash.clone(),
             pending: self.pending.as_ref().map(|p| p.handed_over(now)),
             crash_ages_ms,
             consecutive_crashes,
             restarts: self.counters.restarts.clone(),
             crashes: self.counters.crashes,
             reloads: self.counters.reloads.clone(),
-            last_reload: self.last_reload.clone(),
-            reload_rejected: self.reload_rejected.clone(),
-            last_time_to_ready_ms: self.last_time_to_ready_ms,
-            sent_ready: self.sent_ready,
+            last_reload: self.reloads.last.clone(),
+            reload_rejected: self.reloads.rejected.clone(),
+            last_time_to_ready_ms: self.slot.last_time_to_ready_ms,
+            sent_ready: self.life.sent_ready,
             reload_announced: plan.announced,
-            uptime_ms: ms(now.saturating_duration_since(self.started)),
-            conflicts: self.conflicts.clone(),
-            start_reason: self.start_reason,
+            uptime_ms: ms(now.saturating_duration_since(self.life.started)),
+            conflicts: self.layout.conflicts.clone(),
+            start_reason: self.slot.start_reason,
         };
         Some(Handover {
             exe: plan.exe,
             ui,
-            config_text: String::from_utf8_lossy(&self.config_text).into_owned(),
+            config_text: String::from_utf8_lossy(&self.source.text).into_owned(),
             state,
         })
     }
@@ -260,7 +260,7 @@ impl Supervisor {
     /// because the running UI's config could not be read; `file_text`: the file
     /// as read now, which the first step reloads.
     pub fn adopt(&mut self, received: Received, config_unknown: bool, file_text: Vec<u8>) {
-        self.adopting = Some(Adopting {
+        self.upgrade.adopting = Some(Adopting {
             received,
             config_unknown,
             file_text,
@@ -281,24 +281,24 @@ impl Supervisor {
         let state = received.state;
         let (ready, since, announce) = match &state {
             Some(s) => {
-                self.started = back(s.uptime_ms);
-                self.ready_since_unix = s.ready_since_unix;
-                self.probing = Probing {
+                self.life.started = back(s.uptime_ms);
+                self.slot.ready_since_unix = s.ready_since_unix;
+                self.slot.probing = Probing {
                     queue: s.queue,
                     ..Probing::default()
                 };
                 self.pending = s.pending.as_ref().map(|p| Pending::taken_over(p, now));
-                self.crashes =
+                self.slot.crashes =
                     CrashRecord::taken_over(&s.crash_ages_ms, s.consecutive_crashes, now);
                 self.counters.restarts = s.restarts.clone();
                 self.counters.crashes = s.crashes;
                 self.counters.reloads = s.reloads.clone();
-                self.last_reload = s.last_reload.clone();
-                self.reload_rejected = s.reload_rejected.clone();
-                self.last_time_to_ready_ms = s.last_time_to_ready_ms;
-                self.sent_ready = s.sent_ready;
-                self.conflicts = s.conflicts.clone();
-                self.start_reason = s.start_reason;
+                self.reloads.last = s.last_reload.clone();
+                self.reloads.rejected = s.reload_rejected.clone();
+                self.slot.last_time_to_ready_ms = s.last_time_to_ready_ms;
+                self.life.sent_ready = s.sent_ready;
+                self.layout.conflicts = s.conflicts.clone();
+                self.slot.start_reason = s.start_reason;
                 (
                     s.ui_ready,
                     back(s.ui_age_ms),
@@ -307,11 +307,11 @@ impl Supervisor {
             }
             // Never announce a start: systemd has long seen us ready.
             None => {
-                self.sent_ready = true;
+                self.life.sent_ready = true;
                 (false, now, true)
             }
         };
-        if self.sent_ready {
+        if self.life.sent_ready {
             self.timers.ready_sent();
         }
         match received.envelope.ui {
@@ -325,7 +325,7 @@ impl Supervisor {
         // Nobody waits for this reload's answer but systemd (READY=1).
         let (to, _) = oneshot::channel();
         self.reload_bytes(Ok(file_text), Reply::new(to, announce));
-        if config_unknown && matches!(self.ui, Ui::Starting { .. } | Ui::Ready { .. }) {
+        if config_unknown && matches!(self.slot.ui, Ui::Starting { .. } | Ui::Ready { .. }) {
             self.schedule(vec![RestartCause::ConfigUnknown], RestartPolicy::WhenIdle);
         }
     }
@@ -361,7 +361,7 @@ impl Supervisor {
         let probe = Probe::new(self.config.ui.flavor, self.config.ui_own_port(), auth);
         tracing::info!(pid = handle.pid, ready, "adopted the running UI");
         self.timers.probe_at(Some(Instant::now()));
-        self.ui = if ready {
+        self.slot.ui = if ready {
             let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
                 let events = self.signals.clone();
                 QueueSignal::start(self.config.ui_own_port(), move |news| {
@@ -378,7 +378,7 @@ impl Supervisor {
             Ui::Starting { proc, probe, since }
         };
         // The refresh routes are this binary's to learn (the old one's died with it).
-        if let Ui::Ready { probe, .. } = &self.ui {
+        if let Ui::Ready { probe, .. } = &self.slot.ui {
             let probe = probe.clone();
             self.learn_routes(probe);
         }
@@ -401,7 +401,7 @@ impl Supervisor {
             status = crate::handoff::EXIT_SERVICE_RESTART,
             "the service unit changed; exiting for systemd to start the new unit"
         );
-        self.exit_service = true;
+        self.life.exit_service = true;
         self.pending = None;
     }
 }

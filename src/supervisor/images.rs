@@ -99,7 +99,7 @@ impl Supervisor {
         if self.images.busy() || !self.images.book.has_pending() {
             return;
         }
-        if !matches!(self.ui, Ui::Ready { .. }) {
+        if !matches!(self.slot.ui, Ui::Ready { .. }) {
             return;
         }
         // A restart that is going to happen renders into the new UI instead.
@@ -110,12 +110,12 @@ impl Supervisor {
         {
             return;
         }
-        let fresh = match (self.probing.sent, self.images.not_before) {
+        let fresh = match (self.slot.probing.sent, self.images.not_before) {
             (Some(sent), Some(after)) => sent >= after,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if !fresh || !self.probing.queue.is_some_and(|q| q.is_idle()) {
+        if !fresh || !self.slot.probing.queue.is_some_and(|q| q.is_idle()) {
             return;
         }
         let Some(renderer) = self.images.renderer.clone() else {

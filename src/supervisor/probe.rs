@@ -18,8 +18,8 @@ impl Supervisor {
     /// Timers: readiness and queue probes, startup timeout, backoff, GPU re-checks,
     /// pending-restart deadline and idle grace.
     pub(super) fn on_timers(&mut self, now: Instant) {
-        let probe_due = !self.probing.in_flight && self.timers.probe_due(now);
-        match &self.ui {
+        let probe_due = !self.slot.probing.in_flight && self.timers.probe_due(now);
+        match &self.slot.ui {
             Ui::Starting { since, probe, proc } => {
                 let timeout = self.config.ui.startup_timeout;
                 if now.saturating_duration_since(*since) >= timeout {
@@ -63,7 +63,7 @@ impl Supervisor {
     /// answer counts only when that group listens on the port: a foreign listener
     /// answering never makes the UI ready), else a queue probe.
     pub(super) fn spawn_probe(&mut self, probe: Probe, readiness_of: Option<i32>) {
-        self.probing.in_flight = true;
+        self.slot.probing.in_flight = true;
         let sent = Instant::now();
         let ui_port = self.config.ui_own_port();
         self.tasks.spawn(async move {
@@ -89,12 +89,12 @@ impl Supervisor {
     /// Whether the UI was last seen idle: its queue probed empty and no
     /// declared image rendering (a render is a job like any other).
     pub(super) fn seen_idle(&self) -> bool {
-        self.probing.queue.is_some_and(|q| q.is_idle()) && !self.images.busy()
+        self.slot.probing.queue.is_some_and(|q| q.is_idle()) && !self.images.busy()
     }
 
     /// Asks [`super::pending::Pending::decide`] whether the pending restart is due.
     pub(super) fn check_pending(&mut self, now: Instant) {
-        if !matches!(self.ui, Ui::Ready { .. }) {
+        if !matches!(self.slot.ui, Ui::Ready { .. }) {
             return;
         }
         let Some(p) = self.pending.as_mut() else {
@@ -107,11 +107,11 @@ impl Supervisor {
                 pending: 0,
             })
         } else {
-            self.probing.queue
+            self.slot.probing.queue
         };
         let reading = Reading {
             queue,
-            sent: self.probing.sent,
+            sent: self.slot.probing.sent,
         };
         match p.decide(now, reading, self.config.restart.idle_grace) {
             Decision::Wait {

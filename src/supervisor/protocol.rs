@@ -16,10 +16,11 @@ pub use crate::config::RestartPolicy;
 pub use crate::ui::api::Queue;
 
 /// Coarse state of the supervised UI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// The UI process runs but has not answered its readiness probe yet.
+    #[default]
     Starting,
     /// The UI answers; jobs can run.
     Ready,
@@ -296,8 +297,9 @@ pub struct VramStatus {
     pub unloads: u64,
 }
 
-/// Everything the supervisor tells the world about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything the supervisor tells the world about itself. Built in one
+/// place, `supervisor/snapshot.rs` (the default is only the channel's seed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Coarse state.
     pub state: Phase,

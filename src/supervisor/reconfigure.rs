@@ -71,7 +71,7 @@ impl Supervisor {
     ) {
         // Before the first READY=1 systemd is still starting us: a reload announced
         // now would end the start job early.
-        let announced = self.sent_ready;
+        let announced = self.life.sent_ready;
         if announced {
             self.notifier.reloading();
         }
@@ -82,8 +82,8 @@ impl Supervisor {
         match text {
             Some(text) => self.reload_parsed(Ok(text), parsed.map(Ok), reply),
             None => {
-                self.reloads_in_flight = self.reloads_in_flight.saturating_add(1);
-                let path = self.path.clone();
+                self.reloads.in_flight = self.reloads.in_flight.saturating_add(1);
+                let path = self.source.path.clone();
                 self.tasks.spawn(async move {
                     let text = tokio::fs::read(&path).await;
                     let parsed = match &text {
@@ -132,14 +132,14 @@ impl Supervisor {
         let text = match text {
             Ok(t) => t,
             Err(e) => {
-                let errors = vec![format!("{}: cannot read: {e}", self.path.display())];
+                let errors = vec![format!("{}: cannot read: {e}", self.source.path.display())];
                 let outcome = self.rejected(outcome, errors, None);
                 return self.answer(reply, outcome);
             }
         };
         let hash = config_hash(&text);
-        if hash == self.config_hash {
-            self.reload_rejected = None;
+        if hash == self.source.hash {
+            self.reloads.rejected = None;
             outcome.result = ReloadResult::Unchanged;
             return self.answer(reply, outcome);
         }
@@ -147,7 +147,8 @@ impl Supervisor {
             Some(going_on) => going_on,
             None => return,
         };
-        let parsed = parsed.unwrap_or_else(|| Config::from_bytes(&self.path, &text).map(Box::new));
+        let parsed =
+            parsed.unwrap_or_else(|| Config::from_bytes(&self.source.path, &text).map(Box::new));
         let mut new = match parsed {
             Ok(c) => *c,
             Err(e) => {
@@ -161,14 +162,15 @@ impl Supervisor {
         let change = diff(&self.config, &new);
         crate::config::FrontConfig::carry_over(&self.config, &mut new);
         let unit_changed = Supervisor::unit_changed(&self.config, &new);
-        let running_flavor = matches!(self.ui, Ui::Ready { .. }).then_some(self.config.ui.flavor);
+        let running_flavor =
+            matches!(self.slot.ui, Ui::Ready { .. }).then_some(self.config.ui.flavor);
         self.config = new;
-        self.config_hash = hash;
-        self.config_text = text;
+        self.source.hash = hash;
+        self.source.text = text;
         // Before the relayout, after which the core sweeps the files of dropped
         // downloads.
         self.apply_downloads();
-        self.reload_rejected = None;
+        self.reloads.rejected = None;
         self.images_config_changed();
         if change.is_empty() {
             outcome.result = ReloadResult::Unchanged;
@@ -227,11 +229,11 @@ impl Supervisor {
             tracing::error!(error = %e, "relayout during reload failed");
             outcome.errors.push(e);
         }
-        if let Ui::Ready { probe, .. } = &self.ui {
+        if let Ui::Ready { probe, .. } = &self.slot.ui {
             // Only the routes the UI has; the calls wait for the UI's queue lock,
             // so they run in a task and report back (super::refresh).
             let probe = probe.clone();
-            let refresh = self.refresh.callable(refresh);
+            let refresh = self.slot.refresh.callable(refresh);
             self.spawn_refresh(probe, refresh);
             self.sync_settings(settings);
         }
@@ -247,7 +249,7 @@ impl Supervisor {
         } else {
             tracing::info!(reload_result = %outcome.result, live = ?outcome.applied_live, restart = ?outcome.needs_restart, "reload");
         }
-        self.last_reload = Some(outcome.clone());
+        self.reloads.last = Some(outcome.clone());
         self.publish();
         if reply.announced {
             self.notifier.ready();
@@ -261,7 +263,7 @@ impl Supervisor {
         errors: Vec<String>,
         summary: Option<String>,
     ) -> ReloadOutcome {
-        self.reload_rejected =
+        self.reloads.rejected =
             Some(summary.unwrap_or_else(|| errors.first().cloned().unwrap_or_default()));
         outcome.result = ReloadResult::Rejected;
         outcome.errors = errors;
@@ -270,7 +272,7 @@ impl Supervisor {
 
     /// Adds reasons to the pending restart (merging several reloads into one).
     pub(super) fn schedule(&mut self, reasons: Vec<RestartCause>, policy: RestartPolicy) {
-        match self.ui {
+        match self.slot.ui {
             Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. } => {}
             _ => {
                 // No UI runs (preparing, backoff, waiting, failed): start the new
@@ -280,7 +282,7 @@ impl Supervisor {
                     return;
                 }
                 tracing::info!(reasons = ?reasons, "no UI running; starting with the new config");
-                self.crashes.clear();
+                self.slot.crashes.clear();
                 self.start_ui();
                 return;
             }
@@ -304,9 +306,9 @@ impl Supervisor {
     pub(super) fn restart_now(&mut self, counter: RestartReason, planned: bool) {
         let Some(p) = self.pending.take() else { return };
         let why = format!("restarting: {}", RestartCause::describe_all(&p.reasons));
-        self.start_reason = Some(counter);
+        self.slot.start_reason = Some(counter);
         let service = Supervisor::restart_is_service(&p.reasons);
-        if matches!(self.ui, Ui::Stopping { .. }) {
+        if matches!(self.slot.ui, Ui::Stopping { .. }) {
             // A stop is under way; its follow-up start uses the newest config.
             // A service restart stays owed: the new unit needs a new process.
             if service {
@@ -325,7 +327,7 @@ impl Supervisor {
 
     /// `restart --now` / `--when-idle` from the control plane.
     pub(super) fn request_restart(&mut self, when: RestartWhen) {
-        match (&self.ui, when) {
+        match (&self.slot.ui, when) {
             (Ui::Ready { .. } | Ui::Starting { .. }, RestartWhen::Now) => {
                 self.pending.get_or_insert_with(|| {
                     let mut p = Pending::new(Instant::now(), RestartPolicy::Immediately, None);
@@ -341,8 +343,8 @@ impl Supervisor {
             _ => {
                 // Failed, waiting, backing off or preparing: start now with a
                 // clean crash record.
-                self.start_reason = Some(RestartReason::Requested);
-                self.crashes.clear();
+                self.slot.start_reason = Some(RestartReason::Requested);
+                self.slot.crashes.clear();
                 self.start_ui();
             }
         }

@@ -94,8 +94,8 @@ impl Supervisor {
                 tracing::info!(routes = ?missing, "the UI lacks these refresh routes; they will not be called");
             }
         }
-        self.refresh.routes = routes;
-        if let super::Ui::Ready { probe, .. } = &self.ui {
+        self.slot.refresh.routes = routes;
+        if let super::Ui::Ready { probe, .. } = &self.slot.ui {
             let probe = probe.clone();
             self.refresh_linked_while_starting(probe);
         }
@@ -104,7 +104,7 @@ impl Supervisor {
     /// The UI is ready and its routes known: rescans the kinds linked while it
     /// was starting ([`RefreshState::refresh_once_ready`]).
     fn refresh_linked_while_starting(&mut self, probe: Probe) {
-        let kinds = std::mem::take(&mut self.refresh.after_ready);
+        let kinds = std::mem::take(&mut self.slot.refresh.after_ready);
         if !kinds.is_empty() {
             tracing::info!(kinds = ?kinds, "refreshing the models linked while the UI started");
             self.refresh_kinds(probe, kinds);
@@ -118,6 +118,7 @@ impl Supervisor {
             ..ConfigDiff::default()
         };
         let endpoints = self
+            .slot
             .refresh
             .callable(change.refresh_endpoints(self.config.ui.flavor));
         self.spawn_refresh(probe, endpoints);
@@ -149,18 +150,18 @@ impl Supervisor {
         match result {
             Ok(()) => {
                 tracing::info!(endpoint, "model list refreshed");
-                if self.refresh.failed.remove(endpoint).is_some() {
+                if self.slot.refresh.failed.remove(endpoint).is_some() {
                     tracing::info!(endpoint, "model refresh works again");
                 }
             }
             Err(why) => {
-                self.refresh.failures += 1;
-                if self.refresh.failed.get(endpoint) != Some(&why) {
+                self.slot.refresh.failures += 1;
+                if self.slot.refresh.failed.get(endpoint) != Some(&why) {
                     tracing::info!(endpoint, error = %why, "model refresh failed (shown in the status; the UI rescans at its next start)");
                 } else {
                     tracing::debug!(endpoint, error = %why, "model refresh failed again");
                 }
-                self.refresh.failed.insert(endpoint, why);
+                self.slot.refresh.failed.insert(endpoint, why);
             }
         }
     }

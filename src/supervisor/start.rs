@@ -28,14 +28,14 @@ impl Supervisor {
     /// layout, then the launch (see [`Supervisor::on_event`]). A start already
     /// under way is superseded (its results are ignored).
     pub(super) fn start_ui(&mut self) {
-        self.start_seq = self.start_seq.wrapping_add(1);
-        let start = self.start_seq;
-        let waiting = match std::mem::replace(&mut self.ui, Ui::Down) {
+        self.slot.start_seq = self.slot.start_seq.wrapping_add(1);
+        let start = self.slot.start_seq;
+        let waiting = match std::mem::replace(&mut self.slot.ui, Ui::Down) {
             Ui::Waiting { why, .. } => Some(why),
             Ui::Preparing { waiting, .. } => waiting,
             _ => None,
         };
-        self.ui = Ui::Preparing {
+        self.slot.ui = Ui::Preparing {
             start,
             prepared: None,
             waiting,
@@ -71,12 +71,12 @@ impl Supervisor {
         launch: Option<Result<Prepared, launch::PrepareError>>,
         port_held: Option<String>,
     ) {
-        if !matches!(self.ui, Ui::Preparing { start: s, .. } if s == start) {
+        if !matches!(self.slot.ui, Ui::Preparing { start: s, .. } if s == start) {
             return;
         }
         if let (Preflight::Ok, Some(why)) = (&preflight, port_held) {
             tracing::warn!(reason = %why, recheck = ?PORT_RECHECK, "not starting the UI");
-            self.ui = Ui::Waiting {
+            self.slot.ui = Ui::Waiting {
                 recheck: after(Instant::now(), PORT_RECHECK),
                 why,
             };
@@ -85,14 +85,14 @@ impl Supervisor {
         }
         if let Preflight::Waiting(why) = preflight {
             tracing::warn!(reason = %why, recheck = ?self.gpu.recheck, "not starting the UI");
-            self.ui = Ui::Waiting {
+            self.slot.ui = Ui::Waiting {
                 recheck: after(Instant::now(), self.gpu.recheck),
                 why,
             };
             self.ready_once();
             return;
         }
-        self.ui = Ui::Preparing {
+        self.slot.ui = Ui::Preparing {
             start,
             prepared: launch,
             waiting: None,
@@ -102,7 +102,7 @@ impl Supervisor {
 
     /// Lays out the config in force (one layout at a time; see [`super::work::LayoutLane`]).
     pub(super) fn request_layout(&mut self, waiter: Option<LayoutWaiter>) {
-        if self.layouts.request(waiter) {
+        if self.layout.lane.request(waiter) {
             self.spawn_layout();
         }
     }
@@ -149,8 +149,8 @@ impl Supervisor {
     ) {
         let error = match report {
             Ok(report) => {
-                self.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
-                for c in &self.conflicts {
+                self.layout.conflicts = report.conflicts.iter().map(ToString::to_string).collect();
+                for c in &self.layout.conflicts {
                     tracing::warn!(conflict = %c, "layout conflict: kept the user's file");
                 }
                 self.note_missing_targets(&report);
@@ -158,8 +158,8 @@ impl Supervisor {
             }
             Err(e) => Some(e),
         };
-        self.layout_transient = transient;
-        let Some(waiters) = self.layouts.finished() else {
+        self.layout.transient = transient;
+        let Some(waiters) = self.layout.lane.finished() else {
             // The config changed while it ran: lay out the newer one first.
             self.spawn_layout();
             return;
@@ -175,7 +175,7 @@ impl Supervisor {
 
     /// Launches start number `start` once its data dir is laid out.
     pub(super) fn launch(&mut self, start: u64, layout_error: Option<String>) {
-        let prepared = match &mut self.ui {
+        let prepared = match &mut self.slot.ui {
             Ui::Preparing {
                 start: s, prepared, ..
             } if *s == start => prepared.take(),
@@ -186,19 +186,19 @@ impl Supervisor {
             Ui::Failed { why }
         };
         let prepared = match (layout_error, prepared) {
-            (Some(why), _) if self.layout_transient => {
+            (Some(why), _) if self.layout.transient => {
                 self.retry_later(format!("cannot prepare the data directory: {why}"));
                 return;
             }
             (Some(why), _) => {
                 tracing::error!(reason = %why, "cannot prepare the data directory");
-                self.ui = Ui::Failed { why };
+                self.slot.ui = Ui::Failed { why };
                 self.ready_once();
                 return;
             }
             (None, Some(Ok(p))) => p,
             (None, Some(Err(why))) => {
-                self.ui = failed(why.to_string());
+                self.slot.ui = failed(why.to_string());
                 self.ready_once();
                 return;
             }
@@ -207,9 +207,9 @@ impl Supervisor {
         let config = &self.config;
         match UiProcess::spawn(&prepared.launch, &prepared.redactor) {
             Ok(proc) => {
-                self.transient.succeeded();
+                self.slot.transient.succeeded();
                 tracing::info!(ui_pid = proc.pid(), flavor = %config.ui.flavor, port = config.ui_own_port(), "UI launched");
-                if let Some(reason) = self.start_reason.take() {
+                if let Some(reason) = self.slot.start_reason.take() {
                     *self.counters.restarts.entry(reason).or_default() += 1;
                 }
                 let probe = Probe::new(
@@ -218,11 +218,11 @@ impl Supervisor {
                     prepared.auth.clone(),
                 );
                 self.images_ui_launched(prepared.auth);
-                self.refresh.ui_launched();
-                self.probing = super::Probing::default();
+                self.slot.refresh.ui_launched();
+                self.slot.probing = super::Probing::default();
                 let now = Instant::now();
                 self.timers.probe_at(after(now, FIRST_PROBE));
-                self.ui = Ui::Starting {
+                self.slot.ui = Ui::Starting {
                     proc,
                     probe,
                     since: now,
@@ -234,7 +234,11 @@ impl Supervisor {
             }
             Err(e) => {
                 let program = prepared.launch.argv.first().cloned().unwrap_or_default();
-                let counter = self.start_reason.take().unwrap_or(RestartReason::Crash);
+                let counter = self
+                    .slot
+                    .start_reason
+                    .take()
+                    .unwrap_or(RestartReason::Crash);
                 self.record_crash(format!("cannot run {program}: {e}"), counter);
             }
         }
@@ -243,9 +247,9 @@ impl Supervisor {
     /// A transient failure before launch: `waiting`, and try again after a backoff
     /// (not a crash: nothing ran, and nothing here needs the admin).
     pub(super) fn retry_later(&mut self, why: String) {
-        let delay = self.transient.failed();
+        let delay = self.slot.transient.failed();
         tracing::warn!(reason = %why, retry_in = ?delay, "cannot start the UI now; retrying");
-        self.ui = Ui::Waiting {
+        self.slot.ui = Ui::Waiting {
             recheck: after(Instant::now(), delay),
             why: format!("{why}; retrying in {}s", delay.as_secs()),
         };
@@ -256,30 +260,39 @@ impl Supervisor {
     /// each one once when it goes missing (not on every relayout).
     pub(super) fn note_missing_targets(&mut self, report: &crate::layout::LayoutReport) {
         let now: Vec<String> = report.dangling.iter().map(ToString::to_string).collect();
-        for d in now.iter().filter(|d| !self.missing_targets.contains(d)) {
+        for d in now
+            .iter()
+            .filter(|d| !self.layout.missing_targets.contains(d))
+        {
             tracing::warn!(missing = %d, "model target missing: not linked");
         }
-        for d in self.missing_targets.iter().filter(|d| !now.contains(d)) {
+        for d in self
+            .layout
+            .missing_targets
+            .iter()
+            .filter(|d| !now.contains(d))
+        {
             tracing::info!(was = %d, "model target present again");
         }
-        self.missing_targets = now;
+        self.layout.missing_targets = now;
     }
 
     pub(super) fn became_ready(&mut self) {
-        let Ui::Starting { proc, probe, since } = std::mem::replace(&mut self.ui, Ui::Down) else {
+        let Ui::Starting { proc, probe, since } = std::mem::replace(&mut self.slot.ui, Ui::Down)
+        else {
             return;
         };
         let took = since.elapsed();
         tracing::info!(ui_pid = proc.pid(), took = ?took, "UI is ready");
-        self.last_time_to_ready_ms = Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
-        self.ready_since_unix = Some(unix_now());
+        self.slot.last_time_to_ready_ms = Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+        self.slot.ready_since_unix = Some(unix_now());
         let signal = (self.config.ui.flavor == Flavor::Comfyui).then(|| {
             let events = self.signals.clone();
             QueueSignal::start(self.config.ui_own_port(), move |news| {
                 let _ = events.send(Event::from(news));
             })
         });
-        self.ui = Ui::Ready {
+        self.slot.ui = Ui::Ready {
             proc,
             probe,
             since: Instant::now(),
@@ -288,7 +301,7 @@ impl Supervisor {
         self.timers.probe_at(Some(Instant::now()));
         self.ready_once();
         self.enforce_settings();
-        if let Ui::Ready { probe, .. } = &self.ui {
+        if let Ui::Ready { probe, .. } = &self.slot.ui {
             let probe = probe.clone();
             self.learn_routes(probe);
         }
@@ -304,7 +317,7 @@ impl Supervisor {
 
     /// Brings `wanted` settings in line with the running UI, in a task.
     pub(super) fn sync_settings(&mut self, wanted: serde_json::Map<String, serde_json::Value>) {
-        let Ui::Ready { probe, .. } = &self.ui else {
+        let Ui::Ready { probe, .. } = &self.slot.ui else {
             return;
         };
         if !self.config.ui.flavor.has_options_api() || wanted.is_empty() {
@@ -326,7 +339,7 @@ impl Supervisor {
         if let Some(e) = &done.error {
             tracing::warn!(error = %e, "settings not applied live; they apply at the next start");
         }
-        if let Some(r) = self.last_reload.as_mut()
+        if let Some(r) = self.reloads.last.as_mut()
             && r.result == crate::supervisor::protocol::ReloadResult::Applied
         {
             for key in done.unknown {

@@ -33,15 +33,15 @@ pub async fn child_exit(ui: &mut Ui) -> io::Result<ExitStatus> {
 impl Supervisor {
     /// The UI's main process exited while we did not ask it to.
     pub(super) fn on_exit(&mut self, status: io::Result<ExitStatus>) {
-        let (proc, was_ready) = match std::mem::replace(&mut self.ui, Ui::Down) {
+        let (proc, was_ready) = match std::mem::replace(&mut self.slot.ui, Ui::Down) {
             Ui::Starting { proc, .. } => (proc, false),
             Ui::Ready { proc, since, .. } => {
                 // A UI that ran well for a while starts its backoff afresh.
-                self.crashes.ran(since.elapsed());
+                self.slot.crashes.ran(since.elapsed());
                 (proc, true)
             }
             other => {
-                self.ui = other;
+                self.slot.ui = other;
                 return;
             }
         };
@@ -51,7 +51,7 @@ impl Supervisor {
         };
         tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
         self.forget_ui();
-        self.ui = Ui::Stopping {
+        self.slot.ui = Ui::Stopping {
             pid: proc.pid(),
             why: format!("UI exited ({exit}); cleaning up its processes"),
         };
@@ -99,14 +99,14 @@ impl Supervisor {
         self.images_ui_gone();
         self.watch_ui_gone();
         self.unload_ui_gone();
-        self.queue_age.clear();
+        self.slot.queue_age.clear();
     }
 
     /// Stops the running UI in a task; `then` decides what follows; a ready
     /// UI's answers in flight at the front door get up to `answers_wait`.
     pub(super) fn begin_stop(&mut self, why: String, then: AfterStop, answers_wait: Duration) {
         let stop_timeout = self.config.ui.stop_timeout;
-        let (proc, plan, answers) = match std::mem::replace(&mut self.ui, Ui::Down) {
+        let (proc, plan, answers) = match std::mem::replace(&mut self.slot.ui, Ui::Down) {
             // Not ready: it cannot be running a job, and a Forge importing torch
             // would lose the SIGINT anyway.
             Ui::Starting { proc, .. } => (
@@ -128,20 +128,20 @@ impl Supervisor {
                         .may_lose_sigint()
                         .then_some(SIGINT_RESEND),
                 },
-                self.front_answers.clone(),
+                self.front.answers.clone(),
             ),
             other => {
-                self.ui = other;
+                self.slot.ui = other;
                 return;
             }
         };
         tracing::info!(ui_pid = proc.pid(), reason = %why, grace = ?plan.grace, "stopping the UI");
         self.forget_ui();
-        self.ui = Ui::Stopping {
+        self.slot.ui = Ui::Stopping {
             pid: proc.pid(),
             why,
         };
-        self.probing.queue = None;
+        self.slot.probing.queue = None;
         let bound = answers_wait.min(stop_timeout);
         self.tasks.spawn(async move {
             let mut proc = proc;
@@ -165,7 +165,7 @@ impl Supervisor {
     pub(super) fn record_crash(&mut self, why: String, counter: RestartReason) {
         let now = Instant::now();
         self.counters.crashes += 1;
-        match self.crashes.record(now) {
+        match self.slot.crashes.record(now) {
             Verdict::GiveUp { recent } => {
                 let why = format!(
                     "UI crashed {recent} times in {}s ({})",
@@ -174,13 +174,13 @@ impl Supervisor {
                         .trim_matches(['(', ')'])
                 );
                 tracing::error!(reason = %why, "giving up until `sd-webui-supervisor restart` or a reload");
-                self.ui = Ui::Failed { why };
+                self.slot.ui = Ui::Failed { why };
                 self.ready_once();
             }
             Verdict::Backoff { delay, recent } => {
                 tracing::warn!(reason = %why, delay = ?delay, "restarting the UI after a delay");
-                self.start_reason = Some(counter);
-                self.ui = Ui::Backoff {
+                self.slot.start_reason = Some(counter);
+                self.slot.ui = Ui::Backoff {
                     until: after(now, delay),
                     why: format!(
                         "{why}, restarting in {}s (crash {recent} of {MAX_CRASHES} in {}s)",
@@ -197,11 +197,11 @@ impl Supervisor {
     pub(super) async fn shutdown(&mut self) {
         self.notifier.stopping();
         tracing::info!("shutting down");
-        if matches!(self.ui, Ui::Starting { .. } | Ui::Ready { .. }) {
+        if matches!(self.slot.ui, Ui::Starting { .. } | Ui::Ready { .. }) {
             let wait = self.answers_wait(true);
             self.begin_stop("supervisor is shutting down".into(), AfterStop::Exit, wait);
         }
-        if matches!(self.ui, Ui::Stopping { .. }) {
+        if matches!(self.slot.ui, Ui::Stopping { .. }) {
             self.publish();
             loop {
                 if let Event::Gone { status, .. } = self.tasks.next().await {
@@ -213,7 +213,7 @@ impl Supervisor {
             }
         }
         self.tasks.abort_all();
-        self.ui = Ui::Down;
+        self.slot.ui = Ui::Down;
         self.publish();
     }
 }

@@ -59,7 +59,7 @@ impl Supervisor {
     /// unload when due.
     pub(super) fn unload_reading(&mut self, sent: Instant) {
         let idle = self.seen_idle();
-        let u = &mut self.idle_unload;
+        let u = &mut self.slot.idle_unload;
         if !idle {
             u.idle_since = None;
             if u.models == Models::Unloaded {
@@ -73,7 +73,7 @@ impl Supervisor {
         if self.pending.is_some() || !u.due(Instant::now(), self.config.gpu.unload_after) {
             return;
         }
-        let Ui::Ready { probe, .. } = &self.ui else {
+        let Ui::Ready { probe, .. } = &self.slot.ui else {
             return;
         };
         tracing::info!(after = ?self.config.gpu.unload_after, "queue idle for gpu.unload_after; unloading the models from the GPU");
@@ -85,7 +85,7 @@ impl Supervisor {
 
     /// The unload call answered.
     pub(super) fn on_unloaded(&mut self, result: Result<(), ProbeError>) {
-        let u = &mut self.idle_unload;
+        let u = &mut self.slot.idle_unload;
         if u.models != Models::Unloading {
             return; // a job or a new UI came in between
         }
@@ -104,8 +104,8 @@ impl Supervisor {
 
     /// A new UI (or none): its models are its own.
     pub(super) fn unload_ui_gone(&mut self) {
-        self.idle_unload = IdleUnload {
-            unloads: self.idle_unload.unloads,
+        self.slot.idle_unload = IdleUnload {
+            unloads: self.slot.idle_unload.unloads,
             ..IdleUnload::default()
         };
     }

@@ -56,7 +56,7 @@ impl Watchdog {
 /// The stall for the status line: `job stalled: no progress since 12:01,
 /// interrupted`; `None` while no job stalls.
 pub(super) fn stall_words(health: &HealthStatus) -> Option<String> {
-    let since = super::local_hhmm(health.stalled_since_unix?);
+    let since = super::snapshot::local_hhmm(health.stalled_since_unix?);
     let interrupted = if health.stall_interrupted {
         ", interrupted"
     } else {
@@ -72,7 +72,7 @@ impl Supervisor {
     /// then what to do.
     pub(super) fn watch_reading(&mut self, reading: &QueueReading, sent: Instant) {
         let now = Instant::now();
-        self.watchdog.stall.reading(now, reading);
+        self.slot.watchdog.stall.reading(now, reading);
         self.take_cuda_faults(now);
         self.check_oom(reading, sent);
         self.check_stall(now);
@@ -80,28 +80,29 @@ impl Supervisor {
 
     /// ComfyUI said on `/ws` that a prompt moves.
     pub(super) fn watch_progress(&mut self, prompt: Option<String>) {
-        if matches!(self.ui, Ui::Ready { .. }) {
-            self.watchdog.stall.progressed(Instant::now(), prompt);
+        if matches!(self.slot.ui, Ui::Ready { .. }) {
+            self.slot.watchdog.stall.progressed(Instant::now(), prompt);
         }
     }
 
     /// The UI is stopping or gone: what was seen of it ends with it.
     pub(super) fn watch_ui_gone(&mut self) {
-        self.watchdog.stall.forget();
-        self.watchdog.oom = None;
-        self.watchdog.gpu_error = None;
+        self.slot.watchdog.stall.forget();
+        self.slot.watchdog.oom = None;
+        self.slot.watchdog.gpu_error = None;
     }
 
     fn check_stall(&mut self, now: Instant) {
         let health = &self.config.health;
         match self
+            .slot
             .watchdog
             .stall
             .decide(now, health.stall_timeout, health.stall_grace)
         {
             StallAction::None => {}
             StallAction::Interrupt { job, quiet } => {
-                let Ui::Ready { probe, .. } = &self.ui else {
+                let Ui::Ready { probe, .. } = &self.slot.ui else {
                     return;
                 };
                 tracing::warn!(job = ?job, quiet = ?quiet, "a job made no progress for health.stall_timeout; interrupting it");
@@ -122,11 +123,11 @@ impl Supervisor {
     }
 
     fn take_cuda_faults(&mut self, now: Instant) {
-        let Ui::Ready { proc, .. } = &self.ui else {
+        let Ui::Ready { proc, .. } = &self.slot.ui else {
             return;
         };
         for fault in proc.output().take_faults() {
-            self.watchdog.gpu_faults = self.watchdog.gpu_faults.saturating_add(1);
+            self.slot.watchdog.gpu_faults = self.slot.watchdog.gpu_faults.saturating_add(1);
             tracing::warn!(line = fault.text(), "CUDA fault in the UI's output");
             if !self.config.health.gpu_errors {
                 continue;
@@ -134,8 +135,8 @@ impl Supervisor {
             match fault {
                 CudaFault::Broken(text) => self.mark_unhealthy(text),
                 CudaFault::OutOfMemory(text) => {
-                    if self.watchdog.oom.is_none() {
-                        self.watchdog.oom = Some((now, text));
+                    if self.slot.watchdog.oom.is_none() {
+                        self.slot.watchdog.oom = Some((now, text));
                     }
                 }
             }
@@ -146,14 +147,20 @@ impl Supervisor {
     /// of any job since; progress after it clears it. Only a reading probed
     /// after the error was seen says so (one sent before may predate the job).
     fn check_oom(&mut self, reading: &QueueReading, sent: Instant) {
-        let Some((at, _)) = &self.watchdog.oom else {
+        let Some((at, _)) = &self.slot.watchdog.oom else {
             return;
         };
-        if self.watchdog.stall.last_progress().is_some_and(|p| p > *at) {
-            self.watchdog.oom = None;
+        if self
+            .slot
+            .watchdog
+            .stall
+            .last_progress()
+            .is_some_and(|p| p > *at)
+        {
+            self.slot.watchdog.oom = None;
         } else if reading.queue.is_idle()
             && sent > *at
-            && let Some((_, text)) = self.watchdog.oom.take()
+            && let Some((_, text)) = self.slot.watchdog.oom.take()
         {
             self.mark_unhealthy(text);
         }
@@ -162,11 +169,11 @@ impl Supervisor {
     /// Schedules the restart of an unhealthy UI for when it is idle (like
     /// `restart --when-idle`: under `restart.policy = "manual"` too).
     fn mark_unhealthy(&mut self, text: String) {
-        if self.watchdog.gpu_error.is_some() {
+        if self.slot.watchdog.gpu_error.is_some() {
             return;
         }
         tracing::error!(line = %text, "the UI's CUDA context is unusable; restarting it once idle");
-        self.watchdog.gpu_error = Some(text);
+        self.slot.watchdog.gpu_error = Some(text);
         self.schedule(vec![RestartCause::GpuError], RestartPolicy::WhenIdle);
     }
 }
