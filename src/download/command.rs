@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::manager::Phase;
-use super::{Event, Manager, ModelProgress};
+use super::{Manager, ModelProgress, Outcome};
 use crate::config::Config;
 
 /// Runs the subcommand.
@@ -59,7 +59,7 @@ pub fn fetch_models(path: &Path) -> ExitCode {
 /// Runs every download to its end; returns the final progress of each model.
 async fn fetch_all(config: &Config) -> Vec<ModelProgress> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let manager = Manager::new(tx);
+    let mut manager = Manager::new(tx);
     manager.apply(config);
     let terminal = std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(if terminal { 1 } else { 10 }));
@@ -72,8 +72,8 @@ async fn fetch_all(config: &Config) -> Vec<ModelProgress> {
             return snapshot;
         }
         tokio::select! {
-            Some(event) = rx.recv() => {
-                if let Event::Done { models } = event {
+            Some(report) = rx.recv() => {
+                if let Some(Outcome::Done { models }) = manager.on_report(report) {
                     for (kind, name) in models {
                         eprintln!("downloaded {kind}/{name}");
                     }

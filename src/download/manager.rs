@@ -1,11 +1,18 @@
 //! The download queue: one task per distinct digest, at most
 //! `downloads.max_concurrent` transferring at once, transient failures retried
 //! with exponential backoff up to a limit, and progress kept where status,
-//! D-Bus and metrics read it. The core hears of outcomes through [`Event`]s.
+//! D-Bus and metrics read it.
+//!
+//! The [`Manager`] is a plain value owned by one task (the core, or
+//! `fetch-models`): its tasks never touch its state. Each reports its changes
+//! as a [`Report`] on the channel given to [`Manager::new`], and the owner
+//! hands every report back to [`Manager::on_report`], which applies it and
+//! says when a download finished or gave up. Only the byte counts, written
+//! hundreds of times a second, are shared (atomics in [`Progress`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -28,9 +35,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// backoff in total).
 const MAX_FRUITLESS: u32 = 8;
 
-/// What the core hears from the downloads.
+/// A download task's change of state, for its manager's owner to hand to
+/// [`Manager::on_report`].
+#[derive(Debug)]
+pub struct Report {
+    sha: Sha256,
+    /// Which task of that digest sent it: a replaced task's late reports are
+    /// ignored.
+    epoch: u64,
+    state: State,
+    at: Instant,
+    /// Bytes on disk when the state began (the rate is measured from here).
+    bytes: u64,
+}
+
+/// What a report meant, when the owner has something to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum Outcome {
     /// A file is in the cache: relayout to link these models, then refresh.
     Done {
         /// The models it serves.
@@ -122,52 +143,61 @@ pub struct ModelProgress {
     pub eta_seconds: Option<u64>,
 }
 
-/// Where one download's task stands.
-struct Cell {
-    state: State,
-    /// When the current attempt started and the bytes there were then.
-    since: Instant,
-    bytes_at_since: u64,
-}
-
 struct Entry {
     download: Download,
     models: Vec<(ModelKind, String)>,
     progress: Arc<Progress>,
-    cell: Arc<Mutex<Cell>>,
+    /// The task's number, carried by its reports.
+    epoch: u64,
+    state: State,
+    /// When the current state began and the bytes there were then.
+    since: Instant,
+    bytes_at_since: u64,
     task: Option<AbortHandle>,
 }
 
-struct Inner {
+/// Owns the download tasks of one supervisor and their state.
+pub struct Manager {
+    helpers: Helpers,
+    reports: mpsc::UnboundedSender<Report>,
     place: Option<Place>,
     entries: BTreeMap<Sha256, Entry>,
     slots: Arc<Semaphore>,
     max_concurrent: usize,
-}
-
-/// Owns the download tasks of one supervisor.
-pub struct Manager {
-    helpers: Helpers,
-    events: mpsc::UnboundedSender<Event>,
-    inner: Mutex<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The last task number given out.
+    epoch: u64,
 }
 
 impl Manager {
-    /// A manager reporting to `events`.
-    pub fn new(events: mpsc::UnboundedSender<Event>) -> Manager {
+    /// A manager whose tasks send their reports to `reports`; the owner
+    /// passes each to [`Manager::on_report`].
+    pub fn new(reports: mpsc::UnboundedSender<Report>) -> Manager {
         Manager {
             helpers: Helpers::default(),
-            events,
-            inner: Mutex::new(Inner {
-                place: None,
-                entries: BTreeMap::new(),
-                slots: Arc::new(Semaphore::new(1)),
-                max_concurrent: 0,
-            }),
+            reports,
+            place: None,
+            entries: BTreeMap::new(),
+            slots: Arc::new(Semaphore::new(1)),
+            max_concurrent: 0,
+            epoch: 0,
+        }
+    }
+
+    /// Applies a task's report; says when a download finished or gave up.
+    /// A report from a task that was since replaced or stopped changes nothing.
+    pub fn on_report(&mut self, report: Report) -> Option<Outcome> {
+        let entry = self.entries.get_mut(&report.sha)?;
+        if entry.epoch != report.epoch {
+            return None;
+        }
+        entry.state = report.state;
+        entry.since = report.at;
+        entry.bytes_at_since = report.bytes;
+        let models = entry.models.clone();
+        match entry.state {
+            State::Done => Some(Outcome::Done { models }),
+            State::Failed(_) => Some(Outcome::Failed { models }),
+            _ => None,
         }
     }
 
@@ -175,7 +205,7 @@ impl Manager {
     /// (URL, token), stops what is no longer declared, and leaves failed
     /// downloads failed while their declaration is the same. Must be called
     /// inside a tokio runtime.
-    pub fn apply(&self, config: &Config) {
+    pub fn apply(&mut self, config: &Config) {
         let place = Place {
             data_dir: config.data.dir.clone(),
             mode: config.data.permissions,
@@ -190,50 +220,48 @@ impl Manager {
                     .push((*kind, name.clone()));
             }
         }
-        let mut inner = lock(&self.inner);
-        let moved = inner.place.as_ref().map(|p| &p.data_dir) != Some(&place.data_dir);
-        inner.place = Some(place.clone());
-        if inner.max_concurrent != config.downloads.max_concurrent {
-            inner.max_concurrent = config.downloads.max_concurrent;
-            inner.slots = Arc::new(Semaphore::new(inner.max_concurrent));
+        let moved = self.place.as_ref().map(|p| &p.data_dir) != Some(&place.data_dir);
+        self.place = Some(place.clone());
+        if self.max_concurrent != config.downloads.max_concurrent {
+            self.max_concurrent = config.downloads.max_concurrent;
+            self.slots = Arc::new(Semaphore::new(self.max_concurrent));
         }
-        let stale: Vec<Sha256> = inner
+        let stale: Vec<Sha256> = self
             .entries
             .iter()
             .filter(|(sha, e)| moved || wanted.get(sha).is_none_or(|(d, _)| *d != e.download))
             .map(|(sha, _)| *sha)
             .collect();
         for sha in stale {
-            if let Some(task) = inner.entries.remove(&sha).and_then(|e| e.task) {
+            if let Some(task) = self.entries.remove(&sha).and_then(|e| e.task) {
                 task.abort();
             }
         }
         for (sha, (download, models)) in wanted {
-            if let Some(entry) = inner.entries.get_mut(&sha) {
+            if let Some(entry) = self.entries.get_mut(&sha) {
                 entry.models = models;
                 continue;
             }
-            let entry = self.spawn(&inner, &place, download, models);
-            inner.entries.insert(sha, entry);
+            let entry = self.spawn(&place, download, models);
+            self.entries.insert(sha, entry);
         }
     }
 
     /// Starts failed downloads again (`retry-downloads`); returns how many.
-    pub fn retry(&self) -> usize {
-        let mut inner = lock(&self.inner);
-        let Some(place) = inner.place.clone() else {
+    pub fn retry(&mut self) -> usize {
+        let Some(place) = self.place.clone() else {
             return 0;
         };
-        let failed: Vec<Sha256> = inner
+        let failed: Vec<Sha256> = self
             .entries
             .iter()
-            .filter(|(_, e)| matches!(lock(&e.cell).state, State::Failed(_)))
+            .filter(|(_, e)| matches!(e.state, State::Failed(_)))
             .map(|(sha, _)| *sha)
             .collect();
         for sha in &failed {
-            if let Some(old) = inner.entries.remove(sha) {
-                let entry = self.spawn(&inner, &place, old.download, old.models);
-                inner.entries.insert(*sha, entry);
+            if let Some(old) = self.entries.remove(sha) {
+                let entry = self.spawn(&place, old.download, old.models);
+                self.entries.insert(*sha, entry);
             }
         }
         failed.len()
@@ -242,24 +270,19 @@ impl Manager {
     /// Whether any download still has work to do (the core then refreshes its
     /// snapshot periodically, for progress and rate).
     pub fn busy(&self) -> bool {
-        lock(&self.inner)
-            .entries
-            .values()
-            .any(|e| !lock(&e.cell).state.is_final())
+        self.entries.values().any(|e| !e.state.is_final())
     }
 
     /// Every declared download model with its progress, by kind and name.
     pub fn snapshot(&self) -> Vec<ModelProgress> {
-        let inner = lock(&self.inner);
         let mut out = Vec::new();
-        for (sha, e) in &inner.entries {
-            let cell = lock(&e.cell);
+        for (sha, e) in &self.entries {
             let done = e.progress.done.load(Ordering::Relaxed);
             let total = Some(e.progress.total.load(Ordering::Relaxed)).filter(|t| *t != UNKNOWN);
-            let elapsed = cell.since.elapsed().as_secs_f64();
-            let rate = match cell.state {
+            let elapsed = e.since.elapsed().as_secs_f64();
+            let rate = match e.state {
                 State::Downloading if elapsed > 0.0 => {
-                    done.saturating_sub(cell.bytes_at_since) as f64 / elapsed
+                    done.saturating_sub(e.bytes_at_since) as f64 / elapsed
                 }
                 _ => 0.0,
             };
@@ -272,8 +295,8 @@ impl Manager {
                     kind: *kind,
                     name: name.clone(),
                     sha256: sha.hex(),
-                    state: cell.state.phase(),
-                    reason: cell.state.reason().map(|r| r.to_string()),
+                    state: e.state.phase(),
+                    reason: e.state.reason().map(|r| r.to_string()),
                     bytes_done: done,
                     bytes_total: total,
                     rate,
@@ -286,35 +309,33 @@ impl Manager {
     }
 
     fn spawn(
-        &self,
-        inner: &Inner,
+        &mut self,
         place: &Place,
         download: Download,
         models: Vec<(ModelKind, String)>,
     ) -> Entry {
+        self.epoch = self.epoch.wrapping_add(1);
         let progress = Arc::new(Progress::default());
-        let cell = Arc::new(Mutex::new(Cell {
-            state: State::Queued,
-            since: Instant::now(),
-            bytes_at_since: 0,
-        }));
         let job = Job {
             helpers: self.helpers.clone(),
             place: place.clone(),
+            sha: download.sha256,
+            epoch: self.epoch,
             download: download.clone(),
             names: names(&models),
-            models: models.clone(),
             progress: Arc::clone(&progress),
-            cell: Arc::clone(&cell),
-            slots: Arc::clone(&inner.slots),
-            events: self.events.clone(),
+            slots: Arc::clone(&self.slots),
+            reports: self.reports.clone(),
         };
         let task = tokio::spawn(job.run()).abort_handle();
         Entry {
             download,
             models,
             progress,
-            cell,
+            epoch: self.epoch,
+            state: State::Queued,
+            since: Instant::now(),
+            bytes_at_since: 0,
             task: Some(task),
         }
     }
@@ -325,7 +346,7 @@ impl Drop for Manager {
     /// dropped at its next poll, which never comes when the process `execve`s
     /// into a new binary.
     fn drop(&mut self) {
-        for e in lock(&self.inner).entries.values() {
+        for e in self.entries.values() {
             if let Some(task) = &e.task {
                 task.abort();
             }
@@ -344,21 +365,25 @@ fn names(models: &[(ModelKind, String)]) -> String {
 struct Job {
     helpers: Helpers,
     place: Place,
+    sha: Sha256,
+    epoch: u64,
     download: Download,
     names: String,
-    models: Vec<(ModelKind, String)>,
     progress: Arc<Progress>,
-    cell: Arc<Mutex<Cell>>,
     slots: Arc<Semaphore>,
-    events: mpsc::UnboundedSender<Event>,
+    reports: mpsc::UnboundedSender<Report>,
 }
 
 impl Job {
+    /// Tells the manager's owner; a gone owner (shutting down) is not an error.
     fn set(&self, state: State) {
-        let mut cell = lock(&self.cell);
-        cell.state = state;
-        cell.since = Instant::now();
-        cell.bytes_at_since = self.progress.done.load(Ordering::Relaxed);
+        let _ = self.reports.send(Report {
+            sha: self.sha,
+            epoch: self.epoch,
+            state,
+            at: Instant::now(),
+            bytes: self.progress.done.load(Ordering::Relaxed),
+        });
     }
 
     async fn run(self) {
@@ -382,9 +407,6 @@ impl Job {
                 Ok(()) => {
                     tracing::info!(models = %self.names, "download finished and verified");
                     self.set(State::Done);
-                    let _ = self.events.send(Event::Done {
-                        models: self.models.clone(),
-                    });
                     return;
                 }
                 Err(f) => f,
@@ -397,9 +419,6 @@ impl Job {
             if !failure.is_transient() || fruitless >= MAX_FRUITLESS {
                 tracing::warn!(models = %self.names, "download failed: {failure}");
                 self.set(State::Failed(failure));
-                let _ = self.events.send(Event::Failed {
-                    models: self.models.clone(),
-                });
                 return;
             }
             let wait = backoff(fruitless);
@@ -431,5 +450,59 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(2));
         assert_eq!(backoff(4), Duration::from_secs(8));
         assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    fn entry(sha: Sha256, epoch: u64) -> Entry {
+        Entry {
+            download: Download {
+                url: "https://example.invalid/a".into(),
+                sha256: sha,
+                token_file: None,
+                token_header: "Authorization".into(),
+            },
+            models: vec![(ModelKind::Checkpoints, "a.safetensors".into())],
+            progress: Arc::new(Progress::default()),
+            epoch,
+            state: State::Queued,
+            since: Instant::now(),
+            bytes_at_since: 0,
+            task: None,
+        }
+    }
+
+    fn report(sha: Sha256, epoch: u64, state: State) -> Report {
+        Report {
+            sha,
+            epoch,
+            state,
+            at: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// The state the owner sees is only what reports of the current task said:
+    /// a late report of a replaced task (a retry, a changed URL) cannot mark
+    /// the new one done or failed.
+    #[test]
+    fn reports_change_the_state_only_for_the_current_task() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut m = Manager::new(tx);
+        let sha = Sha256([7; 32]);
+        m.entries.insert(sha, entry(sha, 2));
+        assert!(m.busy());
+        assert_eq!(m.on_report(report(sha, 1, State::Done)), None);
+        assert_eq!(m.snapshot()[0].state, Phase::Queued);
+        assert_eq!(m.on_report(report(Sha256([8; 32]), 2, State::Done)), None);
+        assert_eq!(m.on_report(report(sha, 2, State::Downloading)), None);
+        assert_eq!(m.snapshot()[0].state, Phase::Downloading);
+        let failure = super::super::Failure::DiskFull;
+        assert_eq!(
+            m.on_report(report(sha, 2, State::Failed(failure))),
+            Some(Outcome::Failed {
+                models: vec![(ModelKind::Checkpoints, "a.safetensors".into())]
+            })
+        );
+        assert_eq!(m.snapshot()[0].state, Phase::Failed);
+        assert!(!m.busy());
     }
 }

@@ -26,7 +26,7 @@ mod writer;
 
 use std::fmt;
 
-pub use manager::{Event, Manager, ModelProgress, Phase};
+pub use manager::{Manager, ModelProgress, Outcome, Phase, Report};
 
 /// Where a download stands, as status, D-Bus and metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]

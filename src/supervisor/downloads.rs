@@ -3,7 +3,9 @@
 //! relays out (linking them like store models) and asks the UI to rescan. The
 //! UI never waits for downloads: the layout links only what is present.
 //!
-//! Nothing here awaits: the manager's events come in through a tracked task,
+//! Nothing here awaits: the manager's tasks report through a bridge to the
+//! core's event channel and the core applies each report to the manager it
+//! owns ([`Manager::on_report`]);
 //! finished downloads that arrive close together (all the cached ones at start)
 //! share one layout ([`super::timers::RELINK_AFTER`]), and the refresh calls
 //! run as tracked work ([`Supervisor::spawn_refresh`]) once that layout is done.
@@ -50,15 +52,19 @@ impl Supervisor {
                 }
             });
         }
-        if let Some(manager) = &self.downloads.manager {
+        if let Some(manager) = &mut self.downloads.manager {
             manager.apply(&self.config);
         }
     }
 
-    /// A download finished or gave up. A finished file is linked by the next
-    /// relink, shortly (failures are in the snapshot, and logged by the manager).
-    pub(super) fn on_download(&mut self, ev: download::Event) {
-        let download::Event::Done { models } = ev else {
+    /// A download task reported: the manager applies it. A finished file is
+    /// linked by the next relink, shortly (failures are in the snapshot, and
+    /// logged by the manager).
+    pub(super) fn on_download(&mut self, report: download::Report) {
+        let Some(manager) = &mut self.downloads.manager else {
+            return;
+        };
+        let Some(download::Outcome::Done { models }) = manager.on_report(report) else {
             return;
         };
         if matches!(self.slot.ui, Ui::Preparing { prepared: None, .. }) {
@@ -94,7 +100,7 @@ impl Supervisor {
 
     /// `retry-downloads`: failed downloads start again; returns how many.
     pub(super) fn retry_downloads(&mut self) -> usize {
-        self.downloads.manager.as_ref().map_or(0, Manager::retry)
+        self.downloads.manager.as_mut().map_or(0, Manager::retry)
     }
 
     /// Every declared download with its progress.

@@ -63,8 +63,8 @@ pub enum Event {
     SettingsSynced(Synced),
     /// The new binary of a self-upgrade passed its check, or not.
     HandoffChecked(super::handoff::Checked),
-    /// A download finished or gave up (forwarded from the download manager).
-    Download(crate::download::Event),
+    /// A download task's report, for the manager the core owns.
+    Download(crate::download::Report),
     /// A declared image's render task ended.
     ImageDone {
         /// The image.
