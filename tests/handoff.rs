@@ -455,3 +455,48 @@ fn a_download_in_flight_is_resumed_by_the_new_binary() {
         "the file differs from what was served"
     );
 }
+
+/// The socket inodes in `pid`'s descriptor table (`socket:[N]` links).
+fn sockets_of(pid: i32) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            if let Ok(link) = std::fs::read_link(e.path()) {
+                let link = link.to_string_lossy().into_owned();
+                if link.starts_with("socket:") {
+                    out.insert(link);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The descriptors a new binary takes over (the front door's listener, the
+/// control sockets, the UI's pipes) are close-on-exec again once owned: a UI
+/// started after the handoff inherits none of them. (A UI holding `ui.port`'s
+/// listener would keep the port when the supervisor is gone, with nobody
+/// accepting.)
+#[test]
+fn a_ui_started_after_the_handoff_inherits_none_of_the_daemons_sockets() {
+    let (mut s, _a, b) = start_on_a("handoff-fds");
+    let first = s.wait_listening(1, SECS(20));
+    s.conf.executable = Some(b.clone());
+    s.reload();
+    let pid = s.daemon().pid();
+    assert_eq!(exe_of(pid), b);
+    let (code, out) = s.cli(&["restart", "--now"]);
+    assert_eq!(code, 0, "{out}");
+    let second = s.wait_listening(2, SECS(30));
+    assert_ne!(second.pid, first.pid, "a new UI");
+    let ui = i32::try_from(second.pid).expect("a pid");
+    let shared: Vec<String> = sockets_of(pid)
+        .intersection(&sockets_of(ui))
+        .cloned()
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "the new UI (pid {ui}) holds the daemon's sockets {shared:?}\n{}",
+        s.diagnostics()
+    );
+}

@@ -238,12 +238,22 @@ pub fn read(fd: RawFd) -> Result<Received, StateError> {
     Ok(envelope.receive())
 }
 
-/// Owns descriptor `fd` if it is open.
+/// Owns descriptor `fd` if it is open, close-on-exec again: the exec cleared
+/// the flag so the descriptor could travel, and without it every program this
+/// binary starts (the next UI, a download helper) would inherit the front
+/// door's listener, the control sockets and the old UI's pipes.
 pub fn own_fd(fd: RawFd) -> Option<OwnedFd> {
-    // SAFETY: F_GETFD only checks that the number is open.
-    (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
-        // SAFETY: an open descriptor handed to this binary to own.
-        .then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    // SAFETY: F_GETFD only reads the flags of the number (fails when closed).
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return None;
+    }
+    // SAFETY: F_SETFD on an open descriptor changes only its flags.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        tracing::warn!(fd, error = %io::Error::last_os_error(), "cannot mark a handed-over descriptor close-on-exec");
+    }
+    // SAFETY: an open descriptor handed to this binary to own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl ControlFds {

@@ -8,7 +8,6 @@
 //! [`EXIT_SERVICE_RESTART`](crate::handoff::EXIT_SERVICE_RESTART), so systemd
 //! starts the service again under the new unit.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use super::work::Event;
 use super::{Probing, Supervisor, Ui};
 use crate::config::{Config, RestartPolicy};
 use crate::handoff::check::{CheckError, check_binary};
-use crate::handoff::state::{CoreState, Received, UiHandle};
+use crate::handoff::state::{CoreState, Received, UiHandle, own_fd};
 use crate::supervisor::protocol::ReloadOutcome;
 use crate::supervisor::protocol::RestartCause;
 use crate::ui::api::Probe;
@@ -333,12 +332,12 @@ impl Supervisor {
     fn adopt_ui(&mut self, handle: UiHandle, ready: bool, since: Instant) {
         let guard = handle
             .guard
-            .and_then(|g| own_if_open(g.fd).map(|fd| GroupGuard::adopt(g.pid, fd)));
+            .and_then(|g| own_fd(g.fd).map(|fd| GroupGuard::adopt(g.pid, fd)));
         let handed = HandedOver {
             pid: handle.pid,
             guard,
-            stdout: handle.stdout_fd.and_then(own_if_open),
-            stderr: handle.stderr_fd.and_then(own_if_open),
+            stdout: handle.stdout_fd.and_then(own_fd),
+            stderr: handle.stderr_fd.and_then(own_fd),
         };
         // The credentials file is small; this runs once, before the loop.
         let prepared = crate::ui::launch::prepare(&self.config).ok();
@@ -404,12 +403,4 @@ impl Supervisor {
         self.life.exit_service = true;
         self.pending = None;
     }
-}
-
-/// A descriptor number handed over by the previous binary, owned again if open.
-fn own_if_open(fd: RawFd) -> Option<OwnedFd> {
-    // SAFETY: F_GETFD only checks that the handed-over number is open.
-    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-    // SAFETY: an open descriptor handed to this binary to own.
-    open.then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
