@@ -128,6 +128,9 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     let listeners = adoption
         .as_ref()
         .and_then(|(r, _)| r.envelope.control.take_listeners());
+    let sleep_lock = adoption
+        .as_ref()
+        .and_then(|(r, _)| r.envelope.sleep_lock.as_ref()?.take());
     if let Some((received, unknown)) = adoption {
         tracing::info!(config = %path.display(), state_known = received.state.is_some(), "supervisor taking over from the previous binary");
         core.adopt(received, unknown, file_text.clone());
@@ -155,7 +158,7 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     };
     // Beside the core like the front door: it reads the snapshots, the core
     // never waits for it.
-    let inhibitor = Inhibitor::start(&handle);
+    let inhibitor = Inhibitor::start(&handle, sleep_lock);
     handle.attach_inhibitor(inhibitor.held());
 
     let (stop, stopped) = oneshot::channel();
@@ -181,10 +184,10 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     // From here signals stay pending, for this binary's end or the next one.
     signal_task.abort();
     drop(watcher);
-    // The UI is stopped, or the next binary takes over and takes its own lock.
-    inhibitor.stop().await;
     match ended {
         Ended::Shutdown | Ended::ServiceRestart => {
+            // The UI is stopped: the machine may sleep.
+            inhibitor.stop().await;
             if let Some((door, _)) = front {
                 door.shutdown(FRONT_STOP_GRACE).await;
             }
@@ -196,6 +199,8 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
             }))
         }
         Ended::Handoff(handover) => {
+            // The next binary holds the lock on.
+            let sleep_lock = inhibitor.hand_over().await;
             let front = match front {
                 Some((door, ui_port)) => {
                     let (fd, stats) = door.hand_over(FRONT_HANDOFF_GRACE).await;
@@ -205,7 +210,9 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
             };
             let listeners = control.hand_over().await;
             Ok(Step::ExecFailed(Box::new(
-                crate::handoff::send::exec_new_binary(path, *handover, listeners, front),
+                crate::handoff::send::exec_new_binary(
+                    path, *handover, listeners, front, sleep_lock,
+                ),
             )))
         }
     }

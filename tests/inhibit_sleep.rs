@@ -6,8 +6,9 @@
 //!   lists the supervisor's `sleep` lock in `block` mode with the job count as
 //!   its why (renewed when the count changes), its descriptor close-on-exec;
 //!   once idle it is gone; `gpu.inhibit_sleep = false` (by a reload) takes none
-//!   while a job runs, and turning it on again by a reload does; after a
-//!   self-upgrade in the middle of a job one lock is held, the new binary's;
+//!   while a job runs, and turning it on again by a reload does; a
+//!   self-upgrade in the middle of a job hands the lock over: the new binary
+//!   holds the very lock the old one took (same logind FIFO, never released);
 //!   `systemctl stop` in the middle of a job lets go; a user logind refuses (no polkit)
 //!   gets one warning for many jobs, which run on. Skipped with the reason where the
 //!   sandbox cannot boot (not root, systemd < 254), except under `CI=true`.
@@ -124,6 +125,21 @@ fn lock_fd_flags(sandbox: &Sandbox, pid: u64) -> Vec<u32> {
         .collect()
 }
 
+/// The logind lock FIFOs (`/run/systemd/inhibit/N.ref`, N the lock's id) that
+/// `pid` holds open, from /proc inside the sandbox.
+fn lock_fd_paths(sandbox: &Sandbox, pid: u64) -> Vec<String> {
+    let script = format!(
+        "for fd in /proc/{pid}/fd/*; do l=$(readlink \"$fd\"); \
+         case $l in /run/systemd/inhibit/*) echo \"$l\";; esac; done"
+    );
+    sandbox
+        .run(&["sh", "-c", &script])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
 /// A systemd sandbox with logind running and `unit` (from `file`) started;
 /// `None` (skipped, with the reason) where the machine cannot run one.
 fn sandbox_with_logind(scene: &Scene, file: &std::path::Path, unit: &str) -> Option<Sandbox> {
@@ -222,22 +238,44 @@ fn systemd_logind_lists_the_lock_while_jobs_run_and_a_reload_switches_it() {
     let last = txt2img(u16::try_from(ui_port).expect("a port"), 30.0);
     wait_lock(&sandbox, "1 generation job(s) running");
 
-    // A self-upgrade in the middle of the job: the old binary's lock does not
-    // live on in the new one (close-on-exec), which takes its own: one lock,
-    // same PID, one "holding off" line per binary.
-    let held_before = count(&sandbox.journal(unit), "holding off sleep");
+    // A self-upgrade in the middle of the job: the lock travels to the new
+    // binary (never closed, so the machine cannot sleep between the two): the
+    // same logind lock afterwards, no new one taken, none closed.
+    let fifo_before = lock_fd_paths(&sandbox, main);
+    assert_eq!(fifo_before.len(), 1, "one lock FIFO: {fifo_before:?}");
+    let journal = sandbox.journal(unit);
+    let taken_before = count(&journal, "holding off sleep (logind inhibitor lock)");
+    let closed_before = count(&journal, "sleep no longer held off");
     scene.executable = Some(support::env::binary_copy(scene.dir(), "supervisor-next"));
     scene.write_config();
     sandbox.run(&["systemctl", "reload", unit]);
-    wait_for("the new binary's own lock", SECS(15), || {
-        (count(&sandbox.journal(unit), "holding off sleep") > held_before).then_some(())
+    wait_for("the new binary holding the old lock", SECS(15), || {
+        sandbox
+            .journal(unit)
+            .contains("holding off sleep with the previous binary's inhibitor lock")
+            .then_some(())
     });
     let lock = wait_lock(&sandbox, "1 generation job(s) running");
     assert_eq!(lock.pid, main, "the same process, a new binary: {lock:?}");
+    assert_eq!(
+        lock_fd_paths(&sandbox, main),
+        fifo_before,
+        "the very lock the old binary took"
+    );
     let journal = sandbox.journal(unit);
     assert!(
         journal.contains("taking over from the previous binary"),
         "{journal}"
+    );
+    assert_eq!(
+        count(&journal, "holding off sleep (logind inhibitor lock)"),
+        taken_before,
+        "no new lock taken:\n{journal}"
+    );
+    assert_eq!(
+        count(&journal, "sleep no longer held off"),
+        closed_before,
+        "no lock closed:\n{journal}"
     );
     assert_eq!(
         lock_fd_flags(&sandbox, main).len(),

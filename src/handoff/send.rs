@@ -1,6 +1,6 @@
 //! The old binary's side of a self-upgrade: the core's [`Handover`] and the
 //! descriptors that travel (the UI's guard pipe and output, the control
-//! listeners, the front door's listener) go into the state document by number,
+//! listeners, the front door's listener, the sleep inhibitor's lock) go into the state document by number,
 //! and the new binary is exec'd on it. The one way back is a failed `execve`:
 //! then this binary takes its own document back, as a new binary would.
 
@@ -8,7 +8,9 @@ use std::ffi::OsString;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use super::state::{self, ControlFds, Envelope, FrontFds, GuardFd, Received, UiHandle};
+use super::state::{
+    self, ControlFds, Envelope, FrontFds, GuardFd, Received, SleepLockFd, UiHandle,
+};
 use crate::supervisor::Handover;
 
 /// Writes the state document and execs the new binary; returns only when the
@@ -18,6 +20,7 @@ pub fn exec_new_binary(
     handover: Handover,
     listeners: Option<crate::control::Listeners>,
     front: Option<(OwnedFd, u16, crate::front::FrontStatus)>,
+    sleep_lock: Option<crate::inhibit::Carried>,
 ) -> Received {
     // From here the document owns the descriptors (by number), whichever binary
     // reads it.
@@ -52,6 +55,10 @@ pub fn exec_new_binary(
         listener: raw(fd),
         ui_port,
         stats: Some(stats),
+    });
+    envelope.sleep_lock = sleep_lock.map(|lock| SleepLockFd {
+        fd: raw(lock.fd),
+        jobs: lock.jobs,
     });
     let err = match state::write(&envelope) {
         Ok(memfd) => {

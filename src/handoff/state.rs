@@ -37,6 +37,29 @@ pub struct Envelope {
     /// runs (absent from the documents of binaries without one).
     #[serde(default)]
     pub front: Option<FrontFds>,
+    /// The sleep inhibitor's logind lock, when it holds one: kept open across
+    /// the exec, the machine never may sleep between the binaries mid-job.
+    #[serde(default)]
+    pub sleep_lock: Option<SleepLockFd>,
+}
+
+/// The sleep inhibitor's lock across a self-upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleepLockFd {
+    /// The lock's descriptor.
+    pub fd: RawFd,
+    /// The job count its `why` says.
+    pub jobs: u32,
+}
+
+impl SleepLockFd {
+    /// The lock, owned again (`None` when the number is not open).
+    pub fn take(&self) -> Option<crate::inhibit::Carried> {
+        own_fd(self.fd).map(|fd| crate::inhibit::Carried {
+            fd,
+            jobs: self.jobs,
+        })
+    }
 }
 
 /// The front door across a self-upgrade: its listening socket (connections wait
@@ -184,6 +207,7 @@ impl Envelope {
             config_text,
             state: serde_json::to_value(state).unwrap_or(serde_json::Value::Null),
             front: None,
+            sleep_lock: None,
         }
     }
 

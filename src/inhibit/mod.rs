@@ -10,6 +10,10 @@
 //! calls (`logind.rs`) and publishes whether it holds the lock, which
 //! [`CoreHandle::snapshot`] adds to the status as `sleep_inhibited`.
 //!
+//! A self-upgrade hands the lock to the new binary ([`Inhibitor::hand_over`],
+//! [`Carried`] in the handoff document), which starts holding it: the machine
+//! is never free to sleep between the two binaries while a job runs.
+//!
 //! Without a system bus or logind (a container, a host without systemd) it says
 //! so once at `info` and does nothing more. A failed call is a warning once per
 //! distinct error, never more, and never stops anything.
@@ -19,7 +23,9 @@ mod socket;
 
 use std::os::fd::OwnedFd;
 
-use tokio::sync::watch;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use logind::{LogindError, MODE, WHAT, WHO};
@@ -66,20 +72,56 @@ pub fn why(jobs: u32) -> String {
     format!("{jobs} generation job(s) running")
 }
 
+/// A lock travelling to the next binary in a self-upgrade: logind keeps it as
+/// long as the descriptor is open, whichever binary holds it.
+#[derive(Debug)]
+pub struct Carried {
+    /// The lock's descriptor (a FIFO end logind watches).
+    pub fd: OwnedFd,
+    /// The job count its `why` says.
+    pub jobs: u32,
+}
+
+/// How long ending the task may wait for a logind call in progress.
+const END_WAIT: Duration = Duration::from_secs(2);
+
+/// How the task is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Close the lock.
+    Release,
+    /// Give the lock to the caller (a self-upgrade).
+    HandOver,
+}
+
 /// The running inhibitor task.
 pub struct Inhibitor {
-    task: JoinHandle<()>,
+    task: JoinHandle<Option<Lock>>,
+    end: oneshot::Sender<End>,
     held: watch::Receiver<Option<bool>>,
 }
 
 impl Inhibitor {
-    /// Starts the task on `core`'s snapshots. It connects to the system bus at
-    /// once (unless `gpu.inhibit_sleep` is off), so that a machine without
-    /// logind is reported when the supervisor starts, not at the first job.
-    pub fn start(core: &CoreHandle) -> Inhibitor {
+    /// Starts the task on `core`'s snapshots, holding `carried` (the previous
+    /// binary's lock, after a self-upgrade) until the snapshots say otherwise.
+    /// It connects to the system bus at once (unless `gpu.inhibit_sleep` is
+    /// off), so that a machine without logind is reported when the supervisor
+    /// starts, not at the first job.
+    pub fn start(core: &CoreHandle, carried: Option<Carried>) -> Inhibitor {
         let (held_tx, held) = watch::channel(None);
-        let task = tokio::spawn(run(core.subscribe(), held_tx));
-        Inhibitor { task, held }
+        let (end, end_rx) = oneshot::channel();
+        let lock = carried.map(|c| {
+            tracing::info!(
+                jobs = c.jobs,
+                "holding off sleep with the previous binary's inhibitor lock"
+            );
+            Lock {
+                fd: c.fd,
+                jobs: c.jobs,
+            }
+        });
+        let task = tokio::spawn(run(core.subscribe(), held_tx, lock, end_rx));
+        Inhibitor { task, end, held }
     }
 
     /// Whether the lock is held now, for [`CoreHandle::attach_inhibitor`]:
@@ -89,23 +131,41 @@ impl Inhibitor {
         self.held.clone()
     }
 
-    /// Ends the task, which closes the lock if one is held. The daemon calls it
-    /// when the core has ended: at a stop, and before a self-upgrade's `execve`
-    /// (which would close the descriptor anyway: it is close-on-exec).
+    /// Ends the task, which closes the lock if one is held: the core has
+    /// ended for a stop.
     pub async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
-        if *self.held.borrow() == Some(true) {
-            tracing::info!(
-                "sleep no longer held off (inhibitor lock closed: the supervisor stops or hands over)"
-            );
+        // The task says so when it closes one.
+        drop(self.end_task(End::Release).await);
+    }
+
+    /// Ends the task and takes its lock, if it holds one, for the next binary
+    /// of a self-upgrade (the descriptor stays close-on-exec until the exec
+    /// hands it over).
+    pub async fn hand_over(self) -> Option<Carried> {
+        let lock = self.end_task(End::HandOver).await?;
+        Some(Carried {
+            fd: lock.fd,
+            jobs: lock.jobs,
+        })
+    }
+
+    /// Asks the task to end and waits for it, at most [`END_WAIT`] (a logind
+    /// call that hangs loses the lock, by the abort, rather than the stop).
+    async fn end_task(mut self, how: End) -> Option<Lock> {
+        let _ = self.end.send(how);
+        match tokio::time::timeout(END_WAIT, &mut self.task).await {
+            Ok(lock) => lock.ok().flatten(),
+            Err(_) => {
+                self.task.abort();
+                None
+            }
         }
     }
 }
 
 /// A lock logind gave: held as long as `fd` is open.
 struct Lock {
-    _fd: OwnedFd,
+    fd: OwnedFd,
     jobs: u32,
 }
 
@@ -128,11 +188,20 @@ struct Task {
     warned: Option<String>,
 }
 
-/// Follows the snapshots until the core ends; the lock goes with the task.
-async fn run(mut snapshots: watch::Receiver<Snapshot>, held: watch::Sender<Option<bool>>) {
+/// Follows the snapshots until told to end or the core ends; returns the lock
+/// when told to hand it over, else closes it.
+async fn run(
+    mut snapshots: watch::Receiver<Snapshot>,
+    held: watch::Sender<Option<bool>>,
+    lock: Option<Lock>,
+    mut end: oneshot::Receiver<End>,
+) -> Option<Lock> {
+    if lock.is_some() {
+        held.send_replace(Some(true));
+    }
     let mut task = Task {
         bus: Bus::Unknown,
-        lock: None,
+        lock,
         held,
         warned: None,
     };
@@ -143,11 +212,16 @@ async fn run(mut snapshots: watch::Receiver<Snapshot>, held: watch::Sender<Optio
             task.apply(want).await;
             last = Some(want);
         }
-        if snapshots.changed().await.is_err() {
-            break;
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() {
+                // The core has ended, for a stop or a handoff: the daemon says
+                // which (or drops the inhibitor: a release).
+                let how = (&mut end).await;
+                return task.end(how);
+            },
+            how = &mut end => return task.end(how),
         }
     }
-    task.release();
 }
 
 impl Task {
@@ -199,7 +273,7 @@ impl Task {
         match result {
             Ok(fd) => {
                 let first = self.lock.is_none();
-                self.lock = Some(Lock { _fd: fd, jobs });
+                self.lock = Some(Lock { fd, jobs });
                 self.warned = None;
                 if first {
                     tracing::info!(
@@ -280,6 +354,15 @@ impl Task {
             tracing::warn!(error = %e, "{what}");
             self.warned = Some(text);
         }
+    }
+
+    /// Ends as asked: the lock for a handover, else closed.
+    fn end(mut self, how: Result<End, oneshot::error::RecvError>) -> Option<Lock> {
+        if how == Ok(End::HandOver) {
+            return self.lock.take();
+        }
+        self.release();
+        None
     }
 
     /// Closes the lock, if one is held.
