@@ -276,6 +276,7 @@ impl Supervisor {
             front: None,
             inhibit_sleep: config.gpu.inhibit_sleep,
             sleep_inhibited: None,
+            pod_deletion_cost: None,
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let images = images::Images::new(&config);
@@ -558,6 +559,7 @@ impl Supervisor {
             front: None,
             inhibit_sleep: self.config.gpu.inhibit_sleep,
             sleep_inhibited: None,
+            pod_deletion_cost: None,
         }
     }
 
