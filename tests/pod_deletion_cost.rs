@@ -308,6 +308,12 @@ fn the_annotation_follows_the_queue_and_the_rotated_token() {
         metric(&s, "sd_webui_supervisor_pod_deletion_cost"),
         Some(3.0)
     );
+    let (code, text) = s.cli(&["status"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("Pod cost:  3 on pod {NAMESPACE}/{POD}\n")),
+        "{text}"
+    );
 
     // The kubelet rotates the token while the first job runs: the next patch
     // (2, once it is done) carries the new one.
