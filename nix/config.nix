@@ -176,6 +176,8 @@ in
         stall_grace = cfg.health.stallGrace;
         gpu_errors = cfg.health.gpuErrors;
       };
+      # [kubernetes]: only when on (the supervisor's default is off).
+      kubernetes = optionalAttrs cfg.kubernetes.podDeletionCost { pod_deletion_cost = true; };
     };
 
   # [front]: only what the options set; the supervisor's defaults apply to the rest.

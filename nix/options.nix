@@ -695,6 +695,25 @@ in
       };
     };
 
+    # [kubernetes]: for the container image (nix/image.nix) run as a Pod.
+    kubernetes = {
+      podDeletionCost = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Whether the supervisor, running in a Kubernetes Pod, keeps the Pod's
+          `controller.kubernetes.io/pod-deletion-cost` annotation at the number
+          of jobs running and waiting in the UI, so that a scale-in removes
+          idle pods first. It patches its own Pod through the API server with
+          the Pod's service account, which needs `get` and `patch` on pods
+          (deploy/kubernetes/rbac.yaml). Meant for the container image; on a
+          NixOS host there is no cluster, and the supervisor logs one warning
+          and does nothing. A change takes effect when the supervisor next
+          starts.
+        '';
+      };
+    };
+
     checkConfig = mkOption {
       type = types.bool;
       default = true;

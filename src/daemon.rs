@@ -13,6 +13,7 @@ use crate::front::FrontDoor;
 use crate::handoff::signals::{Signals, resend};
 use crate::handoff::state::{self, FrontFds, Received};
 use crate::inhibit::Inhibitor;
+use crate::kube::DeletionCost;
 use crate::notify::Notifier;
 use crate::supervisor::protocol::CoreHandle;
 use crate::supervisor::{Ended, Supervisor};
@@ -89,6 +90,9 @@ pub async fn run(path: &Path, handoff_fd: Option<RawFd>) -> Result<Exit, DaemonE
 async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step, DaemonError> {
     let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
     let file_config = Config::from_bytes(path, &text)?;
+    // Set up once per start (a reload's change waits for the next start), from
+    // the file as it is now, also after a handoff.
+    let keep_deletion_cost = file_config.kubernetes.pod_deletion_cost;
     raise_fd_limit();
     // Under `init` (PID 1 in a container), orphans go to the init half instead.
     if !crate::init::under_init()
@@ -160,6 +164,11 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     // never waits for it.
     let inhibitor = Inhibitor::start(&handle, sleep_lock);
     handle.attach_inhibitor(inhibitor.held());
+    // Likewise: the Pod's deletion cost, patched from the snapshots.
+    let deletion_cost = DeletionCost::start(&handle, keep_deletion_cost);
+    if let Some(cost) = &deletion_cost {
+        handle.attach_deletion_cost(cost.status());
+    }
 
     let (stop, stopped) = oneshot::channel();
     let signal_task = tokio::spawn(dispatch_signals(signals, handle.clone(), stop));
@@ -184,6 +193,10 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     // From here signals stay pending, for this binary's end or the next one.
     signal_task.abort();
     drop(watcher);
+    // The annotation stays as it is; the next binary (if any) patches on.
+    if let Some(cost) = deletion_cost {
+        cost.stop().await;
+    }
     match ended {
         Ended::Shutdown | Ended::ServiceRestart => {
             // The UI is stopped: the machine may sleep.

@@ -97,6 +97,7 @@ async fn status_for_people_shows_the_pending_restart_and_the_queue() {
         "config 2, crash 1; crashes 1",
         "Images:    3 declared: 1 rendered, 1 pending (rendering cat), 1 failed",
         "             dog: /sdapi/v1/txt2img: HTTP 500: RuntimeError: CUDA out of memory",
+        "Pod cost:  3 on pod gpu-pool/sd-webui-7d9f-abcde; the last patch failed: PATCH https://10.96.0.1:443/",
     ] {
         assert!(
             text.contains(expected),

@@ -242,6 +242,8 @@ async fn metrics_are_prometheus_text_from_the_snapshot() {
     assert_eq!(value("time_to_ready_seconds", None), 12.345);
     assert_eq!(value("uptime_seconds", None), 3723.0);
     assert_eq!(value("layout_conflicts", None), 1.0);
+    assert_eq!(value("pod_deletion_cost", None), 3.0);
+    assert_eq!(value("pod_deletion_cost_failures_total", None), 2.0);
     for name in [
         "ui_up",
         "state",
@@ -255,6 +257,8 @@ async fn metrics_are_prometheus_text_from_the_snapshot() {
         "uptime_seconds",
         "layout_conflicts",
         "draining",
+        "pod_deletion_cost",
+        "pod_deletion_cost_failures_total",
     ] {
         let full = format!("sd_webui_supervisor_{name}");
         assert!(scrape.docs.contains_key(&full), "no HELP for {full}");
@@ -274,6 +278,8 @@ async fn metrics_leave_out_what_is_unknown() {
     let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
     assert!(!names.contains(&"sd_webui_supervisor_queue_running"));
     assert!(!names.contains(&"sd_webui_supervisor_time_to_ready_seconds"));
+    // No deletion cost kept (off, or not in a cluster): none of its families.
+    assert!(!text.contains("pod_deletion_cost"), "{text}");
     assert!(text.contains("sd_webui_supervisor_ui_up 0\n"));
     assert!(text.contains("sd_webui_supervisor_state{state=\"starting\"} 1\n"));
 }

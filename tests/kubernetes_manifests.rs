@@ -250,7 +250,15 @@ fn the_probes_and_the_pre_stop_hook_are_what_the_binary_serves() {
         let mut cmd = Command::new(daemon_bin());
         cmd.args(["run", "--config"])
             .arg(builder_scene.config_path());
-        cmd.stdout(fs::File::create(scene.log_path()).expect("log"));
+        let log = fs::File::create(scene.log_path()).expect("log");
+        cmd.stderr(log.try_clone().expect("log"));
+        cmd.stdout(log);
+        // The ConfigMap keeps the Pod's deletion cost: here, outside any
+        // cluster (even when the tests run in a Pod), it must find none.
+        cmd.env_remove("KUBERNETES_SERVICE_HOST").env(
+            sd_webui_supervisor::kube::SERVICE_ACCOUNT_ENV,
+            scene.dir().join("no-service-account"),
+        );
         KillOnDrop(cmd.spawn().expect("spawn the daemon"))
     };
 
@@ -273,6 +281,14 @@ fn the_probes_and_the_pre_stop_hook_are_what_the_binary_serves() {
         http(control_port, "GET", live, None).map(|r| r.0),
         Some(200)
     );
+    // Not in a cluster: one warning that says why, nothing kept.
+    let log = fs::read_to_string(scene.log_path()).expect("the daemon's log");
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("the Pod's deletion cost is not kept"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("KUBERNETES_SERVICE_HOST"), "{log}");
 
     let mut pre_stop = strings(&c["lifecycle"]["preStop"]["exec"]["command"]);
     assert_eq!(
@@ -289,6 +305,74 @@ fn the_probes_and_the_pre_stop_hook_are_what_the_binary_serves() {
     assert!(status.success(), "{pre_stop:?}: {status}");
     let (code, body) = http(control_port, "GET", ready, None).expect("readiness");
     assert_eq!(code, 503, "after preStop, no more traffic: {body}");
+}
+
+/// The Pod may patch its own deletion cost, as the ConfigMap's config asks:
+/// the Deployment runs as a ServiceAccount whose Role, bound to it, allows
+/// `get` and `patch` on pods; the downward API names the Pod to the
+/// supervisor; the annotation is the one the ReplicaSet controller reads.
+#[test]
+fn the_pod_may_patch_its_own_deletion_cost() {
+    let d = deployed();
+    assert_eq!(
+        d.config["kubernetes"]["pod_deletion_cost"].as_bool(),
+        Some(true),
+        "the ConfigMap keeps the deletion cost"
+    );
+    assert_eq!(
+        sd_webui_supervisor::kube::ANNOTATION,
+        "controller.kubernetes.io/pod-deletion-cost"
+    );
+    let spec = &kind(&d.all, "Deployment")["spec"]["template"]["spec"];
+    let account = kind(&d.all, "ServiceAccount");
+    let name = account["metadata"]["name"]
+        .as_str()
+        .expect("the ServiceAccount's name");
+    assert_eq!(spec["serviceAccountName"], name);
+    assert_ne!(
+        spec["automountServiceAccountToken"],
+        Value::Bool(false),
+        "the token must be mounted"
+    );
+    assert_ne!(
+        account["automountServiceAccountToken"],
+        Value::Bool(false),
+        "the token must be mounted"
+    );
+
+    let role = kind(&d.all, "Role");
+    let allows = |verb: &str| {
+        role["rules"].as_array().expect("rules").iter().any(|r| {
+            strings(&r["apiGroups"]).contains(&String::new())
+                && strings(&r["resources"]).contains(&"pods".to_string())
+                && strings(&r["verbs"]).contains(&verb.to_string())
+        })
+    };
+    assert!(allows("get") && allows("patch"), "{role}");
+    let binding = kind(&d.all, "RoleBinding");
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
+    assert!(
+        binding["subjects"]
+            .as_array()
+            .expect("subjects")
+            .iter()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == name),
+        "{binding}"
+    );
+
+    let env = container(&d)["env"]
+        .as_array()
+        .expect("the container's env");
+    let field = |var: &str| {
+        env.iter()
+            .find(|e| e["name"] == var)
+            .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+            .unwrap_or_else(|| panic!("no {var} in the container's env"))
+    };
+    assert_eq!(field("POD_NAME"), "metadata.name");
+    assert_eq!(field("POD_NAMESPACE"), "metadata.namespace");
 }
 
 struct KillOnDrop(std::process::Child);

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use crate::config::supervisor::SupervisorConfig;
 use crate::config::{
-    Config, ControlConfig, DataConfig, FrontConfig, GpuConfig, RestartConfig, UiConfig,
+    Config, ControlConfig, DataConfig, FrontConfig, GpuConfig, KubernetesConfig, RestartConfig,
+    UiConfig,
 };
 use crate::ui::flavor::{Flavor, ModelKind};
 
@@ -130,6 +131,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         front: old_front,
         gpu: old_gpu,
         health: old_health,
+        kubernetes: old_kubernetes,
         supervisor: old_supervisor,
         downloads: old_downloads,
         images: old_images,
@@ -145,6 +147,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         front: new_front,
         gpu: new_gpu,
         health: new_health,
+        kubernetes: new_kubernetes,
         supervisor: new_supervisor,
         downloads: new_downloads,
         images: new_images,
@@ -162,6 +165,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     control(&mut d, old_control, new_control);
     front(&mut d, old_front, new_front);
     gpu(&mut d, old_gpu, new_gpu);
+    kubernetes(&mut d, old_kubernetes, new_kubernetes);
     supervisor(&mut d, old_supervisor, new_supervisor);
     // The core reads `[health]` on each probe: live, nothing happens to the UI.
     note(&mut d.supervisor_only, "health", old_health != new_health);
@@ -309,6 +313,18 @@ fn gpu(d: &mut ConfigDiff, old: &GpuConfig, new: &GpuConfig) {
         &mut d.supervisor_only,
         "gpu.unload_after",
         old.unload_after != *unload_after,
+    );
+}
+
+/// `[kubernetes]` is set up once, at start: the Pod, its token and the API
+/// server are what the daemon found then (a Pod's spec, which grants them,
+/// changes only with a new Pod anyway).
+fn kubernetes(d: &mut ConfigDiff, old: &KubernetesConfig, new: &KubernetesConfig) {
+    let KubernetesConfig { pod_deletion_cost } = new;
+    note(
+        &mut d.next_start,
+        "kubernetes.pod_deletion_cost",
+        old.pod_deletion_cost != *pod_deletion_cost,
     );
 }
 

@@ -228,6 +228,18 @@ fn gpu_inhibit_sleep_applies_live_to_the_supervisor() {
 }
 
 #[test]
+fn kubernetes_pod_deletion_cost_takes_effect_at_the_next_start() {
+    let old = base();
+    assert!(!old.kubernetes.pod_deletion_cost, "off by default");
+    let mut new = old.clone();
+    new.kubernetes.pod_deletion_cost = true;
+    let d = diff(&old, &new);
+    assert_eq!(d.next_start, ["kubernetes.pod_deletion_cost"]);
+    assert!(!d.needs_restart() && d.supervisor_only.is_empty(), "{d}");
+    assert_eq!(d.to_string(), "next start: kubernetes.pod_deletion_cost");
+}
+
+#[test]
 fn a_new_flavor_or_data_dir_makes_settings_and_models_moot() {
     for change in [
         (|c: &mut Config| c.ui.flavor = Flavor::A1111) as fn(&mut Config),
@@ -452,6 +464,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                         ..Default::default()
                     },
                     health: Default::default(),
+                    kubernetes: Default::default(),
                     supervisor: Default::default(),
                     downloads: Default::default(),
                     images: BTreeMap::new(),

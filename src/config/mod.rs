@@ -14,6 +14,7 @@ pub mod front;
 pub mod gpu;
 pub mod health;
 mod images;
+pub mod kubernetes;
 pub mod limits;
 mod raw;
 pub mod supervisor;
@@ -31,6 +32,7 @@ pub use diagnostics::{ConfigError, Problem};
 pub use front::FrontConfig;
 pub use gpu::GpuConfig;
 pub use health::HealthConfig;
+pub use kubernetes::KubernetesConfig;
 
 /// The names of the config file's top-level sections, in the order the file
 /// documents them (the docs are checked against this list).
@@ -65,6 +67,9 @@ pub struct Config {
     pub gpu: GpuConfig,
     /// What is done about a UI that answers but no longer works.
     pub health: HealthConfig,
+    /// What the supervisor tells the Kubernetes API about its Pod (the
+    /// deletion cost a scale-in reads).
+    pub kubernetes: KubernetesConfig,
     /// Self-upgrade: the binary to run and the unit's fingerprint.
     pub supervisor: supervisor::SupervisorConfig,
     /// Declared images (`[images.<name>]`), rendered by the running UI.

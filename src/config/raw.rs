@@ -98,6 +98,7 @@ pub struct RawConfig {
     pub front: super::front::RawFront,
     pub gpu: super::gpu::RawGpu,
     pub health: super::health::RawHealth,
+    pub kubernetes: super::kubernetes::RawKubernetes,
     pub supervisor: super::supervisor::RawSupervisor,
     pub downloads: RawDownloads,
     /// `[images.<name>]`, read image by image.
@@ -168,6 +169,13 @@ pub const SECTIONS: &[Section] = &[
         name: "health",
         keys: super::health::RawHealth::KEYS,
         read: |de, raw| super::health::RawHealth::deserialize(de).map(|v| raw.health = v),
+    },
+    Section {
+        name: "kubernetes",
+        keys: super::kubernetes::RawKubernetes::KEYS,
+        read: |de, raw| {
+            super::kubernetes::RawKubernetes::deserialize(de).map(|v| raw.kubernetes = v)
+        },
     },
     Section {
         name: "supervisor",

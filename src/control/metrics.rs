@@ -191,7 +191,29 @@ pub fn render(s: &Snapshot) -> String {
     if let Some(f) = &s.front {
         front(&mut out, f);
     }
+    if let Some(cost) = &s.pod_deletion_cost {
+        deletion_cost(&mut out, cost);
+    }
     out.text
+}
+
+/// The Pod's deletion cost (`kubernetes.pod_deletion_cost`); present only while
+/// it is kept, the gauge once the API server accepted a value.
+fn deletion_cost(out: &mut Exposition, c: &crate::kube::DeletionCostStatus) {
+    if let Some(value) = c.value {
+        out.single(
+            "pod_deletion_cost",
+            "gauge",
+            "The Pod's controller.kubernetes.io/pod-deletion-cost as last accepted by the API server (jobs running and waiting).",
+            f64::from(value),
+        );
+    }
+    out.single(
+        "pod_deletion_cost_failures_total",
+        "counter",
+        "Patches of the Pod's deletion cost the API server refused or did not answer.",
+        c.failures as f64,
+    );
 }
 
 /// The front door's families; present only while a front door runs.

@@ -66,6 +66,17 @@ where
             ),
         );
     }
+    if let Some(c) = &s.pod_deletion_cost {
+        // What a scale-in reads: the Pod's deletion cost as the API server has it.
+        let value = c
+            .value
+            .map_or_else(|| "not patched yet".to_owned(), |v| v.to_string());
+        let text = match &c.error {
+            Some(e) => format!("{value} on pod {}; the last patch failed: {e}", c.pod),
+            None => format!("{value} on pod {}", c.pod),
+        };
+        line("Pod cost:", text);
+    }
     if s.draining {
         line(
             "Draining:",

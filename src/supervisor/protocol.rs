@@ -383,6 +383,12 @@ pub struct Snapshot {
     /// by [`CoreHandle::snapshot`]: the inhibitor knows, the core does not.
     #[serde(default)]
     pub sleep_inhibited: Option<bool>,
+    /// The Pod's deletion cost (`kubernetes.pod_deletion_cost`): the value the
+    /// API server last accepted and the last error; `None` when it is not kept
+    /// (switched off, or not in a cluster). Filled in by
+    /// [`CoreHandle::snapshot`]: the task that patches knows, the core does not.
+    #[serde(default)]
+    pub pod_deletion_cost: Option<crate::kube::DeletionCostStatus>,
 }
 
 /// `gpu.inhibit_sleep` when the config does not say.
@@ -482,6 +488,8 @@ pub struct CoreHandle {
     front: Arc<OnceLock<Arc<crate::front::Stats>>>,
     /// The sleep inhibitor's state, shared by every clone once set.
     inhibitor: Arc<OnceLock<watch::Receiver<Option<bool>>>>,
+    /// The deletion-cost task's state, shared by every clone once set.
+    deletion_cost: Arc<OnceLock<watch::Receiver<Option<crate::kube::DeletionCostStatus>>>>,
 }
 
 impl CoreHandle {
@@ -492,6 +500,7 @@ impl CoreHandle {
             snapshots,
             front: Arc::new(OnceLock::new()),
             inhibitor: Arc::new(OnceLock::new()),
+            deletion_cost: Arc::new(OnceLock::new()),
         }
     }
 
@@ -508,13 +517,26 @@ impl CoreHandle {
         let _ = self.inhibitor.set(held);
     }
 
-    /// The latest snapshot, with the front door's counters and the sleep
-    /// inhibitor's state.
+    /// Makes every snapshot read through this handle (and its clones) say what
+    /// the Pod's deletion cost is (`pod_deletion_cost`). Once; a second call is
+    /// ignored.
+    pub fn attach_deletion_cost(
+        &self,
+        status: watch::Receiver<Option<crate::kube::DeletionCostStatus>>,
+    ) {
+        let _ = self.deletion_cost.set(status);
+    }
+
+    /// The latest snapshot, with the front door's counters, the sleep
+    /// inhibitor's state and the Pod's deletion cost.
     pub fn snapshot(&self) -> Snapshot {
         let mut s = self.snapshots.borrow().clone();
         s.front = self.front.get().map(|f| f.status());
         if let Some(held) = self.inhibitor.get() {
             s.sleep_inhibited = *held.borrow();
+        }
+        if let Some(status) = self.deletion_cost.get() {
+            s.pod_deletion_cost = status.borrow().clone();
         }
         s
     }

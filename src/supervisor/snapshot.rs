@@ -136,6 +136,7 @@ impl Supervisor {
             front: None,
             inhibit_sleep: self.config.gpu.inhibit_sleep,
             sleep_inhibited: None,
+            pod_deletion_cost: None,
         }
     }
 }

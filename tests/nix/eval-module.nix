@@ -542,6 +542,16 @@ let
     ) false)
     (eq "toml: front.enable = true as set explicitly renders nothing either" ((toml { front.enable = true; }) ? front) false)
     (eq "toml: a default config has no [health]" ((toml { }) ? health) false)
+    # [kubernetes]: written only when on.
+    (eq "default kubernetes: no pod deletion cost" (sd { }).kubernetes { podDeletionCost = false; })
+    (eq "toml: a default config has no [kubernetes]" ((toml { }) ? kubernetes) false)
+    (eq "toml: kubernetes.podDeletionCost = true is written" (toml { kubernetes.podDeletionCost = true; })
+      .kubernetes
+      { pod_deletion_cost = true; }
+    )
+    (check "kubernetes.podDeletionCost: not a bool is refused" (throws (sd { kubernetes.podDeletionCost = "yes"; })
+      .kubernetes.podDeletionCost
+    ) "")
     (eq "toml: gpu.unloadAfter is written" (toml { gpu.unloadAfter = "30m"; }).gpu { unload_after = "30m"; })
     (eq "toml: health, every option set" (toml {
       health = {
@@ -903,6 +913,7 @@ let
     }).configFile.env.unchecked.text;
     default = (sd { }).configFile.env.unchecked.text;
     gpu-off = (sd { gpu.inhibitSleep = false; }).configFile.env.unchecked.text;
+    kubernetes-on = (sd { kubernetes.podDeletionCost = true; }).configFile.env.unchecked.text;
     front = (sd withFront).configFile.env.unchecked.text;
     front-off = (sd {
       front.enable = false;

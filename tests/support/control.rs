@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use sd_webui_supervisor::images::{FailedImage, GenerateError, GenerateResult, ImagesStatus};
+use sd_webui_supervisor::kube::DeletionCostStatus;
 use sd_webui_supervisor::supervisor::protocol::{
     CoreCommand, CoreHandle, PendingRestart, Phase, Queue, ReloadOutcome, ReloadResult,
     RestartPolicy, RestartReason, RestartWhen, Snapshot,
@@ -185,6 +186,7 @@ pub fn ready_idle() -> Snapshot {
         front: None,
         inhibit_sleep: true,
         sleep_inhibited: Some(false),
+        pod_deletion_cost: None,
     }
 }
 
@@ -215,6 +217,12 @@ pub fn busy_pending() -> Snapshot {
         crashes: 1,
         reloads: BTreeMap::from([(ReloadResult::Applied, 3), (ReloadResult::Rejected, 1)]),
         sleep_inhibited: Some(true),
+        pod_deletion_cost: Some(DeletionCostStatus {
+            pod: "gpu-pool/sd-webui-7d9f-abcde".into(),
+            value: Some(3),
+            error: Some("PATCH https://10.96.0.1:443/api/v1/namespaces/gpu-pool/pods/sd-webui-7d9f-abcde: 500 Internal Server Error".into()),
+            failures: 2,
+        }),
         images: ImagesStatus {
             declared: 3,
             rendered: 1,
