@@ -21,7 +21,7 @@ pub mod helper;
 mod http_get;
 pub mod manager;
 pub mod summary;
-mod worker;
+pub(crate) mod worker;
 mod writer;
 
 use std::fmt;

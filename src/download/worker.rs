@@ -143,7 +143,7 @@ impl Drop for Registered {
 }
 
 /// The helper beside the running binary (both live in the same `bin/`).
-fn helper_path() -> Result<PathBuf, Failure> {
+pub(crate) fn helper_path() -> Result<PathBuf, Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::Io(format!("cannot tell where this binary is: {e}")))?;
     let path = exe.parent().unwrap_or(Path::new("/")).join(HELPER);

@@ -18,6 +18,7 @@
 //! per distinct error; the token is never logged.
 
 mod api;
+pub mod patch;
 
 use std::time::Duration;
 
