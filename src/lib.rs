@@ -13,6 +13,7 @@ pub mod front;
 pub mod handoff;
 pub mod images;
 pub mod inhibit;
+pub mod journal;
 pub mod init;
 pub mod layout;
 pub mod logging;
