@@ -45,6 +45,26 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// The gate for one request: a ComfyUI submission (`submission`) also
+    /// waits while the queue is paused or the journal is being replayed.
+    pub fn for_request(s: &Snapshot, submission: bool) -> Gate {
+        let gate = Gate::of(s);
+        if gate == Gate::Open && submission && s.queue_keep.holds_submissions() {
+            let why = if s.queue_keep.paused {
+                "queue paused: new prompts wait until `sd-webui-supervisor queue resume`"
+            } else {
+                "sending the journaled prompts to the UI again"
+            };
+            return Gate::Closed {
+                status: why.into(),
+                expected: None,
+            };
+        }
+        gate
+    }
+}
+
 /// Why a hold ended without the UI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldEnd {
@@ -56,10 +76,15 @@ pub enum HoldEnd {
     Stopped,
 }
 
-/// Waits until the gate opens or `until`.
-pub async fn wait_open(rx: &mut watch::Receiver<Snapshot>, until: Instant) -> Result<(), HoldEnd> {
+/// Waits until the gate opens (for a submission, see [`Gate::for_request`])
+/// or `until`.
+pub async fn wait_open(
+    rx: &mut watch::Receiver<Snapshot>,
+    until: Instant,
+    submission: bool,
+) -> Result<(), HoldEnd> {
     loop {
-        match Gate::of(&rx.borrow_and_update()) {
+        match Gate::for_request(&rx.borrow_and_update(), submission) {
             Gate::Open => return Ok(()),
             Gate::Failed { status } => return Err(HoldEnd::Failed(status)),
             Gate::Closed { .. } => {}

@@ -22,6 +22,7 @@ mod pending;
 mod probe;
 pub mod protocol;
 mod queue_age;
+mod queue_keep;
 mod reconfigure;
 mod refresh;
 mod stall;
@@ -200,6 +201,8 @@ pub struct Supervisor {
     idle_unload: unload::IdleUnload,
     /// How long the oldest waiting job has waited.
     queue_age: queue_age::QueueAge,
+    /// The journal of ComfyUI prompts (`queue_keep.rs`).
+    keep: queue_keep::QueueKeep,
 }
 
 /// Local `HH:MM` of a unix time, for status lines.
@@ -276,9 +279,11 @@ impl Supervisor {
             front: None,
             inhibit_sleep: config.gpu.inhibit_sleep,
             sleep_inhibited: None,
+            queue_keep: Default::default(),
         };
         let (snapshots, snap_rx) = watch::channel(placeholder);
         let images = images::Images::new(&config);
+        let keep = queue_keep::QueueKeep::new(&config);
         let sup = Supervisor {
             path,
             config_hash: config_hash(config_text),
@@ -323,6 +328,7 @@ impl Supervisor {
             watchdog: watchdog::Watchdog::default(),
             idle_unload: unload::IdleUnload::default(),
             queue_age: queue_age::QueueAge::default(),
+            keep,
         };
         (
             sup,
@@ -344,6 +350,7 @@ impl Supervisor {
         tokio::pin!(shutdown);
         // Downloads run beside the UI, which starts with what is present.
         self.apply_downloads();
+        self.keep_load();
         match self.adopting.take() {
             Some(adopting) => self.finish_adoption(adopting),
             None => self.start_ui(),
@@ -558,6 +565,7 @@ impl Supervisor {
             front: None,
             inhibit_sleep: self.config.gpu.inhibit_sleep,
             sleep_inhibited: None,
+            queue_keep: self.keep.status(),
         }
     }
 
@@ -592,6 +600,8 @@ impl Supervisor {
                 force,
                 reply,
             } => self.images_generate(names, force, reply),
+            CoreCommand::QueueAccepted(kept) => self.on_queue_accepted(*kept),
+            CoreCommand::Queue { op, reply } => self.on_queue_command(op, reply),
         }
     }
 
