@@ -294,7 +294,8 @@ impl Supervisor1 {
             .queue(op)
             .await?
             .map_err(|refusal| MethodError::Fdo(fdo::Error::Failed(refusal.to_string())))?;
-        serde_json::to_string(&list).map_err(|e| MethodError::Fdo(fdo::Error::Failed(e.to_string())))
+        serde_json::to_string(&list)
+            .map_err(|e| MethodError::Fdo(fdo::Error::Failed(e.to_string())))
     }
 
     fn front(&self) -> Option<crate::front::FrontStatus> {

@@ -73,7 +73,9 @@ pub async fn answer(tap: &Tap, sent: &Bytes, response: Response<Incoming>) -> Re
     }
     forward::strip_hop_by_hop(&mut parts.headers, false);
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
+    let body = Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync();
     Response::from_parts(parts, body)
 }
 

@@ -164,9 +164,10 @@ pub async fn handle(
     let replayable = body.is_none();
     // A ComfyUI submission: read whole, journaled once the UI accepts it, and
     // held while the queue is paused or the journal is being replayed.
-    let submission = shared.keep.as_ref().filter(|_| {
-        crate::journal::comfy::is_submission(parts.method.as_str(), &path)
-    });
+    let submission = shared
+        .keep
+        .as_ref()
+        .filter(|_| crate::journal::comfy::is_submission(parts.method.as_str(), &path));
     let mut kept_body = None;
     if let Some(b) = body.take_if(|_| {
         submission.is_some() && keep::wants(parts.method.as_str(), &path, &parts.headers)

@@ -100,7 +100,8 @@ mod tests {
 
     #[test]
     fn an_accepted_prompt_keeps_body_id_and_client() {
-        let body = br#"{"prompt": {"9": {"class_type": "SaveImage", "inputs": {}}}, "client_id": "web"}"#;
+        let body =
+            br#"{"prompt": {"9": {"class_type": "SaveImage", "inputs": {}}}, "client_id": "web"}"#;
         let answer = br#"{"prompt_id": "p-1", "number": 3, "node_errors": {}}"#;
         let k = accepted(body, answer, 7).expect("kept");
         assert_eq!(k.prompt_id, "p-1");
@@ -117,17 +118,24 @@ mod tests {
     fn hostile_bodies_and_answers_are_not_kept() {
         let ok = br#"{"prompt_id": "x"}"#;
         assert_eq!(accepted(b"[1]", ok, 0), Err(NotKept::NotAPrompt));
-        assert_eq!(accepted(b"{\"prompt\": 5}", ok, 0), Err(NotKept::NotAPrompt));
+        assert_eq!(
+            accepted(b"{\"prompt\": 5}", ok, 0),
+            Err(NotKept::NotAPrompt)
+        );
         assert_eq!(accepted(b"\xff", ok, 0), Err(NotKept::NotAPrompt));
         let body = br#"{"prompt": {}}"#;
         assert_eq!(accepted(body, b"{}", 0), Err(NotKept::NoPromptId));
-        assert_eq!(accepted(body, b"{\"prompt_id\": 5}", 0), Err(NotKept::NoPromptId));
+        assert_eq!(
+            accepted(body, b"{\"prompt_id\": 5}", 0),
+            Err(NotKept::NoPromptId)
+        );
         assert_eq!(accepted(body, b"oops", 0), Err(NotKept::NoPromptId));
     }
 
     #[test]
     fn queue_and_history_readings() {
-        let q = json!({"queue_running": [[0, "a", {}, {}, []]], "queue_pending": [[1, "b"], [2], "x"]});
+        let q =
+            json!({"queue_running": [[0, "a", {}, {}, []]], "queue_pending": [[1, "b"], [2], "x"]});
         assert_eq!(queue_ids(&q), BTreeSet::from(["a".into(), "b".into()]));
         assert!(queue_ids(&json!([])).is_empty());
         let h = json!({"a": {"status": {"status_str": "success", "completed": true}},

@@ -200,7 +200,11 @@ mod tests {
     fn appended_records_load_back_and_bad_lines_are_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("state").join(FILE_NAME);
-        append(&p, &[Record::Accepted(kept("a")), Record::Accepted(kept("b"))]).expect("append");
+        append(
+            &p,
+            &[Record::Accepted(kept("a")), Record::Accepted(kept("b"))],
+        )
+        .expect("append");
         let mut f = OpenOptions::new().append(true).open(&p).expect("open");
         f.write_all(b"{not json\n\xff\xfe\n").expect("garbage");
         append(
@@ -212,13 +216,18 @@ mod tests {
             }],
         )
         .expect("append");
-        f.write_all(b"{\"op\":\"strike\",\"prompt_id\":\"b\"").expect("torn");
+        f.write_all(b"{\"op\":\"strike\",\"prompt_id\":\"b\"")
+            .expect("torn");
         let loaded = load(&p).expect("load");
         assert!(loaded.rewrite);
         assert_eq!(loaded.lines, 6);
         let ids: Vec<_> = loaded.book.kept().iter().map(|k| &k.prompt_id).collect();
         assert_eq!(ids, ["b"]);
-        assert_eq!(loaded.book.kept()[0].strikes, 0, "the torn line is not applied");
+        assert_eq!(
+            loaded.book.kept()[0].strikes,
+            0,
+            "the torn line is not applied"
+        );
         assert_eq!(loaded.book.history().len(), 1);
 
         rewrite(&p, &loaded.book.records()).expect("rewrite");

@@ -17,9 +17,7 @@ use super::{Supervisor, Ui};
 use crate::journal::file::{self, JournalError, Loaded};
 use crate::journal::reconcile::{self, Moment, Step, UiKnows};
 use crate::journal::{Book, KeepStatus, Kept, Outcome, Record, comfy};
-use crate::supervisor::protocol::{
-    KeptState, ListedPrompt, QueueList, QueueOp, QueueRefusal,
-};
+use crate::supervisor::protocol::{KeptState, ListedPrompt, QueueList, QueueOp, QueueRefusal};
 use crate::ui::api::QueueReading;
 use crate::ui::flavor::Flavor;
 use crate::ui::loopback::Loopback;
@@ -241,7 +239,10 @@ impl Supervisor {
     /// Whether a queue change announced on `/ws` should be probed at once: a
     /// prompt that just finished leaves the journal without waiting for the poll.
     pub(super) fn keep_wants_probe(&self) -> bool {
-        self.keep.book.as_ref().is_some_and(|b| !b.kept().is_empty())
+        self.keep
+            .book
+            .as_ref()
+            .is_some_and(|b| !b.kept().is_empty())
     }
 
     /// A queue reading of the running UI, probed at `probed`: who runs, and
@@ -270,7 +271,12 @@ impl Supervisor {
             .iter()
             .flat_map(|b| b.kept())
             .filter(|k| !k.quarantined && !listed.contains(k.prompt_id.as_str()))
-            .filter(|k| self.keep.sent.get(&k.prompt_id).is_some_and(|t| *t < probed))
+            .filter(|k| {
+                self.keep
+                    .sent
+                    .get(&k.prompt_id)
+                    .is_some_and(|t| *t < probed)
+            })
             .map(|k| k.prompt_id.clone())
             .take(CHECK_BATCH)
             .collect();
@@ -323,13 +329,19 @@ impl Supervisor {
 
     /// The front door saw the UI accept `kept`.
     pub(super) fn on_queue_accepted(&mut self, kept: Kept) {
-        let fits = self.keep.book.as_ref().is_none_or(|b| b.has_room(kept.bytes));
+        let fits = self
+            .keep
+            .book
+            .as_ref()
+            .is_none_or(|b| b.has_room(kept.bytes));
         if !self.keep.enabled || !fits {
             self.keep.not_journaled = self.keep.not_journaled.saturating_add(1);
             tracing::warn!(prompt_id = %kept.prompt_id, "queue journal full; the prompt is not journaled");
             return;
         }
-        self.keep.sent.insert(kept.prompt_id.clone(), Instant::now());
+        self.keep
+            .sent
+            .insert(kept.prompt_id.clone(), Instant::now());
         self.keep.journaled = self.keep.journaled.saturating_add(1);
         self.keep_write(Record::Accepted(kept));
     }
@@ -349,25 +361,35 @@ impl Supervisor {
             QueueOp::Pause | QueueOp::Resume => {
                 let paused = op == QueueOp::Pause;
                 if self.keep.paused() != paused {
-                    tracing::info!(paused, "queue {}", if paused { "paused: new prompts are held at the front door" } else { "resumed" });
+                    tracing::info!(
+                        paused,
+                        "queue {}",
+                        if paused {
+                            "paused: new prompts are held at the front door"
+                        } else {
+                            "resumed"
+                        }
+                    );
                     self.keep_write(Record::Paused { paused });
                 }
                 self.keep_replay();
                 Ok(())
             }
-            QueueOp::Release { prompt_id } => match self.keep.book.as_ref().and_then(|b| b.get(&prompt_id)) {
-                None => Err(QueueRefusal::Unknown { prompt_id }),
-                Some(k) if !k.quarantined => Err(QueueRefusal::NotQuarantined { prompt_id }),
-                Some(_) => {
-                    tracing::info!(prompt_id = %prompt_id, "quarantined prompt released; it is sent to the UI again");
-                    self.keep_write(Record::Released { prompt_id });
-                    if self.keep.replay == Replay::Done {
-                        self.keep.replay = Replay::Due;
+            QueueOp::Release { prompt_id } => {
+                match self.keep.book.as_ref().and_then(|b| b.get(&prompt_id)) {
+                    None => Err(QueueRefusal::Unknown { prompt_id }),
+                    Some(k) if !k.quarantined => Err(QueueRefusal::NotQuarantined { prompt_id }),
+                    Some(_) => {
+                        tracing::info!(prompt_id = %prompt_id, "quarantined prompt released; it is sent to the UI again");
+                        self.keep_write(Record::Released { prompt_id });
+                        if self.keep.replay == Replay::Done {
+                            self.keep.replay = Replay::Due;
+                        }
+                        self.keep_replay();
+                        Ok(())
                     }
-                    self.keep_replay();
-                    Ok(())
                 }
-            },
+            }
         };
         self.publish();
         let _ = reply.send(answer.map(|()| self.keep.list()));
@@ -489,7 +511,10 @@ impl Supervisor {
             self.keep.replay = Replay::Done;
             return;
         }
-        tracing::info!(count = resubmit.len(), "sending the journaled prompts the last UI did not finish, in their order");
+        tracing::info!(
+            count = resubmit.len(),
+            "sending the journaled prompts the last UI did not finish, in their order"
+        );
         self.keep.replay = Replay::Resubmitting;
         let client = Loopback::new(self.config.ui_own_port(), None);
         self.tasks.spawn(async move {
@@ -499,7 +524,8 @@ impl Supervisor {
                 let result = match answer {
                     Ok(a) if a.is_success() => Sent::Accepted,
                     Ok(a) if (400..500).contains(&a.status) => {
-                        let text: String = String::from_utf8_lossy(&a.body).chars().take(300).collect();
+                        let text: String =
+                            String::from_utf8_lossy(&a.body).chars().take(300).collect();
                         Sent::Refused(format!("HTTP {}: {text}", a.status))
                     }
                     Ok(a) => Sent::Lost(format!("HTTP {}", a.status)),

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use sd_webui_supervisor::images::{FailedImage, GenerateError, GenerateResult, ImagesStatus};
 use sd_webui_supervisor::supervisor::protocol::{
     CoreCommand, CoreHandle, PendingRestart, Phase, Queue, QueueList, QueueOp, ReloadOutcome,
-    ReloadResult,
-    RestartPolicy, RestartReason, RestartWhen, Snapshot,
+    ReloadResult, RestartPolicy, RestartReason, RestartWhen, Snapshot,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -70,7 +69,10 @@ impl FakeCore {
                         let _ = reply.send(generated(&names));
                     }
                     CoreCommand::QueueAccepted(kept) => {
-                        seen2.lock().unwrap().push(format!("accepted {}", kept.prompt_id));
+                        seen2
+                            .lock()
+                            .unwrap()
+                            .push(format!("accepted {}", kept.prompt_id));
                     }
                     CoreCommand::Queue { op, reply } => {
                         seen2.lock().unwrap().push(format!("queue {op:?}"));

@@ -112,7 +112,10 @@ async fn act(client: &Client, action: ClientAction) -> ExitCode {
         }
         ClientAction::Queue { op, json } => client.queue(&op).await.map(|list| {
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
             } else {
                 print!("{}", queue_text(&op, &list));
             }
@@ -137,8 +140,16 @@ fn queue_text(op: &QueueOp, list: &QueueList) -> String {
     let _ = writeln!(
         s,
         "{}{}; {} kept",
-        if list.paused { "paused" } else { "taking prompts" },
-        if list.replaying { "; replaying the journal" } else { "" },
+        if list.paused {
+            "paused"
+        } else {
+            "taking prompts"
+        },
+        if list.replaying {
+            "; replaying the journal"
+        } else {
+            ""
+        },
         list.prompts.len()
     );
     for p in &list.prompts {
