@@ -308,3 +308,48 @@ fn a_daemon_killed_with_its_ui_replays_the_journal_when_started_again() {
     let st = s.status_json();
     assert_eq!(st["queue_keep"]["resubmitted"], 3, "{}", st["queue_keep"]);
 }
+
+#[test]
+fn a_submission_whose_answer_never_came_is_not_sent_again() {
+    let s = started("keep-502");
+    let ui1 = ready_pid(&s).expect("ready");
+    let port = s.conf.port;
+    // The UI queues the prompt and sends its answer's head, then dies before the body.
+    let client = std::thread::spawn(move || {
+        let body = json!({
+            "prompt": {"9": {"class_type": "SaveImage", "inputs": {}}},
+            "stand_in_seconds": 5.0,
+        });
+        http(
+            port,
+            "POST",
+            "/prompt?stand_in_body_delay=30",
+            Some(&body),
+            SECS(60),
+        )
+    });
+    let started = wait_start_any(&s);
+    sigkill(ui1);
+    let (status, answer) = client.join().expect("client").expect("an answer");
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&answer));
+    new_ui(&s, ui1, "a UI after the crash");
+    std::thread::sleep(SECS(3));
+    let st = s.status_json();
+    assert_eq!(st["queue_keep"]["journaled"], 0, "{}", st["queue_keep"]);
+    assert_eq!(st["queue_keep"]["resubmitted"], 0, "{}", st["queue_keep"]);
+    assert_eq!(starts_of(&s, started.id()).len(), 1, "not run again");
+    assert_eq!(
+        s.requests("POST", "/prompt").len(),
+        1,
+        "nothing sent to the new UI"
+    );
+}
+
+/// Waits for the first job to start anywhere; its record.
+fn wait_start_any(s: &Scenario) -> Rec {
+    s.wait(SECS(30), "a job start", || {
+        events(&s.records(), "job_start")
+            .first()
+            .map(|r| (*r).clone())
+    })
+}

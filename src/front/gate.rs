@@ -96,3 +96,37 @@ pub async fn wait_open(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(paused: bool, replaying: bool) -> Snapshot {
+        let json = serde_json::json!({
+            "state": "ready", "status_line": "ready", "reason": null, "flavor": "comfyui",
+            "gpus": null, "ui_pid": 1, "queue": null, "restart_pending": null,
+            "last_reload": null, "config_generation": "", "models": 0,
+            "layout_conflicts": [], "uptime_seconds": 0, "ready_since_unix": null,
+            "restarts": {}, "crashes": 0, "reloads": {}, "last_time_to_ready_ms": null,
+            "images": {"declared": 0, "rendered": 0, "pending": 0, "rendering": null, "failed": []},
+            "queue_keep": {"enabled": true, "paused": paused, "replaying": replaying, "kept": 0,
+                           "running": null, "quarantined": [], "resubmitted": 0, "journaled": 0,
+                           "not_journaled": 0, "error": null},
+        });
+        serde_json::from_value(json).expect("a snapshot")
+    }
+
+    #[test]
+    fn submissions_wait_while_paused_or_replaying_other_requests_pass() {
+        assert_eq!(Gate::for_request(&ready(false, false), true), Gate::Open);
+        assert_eq!(Gate::for_request(&ready(true, false), false), Gate::Open);
+        assert!(matches!(
+            Gate::for_request(&ready(true, false), true),
+            Gate::Closed { status, .. } if status.contains("paused")
+        ));
+        assert!(matches!(
+            Gate::for_request(&ready(false, true), true),
+            Gate::Closed { .. }
+        ));
+    }
+}
