@@ -176,6 +176,11 @@ in
         stall_grace = cfg.health.stallGrace;
         gpu_errors = cfg.health.gpuErrors;
       };
+      # [queue]: only what the options set.
+      queue = lib.filterAttrs (_: v: v != null) {
+        keep = cfg.queue.keep;
+        history = cfg.queue.history;
+      };
     };
 
   # [front]: only what the options set; the supervisor's defaults apply to the rest.

@@ -353,3 +353,40 @@ fn wait_start_any(s: &Scenario) -> Rec {
             .map(|r| (*r).clone())
     })
 }
+
+#[test]
+fn queue_keys_are_checked_and_keep_false_journals_nothing() {
+    let mut s = Scenario::new("keep-config", "comfyui");
+    let mut queue = toml::Table::new();
+    queue.insert("history".into(), 0.into());
+    s.conf.sections.insert("queue".into(), queue);
+    let config = s.write_config();
+    let out = std::process::Command::new(support::env::BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("check-config");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("queue.history: 0 is out of range"), "{text}");
+
+    let mut queue = toml::Table::new();
+    queue.insert("keep".into(), false.into());
+    s.conf.sections.insert("queue".into(), queue);
+    s.start();
+    let id = submit(&s, "off", 0.5);
+    s.wait(SECS(20), "the prompt finished", || {
+        completions(&s).get(&id).copied()
+    });
+    let keep = s.status_json()["queue_keep"].clone();
+    assert_eq!(keep["enabled"], false, "{keep}");
+    assert_eq!(keep["journaled"], 0, "{keep}");
+    let (code, text) = s.cli(&["queue", "pause"]);
+    assert_ne!(code, 0, "no journal, no pause: {text}");
+    assert!(
+        !s.data_dir()
+            .join(".sd-webui-supervisor/queue.jsonl")
+            .exists(),
+        "no journal file"
+    );
+}

@@ -452,6 +452,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                         ..Default::default()
                     },
                     health: Default::default(),
+                    queue: Default::default(),
                     supervisor: Default::default(),
                     downloads: Default::default(),
                     images: BTreeMap::new(),

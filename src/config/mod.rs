@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod health;
 mod images;
 pub mod limits;
+pub mod queue;
 mod raw;
 pub mod supervisor;
 mod validate;
@@ -31,6 +32,7 @@ pub use diagnostics::{ConfigError, Problem};
 pub use front::FrontConfig;
 pub use gpu::GpuConfig;
 pub use health::HealthConfig;
+pub use queue::QueueConfig;
 
 /// The names of the config file's top-level sections, in the order the file
 /// documents them (the docs are checked against this list).
@@ -65,6 +67,8 @@ pub struct Config {
     pub gpu: GpuConfig,
     /// What is done about a UI that answers but no longer works.
     pub health: HealthConfig,
+    /// The journal of ComfyUI prompts.
+    pub queue: QueueConfig,
     /// Self-upgrade: the binary to run and the unit's fingerprint.
     pub supervisor: supervisor::SupervisorConfig,
     /// Declared images (`[images.<name>]`), rendered by the running UI.

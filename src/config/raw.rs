@@ -98,6 +98,7 @@ pub struct RawConfig {
     pub front: super::front::RawFront,
     pub gpu: super::gpu::RawGpu,
     pub health: super::health::RawHealth,
+    pub queue: super::queue::RawQueue,
     pub supervisor: super::supervisor::RawSupervisor,
     pub downloads: RawDownloads,
     /// `[images.<name>]`, read image by image.
@@ -168,6 +169,11 @@ pub const SECTIONS: &[Section] = &[
         name: "health",
         keys: super::health::RawHealth::KEYS,
         read: |de, raw| super::health::RawHealth::deserialize(de).map(|v| raw.health = v),
+    },
+    Section {
+        name: "queue",
+        keys: super::queue::RawQueue::KEYS,
+        read: |de, raw| super::queue::RawQueue::deserialize(de).map(|v| raw.queue = v),
     },
     Section {
         name: "supervisor",

@@ -92,6 +92,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
     }
     let gpu = super::gpu::validate(&mut c, raw.gpu, ui.as_ref().map(|u| u.flavor));
     let health = super::health::validate(&mut c, raw.health);
+    let queue = super::queue::validate(&mut c, raw.queue);
     let supervisor = super::supervisor::validate(raw.supervisor, c.problems);
     Some(Config {
         ui: ui?,
@@ -104,6 +105,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         front,
         gpu,
         health,
+        queue,
         supervisor,
         downloads: DownloadsConfig {
             max_concurrent,

@@ -151,7 +151,7 @@ pub struct Settings {
     /// The previous binary's counters, after a handoff.
     pub resumed: Option<FrontStatus>,
     /// Whether ComfyUI's submissions are journaled (and held while the queue
-    /// is paused or replaying): ComfyUI only.
+    /// is paused or replaying): ComfyUI with `queue.keep`.
     pub keep: bool,
 }
 
@@ -170,7 +170,7 @@ impl Settings {
             max_connections: config.front.max_connections,
             auth,
             resumed: None,
-            keep: config.ui.flavor == crate::ui::flavor::Flavor::Comfyui,
+            keep: config.ui.flavor == crate::ui::flavor::Flavor::Comfyui && config.queue.keep,
         })
     }
 }

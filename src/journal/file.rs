@@ -58,19 +58,28 @@ pub struct Loaded {
     pub rewrite: bool,
 }
 
-/// Reads the journal; a missing file is an empty one.
-pub fn load(path: &Path) -> Result<Loaded, JournalError> {
+/// Reads the journal into a book that remembers `history` finished prompts;
+/// a missing file is an empty one.
+pub fn load(path: &Path, history: usize) -> Result<Loaded, JournalError> {
     let io_err = |source| JournalError::Io {
         path: path.to_owned(),
         source,
     };
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Loaded {
+                book: Book::with_history(history),
+                ..Loaded::default()
+            });
+        }
         Err(e) => return Err(io_err(e)),
     };
     let mut reader = BufReader::new(file);
-    let mut loaded = Loaded::default();
+    let mut loaded = Loaded {
+        book: Book::with_history(history),
+        ..Loaded::default()
+    };
     let mut line = Vec::new();
     let mut number = 0usize;
     loop {
@@ -218,7 +227,7 @@ mod tests {
         .expect("append");
         f.write_all(b"{\"op\":\"strike\",\"prompt_id\":\"b\"")
             .expect("torn");
-        let loaded = load(&p).expect("load");
+        let loaded = load(&p, 200).expect("load");
         assert!(loaded.rewrite);
         assert_eq!(loaded.lines, 6);
         let ids: Vec<_> = loaded.book.kept().iter().map(|k| &k.prompt_id).collect();
@@ -231,7 +240,7 @@ mod tests {
         assert_eq!(loaded.book.history().len(), 1);
 
         rewrite(&p, &loaded.book.records()).expect("rewrite");
-        let again = load(&p).expect("load again");
+        let again = load(&p, 200).expect("load again");
         assert!(!again.rewrite);
         assert_eq!(again.book, loaded.book);
     }
@@ -239,7 +248,7 @@ mod tests {
     #[test]
     fn a_missing_file_is_an_empty_journal() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let loaded = load(&dir.path().join("none")).expect("load");
+        let loaded = load(&dir.path().join("none"), 200).expect("load");
         assert!(loaded.book.kept().is_empty());
         assert!(!loaded.rewrite);
     }

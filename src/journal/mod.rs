@@ -23,7 +23,8 @@ pub const MAX_BODY: usize = 4 * 1024 * 1024;
 pub const MAX_KEPT: usize = 1000;
 /// Most bytes of kept bodies together.
 pub const MAX_KEPT_BYTES: usize = 64 * 1024 * 1024;
-/// Finished prompts remembered (without their bodies), oldest dropped first.
+/// Finished prompts remembered (without their bodies) unless `queue.history`
+/// says otherwise, oldest dropped first.
 pub const HISTORY: usize = 200;
 /// Crashes of the UI while one prompt ran after which it is quarantined: a
 /// prompt that kills the UI would otherwise kill every UI after it.
@@ -139,15 +140,34 @@ pub enum Record {
 }
 
 /// The journal's state: what [`Record`]s add up to.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Book {
     kept: Vec<Kept>,
     history: VecDeque<Done>,
     paused: bool,
     kept_bytes: usize,
+    /// Most finished prompts remembered (`queue.history`).
+    cap: usize,
+}
+
+impl Default for Book {
+    fn default() -> Self {
+        Book::with_history(HISTORY)
+    }
 }
 
 impl Book {
+    /// An empty book that remembers `cap` finished prompts (at least one).
+    pub fn with_history(cap: usize) -> Book {
+        Book {
+            kept: Vec::new(),
+            history: VecDeque::new(),
+            paused: false,
+            kept_bytes: 0,
+            cap: cap.max(1),
+        }
+    }
+
     /// Unfinished prompts, in the order the UI accepted them.
     pub fn kept(&self) -> &[Kept] {
         &self.kept
@@ -253,7 +273,7 @@ impl Book {
 
     fn remember(&mut self, done: Done) {
         self.history.push_back(done);
-        while self.history.len() > HISTORY {
+        while self.history.len() > self.cap {
             self.history.pop_front();
         }
     }

@@ -90,6 +90,8 @@ pub(super) struct QueueKeep {
     /// Whether a journal is kept at all (ComfyUI behind the front door).
     enabled: bool,
     path: PathBuf,
+    /// `queue.history`.
+    history: usize,
     /// `None` until the file is read.
     book: Option<Book>,
     outbox: Vec<Record>,
@@ -111,12 +113,15 @@ pub(super) struct QueueKeep {
 }
 
 impl QueueKeep {
-    /// The journal for `config`: kept for ComfyUI behind the front door only
-    /// (only there does the supervisor see the prompts arrive).
+    /// The journal for `config`: kept with `queue.keep` for ComfyUI behind the
+    /// front door only (only there does the supervisor see the prompts arrive).
     pub(super) fn new(config: &crate::config::Config) -> QueueKeep {
         QueueKeep {
-            enabled: config.ui.flavor == Flavor::Comfyui && config.front.enable,
+            enabled: config.ui.flavor == Flavor::Comfyui
+                && config.front.enable
+                && config.queue.keep,
             path: file::path(&config.data.dir),
+            history: config.queue.history,
             ..QueueKeep::default()
         }
     }
@@ -196,9 +201,9 @@ impl Supervisor {
         if !self.keep.enabled {
             return;
         }
-        let path = self.keep.path.clone();
+        let (path, history) = (self.keep.path.clone(), self.keep.history);
         self.tasks.spawn(async move {
-            let loaded = tokio::task::spawn_blocking(move || file::load(&path))
+            let loaded = tokio::task::spawn_blocking(move || file::load(&path, history))
                 .await
                 .unwrap_or_else(|e| Err(joined(e)));
             Event::Keep(KeepEvent::Loaded(loaded))
@@ -403,6 +408,7 @@ impl Supervisor {
                     tracing::error!(error = %e, "cannot read the queue journal; starting an empty one");
                     self.keep.error = Some(e.to_string());
                     Loaded {
+                        book: Book::with_history(self.keep.history),
                         rewrite: true,
                         ..Loaded::default()
                     }
