@@ -178,6 +178,11 @@ in
       };
       # [kubernetes]: only when on (the supervisor's default is off).
       kubernetes = optionalAttrs cfg.kubernetes.podDeletionCost { pod_deletion_cost = true; };
+      # [queue]: only what the options set.
+      queue = lib.filterAttrs (_: v: v != null) {
+        keep = cfg.queue.keep;
+        history = cfg.queue.history;
+      };
     };
 
   # [front]: only what the options set; the supervisor's defaults apply to the rest.

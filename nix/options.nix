@@ -710,6 +710,26 @@ in
           NixOS host there is no cluster, and the supervisor logs one warning
           and does nothing. A change takes effect when the supervisor next
           starts.
+    # [queue]: the journal of ComfyUI prompts; null leaves the key out (the
+    # supervisor's default). Set up at the supervisor's start.
+    queue = {
+      keep = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = ''
+          Whether ComfyUI prompts accepted through the front door are
+          journaled in the data directory and sent again to a new UI after a
+          restart, a crash or a reboot (each once, with its own prompt id).
+          `null`: the supervisor's default, `true`.
+        '';
+      };
+      history = mkOption {
+        type = types.nullOr (types.ints.between 1 10000);
+        default = null;
+        example = 1000;
+        description = ''
+          How many finished prompts the journal remembers (without their
+          bodies) for `queue list`. `null`: the supervisor's default, 200.
         '';
       };
     };

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::control::client::{self, ClientAction, Target};
-use crate::supervisor::protocol::RestartWhen;
+use crate::supervisor::protocol::{QueueOp, RestartWhen};
 
 /// Runs a Stable Diffusion web UI (Forge, A1111, ComfyUI) as a supervised service.
 #[derive(Debug, Parser)]
@@ -125,6 +125,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The journal of ComfyUI prompts: pause or resume new submissions at the
+    /// front door, list what is kept, release a quarantined prompt.
+    Queue {
+        /// What to do.
+        #[command(subcommand)]
+        op: QueueCommand,
+    },
     /// Lay out the data dir once (links, folders, settings) and exit; 3 on conflicts.
     Layout {
         /// The config file.
@@ -133,6 +140,40 @@ pub enum Command {
         /// Print the plan, one action a line, and change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+/// The `queue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Hold new prompts at the front door (running and queued work goes on).
+    Pause {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Let new prompts through again.
+    Resume {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The kept prompts (pending, running, quarantined) and the last finished.
+    List {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON (the `GET /v1/queue` answer).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a quarantined prompt to the UI again.
+    Release {
+        /// Where the daemon is.
+        #[command(flatten)]
+        target: Target,
+        /// The prompt's id, as `queue list` shows it.
+        prompt_id: String,
     },
 }
 
@@ -172,6 +213,17 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Status { target, json } => client::run(&target, ClientAction::Status { json }),
         Command::Reload { target } => client::run(&target, ClientAction::Reload),
         Command::RetryDownloads { target } => client::run(&target, ClientAction::RetryDownloads),
+        Command::Queue { op } => {
+            let (target, op, json) = match op {
+                QueueCommand::Pause { target } => (target, QueueOp::Pause, false),
+                QueueCommand::Resume { target } => (target, QueueOp::Resume, false),
+                QueueCommand::List { target, json } => (target, QueueOp::List, json),
+                QueueCommand::Release { target, prompt_id } => {
+                    (target, QueueOp::Release { prompt_id }, false)
+                }
+            };
+            client::run(&target, ClientAction::Queue { op, json })
+        }
         Command::Restart { target, now, .. } => {
             let when = if now {
                 RestartWhen::Now

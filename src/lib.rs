@@ -14,6 +14,7 @@ pub mod handoff;
 pub mod images;
 pub mod inhibit;
 pub mod init;
+pub mod journal;
 pub mod kube;
 pub mod layout;
 pub mod logging;

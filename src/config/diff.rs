@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::config::QueueConfig;
 use crate::config::supervisor::SupervisorConfig;
 use crate::config::{
     Config, ControlConfig, DataConfig, FrontConfig, GpuConfig, KubernetesConfig, RestartConfig,
@@ -132,6 +133,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         gpu: old_gpu,
         health: old_health,
         kubernetes: old_kubernetes,
+        queue: old_queue,
         supervisor: old_supervisor,
         downloads: old_downloads,
         images: old_images,
@@ -148,6 +150,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         gpu: new_gpu,
         health: new_health,
         kubernetes: new_kubernetes,
+        queue: new_queue,
         supervisor: new_supervisor,
         downloads: new_downloads,
         images: new_images,
@@ -167,6 +170,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     gpu(&mut d, old_gpu, new_gpu);
     kubernetes(&mut d, old_kubernetes, new_kubernetes);
     supervisor(&mut d, old_supervisor, new_supervisor);
+    queue(&mut d, old_queue, new_queue);
     // The core reads `[health]` on each probe: live, nothing happens to the UI.
     note(&mut d.supervisor_only, "health", old_health != new_health);
     // A new hash also changes the model's target (its cache file), which the
@@ -294,6 +298,14 @@ fn front(d: &mut ConfigDiff, old: &FrontConfig, new: &FrontConfig) {
         "front.ui_port",
         ui_port.is_some() && old.ui_port != *ui_port,
     );
+}
+
+/// `[queue]` is set up when the supervisor starts (the journal and the front
+/// door's tap): the next start.
+fn queue(d: &mut ConfigDiff, old: &QueueConfig, new: &QueueConfig) {
+    let QueueConfig { keep, history } = new;
+    note(&mut d.next_start, "queue.keep", old.keep != *keep);
+    note(&mut d.next_start, "queue.history", old.history != *history);
 }
 
 /// `[gpu]` is the supervisor's own business and applies live: the sleep

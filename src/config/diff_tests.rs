@@ -465,6 +465,7 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     },
                     health: Default::default(),
                     kubernetes: Default::default(),
+                    queue: Default::default(),
                     supervisor: Default::default(),
                     downloads: Default::default(),
                     images: BTreeMap::new(),

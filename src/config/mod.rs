@@ -16,6 +16,7 @@ pub mod health;
 mod images;
 pub mod kubernetes;
 pub mod limits;
+pub mod queue;
 mod raw;
 pub mod supervisor;
 mod validate;
@@ -33,6 +34,7 @@ pub use front::FrontConfig;
 pub use gpu::GpuConfig;
 pub use health::HealthConfig;
 pub use kubernetes::KubernetesConfig;
+pub use queue::QueueConfig;
 
 /// The names of the config file's top-level sections, in the order the file
 /// documents them (the docs are checked against this list).
@@ -70,6 +72,8 @@ pub struct Config {
     /// What the supervisor tells the Kubernetes API about its Pod (the
     /// deletion cost a scale-in reads).
     pub kubernetes: KubernetesConfig,
+    /// The journal of ComfyUI prompts.
+    pub queue: QueueConfig,
     /// Self-upgrade: the binary to run and the unit's fingerprint.
     pub supervisor: supervisor::SupervisorConfig,
     /// Declared images (`[images.<name>]`), rendered by the running UI.

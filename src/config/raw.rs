@@ -99,6 +99,7 @@ pub struct RawConfig {
     pub gpu: super::gpu::RawGpu,
     pub health: super::health::RawHealth,
     pub kubernetes: super::kubernetes::RawKubernetes,
+    pub queue: super::queue::RawQueue,
     pub supervisor: super::supervisor::RawSupervisor,
     pub downloads: RawDownloads,
     /// `[images.<name>]`, read image by image.
@@ -176,6 +177,11 @@ pub const SECTIONS: &[Section] = &[
         read: |de, raw| {
             super::kubernetes::RawKubernetes::deserialize(de).map(|v| raw.kubernetes = v)
         },
+    },
+    Section {
+        name: "queue",
+        keys: super::queue::RawQueue::KEYS,
+        read: |de, raw| super::queue::RawQueue::deserialize(de).map(|v| raw.queue = v),
     },
     Section {
         name: "supervisor",

@@ -93,6 +93,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
     let gpu = super::gpu::validate(&mut c, raw.gpu, ui.as_ref().map(|u| u.flavor));
     let health = super::health::validate(&mut c, raw.health);
     let kubernetes = super::kubernetes::validate(raw.kubernetes);
+    let queue = super::queue::validate(&mut c, raw.queue);
     let supervisor = super::supervisor::validate(raw.supervisor, c.problems);
     Some(Config {
         ui: ui?,
@@ -106,6 +107,7 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
         gpu,
         health,
         kubernetes,
+        queue,
         supervisor,
         downloads: DownloadsConfig {
             max_concurrent,

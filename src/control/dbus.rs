@@ -18,7 +18,9 @@ use zbus::names::{ErrorName, InterfaceName};
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, DBusError, Variant, fdo};
 
-use crate::supervisor::protocol::{CoreHandle, HandleError, ReloadResult, RestartWhen, Snapshot};
+use crate::supervisor::protocol::{
+    CoreHandle, HandleError, QueueOp, ReloadResult, RestartWhen, Snapshot,
+};
 
 /// The well-known bus name the supervisor owns.
 pub const BUS_NAME: &str = "io.github.sd_webui_supervisor.Supervisor1";
@@ -186,6 +188,40 @@ impl Supervisor1 {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
+    /// Hold new ComfyUI prompts at the front door (`queue pause`); returns the
+    /// journal as JSON (the `GET /v1/queue` document).
+    #[zbus(out_args("json"))]
+    async fn queue_pause(&self) -> Result<String, MethodError> {
+        self.queue(QueueOp::Pause).await
+    }
+
+    /// Let them through again (`queue resume`); returns the journal as JSON.
+    #[zbus(out_args("json"))]
+    async fn queue_resume(&self) -> Result<String, MethodError> {
+        self.queue(QueueOp::Resume).await
+    }
+
+    /// The journal of ComfyUI prompts as JSON (`queue list --json`).
+    #[zbus(out_args("json"))]
+    async fn queue_list(&self) -> Result<String, MethodError> {
+        self.queue(QueueOp::List).await
+    }
+
+    /// Send a quarantined prompt to the UI again (`queue release ID`).
+    #[zbus(out_args("json"))]
+    async fn queue_release(&self, prompt_id: &str) -> Result<String, MethodError> {
+        let op = QueueOp::Release {
+            prompt_id: prompt_id.to_owned(),
+        };
+        self.queue(op).await
+    }
+
+    /// Whether new ComfyUI prompts are held (`queue pause`). Read on demand.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn queue_paused(&self) -> bool {
+        self.core.snapshot().queue_keep.paused
+    }
+
     /// The full status as JSON, the same document as `GET /v1/status`.
     #[zbus(out_args("json"))]
     async fn status(&self) -> Result<String, MethodError> {
@@ -252,6 +288,16 @@ impl Supervisor1 {
 }
 
 impl Supervisor1 {
+    async fn queue(&self, op: QueueOp) -> Result<String, MethodError> {
+        let list = self
+            .core
+            .queue(op)
+            .await?
+            .map_err(|refusal| MethodError::Fdo(fdo::Error::Failed(refusal.to_string())))?;
+        serde_json::to_string(&list)
+            .map_err(|e| MethodError::Fdo(fdo::Error::Failed(e.to_string())))
+    }
+
     fn front(&self) -> Option<crate::front::FrontStatus> {
         self.core.snapshot().front
     }

@@ -20,7 +20,10 @@ use super::wire::{
     parse_timeout,
 };
 use crate::images::GenerateError;
-use crate::supervisor::protocol::{CoreHandle, HandleError, ReloadOutcome, ReloadResult, Snapshot};
+use crate::supervisor::protocol::{
+    CoreHandle, HandleError, QueueList, QueueOp, QueueRefusal, ReloadOutcome, ReloadResult,
+    Snapshot,
+};
 
 /// The control API's routes over one core; serve it or drive it with `oneshot` in tests.
 pub fn router(handle: CoreHandle) -> Router {
@@ -32,6 +35,10 @@ pub fn router(handle: CoreHandle) -> Router {
         .route(wire::RETRY_DOWNLOADS, post(retry_downloads))
         .route(wire::DRAIN, post(drain))
         .route(wire::GENERATE, post(generate))
+        .route(wire::QUEUE, get(queue_list))
+        .route(wire::QUEUE_PAUSE, post(queue_pause))
+        .route(wire::QUEUE_RESUME, post(queue_resume))
+        .route(wire::QUEUE_RELEASE, post(queue_release))
         .route(wire::METRICS, get(prometheus))
         .fallback(not_found)
         .with_state(handle)
@@ -177,6 +184,49 @@ fn timeout_of(
         Some(text) => parse_timeout(text).map_err(ApiError::bad_request),
         None => Ok(std::time::Duration::MAX),
     }
+}
+
+/// `GET /v1/queue`: the journal of ComfyUI prompts.
+async fn queue_list(State(core): State<CoreHandle>) -> Result<Json<QueueList>, ApiError> {
+    queue_op(&core, QueueOp::List).await
+}
+
+/// `POST /v1/queue/pause`: new submissions are held at the front door.
+async fn queue_pause(State(core): State<CoreHandle>) -> Result<Json<QueueList>, ApiError> {
+    queue_op(&core, QueueOp::Pause).await
+}
+
+/// `POST /v1/queue/resume`: they pass again.
+async fn queue_resume(State(core): State<CoreHandle>) -> Result<Json<QueueList>, ApiError> {
+    queue_op(&core, QueueOp::Resume).await
+}
+
+/// `POST /v1/queue/release` with `{"prompt_id": "…"}`: a quarantined prompt
+/// is sent to the UI again; 404 for an unknown id, 409 for one not quarantined.
+async fn queue_release(
+    State(core): State<CoreHandle>,
+    body: Bytes,
+) -> Result<Json<QueueList>, ApiError> {
+    let request = serde_json::from_slice::<wire::ReleaseRequest>(&body).map_err(|e| {
+        ApiError::bad_request(format!("body must be {{\"prompt_id\": \"ID\"}}: {e}"))
+    })?;
+    let op = QueueOp::Release {
+        prompt_id: request.prompt_id,
+    };
+    queue_op(&core, op).await
+}
+
+async fn queue_op(core: &CoreHandle, op: QueueOp) -> Result<Json<QueueList>, ApiError> {
+    core.queue(op).await?.map(Json).map_err(|refusal| {
+        let status = match refusal {
+            QueueRefusal::Unknown { .. } => StatusCode::NOT_FOUND,
+            QueueRefusal::NotKept | QueueRefusal::NotQuarantined { .. } => StatusCode::CONFLICT,
+        };
+        ApiError {
+            status,
+            message: refusal.to_string(),
+        }
+    })
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -169,6 +169,7 @@ pub fn render(s: &Snapshot) -> String {
         "1 while the supervisor drains for a stop (/readyz answers 503), else 0.",
         bool_value(s.draining),
     );
+    queue_keep(&mut out, &s.queue_keep);
     downloads(&mut out, s);
     out.single(
         "images_declared",
@@ -213,6 +214,44 @@ fn deletion_cost(out: &mut Exposition, c: &crate::kube::DeletionCostStatus) {
         "counter",
         "Patches of the Pod's deletion cost the API server refused or did not answer.",
         c.failures as f64,
+    );
+}
+
+/// The queue journal's families; present only where one is kept (ComfyUI
+/// behind the front door).
+fn queue_keep(out: &mut Exposition, k: &crate::journal::KeepStatus) {
+    if !k.enabled {
+        return;
+    }
+    out.single(
+        "queue_paused",
+        "gauge",
+        "1 while new prompts are held at the front door (queue pause), else 0.",
+        bool_value(k.paused),
+    );
+    out.single(
+        "queue_kept",
+        "gauge",
+        "Unfinished prompts in the queue journal, quarantined ones included.",
+        k.kept as f64,
+    );
+    out.single(
+        "queue_quarantined",
+        "gauge",
+        "Prompts held back after the UI went down twice while they ran.",
+        k.quarantined.len() as f64,
+    );
+    out.single(
+        "queue_resubmitted_total",
+        "counter",
+        "Journaled prompts sent again to a new UI.",
+        k.resubmitted as f64,
+    );
+    out.single(
+        "queue_journaled_total",
+        "counter",
+        "Prompts the UI accepted through the front door and the journal kept.",
+        k.journaled as f64,
     );
 }
 

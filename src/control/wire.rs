@@ -27,6 +27,14 @@ pub const GENERATE: &str = "/v1/generate";
 pub const METRICS: &str = "/metrics";
 /// Path of the drain route (`wait-idle --drain`).
 pub const DRAIN: &str = "/v1/drain";
+/// Path of the queue journal's listing (`queue list`).
+pub const QUEUE: &str = "/v1/queue";
+/// Path of `queue pause`.
+pub const QUEUE_PAUSE: &str = "/v1/queue/pause";
+/// Path of `queue resume`.
+pub const QUEUE_RESUME: &str = "/v1/queue/resume";
+/// Path of `queue release ID`.
+pub const QUEUE_RELEASE: &str = "/v1/queue/release";
 /// Path of the liveness route (unauthenticated).
 pub const HEALTHZ: &str = "/healthz";
 /// Path of the readiness route (unauthenticated).
@@ -104,6 +112,14 @@ pub struct GenerateRequest {
 pub struct GenerateReply {
     /// The PNG files, in the order asked for.
     pub paths: Vec<std::path::PathBuf>,
+}
+
+/// Body of `POST /v1/queue/release`: the quarantined prompt to send again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// Its id, as `queue list` shows it.
+    pub prompt_id: String,
 }
 
 /// Body of every error answer (4xx/5xx other than a rejected reload), so clients

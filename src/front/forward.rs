@@ -16,9 +16,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-/// A request body on its way to the UI: the client's, or none (a request
+/// A request body on its way to the UI: the client's as it streams, read
+/// whole (a journaled submission, [`super::keep`]), or none (a request
 /// without a body, which may be sent again).
-pub type UpBody = Either<Incoming, Empty<Bytes>>;
+pub type UpBody = Either<Incoming, Either<http_body_util::Full<Bytes>, Empty<Bytes>>>;
 
 /// What the front door answers with: the UI's body or one of its own.
 pub type DownBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;

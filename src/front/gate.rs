@@ -45,6 +45,26 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// The gate for one request: a ComfyUI submission (`submission`) also
+    /// waits while the queue is paused or the journal is being replayed.
+    pub fn for_request(s: &Snapshot, submission: bool) -> Gate {
+        let gate = Gate::of(s);
+        if gate == Gate::Open && submission && s.queue_keep.holds_submissions() {
+            let why = if s.queue_keep.paused {
+                "queue paused: new prompts wait until `sd-webui-supervisor queue resume`"
+            } else {
+                "sending the journaled prompts to the UI again"
+            };
+            return Gate::Closed {
+                status: why.into(),
+                expected: None,
+            };
+        }
+        gate
+    }
+}
+
 /// Why a hold ended without the UI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HoldEnd {
@@ -56,10 +76,15 @@ pub enum HoldEnd {
     Stopped,
 }
 
-/// Waits until the gate opens or `until`.
-pub async fn wait_open(rx: &mut watch::Receiver<Snapshot>, until: Instant) -> Result<(), HoldEnd> {
+/// Waits until the gate opens (for a submission, see [`Gate::for_request`])
+/// or `until`.
+pub async fn wait_open(
+    rx: &mut watch::Receiver<Snapshot>,
+    until: Instant,
+    submission: bool,
+) -> Result<(), HoldEnd> {
     loop {
-        match Gate::of(&rx.borrow_and_update()) {
+        match Gate::for_request(&rx.borrow_and_update(), submission) {
             Gate::Open => return Ok(()),
             Gate::Failed { status } => return Err(HoldEnd::Failed(status)),
             Gate::Closed { .. } => {}
@@ -69,5 +94,39 @@ pub async fn wait_open(rx: &mut watch::Receiver<Snapshot>, until: Instant) -> Re
             Ok(Err(_)) => return Err(HoldEnd::Stopped),
             Ok(Ok(())) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(paused: bool, replaying: bool) -> Snapshot {
+        let json = serde_json::json!({
+            "state": "ready", "status_line": "ready", "reason": null, "flavor": "comfyui",
+            "gpus": null, "ui_pid": 1, "queue": null, "restart_pending": null,
+            "last_reload": null, "config_generation": "", "models": 0,
+            "layout_conflicts": [], "uptime_seconds": 0, "ready_since_unix": null,
+            "restarts": {}, "crashes": 0, "reloads": {}, "last_time_to_ready_ms": null,
+            "images": {"declared": 0, "rendered": 0, "pending": 0, "rendering": null, "failed": []},
+            "queue_keep": {"enabled": true, "paused": paused, "replaying": replaying, "kept": 0,
+                           "running": null, "quarantined": [], "resubmitted": 0, "journaled": 0,
+                           "not_journaled": 0, "error": null},
+        });
+        serde_json::from_value(json).expect("a snapshot")
+    }
+
+    #[test]
+    fn submissions_wait_while_paused_or_replaying_other_requests_pass() {
+        assert_eq!(Gate::for_request(&ready(false, false), true), Gate::Open);
+        assert_eq!(Gate::for_request(&ready(true, false), false), Gate::Open);
+        assert!(matches!(
+            Gate::for_request(&ready(true, false), true),
+            Gate::Closed { status, .. } if status.contains("paused")
+        ));
+        assert!(matches!(
+            Gate::for_request(&ready(false, true), true),
+            Gate::Closed { .. }
+        ));
     }
 }

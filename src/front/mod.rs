@@ -15,6 +15,7 @@
 pub mod auth;
 mod forward;
 pub mod gate;
+mod keep;
 mod page;
 mod request;
 pub mod stats;
@@ -149,6 +150,9 @@ pub struct Settings {
     pub auth: Option<Credentials>,
     /// The previous binary's counters, after a handoff.
     pub resumed: Option<FrontStatus>,
+    /// Whether ComfyUI's submissions are journaled (and held while the queue
+    /// is paused or replaying): ComfyUI with `queue.keep`.
+    pub keep: bool,
 }
 
 impl Settings {
@@ -166,6 +170,7 @@ impl Settings {
             max_connections: config.front.max_connections,
             auth,
             resumed: None,
+            keep: config.ui.flavor == crate::ui::flavor::Flavor::Comfyui && config.queue.keep,
         })
     }
 }
@@ -249,6 +254,7 @@ impl FrontDoor {
             busy,
             sending,
             stop: stop_rx.clone(),
+            keep: settings.keep.then(|| keep::Tap::new(core.clone())),
         });
         tokio::spawn(release_memory_when_idle(
             stats.clone(),

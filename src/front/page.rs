@@ -152,6 +152,16 @@ pub fn unavailable(gate: &Gate, why: &str) -> Own {
     r
 }
 
+/// A client's body that broke off while the door read it whole (a journaled
+/// ComfyUI submission): 400, and nothing reached the UI.
+pub fn body_broken() -> Own {
+    respond(
+        StatusCode::BAD_REQUEST,
+        "application/json",
+        r#"{"error":"the request body broke off before it was read whole; nothing was sent to the UI"}"#,
+    )
+}
+
 /// The UI closed the connection before it answered (it crashed or was stopped):
 /// 502 with a JSON body. A request with a body is never sent twice.
 pub fn ui_gone() -> Own {

@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use super::auth::{Credentials, Limiter, WINDOW};
 use super::forward::{self, DownBody, Tracked};
 use super::gate::{self, Gate, HoldEnd};
+use super::keep;
 use super::page;
 use super::stats::{Rejected, Stats};
 use crate::supervisor::protocol::Snapshot;
@@ -60,6 +61,8 @@ pub struct Shared {
     pub sending: watch::Sender<usize>,
     /// Turns true on a stop or a handoff: relayed websockets end.
     pub stop: watch::Receiver<bool>,
+    /// The queue journal's tap (ComfyUI): submissions are journaled.
+    pub keep: Option<keep::Tap>,
 }
 
 /// Counts one request in flight while it lives.
@@ -159,6 +162,24 @@ pub async fn handle(
     // its body was handed to a connection.
     let mut body = (!body.is_end_stream()).then_some(body);
     let replayable = body.is_none();
+    // A ComfyUI submission: read whole, journaled once the UI accepts it, and
+    // held while the queue is paused or the journal is being replayed.
+    let submission = shared
+        .keep
+        .as_ref()
+        .filter(|_| crate::journal::comfy::is_submission(parts.method.as_str(), &path));
+    let mut kept_body = None;
+    if let Some(b) = body.take_if(|_| {
+        submission.is_some() && keep::wants(parts.method.as_str(), &path, &parts.headers)
+    }) {
+        match keep::read_body(b).await {
+            Some(bytes) => kept_body = Some(bytes),
+            None => {
+                stats.rejected(Rejected::UiGone);
+                return Ok(forward::own(page::body_broken()));
+            }
+        }
+    }
     let mut snapshots = shared.snapshots.clone();
     let mut held = None;
     let mut sends = 0u32;
@@ -166,7 +187,7 @@ pub async fn handle(
         // Counted before the gate is read: a stop that closed the gate and
         // then sees no request sending cannot miss one that saw it open.
         let sending = Sending::new(&shared);
-        let gate = Gate::of(&snapshots.borrow_and_update());
+        let gate = Gate::for_request(&snapshots.borrow_and_update(), submission.is_some());
         if gate != Gate::Open {
             drop(sending);
             if upgrade {
@@ -191,7 +212,7 @@ pub async fn handle(
                 }
                 held = Some(stats.hold());
             }
-            match gate::wait_open(&mut snapshots, deadline).await {
+            match gate::wait_open(&mut snapshots, deadline, submission.is_some()).await {
                 // Read the gate again, counted as sending.
                 Ok(()) => continue,
                 Err(end) => {
@@ -230,9 +251,10 @@ pub async fn handle(
                 continue;
             }
         };
-        let up_body = match body.take() {
-            Some(b) => Either::Left(b),
-            None => Either::Right(Empty::<Bytes>::new()),
+        let up_body = match (&kept_body, body.take()) {
+            (Some(b), _) => Either::Right(Either::Left(http_body_util::Full::new(b.clone()))),
+            (None, Some(b)) => Either::Left(b),
+            (None, None) => Either::Right(Either::Right(Empty::<Bytes>::new())),
         };
         let mut up = Request::new(up_body);
         *up.method_mut() = parts.method.clone();
@@ -258,6 +280,11 @@ pub async fn handle(
     drop(held);
     let mut response = response;
     stats.proxied(response.status().as_u16(), started.elapsed());
+    if let (Some(tap), Some(sent)) = (submission, &kept_body) {
+        let answer = keep::answer(tap, sent, response).await;
+        drop((flight, sending));
+        return Ok(answer);
+    }
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(on_client) = on_client {
             let on_ui = hyper::upgrade::on(&mut response);

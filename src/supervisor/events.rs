@@ -47,6 +47,7 @@ impl Supervisor {
                         self.watch_reading(&r, sent);
                         self.unload_reading(sent);
                         self.slot.queue_age.reading(sent, &r.waiting);
+                        self.keep_reading(&r, sent);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "queue probe failed");
@@ -62,12 +63,17 @@ impl Supervisor {
                 result,
             } => self.on_image_done(&name, &fingerprint, result),
             Event::QueueChanged(remaining) => {
-                if self.pending.is_some() && matches!(self.slot.ui, Ui::Ready { .. }) {
+                if (self.pending.is_some() || self.keep_wants_probe())
+                    && matches!(self.slot.ui, Ui::Ready { .. })
+                {
                     tracing::debug!(remaining, "queue broadcast: probing now");
                     self.timers.probe_at(Some(Instant::now()));
                 }
             }
-            Event::Progressed(prompt) => self.watch_progress(prompt),
+            Event::Progressed(prompt) => {
+                self.keep_progress(prompt.as_ref());
+                self.watch_progress(prompt)
+            }
             Event::Interrupted(Err(e)) => {
                 tracing::warn!(error = %e, "could not interrupt the stalled job");
             }
@@ -76,6 +82,7 @@ impl Supervisor {
             Event::Download(ev) => self.on_download(ev),
             Event::SettingsSynced(done) => self.on_settings_synced(done),
             Event::HandoffChecked(checked) => self.on_handoff_checked(checked),
+            Event::Keep(ev) => self.on_keep(ev),
             Event::Gone { status, then } => {
                 if let Ok(s) = &status {
                     tracing::info!(exit = %describe_exit(s), "UI stopped; its process group is gone");

@@ -23,6 +23,7 @@ mod pending;
 mod probe;
 pub mod protocol;
 mod queue_age;
+mod queue_keep;
 mod reconfigure;
 mod refresh;
 mod snapshot;
@@ -75,6 +76,7 @@ impl Supervisor {
         tokio::pin!(shutdown);
         // Downloads run beside the UI, which starts with what is present.
         self.apply_downloads();
+        self.keep_load();
         match self.upgrade.adopting.take() {
             Some(adopting) => self.finish_adoption(adopting),
             None => self.start_ui(),
@@ -211,6 +213,8 @@ impl Supervisor {
                 force,
                 reply,
             } => self.images_generate(names, force, reply),
+            CoreCommand::QueueAccepted(kept) => self.on_queue_accepted(*kept),
+            CoreCommand::Queue { op, reply } => self.on_queue_command(op, reply),
         }
     }
 

@@ -389,6 +389,9 @@ pub struct Snapshot {
     /// [`CoreHandle::snapshot`]: the task that patches knows, the core does not.
     #[serde(default)]
     pub pod_deletion_cost: Option<crate::kube::DeletionCostStatus>,
+    /// The journal of ComfyUI prompts: paused, replaying, kept, quarantined.
+    #[serde(default)]
+    pub queue_keep: crate::journal::KeepStatus,
 }
 
 /// `gpu.inhibit_sleep` when the config does not say.
@@ -465,6 +468,99 @@ pub enum CoreCommand {
         force: bool,
         /// Receives the PNG paths (or the failure) once all are done.
         reply: oneshot::Sender<crate::images::GenerateResult>,
+    },
+    /// The front door saw the UI accept a prompt: journal it.
+    QueueAccepted(Box<crate::journal::Kept>),
+    /// `queue pause|resume|list|release`.
+    Queue {
+        /// What to do.
+        op: QueueOp,
+        /// Receives the journal's listing afterwards, or why not.
+        reply: oneshot::Sender<Result<QueueList, QueueRefusal>>,
+    },
+}
+
+/// A `queue` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum QueueOp {
+    /// Hold new submissions at the front door (running work finishes).
+    Pause,
+    /// Let them through again.
+    Resume,
+    /// Only list.
+    List,
+    /// Send a quarantined prompt again.
+    Release {
+        /// Which.
+        prompt_id: String,
+    },
+}
+
+/// Where a kept prompt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeptState {
+    /// Accepted, waiting in the UI's queue (or to be sent to a new UI).
+    Pending,
+    /// The UI runs it now.
+    Running,
+    /// Held back after crashing the UI; `queue release` sends it again.
+    Quarantined,
+}
+
+/// One kept prompt in a listing (no body: it is the user's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListedPrompt {
+    /// Its id.
+    pub prompt_id: String,
+    /// Where it stands.
+    pub state: KeptState,
+    /// The submitter's `client_id`.
+    pub client_id: Option<String>,
+    /// The UI's queue number when it was accepted.
+    pub number: Option<f64>,
+    /// Unix seconds when it was accepted.
+    pub accepted_unix: u64,
+    /// Crashes of the UI while it ran.
+    pub strikes: u32,
+    /// Times it was sent to a new UI.
+    pub resubmits: u32,
+}
+
+/// The answer of every `queue` command: the journal now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueList {
+    /// Whether the journal is kept (ComfyUI behind the front door).
+    pub enabled: bool,
+    /// Whether new submissions are held.
+    pub paused: bool,
+    /// Whether the kept prompts are being sent to a new UI.
+    pub replaying: bool,
+    /// Unfinished prompts, in the order they were accepted.
+    pub prompts: Vec<ListedPrompt>,
+    /// Finished prompts, most recent last.
+    pub history: Vec<crate::journal::Done>,
+}
+
+/// Why a `queue` command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "refused", rename_all = "kebab-case")]
+pub enum QueueRefusal {
+    /// No journal: not ComfyUI, or no front door.
+    #[error("no queue journal is kept (only ComfyUI behind the front door has one)")]
+    NotKept,
+    /// The journal has no such prompt.
+    #[error("no kept prompt {prompt_id}")]
+    Unknown {
+        /// The id asked for.
+        prompt_id: String,
+    },
+    /// The prompt is not quarantined.
+    #[error("prompt {prompt_id} is not quarantined")]
+    NotQuarantined {
+        /// The id asked for.
+        prompt_id: String,
     },
 }
 
@@ -603,6 +699,18 @@ impl CoreHandle {
             reply,
         })
         .await?;
+        rx.await.map_err(|_| HandleError::CoreStopped)
+    }
+
+    /// Hands a prompt the UI accepted to the journal (the front door's side).
+    pub async fn queue_accepted(&self, kept: crate::journal::Kept) -> Result<(), HandleError> {
+        self.send(CoreCommand::QueueAccepted(Box::new(kept))).await
+    }
+
+    /// A `queue` command; the journal's listing afterwards.
+    pub async fn queue(&self, op: QueueOp) -> Result<Result<QueueList, QueueRefusal>, HandleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(CoreCommand::Queue { op, reply }).await?;
         rx.await.map_err(|_| HandleError::CoreStopped)
     }
 

@@ -137,6 +137,7 @@ impl Supervisor {
             inhibit_sleep: self.config.gpu.inhibit_sleep,
             sleep_inhibited: None,
             pod_deletion_cost: None,
+            queue_keep: self.keep.status(),
         }
     }
 }

@@ -300,6 +300,7 @@ impl Supervisor {
         };
         self.timers.probe_at(Some(Instant::now()));
         self.ready_once();
+        self.keep_ui_ready();
         self.enforce_settings();
         if let Ui::Ready { probe, .. } = &self.slot.ui {
             let probe = probe.clone();

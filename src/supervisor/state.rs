@@ -18,7 +18,9 @@ use super::crash::CrashRecord;
 use super::pending::Pending;
 use super::timers::Timers;
 use super::work::{Event, LayoutLane, Tasks};
-use super::{handoff, images, queue_age, reconfigure, refresh, transient, unload, watchdog};
+use super::{
+    handoff, images, queue_age, queue_keep, reconfigure, refresh, transient, unload, watchdog,
+};
 use crate::config::Config;
 use crate::notify::Notifier;
 use crate::supervisor::protocol::{
@@ -124,6 +126,8 @@ pub struct Supervisor {
     pub(super) downloads: super::downloads::Downloads,
     /// Declared images: their state and the render in progress.
     pub(super) images: images::Images,
+    /// The journal of ComfyUI prompts (`queue_keep.rs`).
+    pub(super) keep: queue_keep::QueueKeep,
     pub(super) life: Life,
 }
 
@@ -235,6 +239,7 @@ impl Supervisor {
         let timers = Timers::new(now, notifier.watchdog_interval());
         let (snapshots, snap_rx) = watch::channel(Snapshot::default());
         let images = images::Images::new(&config);
+        let keep = queue_keep::QueueKeep::new(&config);
         let sup = Supervisor {
             source: Source {
                 path,
@@ -275,6 +280,7 @@ impl Supervisor {
             front: FrontLink::default(),
             downloads: Default::default(),
             images,
+            keep,
             life: Life {
                 started: now,
                 sent_ready: false,

@@ -50,6 +50,7 @@ impl Supervisor {
             Err(e) => format!("wait failed: {e}"),
         };
         tracing::warn!(ui_pid = proc.pid(), exit = %exit, was_ready, "UI exited unexpectedly");
+        self.keep_ui_crashed();
         self.forget_ui();
         self.slot.ui = Ui::Stopping {
             pid: proc.pid(),
@@ -100,6 +101,7 @@ impl Supervisor {
         self.watch_ui_gone();
         self.unload_ui_gone();
         self.slot.queue_age.clear();
+        self.keep_ui_gone();
     }
 
     /// Stops the running UI in a task; `then` decides what follows; a ready

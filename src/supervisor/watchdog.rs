@@ -117,6 +117,7 @@ impl Supervisor {
                     .pending
                     .get_or_insert_with(|| Pending::new(now, RestartPolicy::Immediately, None));
                 p.merge(vec![RestartCause::Stalled], RestartPolicy::Immediately);
+                self.keep_ui_crashed();
                 self.restart_now(RestartReason::Stall, false);
             }
         }

@@ -78,6 +78,8 @@ pub enum Event {
     Routes(Option<std::collections::BTreeSet<String>>),
     /// Model-list refresh calls finished, each with its outcome.
     Refreshed(Vec<(&'static str, Result<(), crate::ui::api::ProbeError>)>),
+    /// A queue journal task ended (`queue_keep.rs`).
+    Keep(super::queue_keep::KeepEvent),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process.

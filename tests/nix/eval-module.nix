@@ -565,6 +565,12 @@ let
       gpu_errors = false;
     })
     (check "health.stallTimeout: not a duration is refused" (throws (sd { health.stallTimeout = "soon"; }).health.stallTimeout) "")
+    (eq "toml: a default config has no [queue]" ((toml { }) ? queue) false)
+    (eq "toml: queue, every option set" (toml { queue = { keep = false; history = 1000; }; }).queue {
+      keep = false;
+      history = 1000;
+    })
+    (check "queue.history: 0 is refused" (throws (sd { queue.history = 0; }).queue.history) "")
     (eq "toml: front, every option set; authFile as its credential" (toml withFront).front {
       hold_timeout = "15m";
       max_held = 64;

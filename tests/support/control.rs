@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use sd_webui_supervisor::images::{FailedImage, GenerateError, GenerateResult, ImagesStatus};
 use sd_webui_supervisor::kube::DeletionCostStatus;
 use sd_webui_supervisor::supervisor::protocol::{
-    CoreCommand, CoreHandle, PendingRestart, Phase, Queue, ReloadOutcome, ReloadResult,
-    RestartPolicy, RestartReason, RestartWhen, Snapshot,
+    CoreCommand, CoreHandle, PendingRestart, Phase, Queue, QueueList, QueueOp, ReloadOutcome,
+    ReloadResult, RestartPolicy, RestartReason, RestartWhen, Snapshot,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -68,6 +68,22 @@ impl FakeCore {
                             if force { " --force" } else { "" }
                         ));
                         let _ = reply.send(generated(&names));
+                    }
+                    CoreCommand::QueueAccepted(kept) => {
+                        seen2
+                            .lock()
+                            .unwrap()
+                            .push(format!("accepted {}", kept.prompt_id));
+                    }
+                    CoreCommand::Queue { op, reply } => {
+                        seen2.lock().unwrap().push(format!("queue {op:?}"));
+                        let _ = reply.send(Ok(QueueList {
+                            enabled: true,
+                            paused: op == QueueOp::Pause,
+                            replaying: false,
+                            prompts: vec![],
+                            history: vec![],
+                        }));
                     }
                 }
             }
@@ -187,6 +203,7 @@ pub fn ready_idle() -> Snapshot {
         inhibit_sleep: true,
         sleep_inhibited: Some(false),
         pod_deletion_cost: None,
+        queue_keep: Default::default(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Client, ClientError, EXIT_FAILED, EXIT_TIMEOUT, Target, WaitIdle};
 use crate::control::status_text;
-use crate::supervisor::protocol::{ReloadOutcome, ReloadResult, RestartWhen};
+use crate::supervisor::protocol::{QueueList, QueueOp, ReloadOutcome, ReloadResult, RestartWhen};
 
 /// What a CLI client command does, once its target is resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,13 @@ pub enum ClientAction {
         names: Vec<String>,
         /// Render those already on disk too.
         force: bool,
+    },
+    /// `queue pause|resume|list|release ID`.
+    Queue {
+        /// What to do.
+        op: QueueOp,
+        /// Print the listing as JSON.
+        json: bool,
     },
 }
 
@@ -103,8 +110,65 @@ async fn act(client: &Client, action: ClientAction) -> ExitCode {
                 }
             })
         }
+        ClientAction::Queue { op, json } => client.queue(&op).await.map(|list| {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                print!("{}", queue_text(&op, &list));
+            }
+            ExitCode::SUCCESS
+        }),
     };
     result.unwrap_or_else(|e| fail(&e))
+}
+
+/// The journal for people: one line of state, one line per kept prompt, the
+/// last finished ones.
+fn queue_text(op: &QueueOp, list: &QueueList) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let said = match op {
+        QueueOp::Pause => "queue paused: new prompts are held at the front door\n",
+        QueueOp::Resume => "queue resumed\n",
+        QueueOp::Release { .. } => "released: sent to the UI again\n",
+        QueueOp::List => "",
+    };
+    s.push_str(said);
+    let _ = writeln!(
+        s,
+        "{}{}; {} kept",
+        if list.paused {
+            "paused"
+        } else {
+            "taking prompts"
+        },
+        if list.replaying {
+            "; replaying the journal"
+        } else {
+            ""
+        },
+        list.prompts.len()
+    );
+    for p in &list.prompts {
+        let _ = writeln!(
+            s,
+            "  {}  {:<11}  strikes {}  sent again {}",
+            p.prompt_id,
+            format!("{:?}", p.state).to_lowercase(),
+            p.strikes,
+            p.resubmits
+        );
+    }
+    if matches!(op, QueueOp::List) && !list.history.is_empty() {
+        let _ = writeln!(s, "recently finished:");
+        for d in list.history.iter().rev().take(10) {
+            let _ = writeln!(s, "  {}  {:?}", d.prompt_id, d.outcome);
+        }
+    }
+    s
 }
 
 /// Prints how a wait ended; exit 5 when it timed out.

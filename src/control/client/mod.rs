@@ -22,7 +22,7 @@ pub use commands::{ClientAction, run};
 
 use super::wire::{self, ErrorBody, GenerateReply, GenerateRequest, RestartReply, RestartRequest};
 use crate::config::{Config, DEFAULT_SOCKET};
-use crate::supervisor::protocol::{ReloadOutcome, RestartWhen, Snapshot};
+use crate::supervisor::protocol::{QueueList, QueueOp, ReloadOutcome, RestartWhen, Snapshot};
 
 /// Exit code: the operation failed (rejected reload, unexpected answer, bad config).
 pub const EXIT_FAILED: u8 = 1;
@@ -233,6 +233,26 @@ impl Client {
         self.expect_ok(status, &body)?;
         self.decode::<GenerateReply>(status, &body)
             .map(|r| Ok(r.paths))
+    }
+
+    /// A `queue` command: `GET /v1/queue` for a listing, else the POST of
+    /// `op`; the journal afterwards.
+    pub async fn queue(&self, op: &QueueOp) -> Result<QueueList, ClientError> {
+        let (method, route, body) = match op {
+            QueueOp::List => (Method::GET, wire::QUEUE, None),
+            QueueOp::Pause => (Method::POST, wire::QUEUE_PAUSE, None),
+            QueueOp::Resume => (Method::POST, wire::QUEUE_RESUME, None),
+            QueueOp::Release { prompt_id } => {
+                let request = wire::ReleaseRequest {
+                    prompt_id: prompt_id.clone(),
+                };
+                let body = serde_json::to_vec(&request).unwrap_or_default();
+                (Method::POST, wire::QUEUE_RELEASE, Some(body))
+            }
+        };
+        let (status, body) = self.call(method, route, body, QUICK).await?;
+        self.expect_ok(status, &body)?;
+        self.decode(status, &body)
     }
 
     /// `GET /metrics` as text.
