@@ -710,6 +710,10 @@ in
           NixOS host there is no cluster, and the supervisor logs one warning
           and does nothing. A change takes effect when the supervisor next
           starts.
+        '';
+      };
+    };
+
     # [queue]: the journal of ComfyUI prompts; null leaves the key out (the
     # supervisor's default). Set up at the supervisor's start.
     queue = {
