@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::config::QueueConfig;
+use crate::config::instances::InstanceConfig;
 use crate::config::supervisor::SupervisorConfig;
 use crate::config::{
     Config, ControlConfig, DataConfig, FrontConfig, GpuConfig, KubernetesConfig, RestartConfig,
@@ -137,6 +138,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         supervisor: old_supervisor,
         downloads: old_downloads,
         images: old_images,
+        instances: old_instances,
+        instance: _,
     } = old;
     let Config {
         ui: new_ui,
@@ -154,6 +157,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         supervisor: new_supervisor,
         downloads: new_downloads,
         images: new_images,
+        instances: new_instances,
+        instance: this_instance,
     } = new;
 
     let mut d = ConfigDiff::default();
@@ -184,12 +189,39 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     // core re-checks their fingerprints after every applied reload.
     note(&mut d.supervisor_only, "images", old_images != new_images);
 
+    // An instance's own config (`Config::for_instance`) carries its changes
+    // in `ui`; the file's lists each changed instance.
+    if this_instance.is_none() {
+        instances(&mut d, old_instances, new_instances);
+    }
+
     let relaid_anyway = old_ui.flavor != new_ui.flavor || old_data.dir != new_data.dir;
     if !relaid_anyway {
         settings(&mut d, old_settings, new_settings);
         d.models_changed = models(old_models, new_models);
     }
     d
+}
+
+/// Instances added or removed take effect at the daemon's next start (the set
+/// of UIs is fixed while it runs); a changed instance restarts, alone.
+fn instances(d: &mut ConfigDiff, old: &[InstanceConfig], new: &[InstanceConfig]) {
+    let names = |l: &[InstanceConfig]| l.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+    note(&mut d.next_start, "instances", names(old) != names(new));
+    for n in new {
+        if let Some(o) = old.iter().find(|o| o.name == n.name) {
+            let mut o = o.clone();
+            // An unpinned port is the one picked at start (carried over).
+            if n.port.is_none() {
+                o.port = None;
+            }
+            note(
+                &mut d.restart_reasons,
+                &format!("instances.{}", n.name),
+                o != *n,
+            );
+        }
+    }
 }
 
 /// Pushes `name` when `changed`.

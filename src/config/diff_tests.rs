@@ -469,6 +469,8 @@ fn arb_config() -> impl Strategy<Value = Config> {
                     supervisor: Default::default(),
                     downloads: Default::default(),
                     images: BTreeMap::new(),
+                    instances: Vec::new(),
+                    instance: None,
                 }
             },
         )

@@ -14,6 +14,7 @@ pub mod front;
 pub mod gpu;
 pub mod health;
 mod images;
+pub mod instances;
 pub mod kubernetes;
 pub mod limits;
 pub mod queue;
@@ -80,6 +81,12 @@ pub struct Config {
     pub images: BTreeMap<String, ImageConfig>,
     /// Models fetched at run time (their `models` entry targets the cache file).
     pub downloads: DownloadsConfig,
+    /// `[instances.<name>]`: one UI per GPU behind the front door; empty: one UI.
+    pub instances: Vec<instances::InstanceConfig>,
+    /// Which instance this config is the UI of ([`Config::for_instance`]);
+    /// `None` in the config as read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// `[downloads]` and the download form of model entries.
@@ -274,6 +281,28 @@ impl Config {
         self.ui.listen && !self.front.enable
     }
 
+    /// The config of instance `i`'s UI: the file's, with the instance's GPUs,
+    /// port (as `front.ui_port`, the UI's private port), arguments after
+    /// `ui.extra_args` and environment over `ui.environment`. `None` when
+    /// there is no such instance.
+    pub fn for_instance(&self, i: usize) -> Option<Config> {
+        let inst = self.instances.get(i)?;
+        let mut c = self.clone();
+        c.ui.gpus = inst.gpus.clone();
+        c.ui.extra_args.extend(inst.extra_args.iter().cloned());
+        c.ui.environment.extend(inst.environment.clone());
+        c.front.ui_port = inst.port;
+        c.instance = Some(inst.name.clone());
+        Some(c)
+    }
+
+    /// The folder of what this instance's UI writes (docs/instances.md);
+    /// `None` for the config as read.
+    pub fn instance_dir(&self) -> Option<PathBuf> {
+        let name = self.instance.as_deref()?;
+        Some(self.data.dir.join("instances").join(name))
+    }
+
     /// Full argv of the UI: command, managed flavor arguments, then `extra_args`.
     pub fn ui_argv(&self) -> Vec<String> {
         let mut argv = self.ui.command.clone();
@@ -282,6 +311,9 @@ impl Config {
             self.ui_own_port(),
             self.ui_own_listen(),
         ));
+        if let Some(dir) = self.instance_dir() {
+            argv.extend(self.ui.flavor.instance_args(&dir));
+        }
         argv.extend(self.ui.extra_args.iter().cloned());
         argv
     }

@@ -104,6 +104,8 @@ pub struct RawConfig {
     pub downloads: RawDownloads,
     /// `[images.<name>]`, read image by image.
     pub images: BTreeMap<String, super::images::RawImage>,
+    /// `[instances.<name>]`.
+    pub instances: BTreeMap<String, super::instances::RawInstance>,
 }
 
 /// Reads one section's value into its place in [`RawConfig`].
@@ -194,6 +196,11 @@ pub const SECTIONS: &[Section] = &[
         name: "downloads",
         keys: DOWNLOADS_KEYS,
         read: |de, raw| RawDownloads::deserialize(de).map(|v| raw.downloads = v),
+    },
+    Section {
+        name: "instances",
+        keys: &[],
+        read: |de, raw| Deserialize::deserialize(de).map(|v| raw.instances = v),
     },
     // Read image by image in `parse` (one bad image must not hide the next).
     Section {

@@ -93,7 +93,14 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
     let gpu = super::gpu::validate(&mut c, raw.gpu, ui.as_ref().map(|u| u.flavor));
     let health = super::health::validate(&mut c, raw.health);
     let kubernetes = super::kubernetes::validate(raw.kubernetes);
-    let queue = super::queue::validate(&mut c, raw.queue);
+    let keep_asked = raw.queue.keep;
+    let mut queue = super::queue::validate(&mut c, raw.queue);
+    let instances = super::instances::validate(&mut c, raw.instances, ui.as_ref().map(|u| u.port));
+    if !instances.is_empty() {
+        instances_fit(&mut c, ui.as_ref(), &front, keep_asked);
+        // Not yet kept across instances: off unless asked for (then refused).
+        queue.keep = false;
+    }
     let supervisor = super::supervisor::validate(raw.supervisor, c.problems);
     Some(Config {
         ui: ui?,
@@ -114,7 +121,44 @@ pub fn validate(raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
             models: downloads,
         },
         images: BTreeMap::new(),
+        instances,
+        instance: None,
     })
+}
+
+/// What `[instances]` asks of the rest of the file: the front door (it is the
+/// one queue in front of them), GPUs named per instance, no `front.ui_port`
+/// (each instance has its port), no `queue.keep` yet.
+fn instances_fit(
+    c: &mut Checker<'_>,
+    ui: Option<&UiConfig>,
+    front: &super::FrontConfig,
+    keep_asked: Option<bool>,
+) {
+    if !front.enable {
+        c.value(
+            ["front", "enable"],
+            "is false, but [instances] needs the front door: it is the one queue in front of them",
+        );
+    }
+    if front.ui_port.is_some() {
+        c.value(
+            ["front", "ui_port"],
+            "with [instances], each instance has its private port (instances.<name>.port)",
+        );
+    }
+    if ui.is_some_and(|u| u.gpus.is_some()) {
+        c.value(
+            ["ui", "gpus"],
+            "with [instances], each instance names its GPUs (instances.<name>.gpus)",
+        );
+    }
+    if keep_asked == Some(true) {
+        c.value(
+            ["queue", "keep"],
+            "the queue journal does not yet work with [instances]; set it to false",
+        );
+    }
 }
 
 fn data_config(c: &mut Checker<'_>, flavor: Option<Flavor>, raw: RawData) -> Option<DataConfig> {

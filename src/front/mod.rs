@@ -18,6 +18,7 @@ pub mod gate;
 mod keep;
 mod page;
 mod request;
+pub mod route;
 pub mod stats;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

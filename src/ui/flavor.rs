@@ -157,6 +157,41 @@ impl Flavor {
     }
 }
 
+impl Flavor {
+    /// The arguments that give an instance its own folders for what the UI
+    /// writes (docs/instances.md), after [`Flavor::managed_args`]: the later
+    /// flag wins in both UIs' argparse.
+    pub fn instance_args(self, dir: &Path) -> Vec<String> {
+        let at = |rel: &str| dir.join(rel).display().to_string();
+        match self {
+            Flavor::Forge | Flavor::A1111 => vec![
+                "--ui-settings-file".into(),
+                at("config.json"),
+                "--ui-config-file".into(),
+                at("ui-config.json"),
+            ],
+            Flavor::Comfyui => vec![
+                "--output-directory".into(),
+                at("output"),
+                // ComfyUI appends `temp/` itself (ui-apis.md).
+                "--temp-directory".into(),
+                dir.display().to_string(),
+                "--database-url".into(),
+                format!("sqlite:///{}", at("comfyui.db")),
+            ],
+        }
+    }
+
+    /// Folders of an instance's own that must exist before its UI starts,
+    /// relative to its folder.
+    pub fn instance_dirs(self) -> &'static [&'static str] {
+        match self {
+            Flavor::Forge | Flavor::A1111 => &["outputs"],
+            Flavor::Comfyui => &["output", "temp"],
+        }
+    }
+}
+
 impl fmt::Display for Flavor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
