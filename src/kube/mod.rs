@@ -113,6 +113,15 @@ impl DeletionCost {
     /// Ends the task (a patch in flight is dropped). The annotation stays as
     /// it is: a Pod that stops is going away, and a new binary after a
     /// self-upgrade patches at its start.
+    ///
+    /// Awaiting the aborted task is what kills a patch helper in flight: the
+    /// runtime drops the task's future before the join completes, and with it
+    /// the helper's child, which `kill_on_drop` SIGKILLs. So once this returns
+    /// no helper of this binary is patching, and `daemon.rs` calls it before a
+    /// self-upgrade's exec and before a stop. That is why there is no
+    /// `Helpers` set (`download/worker.rs`) here: the download manager needs
+    /// one because its `Drop` only aborts its tasks, which are never polled
+    /// again before the exec.
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
