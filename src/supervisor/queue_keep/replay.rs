@@ -192,33 +192,30 @@ impl Supervisor {
 
 /// What the UI's `/queue` and `/history/{id}` say of `asked`.
 async fn ui_knows(client: &Loopback, asked: &BTreeSet<String>) -> Result<UiKnows, String> {
-    let queue = client
-        .get("/queue", CALL_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !queue.is_success() {
-        return Err(format!("/queue: HTTP {}", queue.status));
-    }
-    let queue: serde_json::Value =
-        serde_json::from_slice(&queue.body).map_err(|e| format!("/queue: {e}"))?;
+    let queue = get_json(client, "/queue", "/queue").await?;
     let queued = comfy::queue_ids(&queue);
     let mut history = BTreeMap::new();
     for id in asked.iter().filter(|id| !queued.contains(*id)) {
         let path = format!("/history/{}", encode_segment(id));
-        let answer = client
-            .get(&path, CALL_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !answer.is_success() {
-            return Err(format!("/history: HTTP {}", answer.status));
-        }
-        let v: serde_json::Value =
-            serde_json::from_slice(&answer.body).map_err(|e| format!("/history: {e}"))?;
+        let v = get_json(client, &path, "/history").await?;
         if let Some(outcome) = comfy::history_outcome(id, &v) {
             history.insert(id.clone(), outcome);
         }
     }
     Ok(UiKnows { queued, history })
+}
+
+/// The JSON the UI answers a `GET path` with; an error names the endpoint as
+/// `what` (without a prompt's id).
+async fn get_json(client: &Loopback, path: &str, what: &str) -> Result<serde_json::Value, String> {
+    let answer = client
+        .get(path, CALL_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !answer.is_success() {
+        return Err(format!("{what}: HTTP {}", answer.status));
+    }
+    serde_json::from_slice(&answer.body).map_err(|e| format!("{what}: {e}"))
 }
 
 /// A prompt id as one path segment (ids are the UI's or a client's choice).
