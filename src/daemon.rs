@@ -200,6 +200,7 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     signal_task.abort();
     drop(watcher);
     // The annotation stays as it is; the next binary (if any) patches on.
+    // Before the exec below: a patch helper in flight is killed by this stop.
     if let Some(cost) = deletion_cost {
         cost.stop().await;
     }

@@ -21,4 +21,5 @@ pub mod logging;
 pub mod notify;
 pub mod supervisor;
 pub mod ui;
+pub mod warn_once;
 pub mod watch;

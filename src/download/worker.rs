@@ -158,6 +158,29 @@ pub(crate) fn helper_path() -> Result<PathBuf, Failure> {
     }
 }
 
+/// The helper program `exe` set up to run as the supervisor's child: a job on
+/// its piped stdin, its answer on its piped stdout, its stderr in the
+/// supervisor's log. It dies with the supervisor (`PR_SET_PDEATHSIG`) and when
+/// the returned child is dropped, so no helper outlives the work it was
+/// started for. Every run of the helper (a download attempt, a `kube-patch`)
+/// starts from this one setup.
+pub(crate) fn helper_command(exe: &Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    command
+}
+
 /// Runs one attempt in a helper process, mirroring its progress into
 /// `progress`; `verifying` is called once all bytes are in.
 pub async fn attempt(
@@ -173,20 +196,9 @@ pub async fn attempt(
     let failed = |what: &str, e: std::io::Error| {
         Failure::Io(format!("download helper {}: {what}: {e}", exe.display()))
     };
-    let mut command = tokio::process::Command::new(&exe);
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = command.spawn().map_err(|e| failed("cannot start", e))?;
+    let mut child = helper_command(&exe)
+        .spawn()
+        .map_err(|e| failed("cannot start", e))?;
     let _registered = child
         .id()
         .and_then(|pid| i32::try_from(pid).ok())

@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 pub use logind::{LogindError, MODE, WHAT, WHO};
 
 use crate::supervisor::protocol::{CoreHandle, Phase, Snapshot};
+use crate::warn_once::WarnOnce;
 use logind::Logind;
 
 /// What the inhibitor wants, read from one snapshot.
@@ -185,7 +186,7 @@ struct Task {
     lock: Option<Lock>,
     held: watch::Sender<Option<bool>>,
     /// The last error warned about, so the same one is not warned again.
-    warned: Option<String>,
+    warned: WarnOnce,
 }
 
 /// Follows the snapshots until told to end or the core ends; returns the lock
@@ -203,7 +204,7 @@ async fn run(
         bus: Bus::Unknown,
         lock,
         held,
-        warned: None,
+        warned: WarnOnce::default(),
     };
     let mut last = None;
     loop {
@@ -274,7 +275,7 @@ impl Task {
             Ok(fd) => {
                 let first = self.lock.is_none();
                 self.lock = Some(Lock { fd, jobs });
-                self.warned = None;
+                self.warned.clear();
                 if first {
                     tracing::info!(
                         jobs,
@@ -347,12 +348,10 @@ impl Task {
 
     /// Warns about `e` unless it is the error warned about last.
     fn warn(&mut self, what: &str, e: &LogindError) {
-        let text = e.to_string();
-        if self.warned.as_deref() == Some(text.as_str()) {
-            tracing::debug!(error = %e, "{what}");
-        } else {
+        if self.warned.is_new(&e.to_string()) {
             tracing::warn!(error = %e, "{what}");
-            self.warned = Some(text);
+        } else {
+            tracing::debug!(error = %e, "{what}");
         }
     }
 

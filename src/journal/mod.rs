@@ -5,7 +5,7 @@
 //! This module is pure state: the [`Book`] that [`Record`]s build (the file is
 //! a JSON-lines list of them, [`file`]), the ComfyUI shapes ([`comfy`]) and the
 //! rule that decides what a new UI must be sent again ([`reconcile`]). The
-//! core's side is `supervisor/queue_keep.rs`.
+//! core's side is `supervisor/queue_keep/`.
 
 pub mod comfy;
 pub mod file;

@@ -21,7 +21,6 @@
 //! never switch on. Patches come at most once a second.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -160,21 +159,8 @@ impl Api {
 async fn run_helper(job: &PatchJob) -> Result<PatchAnswer, String> {
     let exe = crate::download::worker::helper_path().map_err(|e| e.to_string())?;
     let body = serde_json::to_vec(job).map_err(|e| e.to_string())?;
-    let mut command = tokio::process::Command::new(&exe);
-    command
+    let mut child = crate::download::worker::helper_command(&exe)
         .arg(super::patch::KUBE_PATCH_ARG)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
     if let Some(mut stdin) = child.stdin.take() {

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 pub use api::{ANNOTATION, API_ENV, Api, PatchError, SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_ENV};
 
 use crate::supervisor::protocol::{CoreHandle, Phase, Snapshot};
+use crate::warn_once::WarnOnce;
 
 /// The shortest time between two patches: a queue that changes every few
 /// milliseconds costs the API server one request a second.
@@ -113,6 +114,15 @@ impl DeletionCost {
     /// Ends the task (a patch in flight is dropped). The annotation stays as
     /// it is: a Pod that stops is going away, and a new binary after a
     /// self-upgrade patches at its start.
+    ///
+    /// Awaiting the aborted task is what kills a patch helper in flight: the
+    /// runtime drops the task's future before the join completes, and with it
+    /// the helper's child, which `kill_on_drop` SIGKILLs. So once this returns
+    /// no helper of this binary is patching, and `daemon.rs` calls it before a
+    /// self-upgrade's exec and before a stop. That is why there is no
+    /// `Helpers` set (`download/worker.rs`) here: the download manager needs
+    /// one because its `Drop` only aborts its tasks, which are never polled
+    /// again before the exec.
     pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
@@ -127,7 +137,7 @@ struct Task {
     accepted: Option<i32>,
     next: Instant,
     failures_in_row: u32,
-    warned: Option<String>,
+    warned: WarnOnce,
 }
 
 /// Follows the snapshots until the core ends.
@@ -142,7 +152,7 @@ async fn run(
         accepted: None,
         next: Instant::now(),
         failures_in_row: 0,
-        warned: None,
+        warned: WarnOnce::default(),
     };
     let mut want = None;
     loop {
@@ -176,7 +186,7 @@ impl Task {
             Ok(()) => {
                 self.accepted = Some(cost);
                 self.next = Instant::now() + MIN_INTERVAL;
-                if self.warned.take().is_some() {
+                if self.warned.clear() {
                     tracing::info!(
                         cost,
                         failures = self.failures_in_row,
@@ -196,11 +206,10 @@ impl Task {
                 let wait = backoff(self.failures_in_row);
                 self.next = Instant::now() + wait;
                 let text = e.to_string();
-                if self.warned.as_deref() == Some(text.as_str()) {
-                    tracing::debug!(error = %e, cost, retry_in = ?wait, "cannot patch the Pod's deletion cost");
-                } else {
+                if self.warned.is_new(&text) {
                     tracing::warn!(error = %e, cost, "cannot patch the Pod's deletion cost; retrying with backoff");
-                    self.warned = Some(text.clone());
+                } else {
+                    tracing::debug!(error = %e, cost, retry_in = ?wait, "cannot patch the Pod's deletion cost");
                 }
                 self.publish(|s| {
                     s.error = Some(text);

@@ -126,7 +126,7 @@ pub struct Supervisor {
     pub(super) downloads: super::downloads::Downloads,
     /// Declared images: their state and the render in progress.
     pub(super) images: images::Images,
-    /// The journal of ComfyUI prompts (`queue_keep.rs`).
+    /// The journal of ComfyUI prompts (`queue_keep/`).
     pub(super) keep: queue_keep::QueueKeep,
     pub(super) life: Life,
 }

@@ -78,7 +78,7 @@ pub enum Event {
     Routes(Option<std::collections::BTreeSet<String>>),
     /// Model-list refresh calls finished, each with its outcome.
     Refreshed(Vec<(&'static str, Result<(), crate::ui::api::ProbeError>)>),
-    /// A queue journal task ended (`queue_keep.rs`).
+    /// A queue journal task ended (`queue_keep/`).
     Keep(super::queue_keep::KeepEvent),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
