@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 
 use crate::supervisor::protocol::{Phase, ReloadResult, RestartReason, Snapshot};
 
+mod instances;
+
 /// The `Content-Type` of the exposition format this module writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -194,6 +196,9 @@ pub fn render(s: &Snapshot) -> String {
     }
     if let Some(cost) = &s.pod_deletion_cost {
         deletion_cost(&mut out, cost);
+    }
+    if !s.instances.is_empty() {
+        instances::render(&mut out, s);
     }
     out.text
 }

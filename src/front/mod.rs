@@ -100,13 +100,16 @@ const PRIVATE_SPAN: u16 = 10_000;
 /// machine, the door's own connections to the UI among them. The search starts
 /// at a place of this process's own, so supervisors starting side by side
 /// rarely try the same port.
-pub fn pick_ui_port() -> Result<u16, FrontError> {
+pub fn pick_ui_port(avoid: &[u16]) -> Result<u16, FrontError> {
     let (from, to) = private_band(ephemeral_start());
     let span = u32::from(to - from);
     let start = std::process::id().wrapping_mul(7919) % span;
     let mut last = None;
     for i in 0..span {
         let port = from + u16::try_from((start + i) % span).unwrap_or(0);
+        if avoid.contains(&port) {
+            continue;
+        }
         match std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
             Ok(_) => return Ok(port),
             Err(e) => last = Some(e),
@@ -154,6 +157,9 @@ pub struct Settings {
     /// Whether ComfyUI's submissions are journaled (and held while the queue
     /// is paused or replaying): ComfyUI with `queue.keep`.
     pub keep: bool,
+    /// With `[instances]`: each instance's name and private port, in the
+    /// config's order (the snapshot's `instances`); empty: one UI at `ui_port`.
+    pub instances: Vec<(String, u16)>,
 }
 
 impl Settings {
@@ -171,6 +177,7 @@ impl Settings {
             max_connections: config.front.max_connections,
             auth,
             resumed: None,
+            instances: Vec::new(),
             keep: config.ui.flavor == crate::ui::flavor::Flavor::Comfyui && config.queue.keep,
         })
     }
@@ -184,6 +191,8 @@ impl Settings {
 pub struct Answers {
     sending: watch::Receiver<usize>,
     snapshots: watch::Receiver<Snapshot>,
+    /// With instances: which one's gate and answers.
+    instance: Option<usize>,
 }
 
 impl Answers {
@@ -192,9 +201,13 @@ impl Answers {
     /// were answered.
     pub async fn finished(mut self, bound: Duration) -> bool {
         let all = async {
+            let instance = self.instance;
             let _ = self
                 .snapshots
-                .wait_for(|s| gate::Gate::of(s) != gate::Gate::Open)
+                .wait_for(|s| match instance {
+                    None => gate::Gate::of(s) != gate::Gate::Open,
+                    Some(i) => !route::serves(s, i),
+                })
                 .await;
             let _ = self.sending.wait_for(|n| *n == 0).await;
         };
@@ -215,7 +228,8 @@ pub struct FrontDoor {
     kept: OwnedFd,
     stats: Arc<Stats>,
     busy: watch::Receiver<usize>,
-    answers: Answers,
+    /// One per UI behind the door (one without instances).
+    answers: Vec<Answers>,
     local: SocketAddr,
 }
 
@@ -232,11 +246,18 @@ impl FrontDoor {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop, stop_rx) = watch::channel(false);
         let (busy, busy_rx) = watch::channel(0usize);
-        let (sending, sending_rx) = watch::channel(0usize);
-        let answers = Answers {
-            sending: sending_rx,
-            snapshots: core.subscribe(),
-        };
+        let uis = settings.instances.len().max(1);
+        let (sending, answers): (Vec<_>, Vec<_>) = (0..uis)
+            .map(|i| {
+                let (tx, rx) = watch::channel(0usize);
+                let answers = Answers {
+                    sending: rx,
+                    snapshots: core.subscribe(),
+                    instance: (!settings.instances.is_empty()).then_some(i),
+                };
+                (tx, answers)
+            })
+            .unzip();
         let stats = Arc::new(
             settings
                 .resumed
@@ -246,6 +267,8 @@ impl FrontDoor {
         let max_connections = settings.max_connections;
         let shared = Arc::new(request::Shared {
             ui_port: settings.ui_port,
+            instances: settings.instances.clone(),
+            table: Mutex::new(route::Table::default()),
             hold_timeout: settings.hold_timeout,
             max_held: settings.max_held,
             auth: settings.auth,
@@ -290,9 +313,12 @@ impl FrontDoor {
         self.busy.clone()
     }
 
-    /// The answers the UI is sending, for the core's planned stops.
-    pub fn answers(&self) -> Answers {
-        self.answers.clone()
+    /// The answers the UI (with instances: instance `i`) is sending, for the
+    /// core's planned stops.
+    pub fn answers(&self, i: usize) -> Answers {
+        // `start` makes one per UI, at least one.
+        let last = self.answers.len().saturating_sub(1);
+        self.answers[i.min(last)].clone()
     }
 
     /// Stops accepting (new connections wait in the kernel's queue), ends every
@@ -416,7 +442,7 @@ mod tests {
         assert_eq!(private_band(32768), (22768, 32768));
         assert_eq!(private_band(11024), (1024, 11024));
         assert_eq!(private_band(2000), (55535, 65535));
-        let port = pick_ui_port().expect("a free port");
+        let port = pick_ui_port(&[]).expect("a free port");
         let (from, to) = private_band(ephemeral_start());
         assert!((from..to).contains(&port), "{port} not in {from}..{to}");
         std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("still free");

@@ -29,6 +29,7 @@ use super::forward::{self, DownBody, Tracked};
 use super::gate::{self, Gate, HoldEnd};
 use super::keep;
 use super::page;
+use super::route;
 use super::stats::{Rejected, Stats};
 use crate::supervisor::protocol::Snapshot;
 
@@ -42,6 +43,11 @@ const MAX_SENDS: u32 = 3;
 pub struct Shared {
     /// The UI's private loopback port.
     pub ui_port: u16,
+    /// With `[instances]`: each one's name and private port (then `ui_port`
+    /// is unused); empty: one UI.
+    pub instances: Vec<(String, u16)>,
+    /// Where requests went, for routing among the instances.
+    pub table: Mutex<route::Table>,
     /// `front.hold_timeout`.
     pub hold_timeout: Duration,
     /// `front.max_held`.
@@ -56,9 +62,9 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Requests in flight (proxied or held): a self-upgrade waits for zero.
     pub busy: watch::Sender<usize>,
-    /// Requests sent to the UI whose answers are not out yet: a planned stop
-    /// of the UI waits for zero ([`super::Answers`]).
-    pub sending: watch::Sender<usize>,
+    /// Per UI (instance): requests sent to it whose answers are not out yet:
+    /// a planned stop of the UI waits for zero ([`super::Answers`]).
+    pub sending: Vec<watch::Sender<usize>>,
     /// Turns true on a stop or a handoff: relayed websockets end.
     pub stop: watch::Receiver<bool>,
     /// The queue journal's tap (ComfyUI): submissions are journaled.
@@ -83,21 +89,83 @@ impl Drop for InFlight {
     }
 }
 
-/// Counts one request on its way to the UI, from just before the gate is read
-/// until its answer is out (or it is held after all).
-pub struct Sending(Arc<Shared>);
+/// Counts one request on its way to a UI, from just before the gate is read
+/// until its answer is out (or it is held after all). It counts at every UI
+/// until the request's UI is chosen ([`Sending::only`]), so a stop that
+/// closed one UI's gate and then sees none sending to it misses nothing.
+pub struct Sending {
+    shared: Arc<Shared>,
+    /// The UIs it counts at: all, then the chosen one.
+    at: std::ops::Range<usize>,
+}
 
 impl Sending {
     fn new(shared: &Arc<Shared>) -> Sending {
-        shared.sending.send_modify(|n| *n = n.saturating_add(1));
-        Sending(shared.clone())
+        for s in &shared.sending {
+            s.send_modify(|n| *n = n.saturating_add(1));
+        }
+        Sending {
+            shared: shared.clone(),
+            at: 0..shared.sending.len(),
+        }
+    }
+
+    /// Counts at UI `i` only.
+    fn only(mut self, i: usize) -> Sending {
+        for (k, s) in self.shared.sending.iter().enumerate() {
+            if k != i && self.at.contains(&k) {
+                s.send_modify(|n| *n = n.saturating_sub(1));
+            }
+        }
+        self.at = if i < self.shared.sending.len() {
+            i..i.saturating_add(1)
+        } else {
+            0..0
+        };
+        self
     }
 }
 
 impl Drop for Sending {
     fn drop(&mut self) {
-        self.0.sending.send_modify(|n| *n = n.saturating_sub(1));
+        for k in self.at.clone() {
+            if let Some(s) = self.shared.sending.get(k) {
+                s.send_modify(|n| *n = n.saturating_sub(1));
+            }
+        }
     }
+}
+
+/// Where one request goes: the UI's index and port, and the instance its
+/// answer's session cookie names (when it must be set); or the gate that
+/// holds it.
+fn choose(
+    shared: &Shared,
+    snap: &Snapshot,
+    class: &route::Class,
+    session: Option<&str>,
+    submission: bool,
+    skip: &[usize],
+) -> Result<(usize, u16, Option<String>), Gate> {
+    if shared.instances.is_empty() {
+        return match Gate::for_request(snap, submission) {
+            Gate::Open => Ok((0, shared.ui_port, None)),
+            gate => Err(gate),
+        };
+    }
+    let mut table = shared.table.lock().unwrap_or_else(|p| p.into_inner());
+    table.update(route::seats(snap, skip));
+    let pick = table.pick(class, session);
+    let Some((pick, (name, port))) =
+        pick.and_then(|p| Some((p, shared.instances.get(p.index)?.clone())))
+    else {
+        return Err(route::none_open(snap));
+    };
+    if *class == route::Class::Work {
+        table.sent(pick.index);
+    }
+    let cookie = (pick.set_cookie && *class == route::Class::Session).then_some(name);
+    Ok((pick.index, port, cookie))
 }
 
 /// Whether a browser asks for a page (it gets the restarting page, not a hold).
@@ -183,12 +251,30 @@ pub async fn handle(
     let mut snapshots = shared.snapshots.clone();
     let mut held = None;
     let mut sends = 0u32;
-    let (response, sending) = loop {
+    let class = route::classify(&parts.method, &path);
+    let session = parts
+        .headers
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| route::session_of(Some(c)))
+        .map(str::to_owned);
+    let follows_file = !shared.instances.is_empty() && route::follows_file(&parts.method, &path);
+    let mut skip = Vec::new();
+    let (response, sending, target, cookie) = loop {
         // Counted before the gate is read: a stop that closed the gate and
         // then sees no request sending cannot miss one that saw it open.
         let sending = Sending::new(&shared);
-        let gate = Gate::for_request(&snapshots.borrow_and_update(), submission.is_some());
-        if gate != Gate::Open {
+        let chosen = choose(
+            &shared,
+            &snapshots.borrow_and_update(),
+            &class,
+            session.as_deref(),
+            submission.is_some(),
+            &skip,
+        );
+        let (target, port, cookie) = match chosen {
+            Ok(to) => to,
+            Err(gate) => {
             drop(sending);
             if upgrade {
                 stats.rejected(Rejected::WebsocketClosed);
@@ -229,8 +315,10 @@ pub async fn handle(
                     return Ok(forward::own(page::unavailable(&gate, msg)));
                 }
             }
-        }
-        let mut sender = match forward::connect(shared.ui_port).await {
+            }
+        };
+        let sending = sending.only(target);
+        let mut sender = match forward::connect(port).await {
             Ok(s) => s,
             Err(_) => {
                 // The UI is not listening although it was last seen ready: it
@@ -263,7 +351,18 @@ pub async fn handle(
         *up.headers_mut() = parts.headers.clone();
         sends += 1;
         match sender.send_request(up).await {
-            Ok(r) => break (r, sending),
+            // A file another instance made: ask the next one.
+            Ok(r) if follows_file && r.status() == StatusCode::NOT_FOUND && {
+                skip.push(target);
+                (0..shared.instances.len()).any(|i| {
+                    !skip.contains(&i) && route::serves(&snapshots.borrow(), i)
+                })
+            } =>
+            {
+                drop(sending);
+                sends = 0;
+            }
+            Ok(r) => break (r, sending, target, cookie),
             Err(_) if replayable && sends < MAX_SENDS && Instant::now() < deadline => {
                 if held.is_none() {
                     held = Some(stats.hold());
@@ -280,6 +379,22 @@ pub async fn handle(
     drop(held);
     let mut response = response;
     stats.proxied(response.status().as_u16(), started.elapsed());
+    if !shared.instances.is_empty() {
+        stats.routed(target);
+    }
+    if let Some(v) = cookie.and_then(|name| HeaderValue::from_str(&route::set_cookie(&name)).ok())
+    {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    if class == route::Class::Work
+        && !shared.instances.is_empty()
+        && crate::journal::comfy::is_submission(parts.method.as_str(), &path)
+        && response.status().is_success()
+    {
+        let answer = remember_prompt(&shared, target, response).await;
+        drop((flight, sending));
+        return Ok(answer);
+    }
     if let (Some(tap), Some(sent)) = (submission, &kept_body) {
         let answer = keep::answer(tap, sent, response).await;
         drop((flight, sending));
@@ -314,6 +429,37 @@ pub async fn handle(
         Tracked::new(rbody, guard).boxed_unsync(),
     ))
 }
+
+/// ComfyUI's answer to a `/prompt` sent to instance `target`: read whole
+/// (it is tiny) for its `prompt_id`, so the prompt's `/history/<id>` goes to
+/// the same instance, and passed back as it came.
+async fn remember_prompt(
+    shared: &Shared,
+    target: usize,
+    response: Response<Incoming>,
+) -> Response<DownBody> {
+    let (mut parts, body) = response.into_parts();
+    let Ok(collected) = http_body_util::Limited::new(body, MAX_PROMPT_ANSWER)
+        .collect()
+        .await
+    else {
+        return forward::own(page::ui_gone());
+    };
+    let bytes = collected.to_bytes();
+    if let Some(id) = route::prompt_id(&bytes) {
+        let mut table = shared.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.took_prompt(id, target);
+    }
+    forward::strip_hop_by_hop(&mut parts.headers, false);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+/// Largest answer to a `/prompt` read for its id (`{"prompt_id": …}`).
+const MAX_PROMPT_ANSWER: usize = 1024 * 1024;
 
 /// Adds the client's address to `X-Forwarded-For`, as every reverse proxy does
 /// (the UIs' servers trust it from loopback).

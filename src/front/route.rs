@@ -11,6 +11,9 @@ use std::collections::{HashMap, VecDeque};
 
 use hyper::Method;
 
+use super::gate::Gate;
+use crate::supervisor::protocol::{Phase, Snapshot};
+
 /// The session cookie that keeps a browser on one instance.
 pub const COOKIE: &str = "sdws_instance";
 /// How many ComfyUI prompt ids the door remembers the instance of.
@@ -190,6 +193,63 @@ pub fn session_of(cookie_header: Option<&str>) -> Option<&str> {
 /// The `Set-Cookie` value that keeps a session on `name`.
 pub fn set_cookie(name: &str) -> String {
     format!("{COOKIE}={name}; Path=/; HttpOnly; SameSite=Lax")
+}
+
+/// Whether instance `i` of the core's snapshot takes requests.
+pub fn serves(s: &Snapshot, i: usize) -> bool {
+    s.instances.get(i).is_some_and(|x| x.state == Phase::Ready)
+}
+
+/// The instances of the core's snapshot, as the door routes by them; those
+/// in `skip` (a file one did not have) are passed over.
+pub fn seats(s: &Snapshot, skip: &[usize]) -> Vec<Seat> {
+    s.instances
+        .iter()
+        .enumerate()
+        .map(|(i, x)| Seat {
+            name: x.name.clone(),
+            port: x.port,
+            ready: x.state == Phase::Ready && !skip.contains(&i),
+            draining: x.draining,
+            jobs: x
+                .queue
+                .map_or(0, |q| q.running.saturating_add(q.pending)),
+        })
+        .collect()
+}
+
+/// The gate when no instance can take a request: failed when every one
+/// has, else closed (held), expecting the slowest last start.
+pub fn none_open(s: &Snapshot) -> Gate {
+    if !s.instances.is_empty() && s.instances.iter().all(|x| x.state == Phase::Failed) {
+        return Gate::Failed {
+            status: s.status_line.clone(),
+        };
+    }
+    Gate::Closed {
+        status: s.status_line.clone(),
+        expected: s
+            .instances
+            .iter()
+            .filter_map(|x| x.last_time_to_ready_ms)
+            .max()
+            .map(std::time::Duration::from_millis),
+    }
+}
+
+/// Whether a request for `path` may be tried at another instance when one
+/// answers 404: a ComfyUI output (`/view`), which lives in the folder of the
+/// instance that made it.
+pub fn follows_file(method: &Method, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    method == Method::GET && matches!(path, "/view" | "/api/view")
+}
+
+/// The `prompt_id` of ComfyUI's answer to a `/prompt`.
+pub fn prompt_id(answer: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    let id = v.get("prompt_id")?.as_str()?;
+    (!id.is_empty() && id.len() <= 128).then(|| id.to_string())
 }
 
 #[cfg(test)]

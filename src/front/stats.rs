@@ -79,6 +79,8 @@ pub struct Stats {
     in_flight: AtomicU64,
     buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
+    /// With `[instances]`: requests answered per instance, by index.
+    routed: [AtomicU64; crate::config::instances::MAX_INSTANCES],
 }
 
 impl Stats {
@@ -94,6 +96,13 @@ impl Stats {
         self.buckets[bucket].fetch_add(1, Relaxed);
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.latency_sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Instance `i` answered a request.
+    pub fn routed(&self, i: usize) {
+        if let Some(n) = self.routed.get(i) {
+            n.fetch_add(1, Relaxed);
+        }
     }
 
     /// The front door answered itself.
@@ -157,6 +166,9 @@ impl Stats {
         }
         let us = (before.latency_sum_seconds * 1e6).clamp(0.0, u64::MAX as f64) as u64;
         s.latency_sum_us.store(us, Relaxed);
+        for (slot, n) in s.routed.iter().zip(&before.routed) {
+            slot.store(*n, Relaxed);
+        }
         s
     }
 
@@ -182,6 +194,13 @@ impl Stats {
             websockets_open: load(&self.websockets_open),
             latency_buckets: self.buckets.iter().map(load).collect(),
             latency_sum_seconds: load(&self.latency_sum_us) as f64 / 1e6,
+            routed: {
+                let mut r: Vec<u64> = self.routed.iter().map(load).collect();
+                while r.last() == Some(&0) {
+                    r.pop();
+                }
+                r
+            },
         }
     }
 }
@@ -257,6 +276,10 @@ pub struct FrontStatus {
     pub latency_buckets: Vec<u64>,
     /// Sum of the latencies counted, in seconds.
     pub latency_sum_seconds: f64,
+    /// With `[instances]`: requests each instance answered, in the config's
+    /// order (trailing zeros left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routed: Vec<u64>,
 }
 
 #[cfg(test)]

@@ -105,10 +105,23 @@ impl<'c> Desired<'c> {
             .map(|(rel, target, kind)| (rel, Want { target, kind }))
             .collect();
         let link_dirs: BTreeSet<Rel> = flavor.required_dirs().into_iter().map(Rel::from).collect();
-        let settings = (!config.settings.is_empty())
-            .then(|| (Rel::from(flavor.settings_file()), config.settings.clone()));
+        // An instance's UI keeps its settings and what it writes in its own
+        // folder (docs/instances.md); the links are shared.
+        let own = config
+            .instance
+            .as_deref()
+            .map(|name| format!("instances/{name}"));
+        let settings_file = match &own {
+            Some(dir) => format!("{dir}/{}", flavor.settings_file()),
+            None => flavor.settings_file().to_string(),
+        };
+        let settings =
+            (!config.settings.is_empty()).then(|| (Rel::from(settings_file), config.settings.clone()));
         let mut wanted_dirs = link_dirs.clone();
         wanted_dirs.insert(Rel::from(STATE_DIR));
+        if let Some(dir) = &own {
+            wanted_dirs.extend(flavor.instance_dirs().iter().map(|d| format!("{dir}/{d}")));
+        }
         if let Some((file, _)) = &settings {
             wanted_dirs.insert(parent(file).to_string());
         }

@@ -35,6 +35,10 @@ impl Supervisor {
     /// Starts (or re-aims) the downloads for the config in force. The manager
     /// is created on first use; its events reach the core as [`Event::Download`].
     pub(super) fn apply_downloads(&mut self) {
+        // With instances the leader alone downloads (into the shared cache).
+        if !self.leads() {
+            return;
+        }
         if self.downloads.manager.is_none() {
             if self.config.downloads.models.is_empty() {
                 return;

@@ -80,6 +80,7 @@ impl Supervisor {
             Event::Interrupted(Ok(())) => {}
             Event::Unloaded(result) => self.on_unloaded(result),
             Event::Download(ev) => self.on_download(ev),
+            Event::Instance(i, seen) => self.on_instance(i, seen),
             Event::SettingsSynced(done) => self.on_settings_synced(done),
             Event::HandoffChecked(checked) => self.on_handoff_checked(checked),
             Event::Keep(ev) => self.on_keep(ev),

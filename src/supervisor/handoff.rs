@@ -121,7 +121,10 @@ impl Supervisor {
             reply.send_only(outcome);
             return None;
         }
-        let Some(exe) = executable_of(text).filter(|e| !is_running_binary(e)) else {
+        // With instances a new binary restarts the service once all are idle
+        // (`reconfigure.rs`): the handoff carries one UI.
+        let exe = executable_of(text).filter(|e| !is_running_binary(e));
+        let Some(exe) = exe.filter(|_| self.member.is_none()) else {
             return Some((reply, outcome));
         };
         self.reloads.in_flight = self.reloads.in_flight.saturating_add(1);
@@ -391,7 +394,12 @@ impl Supervisor {
 
     /// Whether carrying out the pending restart means restarting the service.
     pub(super) fn restart_is_service(reasons: &[RestartCause]) -> bool {
-        reasons.contains(&RestartCause::UnitChanged)
+        reasons.contains(&RestartCause::UnitChanged) || reasons.contains(&RestartCause::Upgrade)
+    }
+
+    /// Whether `text` names a supervisor binary other than this one.
+    pub(super) fn new_binary(&self, text: &[u8]) -> bool {
+        executable_of(text).is_some_and(|e| !is_running_binary(&e))
     }
 
     /// The UI is stopped for a service restart: end the loop.

@@ -59,7 +59,8 @@ impl Supervisor {
     /// ask for one at once (only when some image waits: otherwise the probe
     /// schedule stays exactly as the restart logic set it).
     fn images_due(&mut self) {
-        if !self.images.book.has_pending() {
+        // With instances the leader alone renders (to its own UI).
+        if !self.leads() || !self.images.book.has_pending() {
             return;
         }
         let now = Instant::now();

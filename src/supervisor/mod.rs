@@ -19,6 +19,7 @@ mod downloads;
 mod events;
 mod handoff;
 mod images;
+pub mod instances;
 mod pending;
 mod probe;
 pub mod protocol;
@@ -77,6 +78,7 @@ impl Supervisor {
         // Downloads run beside the UI, which starts with what is present.
         self.apply_downloads();
         self.keep_load();
+        self.watch_followers();
         match self.upgrade.adopting.take() {
             Some(adopting) => self.finish_adoption(adopting),
             None => self.start_ui(),
@@ -171,6 +173,7 @@ impl Supervisor {
     /// Builds and publishes the snapshot; sends `STATUS=` when it changed.
     fn publish(&mut self) {
         let snap = self.snapshot();
+        self.report_instance(&snap);
         self.notifier.status(&snap.status_line);
         self.snapshots.send_if_modified(|old| {
             if *old == snap {
@@ -188,8 +191,15 @@ impl Supervisor {
                 text,
                 parsed,
                 reply,
-            } => self.reload(text, parsed, reply),
+            } => {
+                self.forward(match &text {
+                    Some(t) => instances::Forward::Reload(t.clone(), parsed.clone()),
+                    None => instances::Forward::ReloadFile,
+                });
+                self.reload(text, parsed, reply)
+            }
             CoreCommand::Restart { when, reply } => {
+                self.forward(instances::Forward::Restart(when));
                 self.request_restart(when);
                 self.publish();
                 let _ = reply.send(self.snapshots.borrow().status_line.clone());
@@ -202,6 +212,7 @@ impl Supervisor {
                     tracing::info!("draining: /readyz answers 503 until the supervisor stops");
                 }
                 self.life.draining = true;
+                self.forward(instances::Forward::Drain);
                 self.publish();
                 let _ = reply.send(());
             }

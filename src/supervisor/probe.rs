@@ -97,6 +97,21 @@ impl Supervisor {
         if !matches!(self.slot.ui, Ui::Ready { .. }) {
             return;
         }
+        let Some(service) = self
+            .pending
+            .as_ref()
+            .map(|p| Supervisor::restart_is_service(&p.reasons))
+        else {
+            return;
+        };
+        // With instances: wait for this one's turn of the rolling restart
+        // (the others are asked again at the next probe).
+        if !self.may_restart(service) {
+            if let Some(at) = after(now, crate::supervisor::pending::BUSY_POLL) {
+                self.timers.probe_by(at);
+            }
+            return;
+        }
         let Some(p) = self.pending.as_mut() else {
             return;
         };

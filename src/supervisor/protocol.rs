@@ -67,6 +67,9 @@ pub enum RestartCause {
     Stalled,
     /// A CUDA fault in the UI's output (`health.gpu_errors`).
     GpuError,
+    /// A new supervisor binary while several instances run: the service
+    /// restarts once every instance is idle (the handoff carries one UI).
+    Upgrade,
 }
 
 impl RestartCause {
@@ -79,6 +82,7 @@ impl RestartCause {
             RestartCause::ConfigUnknown => "supervisor upgrade (running config unknown)",
             RestartCause::Stalled => "job stalled",
             RestartCause::GpuError => "GPU error",
+            RestartCause::Upgrade => "supervisor upgrade (instances)",
         }
     }
 
@@ -91,6 +95,7 @@ impl RestartCause {
             RestartCause::ConfigUnknown => "supervisor upgraded, running config unknown",
             RestartCause::Stalled => "a job stalled",
             RestartCause::GpuError => "CUDA error in the UI's output",
+            RestartCause::Upgrade => "supervisor upgraded: the service restarts once every instance is idle",
         }
     }
 
@@ -125,6 +130,7 @@ impl From<String> for RestartCause {
             "supervisor upgrade (running config unknown)" => RestartCause::ConfigUnknown,
             "job stalled" => RestartCause::Stalled,
             "GPU error" => RestartCause::GpuError,
+            "supervisor upgrade (instances)" => RestartCause::Upgrade,
             _ => RestartCause::Key(s),
         }
     }
@@ -392,6 +398,42 @@ pub struct Snapshot {
     /// The journal of ComfyUI prompts: paused, replaying, kept, quarantined.
     #[serde(default)]
     pub queue_keep: crate::journal::KeepStatus,
+    /// With `[instances]`: each instance's UI, in the config's order (empty
+    /// without). The front door routes by these; the top-level fields then
+    /// sum them up (docs/instances.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceSnapshot>,
+}
+
+/// One instance's UI, as its core last published it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSnapshot {
+    /// `[instances.<name>]`.
+    pub name: String,
+    /// Its private loopback port.
+    pub port: u16,
+    /// Its GPUs (`None` = inherited).
+    pub gpus: Option<Vec<u32>>,
+    /// Coarse state.
+    pub state: Phase,
+    /// Its one-line status.
+    pub status_line: String,
+    /// Why the state is what it is, if anything.
+    pub reason: Option<String>,
+    /// PID of its UI process, while one runs.
+    pub ui_pid: Option<u32>,
+    /// Last probed queue; `None` while it is not ready.
+    pub queue: Option<Queue>,
+    /// A restart owed to it, if any.
+    pub restart_pending: Option<PendingRestart>,
+    /// Its turn of a rolling restart: the front door sends it no new work.
+    pub draining: bool,
+    /// Its UI's restarts, all reasons.
+    pub restarts: u64,
+    /// Its UI's crashes.
+    pub crashes: u64,
+    /// Milliseconds from exec to ready for its last start.
+    pub last_time_to_ready_ms: Option<u64>,
 }
 
 /// `gpu.inhibit_sleep` when the config does not say.

@@ -150,7 +150,7 @@ impl Supervisor {
         let parsed =
             parsed.unwrap_or_else(|| Config::from_bytes(&self.source.path, &text).map(Box::new));
         let mut new = match parsed {
-            Ok(c) => *c,
+            Ok(c) => self.derive_reloaded(*c),
             Err(e) => {
                 tracing::error!("reload rejected, keeping the running config:\n{e}");
                 let summary = e.summary();
@@ -161,7 +161,10 @@ impl Supervisor {
         };
         let change = diff(&self.config, &new);
         crate::config::FrontConfig::carry_over(&self.config, &mut new);
-        let unit_changed = Supervisor::unit_changed(&self.config, &new);
+        // With instances the leader alone restarts the service (for a new
+        // unit, or a new binary: the handoff carries one UI).
+        let unit_changed = self.leads() && Supervisor::unit_changed(&self.config, &new);
+        let upgrade = self.member.is_some() && self.leads() && self.new_binary(&text);
         let running_flavor =
             matches!(self.slot.ui, Ui::Ready { .. }).then_some(self.config.ui.flavor);
         self.config = new;
@@ -172,7 +175,7 @@ impl Supervisor {
         self.apply_downloads();
         self.reloads.rejected = None;
         self.images_config_changed();
-        if change.is_empty() {
+        if change.is_empty() && !upgrade {
             outcome.result = ReloadResult::Unchanged;
             return self.answer(reply, outcome);
         }
@@ -185,6 +188,11 @@ impl Supervisor {
             outcome
                 .needs_restart
                 .push(RestartCause::UnitChanged.name().to_owned());
+        }
+        if upgrade {
+            outcome
+                .needs_restart
+                .push(RestartCause::Upgrade.name().to_owned());
         }
         outcome.next_start = change.next_start.clone();
         if !outcome.next_start.is_empty() {
@@ -213,6 +221,10 @@ impl Supervisor {
         if unit_changed {
             tracing::info!("the service unit changed: a service restart is pending");
             self.schedule(vec![RestartCause::UnitChanged], self.config.restart.policy);
+        }
+        if upgrade {
+            tracing::info!("a new supervisor binary with instances: the service restarts once every instance is idle");
+            self.schedule(vec![RestartCause::Upgrade], self.config.restart.policy);
         }
         self.request_layout(Some(LayoutWaiter::Reload(applying)));
     }
@@ -294,7 +306,11 @@ impl Supervisor {
         p.merge(reasons, policy);
         // A UI still counted as starting may already have accepted a job (it
         // answers before our next readiness probe): it waits like a ready one.
-        if p.policy == RestartPolicy::Immediately {
+        let (now, service) = (
+            p.policy == RestartPolicy::Immediately,
+            Supervisor::restart_is_service(&p.reasons),
+        );
+        if now && self.may_restart(service) {
             self.restart_now(RestartReason::Config, false);
         } else {
             self.check_pending(Instant::now());

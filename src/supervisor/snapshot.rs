@@ -101,7 +101,7 @@ impl Supervisor {
             stalled: stalled.as_deref(),
             unloaded: vram.unloaded,
         });
-        Snapshot {
+        let mut snap = Snapshot {
             state: phase,
             status_line,
             reason,
@@ -138,6 +138,9 @@ impl Supervisor {
             sleep_inhibited: None,
             pod_deletion_cost: None,
             queue_keep: self.keep.status(),
-        }
+            instances: Vec::new(),
+        };
+        self.add_instances(&mut snap);
+        snap
     }
 }

@@ -23,6 +23,10 @@ const PORT_RECHECK: Duration = Duration::from_secs(2);
 /// First readiness probe after the launch.
 const FIRST_PROBE: Duration = Duration::from_millis(100);
 
+/// The cores of several instances lay out the same data dir: their layouts
+/// run one after the other (each its own, with the same links).
+static LAYOUT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Supervisor {
     /// Begins a start: preflight and launch preparation in a task, then the
     /// layout, then the launch (see [`Supervisor::on_event`]). A start already
@@ -113,6 +117,8 @@ impl Supervisor {
             let began = Instant::now();
             let mut transient = false;
             let report = tokio::task::spawn_blocking(move || {
+                // Instances share the data dir: one layout at a time.
+                let _one = LAYOUT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
                 let report = crate::layout::apply(&config);
                 // Links to cached downloads no longer declared are gone now:
                 // the files go too.

@@ -129,6 +129,8 @@ pub struct Supervisor {
     /// The journal of ComfyUI prompts (`queue_keep/`).
     pub(super) keep: queue_keep::QueueKeep,
     pub(super) life: Life,
+    /// With `[instances]`: which instance this core runs, and the rolling rule.
+    pub(super) member: Option<super::instances::Member>,
 }
 
 /// The config file behind the config in force.
@@ -287,6 +289,7 @@ impl Supervisor {
                 draining: false,
                 exit_service: false,
             },
+            member: None,
         };
         // The first snapshot is built like every later one.
         let first = sup.snapshot();

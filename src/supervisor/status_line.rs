@@ -141,6 +141,36 @@ fn what(s: &StatusInput<'_>) -> String {
     format!("{}{gpus}{models}", s.flavor)
 }
 
+/// The leader's line with `[instances]`: how many are ready, then each
+/// instance's own line — `ready: 2/2 instances | gpu0: ready … | gpu1: busy …`
+/// (the daemon-wide parts, downloads or a rejected reload, are in the
+/// leader's instance's line).
+pub fn instances_line(all: &[crate::supervisor::protocol::InstanceSnapshot]) -> String {
+    let n = all.len();
+    let ready = all
+        .iter()
+        .filter(|i| i.state == crate::supervisor::protocol::Phase::Ready)
+        .count();
+    let head = if ready == n {
+        format!("ready: {n}/{n} instances")
+    } else if ready > 0 {
+        format!("degraded: {ready}/{n} instances ready")
+    } else {
+        format!("down: 0/{n} instances ready")
+    };
+    let mut line = head;
+    for i in all {
+        line.push_str(" | ");
+        line.push_str(&i.name);
+        if i.draining {
+            line.push_str(" (draining)");
+        }
+        line.push_str(": ");
+        line.push_str(&i.status_line);
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,6 +80,8 @@ pub enum Event {
     Refreshed(Vec<(&'static str, Result<(), crate::ui::api::ProbeError>)>),
     /// A queue journal task ended (`queue_keep/`).
     Keep(super::queue_keep::KeepEvent),
+    /// A follower instance's core published (`None`: it ended).
+    Instance(usize, Option<Box<super::protocol::InstanceSnapshot>>),
     /// The UI group is gone after a stop or an exit; `then` says what comes next.
     Gone {
         /// Exit of the main process.

@@ -204,6 +204,7 @@ pub fn ready_idle() -> Snapshot {
         sleep_inhibited: Some(false),
         pod_deletion_cost: None,
         queue_keep: Default::default(),
+        instances: Vec::new(),
     }
 }
 

@@ -21,6 +21,8 @@ use crate::ui::gpu::GpuEnv;
 use crate::ui::process::become_subreaper;
 use crate::watch::{Changes, ConfigWatcher, Debounce};
 
+mod instances;
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -90,12 +92,6 @@ pub async fn run(path: &Path, handoff_fd: Option<RawFd>) -> Result<Exit, DaemonE
 async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step, DaemonError> {
     let text = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
     let file_config = Config::from_bytes(path, &text)?;
-    if !file_config.instances.is_empty() {
-        // Branch wave3-instances: the config is checked, the core is not built yet.
-        return Err(DaemonError::Handoff(
-            "[instances] is not built yet on this branch (docs/instances.md)".into(),
-        ));
-    }
     // Set up once per start (a reload's change waits for the next start), from
     // the file as it is now, also after a handoff.
     let keep_deletion_cost = file_config.kubernetes.pod_deletion_cost;
@@ -124,6 +120,9 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
             }
         }
     };
+    if adoption.is_none() && !config.instances.is_empty() {
+        return instances::run(path, config, config_text, signals).await;
+    }
     let mut config = config;
     let inherited_front = adoption.as_ref().map(|(r, _)| r.envelope.front.clone());
     let front_plan = plan_front(&mut config, inherited_front)?;
@@ -161,7 +160,7 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
             };
             let door = FrontDoor::start(listener, plan.settings, &handle)?;
             handle.attach_front(door.stats());
-            core.watch_front(door.busy(), door.answers());
+            core.watch_front(door.busy(), door.answers(0));
             Some((door, plan.ui_port))
         }
         None => None,
@@ -283,7 +282,7 @@ fn plan_front(
     let ui_port = match (&handed, config.front.ui_port) {
         (Some(f), _) => f.ui_port,
         (None, Some(p)) => p,
-        (None, None) => crate::front::pick_ui_port()?,
+        (None, None) => crate::front::pick_ui_port(&[])?,
     };
     config.front.ui_port = Some(ui_port);
     let address = crate::front::address(config);
