@@ -32,7 +32,12 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 /// Two ComfyUI instances, `gpu0` on GPU 0 and `gpu1` on GPU 1 (a fake `/dev`
 /// and `nvidia-smi`), behind the front door; started, both ready.
 fn two_instances(name: &str) -> Scenario {
-    let mut s = Scenario::new(name, "comfyui");
+    start_two(Scenario::new(name, "comfyui"), None)
+}
+
+/// [`two_instances`] for a scenario made by the caller, started under
+/// `binary` when given.
+fn start_two(mut s: Scenario, binary: Option<std::path::PathBuf>) -> Scenario {
     s.conf.poll_interval = Some("200ms".into());
     s.conf.idle_grace = Some("300ms".into());
     let mut instances = toml::Table::new();
@@ -48,10 +53,18 @@ fn two_instances(name: &str) -> Scenario {
         fs::write(dev.join(node), "").expect("fake device node");
     }
     let smi = s.dir().join("nvidia-smi");
-    write_script(&smi, "echo 'NVIDIA-SMI 550.54.14  Driver Version: 550.54.14'");
+    write_script(
+        &smi,
+        "echo 'NVIDIA-SMI 550.54.14  Driver Version: 550.54.14'",
+    );
     s.start_with(|b| {
-        b.env("SD_WEBUI_SUPERVISOR_DEV_DIR", &dev)
-            .env("SD_WEBUI_SUPERVISOR_NVIDIA_SMI", &smi)
+        let b = b
+            .env("SD_WEBUI_SUPERVISOR_DEV_DIR", &dev)
+            .env("SD_WEBUI_SUPERVISOR_NVIDIA_SMI", &smi);
+        match &binary {
+            Some(exe) => b.binary(exe),
+            None => b,
+        }
     });
     s.wait(SECS(60), "both instances ready", || {
         (ready_count(&s) == 2).then_some(())
@@ -127,7 +140,11 @@ fn twenty_prompts_spread_over_both_instances_and_each_history_comes_from_its_own
     for (name, gpu) in [("gpu0", "0"), ("gpu1", "1")] {
         let start = starts
             .iter()
-            .find(|r| r.argv().iter().any(|a| a.contains(&format!("instances/{name}/"))))
+            .find(|r| {
+                r.argv()
+                    .iter()
+                    .any(|a| a.contains(&format!("instances/{name}/")))
+            })
             .unwrap_or_else(|| panic!("a UI with instances/{name}/ in its argv: {starts:?}"));
         assert_eq!(
             start.v["env"]["CUDA_VISIBLE_DEVICES"].as_str(),
@@ -156,15 +173,24 @@ fn twenty_prompts_spread_over_both_instances_and_each_history_comes_from_its_own
     // Each prompt's history is asked of the instance that ran it (the other
     // answers `{}` for an id it does not know).
     for id in &ids {
-        let (status, body) =
-            http(s.conf.port, "GET", &format!("/history/{id}"), None, SECS(10)).expect("history");
+        let (status, body) = http(
+            s.conf.port,
+            "GET",
+            &format!("/history/{id}"),
+            None,
+            SECS(10),
+        )
+        .expect("history");
         let v: Value = serde_json::from_slice(&body).expect("JSON");
         assert_eq!(status, 200);
         assert!(v.get(id).is_some(), "/history/{id} through the door: {v}");
     }
     // Per-instance status and metrics.
     let st = s.status_json();
-    let routed = st["front"]["routed"].as_array().cloned().unwrap_or_default();
+    let routed = st["front"]["routed"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(routed.len(), 2, "routed per instance: {}", st["front"]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -175,7 +201,9 @@ fn twenty_prompts_spread_over_both_instances_and_each_history_comes_from_its_own
         .expect("GET /metrics");
     for name in ["gpu0", "gpu1"] {
         assert!(
-            metrics.contains(&format!("sd_webui_supervisor_instance_up{{instance=\"{name}\"}} 1")),
+            metrics.contains(&format!(
+                "sd_webui_supervisor_instance_up{{instance=\"{name}\"}} 1"
+            )),
             "metrics for {name}:\n{metrics}"
         );
     }
@@ -224,9 +252,10 @@ fn a_config_change_restarts_the_instances_one_after_the_other_with_no_failed_req
     // then is stopped; the other serves meanwhile.
     let turn = s.wait(SECS(30), "one instance draining", || {
         let st = s.status_json();
-        st["instances"].as_array()?.iter().find_map(|i| {
-            (i["draining"] == true).then(|| i["name"].as_str().map(String::from))?
-        })
+        st["instances"]
+            .as_array()?
+            .iter()
+            .find_map(|i| (i["draining"] == true).then(|| i["name"].as_str().map(String::from))?)
     });
     let serving = if turn == "gpu0" { "gpu1" } else { "gpu0" };
     let turn_pid = u32::try_from(before[&turn]).expect("pid");
@@ -283,7 +312,10 @@ fn a_config_change_restarts_the_instances_one_after_the_other_with_no_failed_req
             .into_iter()
             .find(|r| r.id() == id && r.completed())
             .unwrap_or_else(|| panic!("prompt {id} ran"));
-        assert_eq!(ran.pid, serving_pid, "prompt {id} went to {serving} ({turn} drained)");
+        assert_eq!(
+            ran.pid, serving_pid,
+            "prompt {id} went to {serving} ({turn} drained)"
+        );
     }
     let new_argv: Vec<Vec<String>> = s.starts().iter().skip(2).map(Rec::argv).collect();
     assert!(
@@ -299,18 +331,27 @@ fn a_killed_instance_leaves_the_other_serving_and_comes_back() {
     let s = two_instances("inst-kill");
     let before = pids(&s);
     let victim = before["gpu1"];
-    kill(Pid::from_raw(i32::try_from(victim).expect("pid")), Signal::SIGKILL).expect("SIGKILL");
+    kill(
+        Pid::from_raw(i32::try_from(victim).expect("pid")),
+        Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
     s.wait(SECS(10), "the supervisor saw gpu1 down", || {
         (ready_count(&s) == 1).then_some(())
     });
-    let line = s.status_json()["status_line"].as_str().unwrap_or("").to_owned();
+    let line = s.status_json()["status_line"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     assert!(line.starts_with("degraded: 1/2 instances ready"), "{line}");
     // Every prompt sent now is taken, by the instance still up.
     let ids: Vec<String> = (0..6)
         .map(|i| submit(&s, &format!("k{i}"), 0.2).expect("accepted while one instance is down"))
         .collect();
     assert_eq!(ids.len(), 6);
-    s.wait(SECS(60), "gpu1 back", || (ready_count(&s) == 2).then_some(()));
+    s.wait(SECS(60), "gpu1 back", || {
+        (ready_count(&s) == 2).then_some(())
+    });
     let ran_on = s.wait(SECS(30), "the 6 prompts done", || {
         let recs = s.records();
         let done: Vec<_> = events(&recs, "job_end")
@@ -328,4 +369,52 @@ fn a_killed_instance_leaves_the_other_serving_and_comes_back() {
     let after = pids(&s);
     assert_eq!(after["gpu0"], before["gpu0"], "gpu0 kept running");
     assert_ne!(after["gpu1"], victim, "gpu1 was started again");
+}
+
+#[test]
+fn a_new_supervisor_binary_waits_for_every_instance_to_be_idle_then_restarts_the_service() {
+    let mut s = Scenario::new("inst-upgrade", "comfyui");
+    let a = support::env::binary_copy(s.dir(), "sd-webui-supervisor-a");
+    let b = support::env::binary_copy(s.dir(), "sd-webui-supervisor-b");
+    s.conf.executable = Some(a.clone());
+    let mut s = start_two(s, Some(a));
+    // A 3 s prompt on each instance.
+    let ids = [
+        submit(&s, "up-a", 3.0).expect("accepted"),
+        submit(&s, "up-b", 3.0).expect("accepted"),
+    ];
+    s.wait(SECS(10), "both running", || {
+        (events(&s.records(), "job_start").len() >= 2).then_some(())
+    });
+    s.conf.executable = Some(b);
+    s.write_config();
+    s.sighup();
+    let st = s.wait(SECS(10), "the upgrade pending", || {
+        let st = s.status_json();
+        st["restart_pending"].is_object().then_some(st)
+    });
+    assert!(
+        st["restart_pending"]["reasons"]
+            .to_string()
+            .contains("supervisor upgrade (instances)"),
+        "{}",
+        st["restart_pending"]
+    );
+    let status = s.daemon.as_mut().expect("the daemon").wait_exit(SECS(30));
+    assert_eq!(
+        status.code(),
+        Some(i32::from(
+            sd_webui_supervisor::handoff::EXIT_SERVICE_RESTART
+        )),
+        "the daemon exits for systemd to start the new binary"
+    );
+    let recs = s.records();
+    for id in &ids {
+        assert!(
+            events(&recs, "job_end")
+                .iter()
+                .any(|r| r.id() == id && r.completed()),
+            "prompt {id} ran to its end before the service restarted"
+        );
+    }
 }

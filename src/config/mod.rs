@@ -293,6 +293,26 @@ impl Config {
         c.ui.environment.extend(inst.environment.clone());
         c.front.ui_port = inst.port;
         c.instance = Some(inst.name.clone());
+        if c.ui.flavor != crate::ui::flavor::Flavor::Comfyui {
+            // Forge and A1111 number their images from the folder's listing:
+            // each instance saves into its own (unless the file says where).
+            let out = self
+                .data
+                .dir
+                .join("instances")
+                .join(&inst.name)
+                .join("outputs");
+            for (key, sub) in [
+                ("outdir_samples", "samples"),
+                ("outdir_grids", "grids"),
+                ("outdir_save", "saved"),
+                ("outdir_init_images", "init-images"),
+            ] {
+                c.settings
+                    .entry(key)
+                    .or_insert_with(|| out.join(sub).display().to_string().into());
+            }
+        }
         Some(c)
     }
 

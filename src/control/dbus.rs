@@ -222,6 +222,29 @@ impl Supervisor1 {
         self.core.snapshot().queue_keep.paused
     }
 
+    /// With `[instances]`, each instance: name, state, jobs running, jobs
+    /// waiting, UI pid (0: none), draining for a rolling restart. Empty
+    /// without. Read on demand.
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn instances(&self) -> Vec<(String, String, u32, u32, u32, bool)> {
+        self.core
+            .snapshot()
+            .instances
+            .iter()
+            .map(|i| {
+                let q = i.queue.unwrap_or_default();
+                (
+                    i.name.clone(),
+                    i.state.name().to_owned(),
+                    q.running,
+                    q.pending,
+                    i.ui_pid.unwrap_or(0),
+                    i.draining,
+                )
+            })
+            .collect()
+    }
+
     /// The full status as JSON, the same document as `GET /v1/status`.
     #[zbus(out_args("json"))]
     async fn status(&self) -> Result<String, MethodError> {

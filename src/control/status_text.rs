@@ -55,6 +55,31 @@ where
         None => "unknown (UI not ready)".to_owned(),
     };
     line("Queue:", queue);
+    for (k, i) in s.instances.iter().enumerate() {
+        let label = if k == 0 { "Instances:" } else { "" };
+        let gpus = i.gpus.as_ref().map_or_else(
+            || "inherited GPUs".to_owned(),
+            |g| {
+                let list: Vec<String> = g.iter().map(u32::to_string).collect();
+                format!("GPU {}", list.join(","))
+            },
+        );
+        let pid = i
+            .ui_pid
+            .map_or_else(|| "not running".to_owned(), |p| format!("pid {p}"));
+        let routed = s
+            .front
+            .as_ref()
+            .map_or(0, |f| f.routed.get(k).copied().unwrap_or(0));
+        let drain = if i.draining { ", draining" } else { "" };
+        line(
+            label,
+            format!(
+                "{} on {gpus}, port {}; {pid}{drain}; {routed} requests; {}",
+                i.name, i.port, i.status_line
+            ),
+        );
+    }
     if let Some(f) = &s.front {
         let answered: u64 = f.proxied.classes().iter().map(|(_, n)| *n).sum();
         let rejected: u64 = f.rejected.values().sum();

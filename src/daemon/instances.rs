@@ -57,7 +57,11 @@ pub(super) async fn run(
     }
     let followers: Vec<_> = cores.iter().skip(1).map(|c| c.1.clone()).collect();
     for (i, core) in cores.iter_mut().enumerate() {
-        let to = if i == 0 { followers.clone() } else { Vec::new() };
+        let to = if i == 0 {
+            followers.clone()
+        } else {
+            Vec::new()
+        };
         core.0.join_instances(i, roll.clone(), to);
     }
     let handle = cores[0].1.clone();

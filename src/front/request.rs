@@ -275,46 +275,48 @@ pub async fn handle(
         let (target, port, cookie) = match chosen {
             Ok(to) => to,
             Err(gate) => {
-            drop(sending);
-            if upgrade {
-                stats.rejected(Rejected::WebsocketClosed);
-                return Ok(close_websocket(&parts, on_client));
-            }
-            if browser {
-                stats.rejected(Rejected::RestartingPage);
-                return Ok(forward::own(page::restarting(&gate)));
-            }
-            if let Gate::Failed { .. } = gate {
-                stats.rejected(Rejected::UiFailed);
-                return Ok(forward::own(page::unavailable(&gate, "the UI has failed")));
-            }
-            if held.is_none() {
-                if usize::try_from(stats.held_now()).unwrap_or(usize::MAX) >= shared.max_held {
-                    stats.rejected(Rejected::HoldFull);
-                    return Ok(forward::own(page::unavailable(
-                        &gate,
-                        "too many requests are waiting for the UI (front.max_held)",
-                    )));
+                drop(sending);
+                if upgrade {
+                    stats.rejected(Rejected::WebsocketClosed);
+                    return Ok(close_websocket(&parts, on_client));
                 }
-                held = Some(stats.hold());
-            }
-            match gate::wait_open(&mut snapshots, deadline, submission.is_some()).await {
-                // Read the gate again, counted as sending.
-                Ok(()) => continue,
-                Err(end) => {
-                    let gate = Gate::of(&snapshots.borrow());
-                    let (why, msg) = match end {
-                        HoldEnd::TimedOut => (
-                            Rejected::HoldTimeout,
-                            "the UI did not become ready within front.hold_timeout",
-                        ),
-                        HoldEnd::Failed(_) => (Rejected::UiFailed, "the UI has failed"),
-                        HoldEnd::Stopped => (Rejected::HoldTimeout, "the supervisor is stopping"),
-                    };
-                    stats.rejected(why);
-                    return Ok(forward::own(page::unavailable(&gate, msg)));
+                if browser {
+                    stats.rejected(Rejected::RestartingPage);
+                    return Ok(forward::own(page::restarting(&gate)));
                 }
-            }
+                if let Gate::Failed { .. } = gate {
+                    stats.rejected(Rejected::UiFailed);
+                    return Ok(forward::own(page::unavailable(&gate, "the UI has failed")));
+                }
+                if held.is_none() {
+                    if usize::try_from(stats.held_now()).unwrap_or(usize::MAX) >= shared.max_held {
+                        stats.rejected(Rejected::HoldFull);
+                        return Ok(forward::own(page::unavailable(
+                            &gate,
+                            "too many requests are waiting for the UI (front.max_held)",
+                        )));
+                    }
+                    held = Some(stats.hold());
+                }
+                match gate::wait_open(&mut snapshots, deadline, submission.is_some()).await {
+                    // Read the gate again, counted as sending.
+                    Ok(()) => continue,
+                    Err(end) => {
+                        let gate = Gate::of(&snapshots.borrow());
+                        let (why, msg) = match end {
+                            HoldEnd::TimedOut => (
+                                Rejected::HoldTimeout,
+                                "the UI did not become ready within front.hold_timeout",
+                            ),
+                            HoldEnd::Failed(_) => (Rejected::UiFailed, "the UI has failed"),
+                            HoldEnd::Stopped => {
+                                (Rejected::HoldTimeout, "the supervisor is stopping")
+                            }
+                        };
+                        stats.rejected(why);
+                        return Ok(forward::own(page::unavailable(&gate, msg)));
+                    }
+                }
             }
         };
         let sending = sending.only(target);
@@ -352,12 +354,12 @@ pub async fn handle(
         sends += 1;
         match sender.send_request(up).await {
             // A file another instance made: ask the next one.
-            Ok(r) if follows_file && r.status() == StatusCode::NOT_FOUND && {
-                skip.push(target);
-                (0..shared.instances.len()).any(|i| {
-                    !skip.contains(&i) && route::serves(&snapshots.borrow(), i)
-                })
-            } =>
+            Ok(r)
+                if follows_file && r.status() == StatusCode::NOT_FOUND && {
+                    skip.push(target);
+                    (0..shared.instances.len())
+                        .any(|i| !skip.contains(&i) && route::serves(&snapshots.borrow(), i))
+                } =>
             {
                 drop(sending);
                 sends = 0;
@@ -382,8 +384,7 @@ pub async fn handle(
     if !shared.instances.is_empty() {
         stats.routed(target);
     }
-    if let Some(v) = cookie.and_then(|name| HeaderValue::from_str(&route::set_cookie(&name)).ok())
-    {
+    if let Some(v) = cookie.and_then(|name| HeaderValue::from_str(&route::set_cookie(&name)).ok()) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
     if class == route::Class::Work

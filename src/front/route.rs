@@ -128,7 +128,10 @@ impl Table {
         let by_name = |name: &str| self.seats.iter().position(|s| s.name == name);
         let cookie = session.and_then(by_name);
         let index = match class {
-            Class::Work => self.least_busy(),
+            // A browser's prompt stays with its session: its websocket,
+            // which shows the progress and takes the result, is there.
+            // Clients without a session are spread.
+            Class::Work => cookie.filter(|i| serving(*i)).or_else(|| self.least_busy()),
             Class::Prompt(id) => self
                 .prompts
                 .get(id)
@@ -211,9 +214,7 @@ pub fn seats(s: &Snapshot, skip: &[usize]) -> Vec<Seat> {
             port: x.port,
             ready: x.state == Phase::Ready && !skip.contains(&i),
             draining: x.draining,
-            jobs: x
-                .queue
-                .map_or(0, |q| q.running.saturating_add(q.pending)),
+            jobs: x.queue.map_or(0, |q| q.running.saturating_add(q.pending)),
         })
         .collect()
 }
@@ -297,6 +298,19 @@ mod tests {
         assert_eq!(t.pick(&Class::Work, None).map(|p| p.index), Some(1));
         t.update(vec![seat("a", true, false, 1), seat("b", true, false, 3)]);
         assert_eq!(t.pick(&Class::Work, None).map(|p| p.index), Some(0));
+    }
+
+    #[test]
+    fn a_sessions_work_stays_with_it_while_it_serves() {
+        let mut t = Table::default();
+        t.update(vec![seat("a", true, false, 5), seat("b", true, false, 0)]);
+        assert_eq!(t.pick(&Class::Work, Some("a")).map(|p| p.index), Some(0));
+        t.update(vec![seat("a", true, true, 5), seat("b", true, false, 0)]);
+        assert_eq!(
+            t.pick(&Class::Work, Some("a")).map(|p| p.index),
+            Some(1),
+            "draining: elsewhere"
+        );
     }
 
     #[test]

@@ -115,8 +115,8 @@ impl<'c> Desired<'c> {
             Some(dir) => format!("{dir}/{}", flavor.settings_file()),
             None => flavor.settings_file().to_string(),
         };
-        let settings =
-            (!config.settings.is_empty()).then(|| (Rel::from(settings_file), config.settings.clone()));
+        let settings = (!config.settings.is_empty())
+            .then(|| (Rel::from(settings_file), config.settings.clone()));
         let mut wanted_dirs = link_dirs.clone();
         wanted_dirs.insert(Rel::from(STATE_DIR));
         if let Some(dir) = &own {

@@ -260,25 +260,27 @@ impl Supervisor {
         };
         let mut all = vec![own];
         for (i, seen) in m.seen.iter().enumerate().skip(1) {
-            all.push(seen.clone().unwrap_or_else(|| InstanceSnapshot {
-                name: self
-                    .config
-                    .instances
-                    .get(i)
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default(),
-                port: 0,
-                gpus: None,
-                state: Phase::Starting,
-                status_line: "starting".into(),
-                reason: None,
-                ui_pid: None,
-                queue: None,
-                restart_pending: None,
-                draining: false,
-                restarts: 0,
-                crashes: 0,
-                last_time_to_ready_ms: None,
+            all.push(seen.clone().unwrap_or_else(|| {
+                InstanceSnapshot {
+                    name: self
+                        .config
+                        .instances
+                        .get(i)
+                        .map(|c| c.name.clone())
+                        .unwrap_or_default(),
+                    port: 0,
+                    gpus: None,
+                    state: Phase::Starting,
+                    status_line: "starting".into(),
+                    reason: None,
+                    ui_pid: None,
+                    queue: None,
+                    restart_pending: None,
+                    draining: false,
+                    restarts: 0,
+                    crashes: 0,
+                    last_time_to_ready_ms: None,
+                }
             }));
         }
         summarize(snap, all);
@@ -311,8 +313,14 @@ fn summarize(snap: &mut Snapshot, all: Vec<InstanceSnapshot>) {
     };
     let queues: Vec<_> = all.iter().filter_map(|i| i.queue).collect();
     snap.queue = (!queues.is_empty()).then(|| super::protocol::Queue {
-        running: queues.iter().map(|q| q.running).fold(0, u32::saturating_add),
-        pending: queues.iter().map(|q| q.pending).fold(0, u32::saturating_add),
+        running: queues
+            .iter()
+            .map(|q| q.running)
+            .fold(0, u32::saturating_add),
+        pending: queues
+            .iter()
+            .map(|q| q.pending)
+            .fold(0, u32::saturating_add),
     });
     if snap.restart_pending.is_none() {
         snap.restart_pending = all.iter().find_map(|i| i.restart_pending.clone());

@@ -95,7 +95,9 @@ impl RestartCause {
             RestartCause::ConfigUnknown => "supervisor upgraded, running config unknown",
             RestartCause::Stalled => "a job stalled",
             RestartCause::GpuError => "CUDA error in the UI's output",
-            RestartCause::Upgrade => "supervisor upgraded: the service restarts once every instance is idle",
+            RestartCause::Upgrade => {
+                "supervisor upgraded: the service restarts once every instance is idle"
+            }
         }
     }
 

@@ -223,7 +223,9 @@ impl Supervisor {
             self.schedule(vec![RestartCause::UnitChanged], self.config.restart.policy);
         }
         if upgrade {
-            tracing::info!("a new supervisor binary with instances: the service restarts once every instance is idle");
+            tracing::info!(
+                "a new supervisor binary with instances: the service restarts once every instance is idle"
+            );
             self.schedule(vec![RestartCause::Upgrade], self.config.restart.policy);
         }
         self.request_layout(Some(LayoutWaiter::Reload(applying)));

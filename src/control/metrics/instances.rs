@@ -65,7 +65,11 @@ pub(super) fn render(out: &mut Exposition, s: &Snapshot) {
         "The instance's UI restarts, all reasons.",
     );
     for i in &s.instances {
-        out.sample("instance_restarts_total", &[("instance", &i.name)], i.restarts as f64);
+        out.sample(
+            "instance_restarts_total",
+            &[("instance", &i.name)],
+            i.restarts as f64,
+        );
     }
     if let Some(front) = &s.front {
         out.family(
