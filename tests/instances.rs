@@ -211,7 +211,13 @@ fn twenty_prompts_spread_over_both_instances_and_each_history_comes_from_its_own
 
 #[test]
 fn a_config_change_restarts_the_instances_one_after_the_other_with_no_failed_request() {
-    let mut s = two_instances("inst-roll");
+    // A start that takes a while, as a real UI's does: the other instance
+    // must wait it out.
+    let mut s = Scenario::new("inst-roll", "comfyui");
+    s.conf
+        .env
+        .insert("STANDIN_START_DELAY".into(), "1.5".into());
+    let mut s = start_two(s, None);
     let before = pids(&s);
     assert_eq!(before.len(), 2);
     let stop = Arc::new(AtomicBool::new(false));
@@ -258,6 +264,7 @@ fn a_config_change_restarts_the_instances_one_after_the_other_with_no_failed_req
             .find_map(|i| (i["draining"] == true).then(|| i["name"].as_str().map(String::from))?)
     });
     let serving = if turn == "gpu0" { "gpu1" } else { "gpu0" };
+    println!("{turn} takes the first turn");
     let turn_pid = u32::try_from(before[&turn]).expect("pid");
     s.wait(SECS(30), "the draining instance stopped", || {
         s.records()

@@ -201,8 +201,12 @@ impl Supervisor {
     /// once its restart is done (ready, nothing pending).
     pub(super) fn report_instance(&self, snap: &Snapshot) {
         let Some(m) = &self.member else { return };
-        let ready = snap.state == Phase::Ready;
-        let idle = ready && snap.queue.is_some_and(|q| q.is_idle());
+        // Its own entry: the leader's top-level fields sum up all instances.
+        let Some(own) = snap.instances.first() else {
+            return;
+        };
+        let ready = own.state == Phase::Ready;
+        let idle = ready && own.queue.is_some_and(|q| q.is_idle());
         m.roll.report(m.index, ready, idle);
         if ready && self.pending.is_none() {
             m.roll.release(m.index);
@@ -330,4 +334,38 @@ fn summarize(snap: &mut Snapshot, all: Vec<InstanceSnapshot>) {
     snap.gpus = None;
     snap.status_line = super::status_line::instances_line(&all);
     snap.instances = all;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_turn_at_a_time_and_only_while_the_others_are_ready() {
+        let roll = Roll::new(3);
+        assert!(!roll.take_turn(0, false), "the others are not ready yet");
+        for i in 0..3 {
+            roll.report(i, true, false);
+        }
+        assert!(roll.take_turn(1, false));
+        assert!(roll.take_turn(1, false), "the holder keeps it");
+        assert!(!roll.take_turn(0, false), "one turn at a time");
+        roll.report(1, false, false);
+        roll.release(0);
+        assert!(!roll.take_turn(2, false), "not released by another");
+        roll.release(1);
+        assert!(!roll.take_turn(2, false), "1 is down: capacity first");
+        roll.report(1, true, false);
+        assert!(roll.take_turn(2, false));
+    }
+
+    #[test]
+    fn a_service_restart_waits_for_every_other_instance_to_be_idle() {
+        let roll = Roll::new(2);
+        roll.report(0, true, true);
+        roll.report(1, true, false);
+        assert!(!roll.take_turn(0, true), "1 is busy");
+        roll.report(1, true, true);
+        assert!(roll.take_turn(0, true));
+    }
 }
