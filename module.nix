@@ -72,20 +72,34 @@ let
     // lib.optionalAttrs cfg.front.enable { inherit (cfg) port listen; };
   maskBin = v: if builtins.isString v then lib.replaceStrings [ supervisorBin ] [ "@supervisor@" ] v else v;
   unitFingerprint = builtins.hashString "sha256" (
-    builtins.toJSON {
-      serviceConfig =
-        service.serviceConfig
-        // lib.optionalAttrs (service.serviceConfig ? ExecStart) {
-          ExecStart =
-            let
-              e = service.serviceConfig.ExecStart;
-            in
-            if builtins.isList e then map maskBin e else maskBin e;
-        };
-      environment = removeAttrs (service.environment or { }) [ "PATH" ];
-      inherit frontDoor;
-    }
+    builtins.toJSON (
+      {
+        serviceConfig =
+          service.serviceConfig
+          // lib.optionalAttrs (service.serviceConfig ? ExecStart) {
+            ExecStart =
+              let
+                e = service.serviceConfig.ExecStart;
+              in
+              if builtins.isList e then map maskBin e else maskBin e;
+          };
+        environment = removeAttrs (service.environment or { }) [ "PATH" ];
+        inherit frontDoor;
+      }
+      # The set of instances is fixed while the supervisor runs: adding or
+      # removing one takes effect at its next start. (Only with instances, so
+      # that the fingerprint of a config without them stays as it was.)
+      // lib.optionalAttrs (cfg.instances != { }) { instances = builtins.attrNames cfg.instances; }
+    )
   );
+
+  # The GPUs the unit's device filter allows: with instances, those of all of
+  # them (each names its own; `gpus` is then null).
+  unitGpus =
+    if cfg.instances != { } then
+      lib.unique (lib.sort lib.lessThan (lib.concatMap (i: i.gpus) (builtins.attrValues cfg.instances)))
+    else
+      cfg.gpus;
 
   credentials =
     lib.filterAttrs (_: v: v != null) {
@@ -138,12 +152,12 @@ in
       # Forge and A1111 import GitPython at start and exit 1 ("Bad git
       # executable") when no git is on PATH; a NixOS service's PATH has none.
       path = optional (cfg.flavor != "comfyui") pkgs.git;
+      gpus = unitGpus;
       inherit (cfg)
         user
         group
         dataDir
         dataPermissions
-        gpus
         startupTimeout
         stopTimeout
         ;

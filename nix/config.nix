@@ -61,6 +61,14 @@ let
       cfg_scale = img.cfgScale;
       sampler_name = img.samplerName;
     };
+  # [instances.<name>]: the keys of one instance, empty lists and maps and a
+  # null port left out (the supervisor's defaults: none, and a picked port).
+  instanceToml =
+    inst:
+    lib.filterAttrs (_: v: v != null && v != [ ] && v != { }) {
+      inherit (inst) gpus environment port;
+      extra_args = inst.extraArgs;
+    };
   # [front] of the config file: only the keys the options set, so a default
   # config has no [front] and the supervisor's own defaults apply.
   frontToml =
@@ -183,6 +191,8 @@ in
         keep = cfg.queue.keep;
         history = cfg.queue.history;
       };
+      # [instances.<name>]: one table per instance; none without instances.
+      instances = lib.mapAttrs (_: instanceToml) cfg.instances;
     };
 
   # [front]: only what the options set; the supervisor's defaults apply to the rest.
@@ -200,6 +210,51 @@ in
         builtins.attrNames cfg.images
       );
       isComfy = cfg.flavor == "comfyui";
+      # [instances]: what the supervisor refuses with them, and their own
+      # checks, each with the option to change.
+      hasInstances = cfg.instances != { };
+      instanceNames = builtins.attrNames cfg.instances;
+      badInstanceNames = builtins.filter (
+        n: builtins.match "[A-Za-z0-9][A-Za-z0-9_-]*" n == null || builtins.stringLength n > 32
+      ) instanceNames;
+      # Every (instance, GPU) pair, in name order; one whose GPU an earlier
+      # pair already has (another instance's, or the same one's) is shared.
+      instanceGpus = lib.concatMap (
+        n:
+        map (gpu: {
+          name = n;
+          inherit gpu;
+        }) cfg.instances.${n}.gpus
+      ) instanceNames;
+      sharedGpus = lib.concatLists (
+        lib.imap0 (
+          i: p:
+          let
+            earlier = builtins.filter (q: q.gpu == p.gpu) (lib.take i instanceGpus);
+          in
+          lib.optional (earlier != [ ]) (p // { first = (builtins.head earlier).name; })
+        ) instanceGpus
+      );
+      # A pinned port that is the front door's or an earlier instance's.
+      pinned = builtins.filter (n: cfg.instances.${n}.port != null) instanceNames;
+      portClashes = lib.concatLists (
+        lib.imap0 (
+          i: n:
+          let
+            port = cfg.instances.${n}.port;
+            earlier = builtins.filter (m: cfg.instances.${m}.port == port) (lib.take i pinned);
+          in
+          if port == cfg.port then
+            [ "services.sd-webui-forge.instances.${n}.port: ${toString port} is services.sd-webui-forge.port, where the front door listens; pick a private port (or leave it null to have one picked)." ]
+          else
+            lib.optional (earlier != [ ])
+              "services.sd-webui-forge.instances.${n}.port: ${toString port} is instance ${builtins.head earlier}'s port too; give each instance a port of its own (or leave it null to have one picked)."
+        ) pinned
+      );
+      instanceFlags = lib.concatMap (
+        n: map (a: { inherit n a; }) (builtins.filter (a: managedFlags ? ${flagName a}) cfg.instances.${n}.extraArgs)
+      ) instanceNames;
+      instanceCuda = builtins.filter (n: cfg.instances.${n}.environment ? CUDA_VISIBLE_DEVICES) instanceNames;
       misdeclaredImages = lib.filterAttrs (
         _: img:
         if isComfy then
@@ -279,6 +334,59 @@ in
             managedFlags.${flagName a}
           } instead."
         ) misplacedFlags;
+      }
+      {
+        assertion = !hasInstances || cfg.front.enable;
+        message = "services.sd-webui-forge.instances needs services.sd-webui-forge.front.enable: the front door is the one queue in front of the instances. Enable it, or remove the instances.";
+      }
+      {
+        assertion = !hasInstances || cfg.front.uiPort == null;
+        message = "services.sd-webui-forge.front.uiPort: with services.sd-webui-forge.instances each instance has its own private port (instances.<name>.port); leave front.uiPort null.";
+      }
+      {
+        assertion = !hasInstances || cfg.gpus == null;
+        message = "services.sd-webui-forge.gpus: with services.sd-webui-forge.instances each instance names its GPUs (instances.<name>.gpus); leave gpus null.";
+      }
+      {
+        assertion = !hasInstances || cfg.queue.keep != true;
+        message = "services.sd-webui-forge.queue.keep: the queue journal does not yet work with services.sd-webui-forge.instances; leave queue.keep null (off with instances) or set it to false.";
+      }
+      {
+        assertion = badInstanceNames == [ ];
+        message = lib.concatMapStringsSep "\n" (
+          n:
+          ''services.sd-webui-forge.instances."${n}": an instance name is letters, digits, "-" and "_", begins with a letter or digit, and is at most 32 characters long (it names a folder, a metric label and a cookie value).''
+        ) badInstanceNames;
+      }
+      {
+        assertion = sharedGpus == [ ];
+        message = lib.concatMapStringsSep "\n" (
+          p:
+          if p.first == p.name then
+            "services.sd-webui-forge.instances.${p.name}.gpus: GPU ${toString p.gpu} is listed twice; list each index once."
+          else
+            "services.sd-webui-forge.instances.${p.name}.gpus: GPU ${toString p.gpu} is already instance ${p.first}'s: one UI per GPU."
+        ) sharedGpus;
+      }
+      {
+        assertion = portClashes == [ ];
+        message = lib.concatStringsSep "\n" portClashes;
+      }
+      {
+        assertion = instanceCuda == [ ];
+        message = lib.concatMapStringsSep "\n" (
+          n:
+          "services.sd-webui-forge.instances.${n}.environment.CUDA_VISIBLE_DEVICES: set services.sd-webui-forge.instances.${n}.gpus instead, so the unit's device filter allows the same GPUs."
+        ) instanceCuda;
+      }
+      {
+        assertion = instanceFlags == [ ];
+        message = lib.concatMapStringsSep "\n" (
+          f:
+          "services.sd-webui-forge.instances.${f.n}.extraArgs: \"${f.a}\" is set by the supervisor; use services.sd-webui-forge.${
+            if flagName f.a == "--port" then "instances.${f.n}.port" else managedFlags.${flagName f.a}
+          } instead."
+        ) instanceFlags;
       }
       {
         assertion = cfg.control.httpListen == null || cfg.control.tokenFile != null;

@@ -176,6 +176,52 @@ let
     };
   };
   outputDir = "${cfg.dataDir}/outputs/declared";
+
+  # The options of one [instances.<name>] (docs/instances.md).
+  instanceOptions = {
+    gpus = mkOption {
+      type = types.nonEmptyListOf types.ints.unsigned;
+      example = [ 0 ];
+      description = ''
+        The GPUs of this instance (`CUDA_VISIBLE_DEVICES`), as CUDA indices;
+        a GPU belongs to one instance only. The unit's device filter allows
+        the GPUs of all instances.
+      '';
+    };
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--always-high-vram" ];
+      description = ''
+        Arguments of this instance, appended after
+        {option}`services.sd-webui-forge.extraArgs`. The flags the
+        supervisor sets (`--port`, `--listen`, `--data-dir`, ...) are
+        rejected here too.
+      '';
+    };
+    environment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        PYTORCH_CUDA_ALLOC_CONF = "expandable_segments:True";
+      };
+      description = ''
+        Environment of this instance, set over
+        {option}`services.sd-webui-forge.environment`. Not
+        `CUDA_VISIBLE_DEVICES`: that is {option}`gpus`.
+      '';
+    };
+    port = mkOption {
+      type = types.nullOr (types.ints.between 1 65535);
+      default = null;
+      example = 17861;
+      description = ''
+        This instance's private port on loopback, behind the front door; not
+        {option}`services.sd-webui-forge.port`, and not another instance's.
+        `null`: the supervisor picks a free port at start and keeps it.
+      '';
+    };
+  };
 in
 {
   options.services.sd-webui-forge = {
@@ -337,7 +383,8 @@ in
       description = ''
         NVIDIA GPUs the UI may use (`CUDA_VISIBLE_DEVICES`). The unit's
         device filter then allows exactly `/dev/nvidia<N>` of these. `null`:
-        every GPU.
+        every GPU. With {option}`instances`, leave it `null`: each instance
+        names its GPUs.
       '';
     };
 
@@ -619,7 +666,9 @@ in
           The UI's private port on loopback, behind the front door; not
           {option}`port`. Pin it when something else on the machine must
           reach the UI directly. `null`: the supervisor picks a free port at
-          start and keeps it, across a self-upgrade too.
+          start and keeps it, across a self-upgrade too. With
+          {option}`instances`, leave it `null`: each instance has its own
+          `port`.
         '';
       };
     };
@@ -724,7 +773,8 @@ in
           Whether ComfyUI prompts accepted through the front door are
           journaled in the data directory and sent again to a new UI after a
           restart, a crash or a reboot (each once, with its own prompt id).
-          `null`: the supervisor's default, `true`.
+          `null`: the supervisor's default, `true` (`false` with
+          {option}`instances`, which refuse `true`).
         '';
       };
       history = mkOption {
@@ -736,6 +786,41 @@ in
           bodies) for `queue list`. `null`: the supervisor's default, 200.
         '';
       };
+    };
+
+    # [instances.<name>]: one UI per GPU behind the one front door
+    # (docs/instances.md); none, one UI as without them.
+    instances = mkOption {
+      type = types.attrsOf (types.submodule { options = instanceOptions; });
+      default = { };
+      example = lib.literalExpression ''
+        {
+          gpu0.gpus = [ 0 ];
+          gpu1 = {
+            gpus = [ 1 ];
+            extraArgs = [ "--always-high-vram" ];
+            port = 17861;
+          };
+        }
+      '';
+      description = ''
+        Several UIs, one per GPU (or group of GPUs), behind the one front
+        door, which routes each job to the least busy one: one address and
+        one queue for the machine. Each instance is the UI of the other
+        options with its own GPUs, private port, arguments and environment,
+        and its own output folders; the models, extensions and settings are
+        shared. Names: letters, digits, `-` and `_`, starting with a letter
+        or digit, at most 32 characters; at most 16 instances.
+
+        With instances, these must stay unset (the build stops otherwise):
+        {option}`gpus` (each instance names its own),
+        {option}`front.uiPort` (each instance has its own {option}`port`),
+        {option}`front.enable` `= false` (the front door is the one queue),
+        and {option}`queue.keep` `= true` (the prompt journal does not yet
+        work with instances; it is off). A changed instance restarts alone,
+        one at a time, when idle; adding or removing instances restarts the
+        whole service once the UI is idle.
+      '';
     };
 
     checkConfig = mkOption {

@@ -3,7 +3,8 @@
 //! `tests/config/bad/NAME.toml` must exit 1 and print exactly
 //! `tests/config/bad/NAME.expected` on stderr, where the file's path is written as
 //! `FILE` (each line is `FILE:LINE:COL: key.path: message`). `tests/config/good/*.toml`,
-//! `config.example.toml` and `examples/demo.toml` must exit 0 and print nothing.
+//! `config.example.toml`, `config.instances.example.toml` and `examples/demo.toml`
+//! must exit 0 and print nothing.
 //!
 //! To add a case: write the `.toml`, run
 //! `sd-webui-supervisor check-config --config tests/config/bad/NAME.toml`, check
@@ -17,6 +18,20 @@ use std::process::{Command, Output};
 
 /// The fewest bad configs the corpus may hold (issue 2 asks for at least 30).
 const MIN_BAD_CONFIGS: usize = 30;
+
+/// The example that documents every section but these.
+const EXAMPLE: &str = "config.example.toml";
+/// The example of `[instances]`, which cannot go into [`EXAMPLE`]: with
+/// instances, `ui.gpus`, `front.ui_port` and `queue.keep = true` are refused.
+const INSTANCES_EXAMPLE: &str = "config.instances.example.toml";
+
+/// The example file that documents `section`.
+fn example_of(section: &str) -> &'static str {
+    match section {
+        "instances" => INSTANCES_EXAMPLE,
+        _ => EXAMPLE,
+    }
+}
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -203,7 +218,7 @@ fn a_missing_file_is_an_error_naming_the_file() {
 
 #[test]
 fn the_documented_example_configs_pass() {
-    for name in ["config.example.toml", "examples/demo.toml"] {
+    for name in [EXAMPLE, INSTANCES_EXAMPLE, "examples/demo.toml"] {
         let file = root().join(name);
         assert!(file.is_file(), "{name} is missing");
         let output = check_config(&file);
@@ -218,28 +233,119 @@ fn the_documented_example_configs_pass() {
 
 #[test]
 fn the_example_config_writes_out_every_key() {
-    let text = fs::read_to_string(root().join("config.example.toml")).expect("config.example.toml");
-    let doc: toml::Table = text.parse().expect("config.example.toml is TOML");
+    let read = |name: &str| {
+        let text = fs::read_to_string(root().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let doc: toml::Table = text
+            .parse()
+            .unwrap_or_else(|e| panic!("{name} is not TOML: {e}"));
+        (text, doc)
+    };
+    let (example_text, example) = read(EXAMPLE);
+    let (_, instances) = read(INSTANCES_EXAMPLE);
     let mut missing = Vec::new();
     // The loader's own list of sections and keys: a key added to the config
-    // structs must be documented here too.
+    // structs must be documented here too, in the file for its section.
     for (section, keys) in sd_webui_supervisor::config::sections() {
+        let (name, doc) = match example_of(section) {
+            INSTANCES_EXAMPLE => (INSTANCES_EXAMPLE, &instances),
+            _ => (EXAMPLE, &example),
+        };
         match doc.get(section).and_then(toml::Value::as_table) {
-            None => missing.push(format!("[{section}]")),
+            None => missing.push(format!("{name}: [{section}]")),
             Some(table) if keys.is_empty() && table.is_empty() => {
-                missing.push(format!("an example in [{section}]"))
+                missing.push(format!("{name}: an example in [{section}]"))
             }
             Some(table) => missing.extend(
                 keys.iter()
                     .filter(|k| !table.contains_key(**k))
-                    .map(|k| format!("{section}.{k}")),
+                    .map(|k| format!("{name}: {section}.{k}")),
             ),
         }
+        // A section documented in the other file is pointed to from this one.
+        if name != EXAMPLE && !example_text.contains(&format!("# [{section}")) {
+            missing.push(format!(
+                "{EXAMPLE}: a comment on [{section}] pointing to {name}"
+            ));
+        }
+    }
+    if !example_text.contains(INSTANCES_EXAMPLE) {
+        missing.push(format!("{EXAMPLE}: the name {INSTANCES_EXAMPLE}"));
     }
     assert!(
         missing.is_empty(),
-        "config.example.toml lacks: {}",
+        "the examples lack: {}",
         missing.join(", ")
+    );
+}
+
+/// `config.instances.example.toml` is a runnable demo of two stand-in
+/// instances (the stand-in UI as `examples/demo.toml` runs it, flavor
+/// comfyui) that `check-config` accepts, with every key of an instance
+/// written out.
+#[test]
+fn the_instances_example_is_two_stand_in_instances_check_config_accepts() {
+    let file = root().join(INSTANCES_EXAMPLE);
+    let output = check_config(&file);
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "{INSTANCES_EXAMPLE}: exit status {}, stdout {:?}, stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let config = sd_webui_supervisor::config::Config::load(&file).expect("the example loads");
+    let demo = sd_webui_supervisor::config::Config::load(&root().join("examples/demo.toml"))
+        .expect("examples/demo.toml loads");
+    assert_eq!(config.ui.command, demo.ui.command, "the demo's stand-in UI");
+    assert_eq!(config.ui.flavor.to_string(), "comfyui");
+    assert_eq!(
+        config
+            .ui
+            .environment
+            .get("STANDIN_FLAVOR")
+            .map(String::as_str),
+        Some("comfyui"),
+        "the stand-in speaks the flavor's API"
+    );
+    assert_eq!(config.ui.gpus, None, "ui.gpus is refused with instances");
+    assert!(
+        !config.queue.keep,
+        "queue.keep = true is refused with instances"
+    );
+    assert!(
+        config.front.enable,
+        "the front door is required with instances"
+    );
+    assert_eq!(config.instances.len(), 2, "{:?}", config.instances);
+    // Every key of an instance is written out in one of them: a field added
+    // to InstanceConfig does not compile here until it is.
+    let mut written = Vec::new();
+    for sd_webui_supervisor::config::instances::InstanceConfig {
+        name,
+        gpus,
+        extra_args,
+        environment,
+        port,
+    } in &config.instances
+    {
+        assert!(gpus.is_some(), "instances.{name}.gpus: one GPU each");
+        for (key, set) in [
+            ("gpus", gpus.is_some()),
+            ("extra_args", !extra_args.is_empty()),
+            ("environment", !environment.is_empty()),
+            ("port", port.is_some()),
+        ] {
+            if set && !written.contains(&key) {
+                written.push(key);
+            }
+        }
+    }
+    written.sort_unstable();
+    assert_eq!(
+        written,
+        ["environment", "extra_args", "gpus", "port"],
+        "{INSTANCES_EXAMPLE} writes out every key of an instance"
     );
 }
 

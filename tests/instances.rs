@@ -22,7 +22,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sd_webui_supervisor::control::client::Client;
 use serde_json::{Value, json};
-use support::env::write_script;
+use support::env::fake_gpus;
 use support::http::http;
 use support::record::{Rec, events};
 use support::scene::Scenario;
@@ -47,16 +47,7 @@ fn start_two(mut s: Scenario, binary: Option<std::path::PathBuf>) -> Scenario {
         instances.insert(name.into(), toml::Value::Table(t));
     }
     s.conf.sections.insert("instances".into(), instances);
-    let dev = s.dir().join("dev");
-    fs::create_dir_all(&dev).expect("fake /dev");
-    for node in ["nvidiactl", "nvidia-uvm", "nvidia0", "nvidia1"] {
-        fs::write(dev.join(node), "").expect("fake device node");
-    }
-    let smi = s.dir().join("nvidia-smi");
-    write_script(
-        &smi,
-        "echo 'NVIDIA-SMI 550.54.14  Driver Version: 550.54.14'",
-    );
+    let (dev, smi) = fake_gpus(s.dir(), 2);
     s.start_with(|b| {
         let b = b
             .env("SD_WEBUI_SUPERVISOR_DEV_DIR", &dev)

@@ -49,7 +49,14 @@ where
     let pid = s
         .ui_pid
         .map_or_else(|| "not running".to_owned(), |p| format!("pid {p}"));
-    line("UI:", format!("{} on {gpus}; {pid}", s.flavor));
+    if s.instances.is_empty() {
+        line("UI:", format!("{} on {gpus}; {pid}", s.flavor));
+    } else {
+        line(
+            "UI:",
+            format!("{}, {} instances", s.flavor, s.instances.len()),
+        );
+    }
     let queue = match s.queue {
         Some(q) => format!("{} running, {} pending", q.running, q.pending),
         None => "unknown (UI not ready)".to_owned(),

@@ -270,6 +270,36 @@ let
     images.fromFile.workflow = "/srv/workflows/upscale-api.json";
   };
 
+  # Two instances behind the front door (docs/instances.md), every key of
+  # one set.
+  withInstances = {
+    flavor = "comfyui";
+    instances = {
+      gpu0.gpus = [ 0 ];
+      gpu1 = {
+        gpus = [ 1 ];
+        extraArgs = [ "--foo" ];
+        environment.PYTORCH_CUDA_ALLOC_CONF = "expandable_segments:True";
+        port = 17861;
+      };
+    };
+  };
+  instancesToml = {
+    gpu0.gpus = [ 0 ];
+    gpu1 = {
+      gpus = [ 1 ];
+      extra_args = [ "--foo" ];
+      environment.PYTORCH_CUDA_ALLOC_CONF = "expandable_segments:True";
+      port = 17861;
+    };
+  };
+  withInstance =
+    extra:
+    lib.recursiveUpdate {
+      flavor = "comfyui";
+      instances.gpu0.gpus = [ 0 ];
+    } extra;
+
   results = [
     # Self-upgrade (docs/upgrade.md): executable and unit_fingerprint.
     (eq "toml: supervisor.executable is the package's binary" (upgradeOf [ ]).executable
@@ -297,6 +327,29 @@ let
     (eq "PATH (store paths of every nixpkgs bump) is left out" (fingerprintOf [
       { systemd.services.sd-webui-forge.environment.PATH = "/nix/store/1111-coreutils/bin"; }
     ]) (fingerprintOf [ ]))
+    # Instances added or removed take effect at the supervisor's next start.
+    (check "instances added or removed: unit_fingerprint changes" (
+      let
+        one = fingerprintOf [ { services.sd-webui-forge.instances.gpu0.gpus = [ 0 ]; } ];
+        two = fingerprintOf [
+          {
+            services.sd-webui-forge.instances = {
+              gpu0.gpus = [ 0 ];
+              gpu1.gpus = [ 1 ];
+            };
+          }
+        ];
+      in
+      one != fingerprintOf [ ] && two != one
+    ) "")
+    (eq "an instance's extraArgs change (it restarts alone): unit_fingerprint unchanged" (fingerprintOf [
+      {
+        services.sd-webui-forge.instances.gpu0 = {
+          gpus = [ 0 ];
+          extraArgs = [ "--foo" ];
+        };
+      }
+    ]) (fingerprintOf [ { services.sd-webui-forge.instances.gpu0.gpus = [ 0 ]; } ]))
     (eq "RestartForceExitStatus=75 (the service-restart exit)" (sc { }).RestartForceExitStatus "75")
     # The front door is set up once, at start: its changes restart the service
     # once idle (the fingerprint), as a reload would only report them.
@@ -438,6 +491,20 @@ let
     (check "front.uiPort: 0 and 65536 are refused" (
       throws (sd { front.uiPort = 0; }).front.uiPort && throws (sd { front.uiPort = 65536; }).front.uiPort
     ) "")
+    (check "instances.<name>.gpus: required, and not empty" (
+      throws (toml { instances.gpu0 = { }; }) && throws (toml { instances.gpu0.gpus = [ ]; })
+    ) "")
+    (check "instances.<name>.gpus: a negative index is refused" (throws (toml { instances.gpu0.gpus = [ (-1) ]; })) "")
+    (check "instances.<name>.port: 0 and 65536 are refused" (
+      throws (toml (withInstance { instances.gpu0.port = 0; }))
+      && throws (toml (withInstance { instances.gpu0.port = 65536; }))
+    ) "")
+    (eq "instances.<name>: defaults" (sd (withInstance { })).instances.gpu0 {
+      gpus = [ 0 ];
+      extraArgs = [ ];
+      environment = { };
+      port = null;
+    })
     (check "front.authFile: a relative path is refused" (throws (sd { front.authFile = "secrets/auth"; }).front.authFile) "")
 
     # The generated TOML (docs/design.md#the-config-file).
@@ -598,6 +665,30 @@ let
         tomlText withFront
       )
     ) (tomlText withFront))
+    # [instances.<name>]: one table each, gpus / extra_args / environment /
+    # port, the empty and null ones left out.
+    (eq "toml: instances, camelCase options become the config's keys" (toml withInstances).instances
+      instancesToml
+    )
+    (eq "toml: the written text holds both [instances.<name>] tables" (builtins.fromTOML (tomlText withInstances))
+      .instances
+      instancesToml
+    )
+    (eq "toml: no instances, no [instances]" ((toml { }) ? instances) false)
+    (eq "toml: instances leave ui.gpus, front.ui_port and queue.keep out" (
+      let
+        t = toml withInstances;
+      in
+      {
+        gpus = t.ui ? gpus;
+        front = t ? front;
+        queue = t ? queue;
+      }
+    ) {
+      gpus = false;
+      front = false;
+      queue = false;
+    })
     (eq "toml stand-in: the written text reads back as the same value" (builtins.fromTOML
       (sd realistic).configFile.env.unchecked.text
     ) (toml realistic))
@@ -703,6 +794,23 @@ let
     (check "unit: DeviceAllow for every GPU when gpus = null" (builtins.elem "char-nvidia-frontend rw" (sc { })
       .DeviceAllow
     ) (sc { }).DeviceAllow)
+    (eq "unit: DeviceAllow with instances: the GPUs of all of them" (sc {
+      instances = {
+        b.gpus = [ 3 ];
+        a.gpus = [
+          2
+          0
+        ];
+      };
+    }).DeviceAllow [
+      "/dev/nvidiactl rw"
+      "/dev/nvidia-uvm rw"
+      "/dev/nvidia-uvm-tools rw"
+      "/dev/nvidia-modeset rw"
+      "/dev/nvidia0 rw"
+      "/dev/nvidia2 rw"
+      "/dev/nvidia3 rw"
+    ])
     (eq "unit: Forge and A1111 get git on PATH (GitPython at start), ComfyUI none" (map
       (flavor: map (p: p.name) (unit { inherit flavor; }).path)
       [
@@ -897,6 +1005,76 @@ let
         front.authFile = "/nix/store/00000000000000000000000000000000-source/front-auth";
       })
     ) "")
+    (eq "no assertion fails with two instances (queue.keep = false too)" (
+      failed withInstances ++ failed (withInstances // { queue.keep = false; })
+    ) [ ])
+    (check "assertion: instances refuse gpus, front.uiPort, front.enable = false and queue.keep = true" (
+      lib.any (mentions [ "services.sd-webui-forge.gpus" "instances.<name>.gpus" ]) (failed (withInstance { gpus = [ 0 ]; }))
+      && lib.any (mentions [ "front.uiPort" "instances.<name>.port" ]) (failed (withInstance { front.uiPort = 17860; }))
+      && lib.any (mentions [ "instances needs" "front.enable" ]) (failed (withInstance { front.enable = false; }))
+      && lib.any (mentions [ "queue.keep" "instances" ]) (failed (withInstance { queue.keep = true; }))
+    ) "")
+    (check "assertion: a GPU belongs to one instance" (
+      let
+        f = failed {
+          instances = {
+            a.gpus = [ 0 ];
+            b.gpus = [
+              1
+              0
+              1
+            ];
+          };
+        };
+      in
+      builtins.length f == 1
+      && mentions [
+        "instances.b.gpus: GPU 0 is already instance a's"
+        "instances.b.gpus: GPU 1 is listed twice"
+      ] (builtins.head f)
+    ) (failed {
+      instances = {
+        a.gpus = [ 0 ];
+        b.gpus = [
+          1
+          0
+          1
+        ];
+      };
+    }))
+    (check "assertion: instance names" (
+      lib.any (mentions [ ''instances."a b"'' "instance name" ]) (failed { instances."a b".gpus = [ 0 ]; })
+      && lib.any (mentions [ ''instances."-a"'' ]) (failed { instances."-a".gpus = [ 0 ]; })
+      && failed { instances.${lib.fixedWidthString 32 "a" ""}.gpus = [ 0 ]; } == [ ]
+      && lib.any (mentions [ "at most 32" ]) (failed { instances.${lib.fixedWidthString 33 "a" ""}.gpus = [ 0 ]; })
+    ) "")
+    (check "assertion: instance ports: not port, not another instance's" (
+      lib.any (mentions [ "instances.gpu0.port" "8188" "services.sd-webui-forge.port" ]) (
+        failed (withInstance { instances.gpu0.port = 8188; })
+      )
+      && lib.any (mentions [ "instances.b.port" "17861" "instance a's port" ]) (failed {
+        instances = {
+          a = {
+            gpus = [ 0 ];
+            port = 17861;
+          };
+          b = {
+            gpus = [ 1 ];
+            port = 17861;
+          };
+        };
+      })
+    ) "")
+    (check "assertion: an instance's CUDA_VISIBLE_DEVICES points to its gpus" (
+      lib.any (mentions [ "instances.gpu0.environment.CUDA_VISIBLE_DEVICES" "instances.gpu0.gpus" ]) (
+        failed (withInstance { instances.gpu0.environment.CUDA_VISIBLE_DEVICES = "1"; })
+      )
+    ) "")
+    (check "assertion: flags the supervisor sets are refused in an instance's extraArgs" (
+      mentions [ ''instances.gpu0.extraArgs: "--port"'' "services.sd-webui-forge.instances.gpu0.port" ''"--listen"'' ] (
+        lib.concatStrings (failed (withInstance { instances.gpu0.extraArgs = [ "--port" "9000" "--listen" ]; }))
+      )
+    ) "")
     (check "assertion: dataDir must be a directory of its own" (
       lib.any (mentions [ "dataDir" ]) (failed { dataDir = "/var/lib"; })
     ) "")
@@ -920,6 +1098,21 @@ let
     default = (sd { }).configFile.env.unchecked.text;
     gpu-off = (sd { gpu.inhibitSleep = false; }).configFile.env.unchecked.text;
     kubernetes-on = (sd { kubernetes.podDeletionCost = true; }).configFile.env.unchecked.text;
+    instances = tomlText withInstances;
+    instances-forge = tomlText (
+      realistic
+      // {
+        gpus = null;
+        instances = {
+          gpu0.gpus = [ 0 ];
+          gpu1 = {
+            gpus = [ 1 ];
+            port = 17862;
+          };
+        };
+        queue.keep = false;
+      }
+    );
     front = (sd withFront).configFile.env.unchecked.text;
     front-off = (sd {
       front.enable = false;
@@ -947,7 +1140,16 @@ let
     restart.deadline = "1h";
   };
   badFront.front.holdTimeout = "25h";
+  # 17 instances: the module has no limit of its own, check-config's is 16.
+  tooManyInstances.instances = lib.genAttrs (map (i: "gpu${toString i}") (lib.range 0 16)) (n: {
+    gpus = [ (lib.toInt (lib.removePrefix "gpu" n)) ];
+  });
   builds = {
+    bad-instances = {
+      inherit ((sd tooManyInstances).configFile) script;
+      config = tomlText tooManyInstances;
+      expect = "instances: declares 17 instances; at most 16";
+    };
     bad-front = {
       inherit ((sd badFront).configFile) script;
       config = (sd badFront).configFile.env.unchecked.text;
@@ -972,6 +1174,13 @@ let
     ++ failed {
       front.enable = false;
       front.authFile = "/run/secrets/auth";
+    }
+    ++ failed {
+      gpus = [ 0 ];
+      instances = {
+        a.gpus = [ 0 ];
+        b.gpus = [ 0 ];
+      };
     };
 in
 {

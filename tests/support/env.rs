@@ -134,3 +134,24 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// A fake `/dev` with the NVIDIA nodes of GPUs `0..n` and a fake `nvidia-smi`
+/// under `dir`, for the GPU preflight (`SD_WEBUI_SUPERVISOR_DEV_DIR`,
+/// `SD_WEBUI_SUPERVISOR_NVIDIA_SMI`); returns both paths.
+pub fn fake_gpus(dir: &Path, n: u32) -> (PathBuf, PathBuf) {
+    let dev = dir.join("dev");
+    fs::create_dir_all(&dev).expect("fake /dev");
+    let nodes = ["nvidiactl".to_string(), "nvidia-uvm".to_string()];
+    for node in nodes
+        .into_iter()
+        .chain((0..n).map(|i| format!("nvidia{i}")))
+    {
+        fs::write(dev.join(node), "").expect("fake device node");
+    }
+    let smi = dir.join("nvidia-smi");
+    write_script(
+        &smi,
+        "echo 'NVIDIA-SMI 550.54.14  Driver Version: 550.54.14'",
+    );
+    (dev, smi)
+}
