@@ -154,6 +154,8 @@ trait Supervisor1 {
     fn restart_reason(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn ui_pid(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn instances(&self) -> zbus::Result<Vec<(String, String, u32, u32, u32, bool)>>;
 }
 
 async fn proxy(conn: &Connection) -> Supervisor1Proxy<'static> {
@@ -235,6 +237,40 @@ async fn properties_come_from_the_snapshot() {
     assert!(!p.restart_pending().await.unwrap());
     assert_eq!(p.restart_reason().await.unwrap(), "");
     assert_eq!(p.ui_pid().await.unwrap(), 0);
+    service.shutdown().await;
+}
+
+#[tokio::test]
+async fn instances_are_listed_one_each() {
+    let bus = PrivateBus::permissive();
+    let core = FakeCore::new(busy_pending());
+    let service = serve(core.handle.clone(), &bus.bus()).await.unwrap();
+    let conn = bus.client().await;
+    let p = proxy(&conn).await;
+    assert_eq!(p.instances().await.unwrap(), vec![], "none without [instances]");
+    let one = |name: &str, state: &str, pid: u32, draining: bool| {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "port": 17000, "gpus": [0], "state": state,
+            "status_line": state, "reason": null, "ui_pid": pid,
+            "queue": {"running": 1, "pending": 2}, "restart_pending": null,
+            "draining": draining, "restarts": 0, "crashes": 0,
+            "last_time_to_ready_ms": null,
+        }))
+        .expect("an instance")
+    };
+    core.publish(|s| {
+        s.instances = vec![
+            one("gpu0", "ready", 11, true),
+            one("gpu1", "starting", 12, false),
+        ]
+    });
+    assert_eq!(
+        p.instances().await.unwrap(),
+        vec![
+            ("gpu0".into(), "ready".into(), 1, 2, 11, true),
+            ("gpu1".into(), "starting".into(), 1, 2, 12, false),
+        ]
+    );
     service.shutdown().await;
 }
 
