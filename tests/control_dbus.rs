@@ -247,7 +247,11 @@ async fn instances_are_listed_one_each() {
     let service = serve(core.handle.clone(), &bus.bus()).await.unwrap();
     let conn = bus.client().await;
     let p = proxy(&conn).await;
-    assert_eq!(p.instances().await.unwrap(), vec![], "none without [instances]");
+    assert_eq!(
+        p.instances().await.unwrap(),
+        vec![],
+        "none without [instances]"
+    );
     let one = |name: &str, state: &str, pid: u32, draining: bool| {
         serde_json::from_value(serde_json::json!({
             "name": name, "port": 17000, "gpus": [0], "state": state,

@@ -176,8 +176,15 @@ fn twenty_prompts_spread_over_both_instances_and_each_history_comes_from_its_own
         assert_eq!(status, 200);
         assert!(v.get(id).is_some(), "/history/{id} through the door: {v}");
     }
-    // Per-instance status and metrics.
+    // Per-instance status (as the published schema says) and metrics.
     let st = s.status_json();
+    let schema: Value =
+        serde_json::from_str(include_str!("../docs/status.schema.json")).expect("the schema");
+    let wrong = support::schema::violations(&schema, &st);
+    assert!(
+        wrong.is_empty(),
+        "status against docs/status.schema.json: {wrong:?}"
+    );
     let routed = st["front"]["routed"]
         .as_array()
         .cloned()
