@@ -10,17 +10,14 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::{oneshot, watch};
 
-use super::{DaemonError, Exit, FRONT_STOP_GRACE, Step, dispatch_signals, reload_on_change};
+use super::{DaemonError, Exit, FRONT_STOP_GRACE, Step, dispatch_signals};
 use crate::config::Config;
 use crate::front::FrontDoor;
 use crate::handoff::signals::Signals;
-use crate::inhibit::Inhibitor;
-use crate::kube::DeletionCost;
 use crate::notify::Notifier;
 use crate::supervisor::instances::Roll;
 use crate::supervisor::{Ended, Supervisor};
 use crate::ui::gpu::GpuEnv;
-use crate::watch::{ConfigWatcher, Debounce};
 
 /// Runs every instance of `config` (read from `path` as `text`) until
 /// SIGTERM/SIGINT or a service restart.
@@ -73,24 +70,11 @@ pub(super) async fn run(
     for (i, core) in cores.iter_mut().enumerate() {
         core.0.watch_front(door.busy(), door.answers(i));
     }
-    let inhibitor = Inhibitor::start(&handle, None);
-    handle.attach_inhibitor(inhibitor.held());
-    let deletion_cost = DeletionCost::start(&handle, config.kubernetes.pod_deletion_cost);
-    if let Some(cost) = &deletion_cost {
-        handle.attach_deletion_cost(cost.status());
-    }
+    let (inhibitor, deletion_cost) =
+        super::start_beside(&handle, None, config.kubernetes.pod_deletion_cost);
     let (stop, stopped) = oneshot::channel();
     let signal_task = tokio::spawn(dispatch_signals(signals, handle.clone(), stop));
-    let watcher = match ConfigWatcher::start(path, &text, Debounce::default()) {
-        Ok((watcher, changes)) => {
-            tokio::spawn(reload_on_change(handle.clone(), changes));
-            Some(watcher)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "not watching the config file; reload with SIGHUP or `sd-webui-supervisor reload`");
-            None
-        }
-    };
+    let watcher = super::watch_config(path, &text, &handle);
     // One stop for all: a signal, or the leader's end (a service restart).
     let (down, _) = watch::channel(false);
     let down_on_signal = down.clone();

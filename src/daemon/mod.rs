@@ -167,29 +167,13 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
     };
     // Beside the core like the front door: it reads the snapshots, the core
     // never waits for it.
-    let inhibitor = Inhibitor::start(&handle, sleep_lock);
-    handle.attach_inhibitor(inhibitor.held());
-    // Likewise: the Pod's deletion cost, patched from the snapshots.
-    let deletion_cost = DeletionCost::start(&handle, keep_deletion_cost);
-    if let Some(cost) = &deletion_cost {
-        handle.attach_deletion_cost(cost.status());
-    }
+    let (inhibitor, deletion_cost) = start_beside(&handle, sleep_lock, keep_deletion_cost);
 
     let (stop, stopped) = oneshot::channel();
     let signal_task = tokio::spawn(dispatch_signals(signals, handle.clone(), stop));
-    // NixOS swaps /etc/static rather than the file: the watcher follows the chain.
     // The watcher compares with the file as read now (after a handoff, the core
     // starts from the old text and reloads the file itself).
-    let watcher = match ConfigWatcher::start(path, &file_text, Debounce::default()) {
-        Ok((watcher, changes)) => {
-            tokio::spawn(reload_on_change(handle.clone(), changes));
-            Some(watcher)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "not watching the config file; reload with SIGHUP or `sd-webui-supervisor reload`");
-            None
-        }
-    };
+    let watcher = watch_config(path, &file_text, &handle);
 
     let shutdown = async move {
         let _ = stopped.await;
@@ -233,6 +217,39 @@ async fn run_generation(path: &Path, inherited: Option<Received>) -> Result<Step
                     path, *handover, listeners, front, sleep_lock,
                 ),
             )))
+        }
+    }
+}
+
+/// What runs beside the core, reading its snapshots (the core never waits
+/// for them): the sleep inhibitor, and the Pod's deletion cost when
+/// `deletion_cost` is on. Their state is attached to `handle`'s snapshots.
+fn start_beside(
+    handle: &CoreHandle,
+    sleep_lock: Option<crate::inhibit::Carried>,
+    deletion_cost: bool,
+) -> (Inhibitor, Option<DeletionCost>) {
+    let inhibitor = Inhibitor::start(handle, sleep_lock);
+    handle.attach_inhibitor(inhibitor.held());
+    let cost = DeletionCost::start(handle, deletion_cost);
+    if let Some(cost) = &cost {
+        handle.attach_deletion_cost(cost.status());
+    }
+    (inhibitor, cost)
+}
+
+/// Watches the config file (NixOS swaps /etc/static rather than the file:
+/// the watcher follows the chain) and reloads through `handle` on a change
+/// from `text`; `None`, with a warning, when it cannot watch.
+fn watch_config(path: &Path, text: &[u8], handle: &CoreHandle) -> Option<ConfigWatcher> {
+    match ConfigWatcher::start(path, text, Debounce::default()) {
+        Ok((watcher, changes)) => {
+            tokio::spawn(reload_on_change(handle.clone(), changes));
+            Some(watcher)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not watching the config file; reload with SIGHUP or `sd-webui-supervisor reload`");
+            None
         }
     }
 }
