@@ -423,3 +423,70 @@ fn a_new_supervisor_binary_waits_for_every_instance_to_be_idle_then_restarts_the
         );
     }
 }
+
+#[test]
+fn forge_instances_keep_their_settings_and_images_apart_and_share_the_txt2img_work() {
+    let mut s = Scenario::new("inst-forge", "forge");
+    s.conf.poll_interval = Some("200ms".into());
+    let s = start_two(s, None);
+    let data = s.conf.data_dir.clone();
+    for name in ["gpu0", "gpu1"] {
+        let own = data.join("instances").join(name);
+        let start = s
+            .starts()
+            .into_iter()
+            .find(|r| {
+                r.argv()
+                    .iter()
+                    .any(|a| a.starts_with(&own.display().to_string()))
+            })
+            .unwrap_or_else(|| panic!("a UI with {name}'s folder in its argv"));
+        let argv = start.argv();
+        let settings = own.join("config.json");
+        assert!(
+            argv.windows(2)
+                .any(|w| w[0] == "--ui-settings-file" && w[1] == settings.display().to_string()),
+            "{name}: {argv:?}"
+        );
+        // Its managed settings file, with the image folders of its own.
+        let text = fs::read_to_string(&settings).expect("the instance's config.json");
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(
+            v["outdir_samples"].as_str(),
+            Some(own.join("outputs/samples").display().to_string().as_str()),
+            "{name}: {v}"
+        );
+        assert_eq!(
+            v["CLIP_stop_at_last_layers"], 2,
+            "the shared [settings] too: {v}"
+        );
+    }
+    // 8 txt2img of 1 s from 4 clients: both UIs take some.
+    let port = s.conf.port;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..2 {
+                    let body = json!({"prompt": "a", "steps": 2, "stand_in_seconds": 1.0});
+                    let (status, _) =
+                        http(port, "POST", "/sdapi/v1/txt2img", Some(&body), SECS(60))
+                            .expect("txt2img");
+                    assert_eq!(status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client");
+    }
+    let recs = s.records();
+    let mut by_pid = BTreeMap::<u32, usize>::new();
+    for r in events(&recs, "job_end") {
+        *by_pid.entry(r.pid).or_default() += 1;
+    }
+    assert_eq!(
+        by_pid.len(),
+        2,
+        "both Forge instances ran txt2img: {by_pid:?}"
+    );
+}
