@@ -490,3 +490,49 @@ fn forge_instances_keep_their_settings_and_images_apart_and_share_the_txt2img_wo
         "both Forge instances ran txt2img: {by_pid:?}"
     );
 }
+
+#[test]
+fn a_new_binary_while_the_leaders_ui_is_down_still_waits_for_the_others_jobs() {
+    let mut s = Scenario::new("inst-upgrade-down", "comfyui");
+    let a = support::env::binary_copy(s.dir(), "sd-webui-supervisor-a");
+    let b = support::env::binary_copy(s.dir(), "sd-webui-supervisor-b");
+    s.conf.executable = Some(a.clone());
+    let mut s = start_two(s, Some(a));
+    let leader_pid = pids(&s)["gpu0"];
+    // The leader's UI dies and stays down a while (its next start waits
+    // out the crash backoff); gpu1 runs a 4 s prompt.
+    let follower_pid = u32::try_from(pids(&s)["gpu1"]).expect("pid");
+    submit(&s, "busy0", 4.0).expect("accepted");
+    submit(&s, "busy1", 4.0).expect("accepted");
+    s.wait(SECS(10), "a prompt running on gpu1", || {
+        events(&s.records(), "job_start")
+            .iter()
+            .any(|r| r.pid == follower_pid)
+            .then_some(())
+    });
+    kill(
+        Pid::from_raw(i32::try_from(leader_pid).expect("pid")),
+        Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+    s.wait(SECS(10), "gpu0 down", || {
+        (ready_count(&s) == 1).then_some(())
+    });
+    s.conf.executable = Some(b);
+    s.write_config();
+    let daemon = Pid::from_raw(s.daemon().pid());
+    kill(daemon, Signal::SIGHUP).expect("SIGHUP");
+    let status = s.daemon.as_mut().expect("the daemon").wait_exit(SECS(30));
+    assert_eq!(
+        status.code(),
+        Some(i32::from(
+            sd_webui_supervisor::handoff::EXIT_SERVICE_RESTART
+        ))
+    );
+    let recs = s.records();
+    let ends: Vec<&Rec> = events(&recs, "job_end");
+    assert!(
+        ends.iter().any(|r| r.completed() && r.pid == follower_pid),
+        "gpu1's prompt ran to its end before the service restarted: {ends:?}"
+    );
+}

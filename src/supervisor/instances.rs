@@ -13,10 +13,11 @@
 //! cannot wait (`restart --now`, a crash, a stall) takes no turn.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use super::Supervisor;
 use super::protocol::{CoreHandle, InstanceSnapshot, Phase, Snapshot};
 use super::work::Event;
+use super::{Supervisor, Ui};
 use crate::config::Config;
 
 /// What each core last said, and whose turn it is.
@@ -25,12 +26,20 @@ pub struct Roll {
     state: Mutex<RollState>,
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    ready: bool,
+    idle: bool,
+    sent: Option<Instant>,
+}
+
 #[derive(Debug, Default)]
 struct RollState {
     /// The instance whose planned restart runs now.
     turn: Option<usize>,
-    /// Per instance: ready, and idle (ready with an empty queue).
-    seen: Vec<(bool, bool)>,
+    /// Per instance: ready, idle (ready with an empty queue), and when the
+    /// probe behind that reading was sent.
+    seen: Vec<Seen>,
 }
 
 impl Roll {
@@ -39,7 +48,7 @@ impl Roll {
         Arc::new(Roll {
             state: Mutex::new(RollState {
                 turn: None,
-                seen: vec![(false, false); n],
+                seen: vec![Seen::default(); n],
             }),
         })
     }
@@ -48,27 +57,34 @@ impl Roll {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Instance `i` is `ready`, and `idle` or not.
-    fn report(&self, i: usize, ready: bool, idle: bool) {
+    /// Instance `i` is `ready`, and `idle` or not by a probe sent at `sent`.
+    fn report(&self, i: usize, ready: bool, idle: bool, sent: Option<Instant>) {
         if let Some(s) = self.lock().seen.get_mut(i) {
-            *s = (ready, idle);
+            *s = Seen { ready, idle, sent };
         }
     }
 
     /// Whether `i` may carry out its planned restart now (takes the turn if
-    /// so): nobody else holds the turn and every other instance is ready —
-    /// and idle too for a `service` restart, which stops them all.
-    fn take_turn(&self, i: usize, service: bool) -> bool {
+    /// so): nobody else holds the turn and every other instance is ready.
+    /// A service restart (`service`: owed since then) stops them all: every
+    /// other instance must also be idle by a probe sent since.
+    fn take_turn(&self, i: usize, service: Option<Instant>) -> bool {
         let mut s = self.lock();
         if s.turn.is_some_and(|t| t != i) {
             return false;
         }
+        let fresh_idle = |x: &Seen| {
+            x.idle
+                && x.sent
+                    .zip(service)
+                    .is_some_and(|(sent, since)| sent >= since)
+        };
         let others_up = s
             .seen
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .all(|(_, (ready, idle))| *ready && (!service || *idle));
+            .all(|(_, x)| x.ready && (service.is_none() || fresh_idle(x)));
         if others_up {
             s.turn = Some(i);
         }
@@ -179,6 +195,24 @@ impl Supervisor {
         if let Some(slot) = self.member.as_mut().and_then(|m| m.seen.get_mut(index)) {
             *slot = seen.map(|s| *s);
         }
+        self.service_restart_while_down();
+    }
+
+    /// A service restart owed while this core's own UI is not running waits
+    /// for the others to be idle, not for its own queue: called when a
+    /// follower publishes and on the clock.
+    pub(super) fn service_restart_while_down(&mut self) {
+        let running = matches!(
+            self.slot.ui,
+            Ui::Ready { .. } | Ui::Starting { .. } | Ui::Stopping { .. }
+        );
+        let owed = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| Supervisor::restart_is_service(&p.reasons));
+        if self.member.is_some() && !running && owed && self.may_restart(true) {
+            self.exit_for_service_restart();
+        }
     }
 
     /// A reloaded file's config, as this core runs it.
@@ -192,9 +226,14 @@ impl Supervisor {
     /// Whether a planned restart may be carried out now (rolling restarts);
     /// `service`: it stops every instance.
     pub(super) fn may_restart(&self, service: bool) -> bool {
+        let since = service.then(|| {
+            self.pending
+                .as_ref()
+                .map_or_else(Instant::now, super::pending::Pending::created)
+        });
         self.member
             .as_ref()
-            .is_none_or(|m| m.roll.take_turn(m.index, service))
+            .is_none_or(|m| m.roll.take_turn(m.index, since))
     }
 
     /// Tells the others where this instance stands, and passes the turn on
@@ -207,7 +246,7 @@ impl Supervisor {
         };
         let ready = own.state == Phase::Ready;
         let idle = ready && own.queue.is_some_and(|q| q.is_idle());
-        m.roll.report(m.index, ready, idle);
+        m.roll.report(m.index, ready, idle, self.slot.probing.sent);
         if ready && self.pending.is_none() {
             m.roll.release(m.index);
         }
@@ -343,29 +382,36 @@ mod tests {
     #[test]
     fn one_turn_at_a_time_and_only_while_the_others_are_ready() {
         let roll = Roll::new(3);
-        assert!(!roll.take_turn(0, false), "the others are not ready yet");
+        assert!(!roll.take_turn(0, None), "the others are not ready yet");
         for i in 0..3 {
-            roll.report(i, true, false);
+            roll.report(i, true, false, None);
         }
-        assert!(roll.take_turn(1, false));
-        assert!(roll.take_turn(1, false), "the holder keeps it");
-        assert!(!roll.take_turn(0, false), "one turn at a time");
-        roll.report(1, false, false);
+        assert!(roll.take_turn(1, None));
+        assert!(roll.take_turn(1, None), "the holder keeps it");
+        assert!(!roll.take_turn(0, None), "one turn at a time");
+        roll.report(1, false, false, None);
         roll.release(0);
-        assert!(!roll.take_turn(2, false), "not released by another");
+        assert!(!roll.take_turn(2, None), "not released by another");
         roll.release(1);
-        assert!(!roll.take_turn(2, false), "1 is down: capacity first");
-        roll.report(1, true, false);
-        assert!(roll.take_turn(2, false));
+        assert!(!roll.take_turn(2, None), "1 is down: capacity first");
+        roll.report(1, true, false, None);
+        assert!(roll.take_turn(2, None));
     }
 
     #[test]
-    fn a_service_restart_waits_for_every_other_instance_to_be_idle() {
+    fn a_service_restart_waits_for_every_other_instance_to_be_idle_by_a_fresh_probe() {
         let roll = Roll::new(2);
-        roll.report(0, true, true);
-        roll.report(1, true, false);
-        assert!(!roll.take_turn(0, true), "1 is busy");
-        roll.report(1, true, true);
-        assert!(roll.take_turn(0, true));
+        let t0 = Instant::now();
+        let later = t0 + std::time::Duration::from_secs(1);
+        roll.report(0, true, true, Some(t0));
+        roll.report(1, true, false, Some(t0));
+        assert!(!roll.take_turn(0, Some(t0)), "1 is busy");
+        roll.report(1, true, true, Some(t0));
+        assert!(
+            !roll.take_turn(0, Some(later)),
+            "idle by a probe sent before"
+        );
+        roll.report(1, true, true, Some(later));
+        assert!(roll.take_turn(0, Some(later)));
     }
 }

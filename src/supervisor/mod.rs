@@ -165,6 +165,7 @@ impl Supervisor {
             self.notifier.extend_timeout(timers::EXTEND_EVERY * 6);
         }
         self.on_timers(now);
+        self.service_restart_while_down();
         if self.timers.take_relink(now) {
             self.request_layout(Some(LayoutWaiter::Downloads));
         }

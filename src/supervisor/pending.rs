@@ -98,6 +98,11 @@ impl Pending {
         }
     }
 
+    /// When it became pending: only queue readings taken since count.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
     /// The deadline, if one can come.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline

@@ -292,7 +292,16 @@ impl Supervisor {
                 // No UI runs (preparing, backoff, waiting, failed): start the new
                 // config right away (a start under way begins again).
                 if Supervisor::restart_is_service(&reasons) {
-                    self.exit_for_service_restart();
+                    if self.may_restart(true) {
+                        self.exit_for_service_restart();
+                    } else {
+                        // With instances the others may be busy: owed until
+                        // they are idle (`instances.rs`).
+                        let deadline = self.config.restart.deadline;
+                        self.pending
+                            .get_or_insert_with(|| Pending::new(Instant::now(), policy, deadline))
+                            .merge(reasons, policy);
+                    }
                     return;
                 }
                 tracing::info!(reasons = ?reasons, "no UI running; starting with the new config");
