@@ -14,6 +14,8 @@ use super::checker::Checker;
 use super::diagnostics::{At, Seg};
 use super::limits;
 
+/// The folder under `data.dir` that holds each instance's own folder.
+pub const DIR: &str = "instances";
 /// Most instances one supervisor runs (one per GPU of the largest machines).
 pub const MAX_INSTANCES: usize = 16;
 /// Longest instance name: it names a folder, a metric label and a cookie value.

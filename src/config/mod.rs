@@ -293,15 +293,13 @@ impl Config {
         c.ui.environment.extend(inst.environment.clone());
         c.front.ui_port = inst.port;
         c.instance = Some(inst.name.clone());
-        if c.ui.flavor != crate::ui::flavor::Flavor::Comfyui {
+        if let Some(own) = c
+            .instance_dir()
+            .filter(|_| c.ui.flavor != crate::ui::flavor::Flavor::Comfyui)
+        {
             // Forge and A1111 number their images from the folder's listing:
             // each instance saves into its own (unless the file says where).
-            let out = self
-                .data
-                .dir
-                .join("instances")
-                .join(&inst.name)
-                .join("outputs");
+            let out = own.join("outputs");
             for (key, sub) in [
                 ("outdir_samples", "samples"),
                 ("outdir_grids", "grids"),
@@ -320,7 +318,7 @@ impl Config {
     /// `None` for the config as read.
     pub fn instance_dir(&self) -> Option<PathBuf> {
         let name = self.instance.as_deref()?;
-        Some(self.data.dir.join("instances").join(name))
+        Some(self.data.dir.join(instances::DIR).join(name))
     }
 
     /// Full argv of the UI: command, managed flavor arguments, then `extra_args`.

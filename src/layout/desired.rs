@@ -110,7 +110,7 @@ impl<'c> Desired<'c> {
         let own = config
             .instance
             .as_deref()
-            .map(|name| format!("instances/{name}"));
+            .map(|name| format!("{}/{name}", crate::config::instances::DIR));
         let settings_file = match &own {
             Some(dir) => format!("{dir}/{}", flavor.settings_file()),
             None => flavor.settings_file().to_string(),
