@@ -146,6 +146,35 @@ impl<B: Body<Data = Bytes, Error = hyper::Error> + Unpin, G: Unpin> Body for Tra
     }
 }
 
+/// The UI's answer read whole (at most `limit` bytes), for the door to look
+/// into before passing it on with [`pass_whole`]; `None` when the UI broke
+/// off or sent more.
+pub async fn read_whole(
+    response: hyper::Response<Incoming>,
+    limit: usize,
+) -> Option<(hyper::http::response::Parts, Bytes)> {
+    let (parts, body) = response.into_parts();
+    let collected = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .ok()?;
+    Some((parts, collected.to_bytes()))
+}
+
+/// An answer read by [`read_whole`], passed back as it came (its length is
+/// the body's now).
+pub fn pass_whole(
+    mut parts: hyper::http::response::Parts,
+    bytes: Bytes,
+) -> hyper::Response<DownBody> {
+    strip_hop_by_hop(&mut parts.headers, false);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    hyper::Response::from_parts(parts, body)
+}
+
 /// One of the front door's own answers as a [`DownBody`] response.
 pub fn own(r: super::page::Own) -> hyper::Response<DownBody> {
     r.map(|b| b.map_err(|never| match never {}).boxed_unsync())

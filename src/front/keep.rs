@@ -5,7 +5,7 @@
 //! a bigger or chunked body, a refused prompt — passes as before, unjournaled.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::Response;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap};
@@ -55,12 +55,10 @@ pub async fn read_body(body: Incoming) -> Option<Bytes> {
 /// The UI's answer to the submission `sent`: read whole, handed to the
 /// journal when it accepted the prompt, and passed back to the client as it came.
 pub async fn answer(tap: &Tap, sent: &Bytes, response: Response<Incoming>) -> Response<DownBody> {
-    let (mut parts, body) = response.into_parts();
-    let Ok(collected) = Limited::new(body, MAX_ANSWER).collect().await else {
+    let Some((parts, bytes)) = forward::read_whole(response, MAX_ANSWER).await else {
         // The UI died while answering: the client hears so, as for any body.
         return forward::own(page::ui_gone());
     };
-    let bytes = collected.to_bytes();
     if parts.status.is_success() {
         match comfy::accepted(sent, &bytes, unix_now()) {
             Ok(kept) => {
@@ -71,12 +69,7 @@ pub async fn answer(tap: &Tap, sent: &Bytes, response: Response<Incoming>) -> Re
             Err(e) => tracing::debug!(error = %e, "submission not journaled"),
         }
     }
-    forward::strip_hop_by_hop(&mut parts.headers, false);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let body = Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    Response::from_parts(parts, body)
+    forward::pass_whole(parts, bytes)
 }
 
 fn unix_now() -> u64 {

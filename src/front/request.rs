@@ -355,12 +355,11 @@ pub async fn handle(
         match sender.send_request(up).await {
             // A file another instance made: ask the next one.
             Ok(r)
-                if follows_file && r.status() == StatusCode::NOT_FOUND && {
-                    skip.push(target);
-                    (0..shared.instances.len())
-                        .any(|i| !skip.contains(&i) && route::serves(&snapshots.borrow(), i))
-                } =>
+                if follows_file
+                    && r.status() == StatusCode::NOT_FOUND
+                    && route::another_serves(&snapshots.borrow(), target, &skip) =>
             {
+                skip.push(target);
                 drop(sending);
                 sends = 0;
             }
@@ -439,24 +438,14 @@ async fn remember_prompt(
     target: usize,
     response: Response<Incoming>,
 ) -> Response<DownBody> {
-    let (mut parts, body) = response.into_parts();
-    let Ok(collected) = http_body_util::Limited::new(body, MAX_PROMPT_ANSWER)
-        .collect()
-        .await
-    else {
+    let Some((parts, bytes)) = forward::read_whole(response, MAX_PROMPT_ANSWER).await else {
         return forward::own(page::ui_gone());
     };
-    let bytes = collected.to_bytes();
     if let Some(id) = route::prompt_id(&bytes) {
         let mut table = shared.table.lock().unwrap_or_else(|p| p.into_inner());
         table.took_prompt(id, target);
     }
-    forward::strip_hop_by_hop(&mut parts.headers, false);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    let body = http_body_util::Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    Response::from_parts(parts, body)
+    forward::pass_whole(parts, bytes)
 }
 
 /// Largest answer to a `/prompt` read for its id (`{"prompt_id": …}`).

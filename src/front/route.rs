@@ -219,6 +219,12 @@ pub fn seats(s: &Snapshot, skip: &[usize]) -> Vec<Seat> {
         .collect()
 }
 
+/// Whether an instance other than `tried` and those in `skip` serves: a
+/// file one did not have may be asked of it.
+pub fn another_serves(s: &Snapshot, tried: usize, skip: &[usize]) -> bool {
+    (0..s.instances.len()).any(|i| i != tried && !skip.contains(&i) && serves(s, i))
+}
+
 /// The gate when no instance can take a request: failed when every one
 /// has, else closed (held), expecting the slowest last start.
 pub fn none_open(s: &Snapshot) -> Gate {
